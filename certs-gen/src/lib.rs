@@ -1,0 +1,1 @@
+//! Generates the webhook's CA and serving certificate.

@@ -1,0 +1,1 @@
+//! mapguard CI command: judges manifests and runs policy tests.

@@ -1,0 +1,1 @@
+//! mapguard-enforcer: attaches uprobes to the Go runtime map functions.

@@ -1,0 +1,1 @@
+//! Rego policy engine shared by the admission webhook and the CI command.
