@@ -1,0 +1,139 @@
+//! Engine configuration shared by the webhook and the CI command.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Action;
+
+/// Namespaces exempted when no configuration says otherwise: the webhook's
+/// own namespace and the control plane's.
+pub const DEFAULT_EXEMPT_NAMESPACES: [&str; 2] = ["mapguard-system", "kube-system"];
+
+/// How a [`crate::PolicySet`] judges requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Requests in these namespaces are allowed without evaluating anything
+    /// (`Decision::exempt` is set). Default: [`DEFAULT_EXEMPT_NAMESPACES`].
+    pub exempt_namespaces: Vec<String>,
+    /// Package name (`mapguard.privileged`, without `data.`) → action; wins
+    /// over the `enforcement` rule in the package.
+    pub enforcement_overrides: BTreeMap<String, Action>,
+    /// Wall-clock budget of one evaluation, enforced inside regorus by its
+    /// execution timer. `None`: unbounded.
+    pub eval_timeout: Option<Duration>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            exempt_namespaces: DEFAULT_EXEMPT_NAMESPACES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            enforcement_overrides: BTreeMap::new(),
+            eval_timeout: Some(Duration::from_millis(250)),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Whether requests in `namespace` skip evaluation.
+    pub fn is_exempt(&self, namespace: &str) -> bool {
+        self.exempt_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Reads a YAML (or JSON) configuration file:
+    ///
+    /// ```yaml
+    /// exemptNamespaces: [mapguard-system, kube-system]
+    /// enforcement:
+    ///   mapguard.gotraceback: dry-run
+    /// evalTimeoutMs: 250
+    /// ```
+    ///
+    /// Keys left out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parses the format of [`EngineConfig::from_file`].
+    pub fn from_yaml_str(text: &str) -> Result<Self, serde_yaml::Error> {
+        let file: ConfigFile = serde_yaml::from_str(text)?;
+        let mut config = Self::default();
+        if let Some(exempt) = file.exempt_namespaces {
+            config.exempt_namespaces = exempt;
+        }
+        config.enforcement_overrides = file.enforcement;
+        if let Some(ms) = file.eval_timeout_ms {
+            config.eval_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigFile {
+    exempt_namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    enforcement: BTreeMap<String, Action>,
+    eval_timeout_ms: Option<u64>,
+}
+
+/// An engine configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read engine config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid engine config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_exempt_own_and_system_namespaces() {
+        let config = EngineConfig::default();
+        assert!(config.is_exempt("mapguard-system"));
+        assert!(config.is_exempt("kube-system"));
+        assert!(!config.is_exempt("default"));
+    }
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let config = EngineConfig::from_yaml_str(
+            "enforcement:\n  mapguard.gotraceback: dry-run\nevalTimeoutMs: 0\n",
+        )
+        .expect("valid config must parse");
+        assert!(config.is_exempt("kube-system"));
+        assert_eq!(
+            config.enforcement_overrides.get("mapguard.gotraceback"),
+            Some(&Action::DryRun)
+        );
+        assert_eq!(config.eval_timeout, None);
+    }
+
+    #[test]
+    fn unknown_action_and_keys_are_errors() {
+        assert!(EngineConfig::from_yaml_str("enforcement:\n  a: block\n").is_err());
+        assert!(EngineConfig::from_yaml_str("exemptNamespace: [x]\n").is_err());
+    }
+}

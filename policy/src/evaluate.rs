@@ -1,0 +1,297 @@
+//! Judging one AdmissionReview: unpack, evaluate each policy's decision
+//! rules, route findings by enforcement action, prepare patches.
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use regorus::Engine;
+use regorus::utils::limits::{ExecutionTimerConfig, LimitError};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::subject::{self, ReviewError, Subject};
+use crate::{Action, NamespaceData, PolicySet, patch};
+
+/// One message of one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Package of the policy (`mapguard.host_access`).
+    pub policy: String,
+    pub message: String,
+    /// The action in effect for this finding (a `warn` rule gives `Warn`).
+    pub action: Action,
+}
+
+/// The verdict on one review.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// False iff any finding has [`Action::Deny`].
+    pub allowed: bool,
+    pub denials: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    /// Findings (and would-be patches) of dry-run policies: recorded only.
+    pub dry_run: Vec<Finding>,
+    /// RFC 6902 operations rooted at the reviewed object (the Pod, or the
+    /// controller with paths under its pod template).
+    pub patch: Vec<Json>,
+    pub subject: Subject,
+    /// The namespace is exempt: nothing was evaluated.
+    pub exempt: bool,
+}
+
+/// Why a review could not be judged. Never an implicit allow: the caller
+/// decides whether to fail open or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("invalid AdmissionReview: {0}")]
+    InvalidReview(#[from] ReviewError),
+    #[error("policy {policy}: evaluating {rule} failed: {message}")]
+    Rego {
+        policy: String,
+        rule: String,
+        message: String,
+    },
+    #[error("policy evaluation exceeded its {limit:?} budget (in {policy})")]
+    Timeout { policy: String, limit: Duration },
+    #[error("policy {policy}: {rule} must be a set, found {found}")]
+    BadDecision {
+        policy: String,
+        rule: String,
+        found: String,
+    },
+    #[error("policy {policy}: {source}")]
+    InvalidPatch {
+        policy: String,
+        source: patch::PatchError,
+    },
+    #[error("namespace data cannot be loaded into the engine: {0}")]
+    Data(String),
+}
+
+/// Per-thread engines: a clone of a set's compiled engine holding the
+/// namespace data it was prepared with (regorus re-analyses the policies
+/// whenever data changes, so data is swapped only when it changes).
+struct Cached {
+    set_id: u64,
+    ns_version: u64,
+    engine: Engine,
+}
+
+const CACHED_ENGINES_PER_THREAD: usize = 4;
+
+thread_local! {
+    static ENGINES: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+}
+
+impl PolicySet {
+    /// Judges a whole AdmissionReview (`{"apiVersion": "admission.k8s.io/v1",
+    /// "kind": "AdmissionReview", "request": {...}}`) with the configured
+    /// `eval_timeout`.
+    pub fn evaluate(&self, review: &Json, ns: &NamespaceData) -> Result<Decision, EvalError> {
+        self.evaluate_with_timeout(review, ns, self.inner.config.eval_timeout)
+    }
+
+    /// As [`PolicySet::evaluate`] with an explicit budget for this one
+    /// evaluation (`None`: unbounded). The budget is enforced inside regorus
+    /// by its execution timer, across all rules evaluated.
+    pub fn evaluate_with_timeout(
+        &self,
+        review: &Json,
+        ns: &NamespaceData,
+        timeout: Option<Duration>,
+    ) -> Result<Decision, EvalError> {
+        let unpacked = subject::unpack(review)?;
+        let mut decision = Decision {
+            allowed: true,
+            denials: Vec::new(),
+            warnings: Vec::new(),
+            dry_run: Vec::new(),
+            patch: Vec::new(),
+            subject: unpacked.subject,
+            exempt: false,
+        };
+        if self.inner.config.is_exempt(&decision.subject.namespace) {
+            decision.exempt = true;
+            return Ok(decision);
+        }
+        let deadline = timeout.map(|t| (Instant::now() + t, t));
+        let label = match unpacked.template_pointer {
+            Some(_) => Some(decision.subject.display()),
+            None => None,
+        };
+        let root = unpacked.template_pointer.unwrap_or("");
+        let mut patch_doc = unpacked.patch_target;
+        let input = regorus::Value::from(unpacked.input);
+
+        self.with_engine(ns, |engine| -> Result<(), EvalError> {
+            engine.set_input(input);
+            for policy in &self.inner.policies {
+                for (rule, rule_path) in &policy.rules {
+                    set_budget(engine, deadline, &policy.package)?;
+                    let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
+                        match (e.downcast_ref::<LimitError>(), deadline) {
+                            (Some(LimitError::TimeLimitExceeded { .. }), Some((_, limit))) => {
+                                EvalError::Timeout {
+                                    policy: policy.package.clone(),
+                                    limit,
+                                }
+                            }
+                            _ => EvalError::Rego {
+                                policy: policy.package.clone(),
+                                rule: rule_path.clone(),
+                                message: format!("{e:#}"),
+                            },
+                        }
+                    })?;
+                    let items = set_items(&value, &policy.package, rule_path)?;
+                    if items.is_empty() {
+                        continue;
+                    }
+                    let finding = |message: String, action| Finding {
+                        policy: policy.package.clone(),
+                        message: match &label {
+                            Some(l) => format!("{l}: {message}"),
+                            None => message,
+                        },
+                        action,
+                    };
+                    match (*rule, policy.action) {
+                        ("patch", Action::DryRun) => {
+                            for op in items {
+                                let op = to_json(&op);
+                                decision
+                                    .dry_run
+                                    .push(finding(format!("would patch: {op}"), Action::DryRun));
+                            }
+                        }
+                        ("patch", _) => {
+                            let ops = items.iter().map(to_json).collect();
+                            let ops =
+                                patch::prepare(ops, &mut patch_doc, root).map_err(|source| {
+                                    EvalError::InvalidPatch {
+                                        policy: policy.package.clone(),
+                                        source,
+                                    }
+                                })?;
+                            decision.patch.extend(ops);
+                        }
+                        (kind, action) => {
+                            for item in items {
+                                let message = message_of(&item);
+                                match (kind, action) {
+                                    (_, Action::DryRun) => {
+                                        decision.dry_run.push(finding(message, Action::DryRun))
+                                    }
+                                    ("deny", Action::Deny) => {
+                                        decision.denials.push(finding(message, Action::Deny))
+                                    }
+                                    _ => decision.warnings.push(finding(message, Action::Warn)),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })??;
+        decision.allowed = decision.denials.is_empty();
+        Ok(decision)
+    }
+
+    /// Runs `f` on this thread's engine for this set and namespace data.
+    fn with_engine<R>(
+        &self,
+        ns: &NamespaceData,
+        f: impl FnOnce(&mut Engine) -> R,
+    ) -> Result<R, EvalError> {
+        ENGINES.with(|cell| {
+            let mut engines = cell.borrow_mut();
+            let index = match engines.iter().position(|c| c.set_id == self.inner.id) {
+                Some(i) => i,
+                None => {
+                    if engines.len() >= CACHED_ENGINES_PER_THREAD {
+                        engines.remove(0);
+                    }
+                    engines.push(Cached {
+                        set_id: self.inner.id,
+                        ns_version: 0,
+                        engine: self.inner.engine.clone(),
+                    });
+                    engines.len() - 1
+                }
+            };
+            let cached = &mut engines[index];
+            if cached.ns_version != ns.version() {
+                let mut engine = self.inner.engine.clone();
+                if !ns.is_empty() {
+                    engine
+                        .add_data(regorus::Value::from(ns.to_data_json()))
+                        .map_err(|e| EvalError::Data(format!("{e:#}")))?;
+                }
+                cached.engine = engine;
+                cached.ns_version = ns.version();
+            }
+            Ok(f(&mut cached.engine))
+        })
+    }
+}
+
+/// Gives regorus what is left of the evaluation's budget.
+fn set_budget(
+    engine: &mut Engine,
+    deadline: Option<(Instant, Duration)>,
+    policy: &str,
+) -> Result<(), EvalError> {
+    match deadline {
+        None => engine.clear_execution_timer_config(),
+        Some((at, limit)) => {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(EvalError::Timeout {
+                    policy: policy.to_string(),
+                    limit,
+                });
+            }
+            engine.set_execution_timer_config(ExecutionTimerConfig {
+                limit: left,
+                check_interval: NonZeroU32::new(16).expect("16 is not zero"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Elements of a decision set (undefined: none).
+fn set_items(
+    value: &regorus::Value,
+    policy: &str,
+    rule: &str,
+) -> Result<Vec<regorus::Value>, EvalError> {
+    match value {
+        regorus::Value::Undefined | regorus::Value::Null => Ok(Vec::new()),
+        regorus::Value::Set(items) => Ok(items.iter_sorted().cloned().collect()),
+        regorus::Value::Array(items) => Ok(items.iter().cloned().collect()),
+        other => Err(EvalError::BadDecision {
+            policy: policy.to_string(),
+            rule: rule.to_string(),
+            found: other.to_json_str().unwrap_or_else(|_| "?".into()),
+        }),
+    }
+}
+
+fn to_json(value: &regorus::Value) -> Json {
+    serde_json::to_value(value).unwrap_or(Json::Null)
+}
+
+/// A message is a string, or an object with `msg` (Gatekeeper style).
+fn message_of(value: &regorus::Value) -> String {
+    if let Ok(s) = value.as_string() {
+        return s.to_string();
+    }
+    let json = to_json(value);
+    match json.get("msg").and_then(Json::as_str) {
+        Some(msg) => msg.to_string(),
+        None => json.to_string(),
+    }
+}

@@ -1,0 +1,389 @@
+//! Loading and compiling a set of Rego policies.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use regorus::Engine;
+
+use crate::{Action, EngineConfig};
+
+/// The decision rules a policy package may declare.
+pub(crate) const DECISION_RULES: [&str; 3] = ["deny", "warn", "patch"];
+
+/// The default policies, compiled into the binary.
+const EMBEDDED: [(&str, &str); 10] = [
+    ("policies/lib.rego", include_str!("../../policies/lib.rego")),
+    (
+        "policies/lib_test.rego",
+        include_str!("../../policies/lib_test.rego"),
+    ),
+    (
+        "policies/privileged.rego",
+        include_str!("../../policies/privileged.rego"),
+    ),
+    (
+        "policies/privileged_test.rego",
+        include_str!("../../policies/privileged_test.rego"),
+    ),
+    (
+        "policies/mode.rego",
+        include_str!("../../policies/mode.rego"),
+    ),
+    (
+        "policies/mode_test.rego",
+        include_str!("../../policies/mode_test.rego"),
+    ),
+    (
+        "policies/gotraceback.rego",
+        include_str!("../../policies/gotraceback.rego"),
+    ),
+    (
+        "policies/gotraceback_test.rego",
+        include_str!("../../policies/gotraceback_test.rego"),
+    ),
+    (
+        "policies/tamper.rego",
+        include_str!("../../policies/tamper.rego"),
+    ),
+    (
+        "policies/tamper_test.rego",
+        include_str!("../../policies/tamper_test.rego"),
+    ),
+];
+
+static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One policy package: a package declaring `deny`, `warn` or `patch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo {
+    /// Package name without `data.` (`mapguard.host_access`).
+    pub package: String,
+    /// The file declaring its decision rules.
+    pub path: String,
+    /// Enforcement action in effect (config override, else the package's
+    /// `enforcement` rule, else deny).
+    pub action: Action,
+    /// `data.…` rule paths of the decision rules it declares, by name.
+    pub(crate) rules: Vec<(&'static str, String)>,
+}
+
+/// One `test_` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TestCase {
+    pub name: String,
+    pub path: String,
+    pub rule_path: String,
+}
+
+pub(crate) struct Inner {
+    pub id: u64,
+    pub engine: Engine,
+    pub policies: Vec<PolicyInfo>,
+    pub tests: Vec<TestCase>,
+    pub config: EngineConfig,
+}
+
+/// A compiled, immutable set of policies; cloning is cheap.
+#[derive(Clone)]
+pub struct PolicySet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("policies", &self.inner.policies)
+            .field("tests", &self.inner.tests.len())
+            .finish()
+    }
+}
+
+/// Why a policy set could not be built. The caller keeps its last good set.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read policy directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read policy file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no *.rego files found in {0}")]
+    Empty(PathBuf),
+    #[error("policy file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("policies do not compile: {message}")]
+    Compile { message: String },
+    #[error(
+        "policy {package} ({path}): enforcement must be \"deny\", \"warn\" or \"dry-run\", found {found}"
+    )]
+    BadEnforcement {
+        package: String,
+        path: String,
+        found: String,
+    },
+}
+
+impl PolicySet {
+    /// Compiles every `*.rego` file under `dir` (recursively, in path order).
+    pub fn load_dir(dir: &Path, config: &EngineConfig) -> Result<PolicySet, LoadError> {
+        let mut files = Vec::new();
+        collect_rego(dir, &mut files)?;
+        if files.is_empty() {
+            return Err(LoadError::Empty(dir.to_path_buf()));
+        }
+        files.sort();
+        let mut sources = Vec::with_capacity(files.len());
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFile {
+                path: file.clone(),
+                source,
+            })?;
+            sources.push((file.display().to_string(), text));
+        }
+        Self::from_sources(sources, config)
+    }
+
+    /// The default policies (`policies/*.rego` of this repository, tests included).
+    pub fn embedded(config: &EngineConfig) -> PolicySet {
+        let sources = EMBEDDED
+            .iter()
+            .map(|(path, rego)| (path.to_string(), rego.to_string()))
+            .collect();
+        // The embedded sources are compiled and tested by this crate's tests.
+        Self::from_sources(sources, config).expect("embedded default policies must compile")
+    }
+
+    /// Compiles `(path, rego)` pairs.
+    pub fn from_sources(
+        sources: Vec<(String, String)>,
+        config: &EngineConfig,
+    ) -> Result<PolicySet, LoadError> {
+        let mut engine = Engine::new();
+        let mut packages: Vec<(String, String)> = Vec::new(); // (path, rule path prefix)
+        for (path, rego) in &sources {
+            engine
+                .add_policy(path.clone(), rego.clone())
+                .map_err(|e| LoadError::Parse {
+                    path: path.clone(),
+                    message: format!("{e:#}"),
+                })?;
+        }
+        for component in engine
+            .get_policy_package_components()
+            .map_err(|e| LoadError::Compile {
+                message: format!("{e:#}"),
+            })?
+        {
+            packages.push((component.source_file, rule_prefix(&component.components)));
+        }
+        // Analyse once now so that errors surface at load time, not per request.
+        engine
+            .eval_query("true".to_string(), false)
+            .map_err(|e| LoadError::Compile {
+                message: format!("{e:#}"),
+            })?;
+
+        let mut policies: Vec<PolicyInfo> = Vec::new();
+        let mut tests = Vec::new();
+        let mut seen_tests = BTreeSet::new();
+        for (path, prefix) in &packages {
+            let package = prefix.trim_start_matches("data.").to_string();
+            let declares = |rule: &str| {
+                engine
+                    .has_declared_rule_rooted_at(path, rule)
+                    .unwrap_or(false)
+            };
+            let rules: Vec<(&'static str, String)> = DECISION_RULES
+                .iter()
+                .filter(|r| declares(r))
+                .map(|r| (*r, format!("{prefix}.{r}")))
+                .collect();
+            if !rules.is_empty() {
+                match policies.iter_mut().find(|p| p.package == package) {
+                    Some(existing) => {
+                        for rule in rules {
+                            if !existing.rules.contains(&rule) {
+                                existing.rules.push(rule);
+                            }
+                        }
+                    }
+                    None => policies.push(PolicyInfo {
+                        package: package.clone(),
+                        path: path.clone(),
+                        action: Action::Deny,
+                        rules,
+                    }),
+                }
+            }
+            let rego = sources
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, r)| r.as_str())
+                .unwrap_or_default();
+            for name in test_rule_names(rego) {
+                if declares(&name) && seen_tests.insert(format!("{prefix}.{name}")) {
+                    tests.push(TestCase {
+                        name: format!("{package}.{name}"),
+                        path: path.clone(),
+                        rule_path: format!("{prefix}.{name}"),
+                    });
+                }
+            }
+        }
+
+        for policy in &mut policies {
+            policy.action = match config.enforcement_overrides.get(&policy.package) {
+                Some(action) => *action,
+                None => declared_enforcement(&mut engine, &packages, policy)?,
+            };
+        }
+        for package in config.enforcement_overrides.keys() {
+            if !policies.iter().any(|p| &p.package == package) {
+                tracing::warn!(%package, "enforcement override names no loaded policy package");
+            }
+        }
+        tracing::debug!(
+            policies = policies.len(),
+            tests = tests.len(),
+            "policy set compiled"
+        );
+        Ok(PolicySet {
+            inner: Arc::new(Inner {
+                id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
+                engine,
+                policies,
+                tests,
+                config: config.clone(),
+            }),
+        })
+    }
+
+    /// The policy packages, in load order.
+    pub fn policies(&self) -> &[PolicyInfo] {
+        &self.inner.policies
+    }
+
+    /// The configuration the set was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Number of `test_` rules found.
+    pub fn test_count(&self) -> usize {
+        self.inner.tests.len()
+    }
+}
+
+/// The `enforcement` rule of a package, if it declares one.
+fn declared_enforcement(
+    engine: &mut Engine,
+    packages: &[(String, String)],
+    policy: &PolicyInfo,
+) -> Result<Action, LoadError> {
+    let prefix = format!("data.{}", policy.package);
+    let declared = packages.iter().any(|(path, p)| {
+        *p == prefix
+            && engine
+                .has_declared_rule_rooted_at(path, "enforcement")
+                .unwrap_or(false)
+    });
+    if !declared {
+        return Ok(Action::Deny);
+    }
+    let bad = |found: String| LoadError::BadEnforcement {
+        package: policy.package.clone(),
+        path: policy.path.clone(),
+        found,
+    };
+    engine.set_input(regorus::Value::new_object());
+    let value = engine
+        .eval_rule(format!("{prefix}.enforcement"))
+        .map_err(|e| bad(format!("an error: {e:#}")))?;
+    match value.as_string() {
+        Ok(s) => s.parse().map_err(|_| bad(format!("{s:?}"))),
+        Err(_) => Err(bad(value.to_json_str().unwrap_or_else(|_| "?".into()))),
+    }
+}
+
+/// `data.a.b` or `data.a["x-y"]` for package components.
+fn rule_prefix(components: &[String]) -> String {
+    let mut prefix = String::from("data");
+    for c in components {
+        let ident = !c.is_empty()
+            && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            && !c.starts_with(|ch: char| ch.is_ascii_digit());
+        if ident {
+            prefix.push('.');
+            prefix.push_str(c);
+        } else {
+            prefix.push_str(&format!("[{c:?}]"));
+        }
+    }
+    prefix
+}
+
+/// Names of rules starting a line with `test_` (formatted Rego puts rule
+/// heads at column 0); each is confirmed against the parsed module.
+fn test_rule_names(rego: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in rego.lines() {
+        if let Some(rest) = line.strip_prefix("test_") {
+            let tail: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let name = format!("test_{tail}");
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+fn collect_rego(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_rego(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rego") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_prefixes_quote_non_identifiers() {
+        assert_eq!(rule_prefix(&["a".into(), "b_c".into()]), "data.a.b_c");
+        assert_eq!(rule_prefix(&["a".into(), "x-y".into()]), "data.a[\"x-y\"]");
+    }
+
+    #[test]
+    fn test_names_come_from_rule_heads_only() {
+        let names =
+            test_rule_names("package p\ntest_a if true\n  test_nested if true\ntest_a if false\n");
+        assert_eq!(names, vec!["test_a".to_string()]);
+    }
+}
