@@ -10,6 +10,7 @@ use regorus::utils::limits::{ExecutionTimerConfig, LimitError};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::diagnostic::one_line;
 use crate::subject::{self, ReviewError, Subject};
 use crate::{Action, NamespaceData, PolicySet, patch};
 
@@ -140,7 +141,7 @@ impl PolicySet {
                             _ => EvalError::Rego {
                                 policy: policy.package.clone(),
                                 rule: rule_path.clone(),
-                                message: format!("{e:#}"),
+                                message: one_line(&format!("{e:#}")),
                             },
                         }
                     })?;

@@ -31,6 +31,7 @@
 
 mod action;
 mod config;
+mod diagnostic;
 mod evaluate;
 mod namespaces;
 pub mod patch;

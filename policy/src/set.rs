@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use regorus::Engine;
 
+use crate::diagnostic::{line_of, one_line};
 use crate::{Action, EngineConfig};
 
 /// The decision rules a policy package may declare.
@@ -115,8 +116,14 @@ pub enum LoadError {
     },
     #[error("no *.rego files found in {0}")]
     Empty(PathBuf),
-    #[error("policy file {path}: {message}")]
-    Parse { path: String, message: String },
+    /// `message` is one line, starting with `path:line:col:` when regorus
+    /// gives a location.
+    #[error("invalid policy file {path}: {message}")]
+    Parse {
+        path: String,
+        line: Option<u32>,
+        message: String,
+    },
     #[error("policies do not compile: {message}")]
     Compile { message: String },
     #[error(
@@ -167,17 +174,19 @@ impl PolicySet {
         let mut engine = Engine::new();
         let mut packages: Vec<(String, String)> = Vec::new(); // (path, rule path prefix)
         for (path, rego) in &sources {
-            engine
-                .add_policy(path.clone(), rego.clone())
-                .map_err(|e| LoadError::Parse {
+            engine.add_policy(path.clone(), rego.clone()).map_err(|e| {
+                let message = one_line(&format!("{e:#}"));
+                LoadError::Parse {
+                    line: line_of(&message, path),
                     path: path.clone(),
-                    message: format!("{e:#}"),
-                })?;
+                    message,
+                }
+            })?;
         }
         for component in engine
             .get_policy_package_components()
             .map_err(|e| LoadError::Compile {
-                message: format!("{e:#}"),
+                message: one_line(&format!("{e:#}")),
             })?
         {
             packages.push((component.source_file, rule_prefix(&component.components)));
@@ -186,7 +195,7 @@ impl PolicySet {
         engine
             .eval_query("true".to_string(), false)
             .map_err(|e| LoadError::Compile {
-                message: format!("{e:#}"),
+                message: one_line(&format!("{e:#}")),
             })?;
 
         let mut policies: Vec<PolicyInfo> = Vec::new();
@@ -304,7 +313,7 @@ fn declared_enforcement(
     engine.set_input(regorus::Value::new_object());
     let value = engine
         .eval_rule(format!("{prefix}.enforcement"))
-        .map_err(|e| bad(format!("an error: {e:#}")))?;
+        .map_err(|e| bad(format!("an error: {}", one_line(&format!("{e:#}")))))?;
     match value.as_string() {
         Ok(s) => s.parse().map_err(|_| bad(format!("{s:?}"))),
         Err(_) => Err(bad(value.to_json_str().unwrap_or_else(|_| "?".into()))),

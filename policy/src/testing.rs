@@ -58,7 +58,10 @@ impl PolicySet {
                     "result is {}",
                     other.to_json_str().unwrap_or_else(|_| "?".into())
                 )),
-                Err(e) => Some(format!("error: {e:#}")),
+                Err(e) => Some(format!(
+                    "error: {}",
+                    crate::diagnostic::one_line(&format!("{e:#}"))
+                )),
             };
             results.push(TestResult {
                 name: test.name.clone(),

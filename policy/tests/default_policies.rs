@@ -46,3 +46,35 @@ fn default_policies_and_their_actions() {
         ]
     );
 }
+
+#[test]
+fn failing_and_erroring_test_rules_are_reported() {
+    let set = PolicySet::from_sources(
+        vec![(
+            "t_test.rego".into(),
+            "package t_test\n\ntest_true if true\n\ntest_false if false\n\ntest_value := 3\n\ntest_error if {\n  x := 1 / count([])\n  x > 0\n}\n"
+                .into(),
+        )],
+        &EngineConfig::default(),
+    )
+    .expect("compiles");
+    let report = set.run_tests();
+    let outcome: Vec<(&str, bool)> = report
+        .results
+        .iter()
+        .map(|r| (r.name.as_str(), r.passed))
+        .collect();
+    assert_eq!(
+        outcome,
+        vec![
+            ("t_test.test_true", true),
+            ("t_test.test_false", false),
+            ("t_test.test_value", false),
+            ("t_test.test_error", false),
+        ]
+    );
+    assert_eq!((report.passed(), report.failed()), (1, 3));
+    assert!(!report.success());
+    let error = report.results[3].failure.as_deref().unwrap_or_default();
+    assert!(error.starts_with("error: t_test.rego:10:"), "{error}");
+}
