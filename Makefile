@@ -1,0 +1,56 @@
+# mapguard — build, demo, tests and benchmarks.
+#
+#   make demo    prerequisites + build + the enforcer catching racy Go programs
+#                and the webhook judging sample Pods (needs root for BPF)
+#   make test    prerequisites + lint + every test (what CI runs)
+#   make bench   both benchmarks (bench-enforcer, bench-webhook)
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+GO_PROGS ?= $(CURDIR)/target/go-progs
+export GO_PROGS
+export MAPGUARD_GO_PROGS := $(GO_PROGS)
+
+.PHONY: all deps build release go-progs lint test test-rust policy-test demo \
+        bench bench-enforcer bench-webhook clean
+
+all: build
+
+deps:
+	bash .ci/install-deps.sh
+
+build: deps
+	$(CARGO) build
+
+release: deps
+	$(CARGO) build --release
+
+go-progs: deps
+	bash tests/go/build.sh $(GO_PROGS)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test-rust: go-progs
+	$(CARGO) test --no-fail-fast
+
+policy-test: build
+	$(CARGO) run -q -p mapguard-cli --bin mapguard -- policy test policies/
+
+test: deps lint test-rust policy-test
+
+demo: release go-progs
+	bash scripts/demo.sh
+
+bench: bench-enforcer bench-webhook
+
+bench-enforcer: release go-progs
+	$(CARGO) bench -p mapguard-enforcer
+
+bench-webhook: release
+	$(CARGO) bench -p mapguard-webhook
+
+clean:
+	$(CARGO) clean
+	rm -rf $(GO_PROGS)
