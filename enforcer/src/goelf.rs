@@ -1,0 +1,363 @@
+//! Go binary analysis: Go version, map implementation, runtime struct
+//! layouts, the uprobe plan for the runtime's map functions, and PC
+//! symbolization from `.gopclntab`.
+//!
+//! Everything here works on stripped binaries: the Go version comes from
+//! `.go.buildinfo` and functions, files and lines from the pclntab, both of
+//! which survive `strip` and `-ldflags=-s -w`. DWARF is used only to read
+//! struct offsets, with a verified per-release table as the fallback.
+//!
+//! Supported: x86-64 ELF binaries built by Go 1.23.x (classic maps) and
+//! 1.24.x (swiss maps). Other releases are refused rather than guessed at.
+
+pub mod disasm;
+pub mod dwarf;
+pub mod layout;
+pub mod pclntab;
+pub mod plan;
+pub mod version;
+
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSection, ObjectSegment};
+use serde::Serialize;
+
+pub use disasm::StepHandling;
+pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
+pub use pclntab::{Frame, FuncInfo, PclntabError, Symbolizer};
+pub use plan::{ArgLoc, GoReg, MapOp, PlannedProbe, ProbePlan};
+pub use version::GoVersion;
+
+/// Why a binary cannot be analysed.
+#[derive(Debug, thiserror::Error)]
+pub enum GoElfError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF file")]
+    NotElf { path: PathBuf },
+    #[error("{path} is a malformed ELF file: {source}")]
+    BadElf {
+        path: PathBuf,
+        source: object::Error,
+    },
+    #[error("{path} is an ELF file for {arch}, only x86-64 is supported")]
+    NotX86_64 { path: PathBuf, arch: String },
+    #[error("{path} is not a Go binary (no Go build info and no Go pclntab)")]
+    NotGo { path: PathBuf },
+    #[error("{path} was built by {found}; supported Go releases: {supported}")]
+    UnsupportedGoVersion {
+        path: PathBuf,
+        found: String,
+        supported: String,
+    },
+    #[error("{path}: cannot read the Go version: {source}")]
+    Version {
+        path: PathBuf,
+        source: version::VersionError,
+    },
+    #[error(
+        "{path} is a Go binary without a usable pclntab (no .gopclntab section and no pclntab magic in the file; was it post-processed?)"
+    )]
+    NoPclntab { path: PathBuf },
+    #[error("{path}: bad pclntab: {source}")]
+    Pclntab { path: PathBuf, source: PclntabError },
+    #[error("{path}: {symbol} at {vaddr:#x} is outside every loadable segment")]
+    Unmapped {
+        path: PathBuf,
+        symbol: String,
+        vaddr: u64,
+    },
+}
+
+/// Which Go map implementation the runtime uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapImpl {
+    /// Bucket-array hash maps, Go ≤ 1.23 (`runtime/map.go`).
+    Classic,
+    /// Swiss tables, Go ≥ 1.24 (`internal/runtime/maps`).
+    Swiss,
+}
+
+impl std::fmt::Display for MapImpl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MapImpl::Classic => "classic",
+            MapImpl::Swiss => "swiss",
+        })
+    }
+}
+
+/// A loadable segment: maps virtual addresses to file offsets.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    vaddr: u64,
+    file_offset: u64,
+    file_size: u64,
+}
+
+/// An analysed Go executable.
+#[derive(Debug)]
+pub struct GoBinary {
+    path: PathBuf,
+    data: Vec<u8>,
+    segments: Vec<Segment>,
+    version: GoVersion,
+    map_impl: MapImpl,
+    pie: bool,
+    stripped: bool,
+    layout: RuntimeLayout,
+    layout_corrections: Vec<String>,
+    symbolizer: Symbolizer,
+}
+
+impl GoBinary {
+    /// Reads and analyses `path`.
+    pub fn open(path: &Path) -> Result<GoBinary, GoElfError> {
+        let data = std::fs::read(path).map_err(|source| GoElfError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_bytes(path, data)
+    }
+
+    /// Analyses an executable already in memory (`path` is for messages).
+    pub fn from_bytes(path: &Path, data: Vec<u8>) -> Result<GoBinary, GoElfError> {
+        let path_buf = || path.to_path_buf();
+        if !data.starts_with(b"\x7fELF") {
+            return Err(GoElfError::NotElf { path: path_buf() });
+        }
+        let file = object::File::parse(&*data).map_err(|source| {
+            // object refuses ELF files of machines it cannot describe; report the machine.
+            match elf_machine(&data) {
+                Some(m) if m != object::elf::EM_X86_64 => GoElfError::NotX86_64 {
+                    path: path_buf(),
+                    arch: format!("e_machine {m}"),
+                },
+                _ => GoElfError::BadElf {
+                    path: path_buf(),
+                    source,
+                },
+            }
+        })?;
+        if file.architecture() != object::Architecture::X86_64 {
+            return Err(GoElfError::NotX86_64 {
+                path: path_buf(),
+                arch: format!("{:?}", file.architecture()),
+            });
+        }
+        let segments: Vec<Segment> = file
+            .segments()
+            .map(|s| {
+                let (file_offset, file_size) = s.file_range();
+                Segment {
+                    vaddr: s.address(),
+                    file_offset,
+                    file_size,
+                }
+            })
+            .collect();
+        let read_vaddr =
+            |vaddr: u64, len: usize| read_at(&segments, &data, vaddr, len).map(<[u8]>::to_vec);
+
+        // Version (works stripped: the section, else the magic).
+        let buildinfo_section = file
+            .section_by_name(".go.buildinfo")
+            .and_then(|s| s.data().ok());
+        let pcln_section = [".gopclntab", ".data.rel.ro.gopclntab"]
+            .iter()
+            .find_map(|n| file.section_by_name(n))
+            .and_then(|s| s.data().ok());
+        let pcln = pcln_section.or_else(|| pclntab::find_by_magic(&data).map(|at| &data[at..]));
+        let Some(blob) = version::find_buildinfo(buildinfo_section, &data) else {
+            return Err(match pcln {
+                // A pclntab without build info: a Go binary too old to say its version.
+                Some(_) => GoElfError::Version {
+                    path: path_buf(),
+                    source: version::VersionError::NoBuildInfo,
+                },
+                None => GoElfError::NotGo { path: path_buf() },
+            });
+        };
+        let raw =
+            version::read_version(blob, read_vaddr).map_err(|source| GoElfError::Version {
+                path: path_buf(),
+                source,
+            })?;
+        let version = GoVersion::parse(&raw).map_err(|source| GoElfError::Version {
+            path: path_buf(),
+            source,
+        })?;
+        let Some(mut layout) =
+            RuntimeLayout::for_version(&version).filter(|_| version.is_supported())
+        else {
+            return Err(GoElfError::UnsupportedGoVersion {
+                path: path_buf(),
+                found: version.raw,
+                supported: GoVersion::supported_list(),
+            });
+        };
+        let map_impl = if version.has_swiss_maps() {
+            MapImpl::Swiss
+        } else {
+            MapImpl::Classic
+        };
+
+        let pcln = pcln.ok_or_else(|| GoElfError::NoPclntab { path: path_buf() })?;
+        let text_hint = file.section_by_name(".text").map(|s| s.address());
+        let symbolizer =
+            Symbolizer::parse(pcln, text_hint).map_err(|source| GoElfError::Pclntab {
+                path: path_buf(),
+                source,
+            })?;
+
+        // DWARF is optional: a stripped binary uses the table alone.
+        let stripped = file.section_by_name(".debug_info").is_none();
+        let layout_corrections = match dwarf::struct_members(&file, layout::DWARF_STRUCTS) {
+            Ok(structs) => layout.apply_dwarf(&structs),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable DWARF, using the layout table");
+                Vec::new()
+            }
+        };
+        for c in &layout_corrections {
+            tracing::warn!(path = %path.display(), correction = %c, "DWARF layout differs from the verified table");
+        }
+        let pie = file.kind() == object::ObjectKind::Dynamic;
+        drop(file);
+        Ok(GoBinary {
+            path: path.to_path_buf(),
+            data,
+            segments,
+            version,
+            map_impl,
+            pie,
+            stripped,
+            layout,
+            layout_corrections,
+            symbolizer,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The toolchain that built the binary, e.g. `go1.23.5`.
+    pub fn go_version(&self) -> &GoVersion {
+        &self.version
+    }
+
+    pub fn map_impl(&self) -> MapImpl {
+        self.map_impl
+    }
+
+    /// ET_DYN: at run time, address = ELF vaddr + load bias (from `/proc/PID/maps`).
+    pub fn is_pie(&self) -> bool {
+        self.pie
+    }
+
+    /// No DWARF (`-ldflags=-s -w` or `strip`).
+    pub fn is_stripped(&self) -> bool {
+        self.stripped
+    }
+
+    pub fn layout(&self) -> &RuntimeLayout {
+        &self.layout
+    }
+
+    /// Fields where this binary's DWARF disagreed with the verified table
+    /// (the DWARF value is used). Empty for the releases verified here.
+    pub fn layout_corrections(&self) -> &[String] {
+        &self.layout_corrections
+    }
+
+    pub fn symbolizer(&self) -> &Symbolizer {
+        &self.symbolizer
+    }
+
+    /// File offset of a virtual address (what a uprobe attaches to).
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)
+            .map(|s| vaddr - s.vaddr + s.file_offset)
+    }
+
+    /// The machine code of a function, from the file.
+    pub fn function_code(&self, f: &FuncInfo) -> Option<&[u8]> {
+        read_at(
+            &self.segments,
+            &self.data,
+            f.entry,
+            usize::try_from(f.end - f.entry).ok()?,
+        )
+    }
+
+    /// Disassembles every map function the binary has and plans its probe.
+    pub fn probe_plan(&self) -> Result<ProbePlan, GoElfError> {
+        let mut probes = Vec::new();
+        for cand in plan::candidates(self.map_impl) {
+            let Some(func) = self.symbolizer.function(cand.symbol) else {
+                continue;
+            };
+            let unmapped = || GoElfError::Unmapped {
+                path: self.path.clone(),
+                symbol: cand.symbol.to_string(),
+                vaddr: func.entry,
+            };
+            let code = self.function_code(func).ok_or_else(unmapped)?;
+            let insns = disasm::decode(code, func.entry);
+            let Some(site) = disasm::choose_probe_site(&insns) else {
+                continue;
+            };
+            let file_offset = self
+                .file_offset(func.entry + site.offset)
+                .ok_or_else(unmapped)?;
+            let map_arg = match cand.arg {
+                plan::MapArg::Reg(reg) => ArgLoc::Reg { reg },
+                plan::MapArg::ViaIter(reg) => ArgLoc::ViaIterator {
+                    reg,
+                    offset: self.layout.iter_map,
+                },
+            };
+            probes.push(PlannedProbe {
+                symbol: cand.symbol.to_string(),
+                op: cand.op,
+                func_vaddr: func.entry,
+                insn_offset: site.offset,
+                file_offset,
+                insn_text: site.text,
+                handling: site.handling,
+                map_arg,
+                ret_offsets: disasm::ret_offsets(&insns),
+                note: site.note,
+            });
+        }
+        Ok(ProbePlan { probes })
+    }
+}
+
+fn read_at<'a>(segments: &[Segment], data: &'a [u8], vaddr: u64, len: usize) -> Option<&'a [u8]> {
+    let seg = segments
+        .iter()
+        .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)?;
+    let start = usize::try_from(vaddr - seg.vaddr + seg.file_offset).ok()?;
+    let seg_end = usize::try_from(seg.file_offset + seg.file_size).ok()?;
+    let end = start.checked_add(len).filter(|e| *e <= seg_end)?;
+    data.get(start..end)
+}
+
+/// `e_machine` of a little-endian ELF header, read by hand so that files of
+/// machines the parser does not know still get a precise error.
+fn elf_machine(data: &[u8]) -> Option<u16> {
+    let b = data.get(18..20)?;
+    Some(if data.get(5) == Some(&2) {
+        u16::from_be_bytes([b[0], b[1]])
+    } else {
+        u16::from_le_bytes([b[0], b[1]])
+    })
+}

@@ -1,0 +1,298 @@
+//! Parser for the Go 1.20+ `pclntab` (magic `0xFFFFFFF1`): function table,
+//! function names, compilation-unit file table and pc-value tables.
+//!
+//! The pclntab is what the Go runtime itself uses for tracebacks, so it is in
+//! every Go binary, stripped or not. Layout (all offsets from the table
+//! start): a header `{magic u32, 0, 0, minLC u8, ptrSize u8, nfunc, nfiles,
+//! textStart, funcnameOff, cuOff, filetabOff, pctabOff, pclnOff}`; at
+//! `pclnOff` the functab (`nfunc+1` pairs `{entryOff u32, funcOff u32}`),
+//! then each `_func` record at `pclnOff + funcOff`.
+
+use std::collections::HashMap;
+
+use super::version::read_uvarint;
+
+/// Magic of the Go 1.20+ table format (1.20 through 1.24 share it).
+pub const PCLNTAB_MAGIC_120: u32 = 0xFFFF_FFF1;
+const HEADER_LEN: usize = 8 + 8 * 8;
+/// Bytes of `_func` read here: entryOff..startLine + funcID/flag/pad/nfuncdata.
+const FUNC_RECORD_LEN: usize = 44;
+
+/// Why a pclntab could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PclntabError {
+    #[error("pclntab magic {0:#x} is not the Go 1.20+ format 0xfffffff1")]
+    BadMagic(u32),
+    #[error("pclntab is truncated or corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("pclntab is for pointer size {0}, expected 8 (amd64)")]
+    PtrSize(u8),
+}
+
+/// One function from the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuncInfo {
+    pub name: String,
+    /// First instruction (ELF virtual address).
+    pub entry: u64,
+    /// One past the last instruction.
+    pub end: u64,
+    /// Line of the `func` keyword.
+    pub start_line: u32,
+    func_off: usize,
+}
+
+/// A symbolized program counter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}:{}", self.function, self.file, self.line)
+    }
+}
+
+/// Maps program counters to Go functions, files and lines, from the pclntab
+/// alone (so it works on stripped binaries).
+#[derive(Debug, Clone)]
+pub struct Symbolizer {
+    data: Vec<u8>,
+    min_lc: u64,
+    text_start: u64,
+    cu_off: usize,
+    filetab_off: usize,
+    pctab_off: usize,
+    /// Sorted by entry.
+    funcs: Vec<FuncInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Symbolizer {
+    /// Parses the table. `data` starts at the magic; `text_start_hint`
+    /// replaces a zero `textStart` header field (never seen on amd64 here).
+    pub fn parse(data: &[u8], text_start_hint: Option<u64>) -> Result<Symbolizer, PclntabError> {
+        if data.len() < HEADER_LEN {
+            return Err(PclntabError::Corrupt("shorter than its header"));
+        }
+        let magic = u32::from_le_bytes(data[0..4].try_into().expect("4 bytes"));
+        if magic != PCLNTAB_MAGIC_120 {
+            return Err(PclntabError::BadMagic(magic));
+        }
+        if data[7] != 8 {
+            return Err(PclntabError::PtrSize(data[7]));
+        }
+        let word =
+            |i: usize| u64::from_le_bytes(data[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
+        let off = |i: usize| usize::try_from(word(i)).ok().filter(|o| *o <= data.len());
+        let corrupt = PclntabError::Corrupt;
+        let nfunc = usize::try_from(word(0)).map_err(|_| corrupt("nfunc"))?;
+        let mut text_start = word(2);
+        if text_start == 0 {
+            text_start = text_start_hint.unwrap_or(0);
+        }
+        let funcname_off = off(3).ok_or(corrupt("funcnametab offset"))?;
+        let cu_off = off(4).ok_or(corrupt("cutab offset"))?;
+        let filetab_off = off(5).ok_or(corrupt("filetab offset"))?;
+        let pctab_off = off(6).ok_or(corrupt("pctab offset"))?;
+        let pcln_off = off(7).ok_or(corrupt("functab offset"))?;
+        let functab_len = nfunc
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .ok_or(corrupt("nfunc"))?;
+        let functab = data
+            .get(
+                pcln_off
+                    ..pcln_off
+                        .checked_add(functab_len)
+                        .ok_or(corrupt("functab"))?,
+            )
+            .ok_or(corrupt("functab past end"))?;
+        let u32_at =
+            |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+
+        let mut sym = Symbolizer {
+            data: data.to_vec(),
+            min_lc: u64::from(data[6].max(1)),
+            text_start,
+            cu_off,
+            filetab_off,
+            pctab_off,
+            funcs: Vec::with_capacity(nfunc),
+            by_name: HashMap::with_capacity(nfunc),
+        };
+        for i in 0..nfunc {
+            let entry = text_start + u64::from(u32_at(functab, 8 * i));
+            let end = text_start + u64::from(u32_at(functab, 8 * (i + 1)));
+            let func_off = pcln_off + u32_at(functab, 8 * i + 4) as usize;
+            let rec = sym
+                .data
+                .get(func_off..func_off + FUNC_RECORD_LEN)
+                .ok_or(corrupt("_func past end"))?;
+            let name_off = u32_at(rec, 4) as usize;
+            let start_line = u32_at(rec, 36);
+            let name = sym
+                .cstr(funcname_off + name_off)
+                .ok_or(corrupt("function name"))?;
+            sym.funcs.push(FuncInfo {
+                name,
+                entry,
+                end,
+                start_line,
+                func_off,
+            });
+        }
+        if sym.funcs.windows(2).any(|w| w[0].entry > w[1].entry) {
+            return Err(corrupt("functab not sorted"));
+        }
+        for (i, f) in sym.funcs.iter().enumerate() {
+            sym.by_name.entry(f.name.clone()).or_insert(i);
+        }
+        Ok(sym)
+    }
+
+    /// Start of the text the table describes (ELF virtual address).
+    pub fn text_start(&self) -> u64 {
+        self.text_start
+    }
+
+    /// All functions, sorted by entry address.
+    pub fn functions(&self) -> &[FuncInfo] {
+        &self.funcs
+    }
+
+    /// The function with this exact Go symbol name, e.g. `runtime.mapdelete_fast64`.
+    pub fn function(&self, name: &str) -> Option<&FuncInfo> {
+        self.by_name.get(name).map(|i| &self.funcs[*i])
+    }
+
+    /// The function containing `pc`.
+    pub fn function_at(&self, pc: u64) -> Option<&FuncInfo> {
+        let i = self
+            .funcs
+            .partition_point(|f| f.entry <= pc)
+            .checked_sub(1)?;
+        let f = &self.funcs[i];
+        (pc < f.end).then_some(f)
+    }
+
+    /// Function, file and line of the instruction at `pc`. For a return
+    /// address (every stack frame but the innermost), pass `pc - 1`.
+    pub fn frame(&self, pc: u64) -> Option<Frame> {
+        let f = self.function_at(pc)?;
+        let rec = &self.data[f.func_off..f.func_off + FUNC_RECORD_LEN];
+        let u32_at = |i: usize| u32::from_le_bytes(rec[i..i + 4].try_into().expect("4 bytes"));
+        let (pcfile, pcln, cu) = (u32_at(20), u32_at(24), u32_at(32));
+        let line = self.pcvalue(pcln, f.entry, pc)?;
+        let file_no = self.pcvalue(pcfile, f.entry, pc)?;
+        let file = self
+            .file_name(cu, file_no)
+            .unwrap_or_else(|| "?".to_string());
+        Some(Frame {
+            function: f.name.clone(),
+            file,
+            line: u32::try_from(line).unwrap_or(0),
+        })
+    }
+
+    /// Symbolizes a stack of PCs innermost first: the first is the faulting
+    /// instruction, the others are return addresses (looked up at `pc - 1`).
+    pub fn stack(&self, pcs: &[u64]) -> Vec<Option<Frame>> {
+        pcs.iter()
+            .enumerate()
+            .map(|(i, pc)| self.frame(if i == 0 { *pc } else { pc.saturating_sub(1) }))
+            .collect()
+    }
+
+    fn file_name(&self, cu: u32, file_no: i64) -> Option<String> {
+        let idx = self.cu_off + 4 * (cu as usize + usize::try_from(file_no).ok()?);
+        let b = self.data.get(idx..idx + 4)?;
+        let off = u32::from_le_bytes(b.try_into().ok()?);
+        if off == u32::MAX {
+            return None;
+        }
+        self.cstr(self.filetab_off + off as usize)
+    }
+
+    /// Walks the pc-value table at `pctab + off` and returns the value for `target`.
+    fn pcvalue(&self, off: u32, entry: u64, target: u64) -> Option<i64> {
+        if off == 0 {
+            return None;
+        }
+        let mut p = self.data.get(self.pctab_off + off as usize..)?;
+        let (mut val, mut pc, mut first) = (-1i64, entry, true);
+        loop {
+            let (uv, n) = read_uvarint(p)?;
+            if uv == 0 && !first {
+                return None;
+            }
+            first = false;
+            p = &p[n..];
+            let delta = if uv & 1 != 0 {
+                !(uv >> 1) as i64
+            } else {
+                (uv >> 1) as i64
+            };
+            val = val.checked_add(delta)?;
+            let (pcdelta, n) = read_uvarint(p)?;
+            p = &p[n..];
+            pc = pc.checked_add(pcdelta.checked_mul(self.min_lc)?)?;
+            if target < pc {
+                return Some(val);
+            }
+        }
+    }
+
+    fn cstr(&self, at: usize) -> Option<String> {
+        let tail = self.data.get(at..)?;
+        let len = tail.iter().position(|b| *b == 0)?;
+        Some(String::from_utf8_lossy(&tail[..len]).into_owned())
+    }
+}
+
+/// Finds a pclntab by its header bytes (magic, two zero pads, minLC 1,
+/// pointer size 8) when the section headers were removed.
+pub fn find_by_magic(file: &[u8]) -> Option<usize> {
+    let mut pat = PCLNTAB_MAGIC_120.to_le_bytes().to_vec();
+    pat.extend([0, 0, 1, 8]);
+    let mut at = 0;
+    while at + HEADER_LEN <= file.len() {
+        if file[at..].starts_with(&pat) {
+            return Some(at);
+        }
+        at += 8;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_wrong_magic_and_truncation() {
+        assert!(matches!(
+            Symbolizer::parse(&[0u8; 10], None),
+            Err(PclntabError::Corrupt(_))
+        ));
+        let mut old = vec![0u8; HEADER_LEN];
+        old[0..4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        assert_eq!(
+            Symbolizer::parse(&old, None).unwrap_err(),
+            PclntabError::BadMagic(0xFFFF_FFF0)
+        );
+        let mut hdr = vec![0u8; HEADER_LEN];
+        hdr[0..4].copy_from_slice(&PCLNTAB_MAGIC_120.to_le_bytes());
+        hdr[6] = 1;
+        hdr[7] = 8;
+        hdr[8] = 200; // nfunc = 200 but no functab
+        hdr[64] = 72; // pcln offset inside the data
+        assert!(matches!(
+            Symbolizer::parse(&hdr, None),
+            Err(PclntabError::Corrupt(_))
+        ));
+    }
+}

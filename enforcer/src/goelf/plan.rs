@@ -1,0 +1,251 @@
+//! The probe plan: which Go runtime map functions to probe, where, how the
+//! kernel will execute the probed instruction, and where the map pointer is.
+//!
+//! Go ABIInternal on amd64 passes integer arguments in RAX, RBX, RCX, RDI,
+//! RSI, R8–R11 (a method's receiver first); R14 holds the current `g`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::MapImpl;
+use super::disasm::StepHandling;
+
+/// What a probed function does to the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapOp {
+    Delete,
+    Assign,
+    Clear,
+    Read,
+    IterStart,
+    IterNext,
+    Grow,
+}
+
+impl MapOp {
+    pub const ALL: [MapOp; 7] = [
+        MapOp::Delete,
+        MapOp::Assign,
+        MapOp::Clear,
+        MapOp::Read,
+        MapOp::IterStart,
+        MapOp::IterNext,
+        MapOp::Grow,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MapOp::Delete => "delete",
+            MapOp::Assign => "assign",
+            MapOp::Clear => "clear",
+            MapOp::Read => "read",
+            MapOp::IterStart => "iter_start",
+            MapOp::IterNext => "iter_next",
+            MapOp::Grow => "grow",
+        }
+    }
+}
+
+impl fmt::Display for MapOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An amd64 integer argument register of Go's ABIInternal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GoReg {
+    Rax,
+    Rbx,
+    Rcx,
+    Rdi,
+    Rsi,
+    R8,
+    R9,
+    R10,
+    R11,
+}
+
+impl GoReg {
+    /// Field name in the kernel's `struct pt_regs` (x86-64).
+    pub fn pt_regs_field(&self) -> &'static str {
+        match self {
+            GoReg::Rax => "ax",
+            GoReg::Rbx => "bx",
+            GoReg::Rcx => "cx",
+            GoReg::Rdi => "di",
+            GoReg::Rsi => "si",
+            GoReg::R8 => "r8",
+            GoReg::R9 => "r9",
+            GoReg::R10 => "r10",
+            GoReg::R11 => "r11",
+        }
+    }
+}
+
+impl fmt::Display for GoReg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GoReg::Rax => "rax",
+            GoReg::Rbx => "rbx",
+            GoReg::Rcx => "rcx",
+            GoReg::Rdi => "rdi",
+            GoReg::Rsi => "rsi",
+            GoReg::R8 => "r8",
+            GoReg::R9 => "r9",
+            GoReg::R10 => "r10",
+            GoReg::R11 => "r11",
+        })
+    }
+}
+
+/// Where the map pointer is when the probe fires (at the planned offset the
+/// argument registers still hold the arguments: the prologue only compares,
+/// branches and pushes rbp before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ArgLoc {
+    /// The register holds the map pointer.
+    Reg { reg: GoReg },
+    /// The register holds an iterator; the map pointer is at `offset` in it
+    /// (`hiter.h` / `maps.Iter.m`, from the runtime layout).
+    ViaIterator { reg: GoReg, offset: u64 },
+}
+
+impl fmt::Display for ArgLoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgLoc::Reg { reg } => write!(f, "{reg}"),
+            ArgLoc::ViaIterator { reg, offset } => write!(f, "[{reg}+{offset:#x}]"),
+        }
+    }
+}
+
+/// One probe to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedProbe {
+    pub symbol: String,
+    pub op: MapOp,
+    /// ELF virtual address of the function's first instruction.
+    pub func_vaddr: u64,
+    /// Offset of the probed instruction from the function start.
+    pub insn_offset: u64,
+    /// Offset of the probed instruction in the ELF file: what a uprobe attaches to.
+    pub file_offset: u64,
+    pub insn_text: String,
+    pub handling: StepHandling,
+    pub map_arg: ArgLoc,
+    /// Offsets of the function's RET instructions (informational).
+    pub ret_offsets: Vec<u64>,
+    /// Why the plan deviates from "emulated push rbp after the stack check".
+    pub note: Option<String>,
+}
+
+/// Every probe for one binary, in table order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbePlan {
+    pub probes: Vec<PlannedProbe>,
+}
+
+impl ProbePlan {
+    pub fn probes_for(&self, op: MapOp) -> impl Iterator<Item = &PlannedProbe> {
+        self.probes.iter().filter(move |p| p.op == op)
+    }
+
+    pub fn get(&self, symbol: &str) -> Option<&PlannedProbe> {
+        self.probes.iter().find(|p| p.symbol == symbol)
+    }
+}
+
+/// Where to find the map pointer of a candidate function.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum MapArg {
+    Reg(GoReg),
+    ViaIter(GoReg),
+}
+
+/// A function worth probing if the binary has it.
+pub(super) struct Candidate {
+    pub symbol: &'static str,
+    pub op: MapOp,
+    pub arg: MapArg,
+}
+
+const fn c(symbol: &'static str, op: MapOp, arg: MapArg) -> Candidate {
+    Candidate { symbol, op, arg }
+}
+
+use GoReg::{Rax, Rbx, Rcx};
+use MapArg::{Reg, ViaIter};
+use MapOp::*;
+
+/// Entry points the compiler calls for map operations, same names and
+/// `(type, map, key...)` signature (map in RBX) in both implementations.
+const COMMON: &[Candidate] = &[
+    c("runtime.mapdelete", Delete, Reg(Rbx)),
+    c("runtime.mapdelete_fast32", Delete, Reg(Rbx)),
+    c("runtime.mapdelete_fast64", Delete, Reg(Rbx)),
+    c("runtime.mapdelete_faststr", Delete, Reg(Rbx)),
+    c("runtime.mapassign", Assign, Reg(Rbx)),
+    c("runtime.mapassign_fast32", Assign, Reg(Rbx)),
+    c("runtime.mapassign_fast32ptr", Assign, Reg(Rbx)),
+    c("runtime.mapassign_fast64", Assign, Reg(Rbx)),
+    c("runtime.mapassign_fast64ptr", Assign, Reg(Rbx)),
+    c("runtime.mapassign_faststr", Assign, Reg(Rbx)),
+    c("runtime.mapclear", Clear, Reg(Rbx)),
+    c("runtime.mapaccess1", Read, Reg(Rbx)),
+    c("runtime.mapaccess1_fast32", Read, Reg(Rbx)),
+    c("runtime.mapaccess1_fast64", Read, Reg(Rbx)),
+    c("runtime.mapaccess1_faststr", Read, Reg(Rbx)),
+    c("runtime.mapaccess1_fat", Read, Reg(Rbx)),
+    c("runtime.mapaccess2", Read, Reg(Rbx)),
+    c("runtime.mapaccess2_fast32", Read, Reg(Rbx)),
+    c("runtime.mapaccess2_fast64", Read, Reg(Rbx)),
+    c("runtime.mapaccess2_faststr", Read, Reg(Rbx)),
+    c("runtime.mapaccess2_fat", Read, Reg(Rbx)),
+];
+
+/// Go ≤ 1.23 (`runtime/map.go`).
+const CLASSIC: &[Candidate] = &[
+    c("runtime.mapaccessK", Read, Reg(Rbx)),
+    c("runtime.mapiterinit", IterStart, Reg(Rbx)),
+    c("runtime.mapiternext", IterNext, ViaIter(Rax)),
+    c("runtime.hashGrow", Grow, Reg(Rbx)),
+    c("runtime.growWork", Grow, Reg(Rbx)),
+    c("runtime.growWork_fast32", Grow, Reg(Rbx)),
+    c("runtime.growWork_fast64", Grow, Reg(Rbx)),
+    c("runtime.growWork_faststr", Grow, Reg(Rbx)),
+    c("runtime.evacuate", Grow, Reg(Rbx)),
+    c("runtime.evacuate_fast32", Grow, Reg(Rbx)),
+    c("runtime.evacuate_fast64", Grow, Reg(Rbx)),
+    c("runtime.evacuate_faststr", Grow, Reg(Rbx)),
+];
+
+/// Go ≥ 1.24 swiss maps (`runtime/map_swiss.go`, `internal/runtime/maps`).
+/// `(*table)` methods take `(t, typ, m, ...)`: the map is the third argument.
+const SWISS: &[Candidate] = &[
+    c("runtime.mapIterStart", IterStart, Reg(Rbx)),
+    c("runtime.mapIterNext", IterNext, ViaIter(Rax)),
+    c("internal/runtime/maps.(*table).rehash", Grow, Reg(Rcx)),
+    c("internal/runtime/maps.(*table).grow", Grow, Reg(Rcx)),
+    c("internal/runtime/maps.(*table).split", Grow, Reg(Rcx)),
+    c("internal/runtime/maps.(*Map).growToSmall", Grow, Reg(Rax)),
+    c("internal/runtime/maps.(*Map).growToTable", Grow, Reg(Rax)),
+    c(
+        "internal/runtime/maps.(*Map).installTableSplit",
+        Grow,
+        Reg(Rax),
+    ),
+];
+
+/// Candidate functions for a map implementation.
+pub(super) fn candidates(imp: MapImpl) -> impl Iterator<Item = &'static Candidate> {
+    let specific = match imp {
+        MapImpl::Classic => CLASSIC,
+        MapImpl::Swiss => SWISS,
+    };
+    COMMON.iter().chain(specific.iter())
+}

@@ -1,0 +1,167 @@
+//! The `scan` report: what mapguard would do with a binary, without running
+//! it. Go version, map implementation, runtime layout and the probe plan
+//! (every map function found, the probed instruction and whether the kernel
+//! emulates or single-steps it). Text for people (`Display`), JSON for tools
+//! (`Serialize`).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::goelf::{
+    GoBinary, GoElfError, MapImpl, MapOp, PlannedProbe, RuntimeLayout, StepHandling,
+};
+
+/// Everything `mapguard-enforcer scan` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanReport {
+    pub path: String,
+    pub go_version: String,
+    pub map_impl: MapImpl,
+    pub pie: bool,
+    /// No DWARF: layouts come from the verified table, symbols from pclntab.
+    pub stripped: bool,
+    pub functions_in_pclntab: usize,
+    pub layout: RuntimeLayout,
+    pub layout_corrections: Vec<String>,
+    pub probes: Vec<PlannedProbe>,
+    pub summary: Summary,
+}
+
+/// Counts over the plan.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub probes: usize,
+    pub emulated: usize,
+    pub single_stepped: usize,
+    pub rejected: usize,
+    /// Operation classes with no probe (their functions are not linked in).
+    pub ops_without_probe: Vec<MapOp>,
+}
+
+impl ScanReport {
+    /// Opens and analyses `path`.
+    pub fn for_path(path: &Path) -> Result<ScanReport, GoElfError> {
+        ScanReport::new(&GoBinary::open(path)?)
+    }
+
+    pub fn new(bin: &GoBinary) -> Result<ScanReport, GoElfError> {
+        let plan = bin.probe_plan()?;
+        let count = |h: StepHandling| plan.probes.iter().filter(|p| p.handling == h).count();
+        let summary = Summary {
+            probes: plan.probes.len(),
+            emulated: count(StepHandling::Emulated),
+            single_stepped: count(StepHandling::SingleStep),
+            rejected: count(StepHandling::Rejected),
+            ops_without_probe: MapOp::ALL
+                .into_iter()
+                .filter(|op| plan.probes_for(*op).next().is_none())
+                .collect(),
+        };
+        Ok(ScanReport {
+            path: bin.path().display().to_string(),
+            go_version: bin.go_version().raw.clone(),
+            map_impl: bin.map_impl(),
+            pie: bin.is_pie(),
+            stripped: bin.is_stripped(),
+            functions_in_pclntab: bin.symbolizer().functions().len(),
+            layout: *bin.layout(),
+            layout_corrections: bin.layout_corrections().to_vec(),
+            probes: plan.probes,
+            summary,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("ScanReport serializes")
+    }
+}
+
+impl fmt::Display for ScanReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.layout;
+        writeln!(f, "binary:      {}", self.path)?;
+        writeln!(
+            f,
+            "Go binary:   yes, {} ({} maps)",
+            self.go_version, self.map_impl
+        )?;
+        writeln!(
+            f,
+            "ELF:         x86-64, {}, {}",
+            if self.pie {
+                "PIE (addresses are relative to the load bias)"
+            } else {
+                "fixed addresses"
+            },
+            if self.stripped {
+                "stripped (symbols from .gopclntab)"
+            } else {
+                "with DWARF"
+            },
+        )?;
+        writeln!(
+            f,
+            "functions:   {} in .gopclntab",
+            self.functions_in_pclntab
+        )?;
+        let (flag_off, flag_mask) = l.map.writing_flag();
+        writeln!(
+            f,
+            "layout:      from {:?}: writing flag at map+{flag_off} mask {flag_mask:#x}, count at map+{}, iterator map at it+{}, g.goid at g+{}, g.m at g+{}",
+            l.source,
+            l.map.count_offset(),
+            l.iter_map,
+            l.g_goid,
+            l.g_m
+        )?;
+        for c in &self.layout_corrections {
+            writeln!(f, "  warning: DWARF differs from the verified table: {c}")?;
+        }
+        writeln!(f, "probe plan:  {} probes", self.probes.len())?;
+        writeln!(
+            f,
+            "  {:<46} {:<10} {:>10} {:>5} {:>10}  {:<22} {:<11} {:<10} rets",
+            "function", "op", "vaddr", "+off", "file off", "instruction", "handling", "map"
+        )?;
+        for p in &self.probes {
+            let rets: Vec<String> = p.ret_offsets.iter().map(|r| format!("{r:#x}")).collect();
+            writeln!(
+                f,
+                "  {:<46} {:<10} {:>#10x} {:>#5x} {:>#10x}  {:<22} {:<11} {:<10} {}",
+                p.symbol,
+                p.op.as_str(),
+                p.func_vaddr,
+                p.insn_offset,
+                p.file_offset,
+                p.insn_text,
+                match p.handling {
+                    StepHandling::Emulated => "emulated",
+                    StepHandling::SingleStep => "single-step",
+                    StepHandling::Rejected => "REJECTED",
+                },
+                p.map_arg.to_string(),
+                rets.join(",")
+            )?;
+            if let Some(note) = &p.note {
+                writeln!(f, "      note: {note}")?;
+            }
+        }
+        let s = &self.summary;
+        write!(
+            f,
+            "summary:     {} emulated, {} single-stepped, {} rejected",
+            s.emulated, s.single_stepped, s.rejected
+        )?;
+        if !s.ops_without_probe.is_empty() {
+            let ops: Vec<&str> = s.ops_without_probe.iter().map(MapOp::as_str).collect();
+            write!(
+                f,
+                "; not linked in (program never does them): {}",
+                ops.join(", ")
+            )?;
+        }
+        writeln!(f)
+    }
+}
