@@ -1,0 +1,3 @@
+module mapguard.test/progs
+
+go 1.23
