@@ -1,1 +1,48 @@
-//! Validating and mutating admission webhook evaluating Rego policies.
+//! mapguard's admission webhook: validates and mutates Pods and their
+//! controllers with Rego policies (crate `mapguard-policy`) over HTTPS.
+//!
+//! * [`app`] — the admission router (`POST /validate`, `POST /mutate`),
+//!   callable without a socket (`app(state).oneshot(req)` in tests).
+//! * [`ops_app`] — `/healthz`, `/readyz`, `/metrics` on a separate
+//!   plain-HTTP port.
+//! * [`startup::Webhook`] — loads everything from a [`config::Config`] and
+//!   serves both routers: rustls (TLS 1.2/1.3) with a hot-swappable
+//!   certificate ([`tls`]), policy, certificate and namespaces-file hot
+//!   reload by polling ([`watch`]), namespace metadata from a file or the
+//!   API server ([`namespaces`]), bounded evaluation ([`evaluator`]) with a
+//!   fail-open/fail-closed policy, and Prometheus metrics ([`metrics`]).
+
+pub mod admission;
+pub mod config;
+pub mod evaluator;
+pub mod metrics;
+pub mod namespaces;
+pub mod ops;
+pub mod policies;
+pub mod server;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod watch;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+pub use config::{Config, FailurePolicy};
+pub use ops::ops_app;
+pub use state::{AppState, Settings};
+
+/// The admission router: `POST /validate` and `POST /mutate`, with the body
+/// size limit (413 beyond it) and the body read timeout of `state`'s settings.
+pub fn app(state: AppState) -> Router {
+    let settings = state.settings().clone();
+    Router::new()
+        .route("/validate", post(admission::validate))
+        .route("/mutate", post(admission::mutate))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(settings.body_timeout))
+        .with_state(state)
+}

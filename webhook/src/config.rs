@@ -1,0 +1,228 @@
+//! Command-line and environment configuration of `mapguard-webhook`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use mapguard_policy::Action;
+
+/// What the webhook answers when it cannot judge a request (evaluation
+/// overloaded, timed out or failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailurePolicy {
+    /// Allow the request, with a warning saying why it was not judged.
+    FailOpen,
+    /// Deny the request with a message saying why it was not judged.
+    FailClosed,
+}
+
+impl FailurePolicy {
+    /// The spelling used on the command line and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "fail-open",
+            FailurePolicy::FailClosed => "fail-closed",
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `PACKAGE=ACTION`: overrides the enforcement action of one policy package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnforcementOverride {
+    /// Package name without `data.` (e.g. `mapguard.privileged`).
+    pub package: String,
+    /// The action its findings get.
+    pub action: Action,
+}
+
+impl FromStr for EnforcementOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (package, action) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected PACKAGE=ACTION, got {s:?}"))?;
+        let action = action.parse::<Action>().map_err(|e| e.to_string())?;
+        if package.trim().is_empty() {
+            return Err(format!("empty package name in {s:?}"));
+        }
+        Ok(Self {
+            package: package.trim().to_owned(),
+            action,
+        })
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 250ms, 2s, 1m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The webhook's configuration: every flag is also an environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mapguard-webhook", version, about)]
+pub struct Config {
+    /// HTTPS address serving /validate and /mutate.
+    #[arg(long, env = "MAPGUARD_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM serving certificate (chain); reloaded when it changes.
+    #[arg(
+        long,
+        env = "MAPGUARD_TLS_CERT",
+        default_value = "/etc/mapguard/tls/tls.crt"
+    )]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the serving certificate; reloaded when it changes.
+    #[arg(
+        long,
+        env = "MAPGUARD_TLS_KEY",
+        default_value = "/etc/mapguard/tls/tls.key"
+    )]
+    pub tls_key: PathBuf,
+    /// Directory of Rego policies (e.g. a mounted ConfigMap); reloaded when it
+    /// changes. Default: the policies compiled into the binary.
+    #[arg(long, env = "MAPGUARD_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Plain-HTTP address serving /healthz, /readyz and /metrics.
+    #[arg(long, env = "MAPGUARD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// YAML/JSON file of namespace metadata (offline mode, reloaded when it
+    /// changes). Without it, namespaces are watched through the API server.
+    #[arg(long, env = "MAPGUARD_NAMESPACES_FILE")]
+    pub namespaces_file: Option<PathBuf>,
+    /// Namespace whose requests are allowed without evaluation; repeatable.
+    #[arg(
+        long = "exempt-namespace",
+        env = "MAPGUARD_EXEMPT_NAMESPACES",
+        value_delimiter = ',',
+        default_values_t = ["mapguard-system".to_owned(), "kube-system".to_owned()]
+    )]
+    pub exempt_namespaces: Vec<String>,
+    /// Enforcement override `PACKAGE=deny|warn|dry-run`; repeatable.
+    #[arg(
+        long = "enforcement",
+        env = "MAPGUARD_ENFORCEMENT",
+        value_delimiter = ','
+    )]
+    pub enforcement: Vec<EnforcementOverride>,
+    /// Decision when a request cannot be judged (overload, timeout, error).
+    #[arg(
+        long,
+        env = "MAPGUARD_FAILURE_POLICY",
+        value_enum,
+        default_value = "fail-closed"
+    )]
+    pub failure_policy: FailurePolicy,
+    /// Time limit of one policy evaluation (below the webhook's 10s timeout).
+    #[arg(long, env = "MAPGUARD_EVAL_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    pub eval_timeout: Duration,
+    /// Evaluations running at once; further requests wait for a slot.
+    #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_EVALUATIONS", default_value_t = default_concurrency())]
+    pub max_concurrent_evaluations: usize,
+    /// How long a request waits for an evaluation slot before it is judged
+    /// by the failure policy as overloaded.
+    #[arg(long, env = "MAPGUARD_QUEUE_TIMEOUT", value_parser = parse_duration, default_value = "250ms")]
+    pub queue_timeout: Duration,
+    /// Largest accepted request body (the API server's own limit is 3 MiB).
+    #[arg(long, env = "MAPGUARD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Time allowed for a TLS handshake, for reading request headers and for
+    /// reading a request body (slow clients are cut off after it).
+    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub client_timeout: Duration,
+    /// Interval of the change checks on the policy directory, the TLS files
+    /// and the namespaces file.
+    #[arg(long, env = "MAPGUARD_RELOAD_INTERVAL", value_parser = parse_duration, default_value = "2s")]
+    pub reload_interval: Duration,
+    /// Let /mutate deny requests that policies deny (by default only
+    /// /validate denies; /mutate only patches).
+    #[arg(long, env = "MAPGUARD_MUTATE_ENFORCE")]
+    pub mutate_enforce: bool,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+    /// Log format; `RUST_LOG` sets the filter (default `info`).
+    #[arg(long, env = "MAPGUARD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_reject_garbage() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = Config::try_parse_from(["mapguard-webhook"]).expect("defaults parse");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(config.metrics_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(config.failure_policy, FailurePolicy::FailClosed);
+        assert_eq!(config.eval_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_body_bytes, 3 * 1024 * 1024);
+        assert_eq!(config.exempt_namespaces, ["mapguard-system", "kube-system"]);
+        assert!(config.policies.is_none());
+    }
+
+    #[test]
+    fn overrides_parse() {
+        let config = Config::try_parse_from([
+            "mapguard-webhook",
+            "--enforcement",
+            "mapguard.privileged=warn",
+            "--exempt-namespace",
+            "a",
+            "--exempt-namespace",
+            "b",
+            "--failure-policy",
+            "fail-open",
+        ])
+        .expect("flags parse");
+        assert_eq!(config.enforcement[0].package, "mapguard.privileged");
+        assert_eq!(config.enforcement[0].action, Action::Warn);
+        assert_eq!(config.exempt_namespaces, ["a", "b"]);
+        assert_eq!(config.failure_policy, FailurePolicy::FailOpen);
+        assert!(Config::try_parse_from(["x", "--enforcement", "p=block"]).is_err());
+    }
+}

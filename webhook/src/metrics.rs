@@ -1,0 +1,345 @@
+//! Prometheus metrics of the webhook (prometheus-client, prefix `mapguard_`).
+//!
+//! Every label has a small fixed set of values: endpoint, decision, result,
+//! reason, and the policy package name (bounded by the loaded policy set).
+//! Pod names, namespaces and users never become labels.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which admission endpoint served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Endpoint {
+    /// `POST /validate`.
+    validate,
+    /// `POST /mutate`.
+    mutate,
+}
+
+/// The outcome of one admission request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DecisionLabel {
+    /// Allowed without findings that change anything.
+    allowed,
+    /// Allowed with warnings.
+    warned,
+    /// Allowed with a JSON patch.
+    patched,
+    /// Denied by a policy.
+    denied,
+    /// Namespace exempted: allowed without evaluation.
+    exempt,
+    /// Malformed request (400/413).
+    invalid,
+    /// Not judged; allowed by the fail-open policy.
+    failed_open,
+    /// Not judged; denied by the fail-closed policy.
+    failed_closed,
+}
+
+/// Success or failure of a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    /// The new content is serving.
+    success,
+    /// The new content was rejected; the previous one keeps serving.
+    failure,
+}
+
+/// Why an evaluation did not produce a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    /// No evaluation slot became free within the queue timeout.
+    overload,
+    /// The evaluation exceeded its time limit.
+    timeout,
+    /// The engine returned an error (or the evaluation panicked).
+    error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: Endpoint,
+    decision: DecisionLabel,
+    dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: ReloadResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: RejectReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FindingLabels {
+    policy: String,
+    action: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
+/// All metrics of one webhook process, with their registry.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    admission_duration: HistogramFamily<EndpointLabels>,
+    evaluation_duration: Histogram,
+    policy_reloads: Family<ResultLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    tls_reloads: Family<ResultLabels, Counter>,
+    namespace_reloads: Family<ResultLabels, Counter>,
+    findings: Family<FindingLabels, Counter>,
+    policies_loaded: Gauge,
+    in_flight: Gauge,
+    handshake_failures: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mapguard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission requests by endpoint, decision and dryRun",
+            requests.clone(),
+        );
+        let admission_duration: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "admission_duration_seconds",
+            "Time from request body received to response, by endpoint",
+            admission_duration.clone(),
+        );
+        let evaluation_duration = latency_histogram();
+        registry.register(
+            "policy_evaluation_duration_seconds",
+            "Time spent evaluating the policy set for one request",
+            evaluation_duration.clone(),
+        );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy directory reloads by result",
+            policy_reloads.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "policy_evaluations_rejected",
+            "Evaluations that produced no decision, by reason",
+            rejected.clone(),
+        );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Serving certificate reloads by result",
+            tls_reloads.clone(),
+        );
+        let namespace_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "namespace_reloads",
+            "Namespaces file reloads by result",
+            namespace_reloads.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "policy_findings",
+            "Policy findings by policy package and action (dry-run requests excluded)",
+            findings.clone(),
+        );
+        let policies_loaded = Gauge::default();
+        registry.register(
+            "policies_loaded",
+            "Policies in the serving policy set",
+            policies_loaded.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "policy_evaluations_in_flight",
+            "Evaluations running now",
+            in_flight.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            handshake_failures.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            admission_duration,
+            evaluation_duration,
+            policy_reloads,
+            rejected,
+            tls_reloads,
+            namespace_reloads,
+            findings,
+            policies_loaded,
+            in_flight,
+            handshake_failures,
+        }
+    }
+
+    /// Counts one admission request and records its latency.
+    pub fn observe_request(
+        &self,
+        endpoint: Endpoint,
+        decision: DecisionLabel,
+        dry_run: bool,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                decision,
+                dry_run,
+            })
+            .inc();
+        self.admission_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the duration of one evaluation.
+    pub fn observe_evaluation(&self, elapsed: Duration) {
+        self.evaluation_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a policy reload.
+    pub fn policy_reload(&self, result: ReloadResult) {
+        self.policy_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts an evaluation that produced no decision.
+    pub fn evaluation_rejected(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a serving certificate reload.
+    pub fn tls_reload(&self, result: ReloadResult) {
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a namespaces file reload.
+    pub fn namespace_reload(&self, result: ReloadResult) {
+        self.namespace_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts one finding of `policy` with `action` (`deny`, `warn`, `dry-run`).
+    pub fn finding(&self, policy: &str, action: &str) {
+        self.findings
+            .get_or_create(&FindingLabels {
+                policy: policy.to_owned(),
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of policies serving.
+    pub fn set_policies_loaded(&self, n: usize) {
+        self.policies_loaded
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The in-flight evaluations gauge.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// Counts a failed or timed-out TLS handshake.
+    pub fn handshake_failed(&self) {
+        self.handshake_failures.inc();
+    }
+
+    /// Renders every metric in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_labels_encoded() {
+        let m = Metrics::new();
+        m.observe_request(
+            Endpoint::validate,
+            DecisionLabel::denied,
+            false,
+            Duration::from_millis(2),
+        );
+        m.policy_reload(ReloadResult::failure);
+        m.evaluation_rejected(RejectReason::overload);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"mapguard_admission_requests_total{endpoint="validate",decision="denied",dry_run="false"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mapguard_policy_reloads_total{result="failure"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mapguard_policy_evaluations_rejected_total{reason="overload"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("mapguard_admission_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Serving the admission router over TLS (tokio-rustls + hyper) and the
+//! operations router over plain HTTP, both with graceful shutdown.
+//!
+//! Each accepted TCP connection gets a TLS handshake bounded by the client
+//! timeout, then hyper (HTTP/1.1 or HTTP/2 by ALPN) with a header read
+//! timeout; body read timeouts live in the router. On shutdown every
+//! connection is told to finish its in-flight requests and close; the server
+//! waits for them up to the grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::metrics::Metrics;
+
+/// Serves `app` over TLS on `listener` until `shutdown` turns `true`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    tls: Arc<ServerConfig>,
+    metrics: Arc<Metrics>,
+    client_timeout: Duration,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = wait_for(&mut shutdown) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let metrics = metrics.clone();
+        let mut conn_shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let tls = match tokio::time::timeout(client_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    metrics.handshake_failed();
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.handshake_failed();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                }
+                _ = wait_for(&mut conn_shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        open = connections.len(),
+        "HTTPS listener closed; draining connections"
+    );
+    if tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "grace period over; closing connections"
+        );
+        connections.abort_all();
+    }
+}
+
+/// Serves `app` over plain HTTP on `listener` until `shutdown` turns `true`.
+pub async fn serve_plain(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { wait_for(&mut shutdown).await })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "operations server failed");
+    }
+}
+
+/// Resolves once `rx` holds `true` or its sender is gone.
+pub async fn wait_for(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

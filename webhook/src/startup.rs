@@ -1,0 +1,290 @@
+//! Start-up in dependency order: policies, namespace source, certificate,
+//! state, listeners, reload pollers. `main.rs` calls [`Webhook::build`] and
+//! [`Webhook::start`]; tests do the same with `127.0.0.1:0` addresses.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mapguard_policy::{EngineConfig, LoadError, NamespaceError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::evaluator::Evaluator;
+use crate::metrics::{Metrics, ReloadResult};
+use crate::namespaces::{self, FileNamespaces, NamespaceCache, NamespaceSource};
+use crate::policies::{PolicySource, PolicyStore};
+use crate::server::{serve_plain, serve_tls};
+use crate::state::{AppState, Settings};
+use crate::tls::{self, ReloadableCert, TlsError};
+use crate::watch::{fingerprint_dir, fingerprint_files, poll_changes};
+use crate::{app, ops_app};
+
+/// Why the webhook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The policies do not compile.
+    #[error("cannot load policies: {0}")]
+    Policies(#[from] LoadError),
+    /// The namespaces file is unusable.
+    #[error("cannot load namespaces: {0}")]
+    Namespaces(#[from] NamespaceError),
+    /// The serving certificate is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No namespaces file and no cluster to watch.
+    #[error("no --namespaces-file given and no Kubernetes API reachable: {0}")]
+    Kube(#[source] kube::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A configured webhook, not yet serving.
+pub struct Webhook {
+    state: AppState,
+    cert: Arc<ReloadableCert>,
+    namespaces_file: Option<Arc<FileNamespaces>>,
+    kube: Option<(kube::Client, Arc<NamespaceCache>)>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("state", &self.state)
+            .field("namespaces_file", &self.namespaces_file)
+            .field("kube", &self.kube.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A serving webhook.
+#[derive(Debug)]
+pub struct Running {
+    /// Address of the HTTPS admission listener.
+    pub addr: SocketAddr,
+    /// Address of the plain-HTTP operations listener.
+    pub metrics_addr: SocketAddr,
+    /// The shared state (tests inspect metrics and readiness through it).
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Webhook {
+    /// Loads policies, namespaces and the certificate as configured.
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let mut engine = EngineConfig {
+            exempt_namespaces: config.exempt_namespaces.clone(),
+            eval_timeout: Some(config.eval_timeout),
+            ..EngineConfig::default()
+        };
+        for o in &config.enforcement {
+            engine
+                .enforcement_overrides
+                .insert(o.package.clone(), o.action);
+        }
+        let source = match &config.policies {
+            Some(dir) => PolicySource::Dir(dir.clone()),
+            None => PolicySource::Embedded,
+        };
+        let policies = Arc::new(PolicyStore::load(source, engine)?);
+        tracing::info!(
+            policies = policies.current().policies().len(),
+            dir = ?policies.dir(),
+            "policies loaded"
+        );
+
+        let (source, namespaces_file, kube): (Arc<dyn NamespaceSource>, _, _) = match &config
+            .namespaces_file
+        {
+            Some(path) => {
+                let file = Arc::new(FileNamespaces::load(path)?);
+                tracing::info!(path = %path.display(), namespaces = file.snapshot().len(), "namespaces file loaded");
+                (file.clone(), Some(file), None)
+            }
+            None => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(StartupError::Kube)?;
+                let cache = Arc::new(NamespaceCache::unsynced());
+                (cache.clone(), None, Some((client, cache)))
+            }
+        };
+
+        let provider = tls::provider();
+        let cert = Arc::new(ReloadableCert::load(
+            &config.tls_cert,
+            &config.tls_key,
+            provider,
+        )?);
+        let settings = Settings {
+            failure_policy: config.failure_policy,
+            mutate_enforce: config.mutate_enforce,
+            max_body_bytes: config.max_body_bytes,
+            body_timeout: config.client_timeout,
+            exempt_namespaces: config.exempt_namespaces.clone(),
+        };
+        let evaluator = Evaluator::new(
+            config.max_concurrent_evaluations,
+            config.queue_timeout,
+            config.eval_timeout,
+        );
+        let state = AppState::new(
+            policies,
+            source,
+            evaluator,
+            Arc::new(Metrics::new()),
+            settings,
+        );
+        Ok(Self {
+            state,
+            cert,
+            namespaces_file,
+            kube,
+        })
+    }
+
+    /// Binds both listeners and starts serving and watching.
+    pub async fn start(self, config: &Config) -> Result<Running, StartupError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })
+        };
+        let https = bind(config.listen).await?;
+        let ops = bind(config.metrics_listen).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let addr = local(&https, config.listen);
+        let metrics_addr = local(&ops, config.metrics_listen);
+        let (shutdown, rx) = watch::channel(false);
+        let state = self.state.clone();
+        let metrics = state.metrics().clone();
+        let tls_config = tls::server_config(self.cert.clone(), tls::provider())?;
+        let mut tasks = Vec::new();
+
+        tasks.push(tokio::spawn(serve_tls(
+            https,
+            app(state.clone()),
+            tls_config,
+            metrics.clone(),
+            config.client_timeout,
+            config.shutdown_grace,
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(serve_plain(
+            ops,
+            ops_app(state.clone()),
+            rx.clone(),
+        )));
+        state.set_tls_ready(true);
+        tracing::info!(%addr, %metrics_addr, "serving");
+
+        let interval = config.reload_interval;
+        if let Some(dir) = state.policies().dir().map(PathBuf::from) {
+            let store = state.policies().clone();
+            let metrics = metrics.clone();
+            tasks.push(tokio::spawn(poll_changes(
+                "policies",
+                interval,
+                move || fingerprint_dir(&dir),
+                move || match store.reload() {
+                    Ok(n) => {
+                        metrics.policy_reload(ReloadResult::success);
+                        metrics.set_policies_loaded(n);
+                        tracing::info!(policies = n, "policies reloaded");
+                    }
+                    Err(error) => {
+                        metrics.policy_reload(ReloadResult::failure);
+                        tracing::error!(%error, "policy reload rejected; the previous policies keep serving");
+                    }
+                },
+                rx.clone(),
+            )));
+        }
+        {
+            let cert = self.cert.clone();
+            let files: Vec<PathBuf> = cert.paths().iter().map(|p| p.to_path_buf()).collect();
+            let metrics = metrics.clone();
+            tasks.push(tokio::spawn(poll_changes(
+                "tls",
+                interval,
+                move || fingerprint_files(&files),
+                move || match cert.reload() {
+                    Ok(()) => {
+                        metrics.tls_reload(ReloadResult::success);
+                        tracing::info!("serving certificate reloaded");
+                    }
+                    Err(error) => {
+                        metrics.tls_reload(ReloadResult::failure);
+                        tracing::error!(%error, "certificate reload rejected; the previous certificate keeps serving");
+                    }
+                },
+                rx.clone(),
+            )));
+        }
+        if let Some(file) = self.namespaces_file {
+            let files = vec![file.path().to_path_buf()];
+            let metrics = metrics.clone();
+            tasks.push(tokio::spawn(poll_changes(
+                "namespaces",
+                interval,
+                move || fingerprint_files(&files),
+                move || match file.reload() {
+                    Ok(n) => {
+                        metrics.namespace_reload(ReloadResult::success);
+                        tracing::info!(namespaces = n, "namespaces file reloaded");
+                    }
+                    Err(error) => {
+                        metrics.namespace_reload(ReloadResult::failure);
+                        tracing::error!(%error, "namespaces file reload rejected; the previous data stays");
+                    }
+                },
+                rx.clone(),
+            )));
+        }
+        if let Some((client, cache)) = self.kube {
+            let mut stop = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = namespaces::kube::watch(client, cache) => {}
+                    _ = crate::server::wait_for(&mut stop) => {}
+                }
+            }));
+        }
+        Ok(Running {
+            addr,
+            metrics_addr,
+            state,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the grace
+    /// period) and waits for every task.
+    pub async fn shutdown(self) {
+        self.state.set_tls_ready(false);
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Serves until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}

@@ -1,0 +1,132 @@
+//! Shared state of the admission handlers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::config::FailurePolicy;
+use crate::evaluator::Evaluator;
+use crate::metrics::Metrics;
+use crate::namespaces::NamespaceSource;
+use crate::policies::PolicyStore;
+
+/// Behaviour switches of the admission handlers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Answer when a request cannot be judged.
+    pub failure_policy: FailurePolicy,
+    /// Whether `/mutate` also denies what policies deny.
+    pub mutate_enforce: bool,
+    /// Largest accepted body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Time allowed to read a request body.
+    pub body_timeout: Duration,
+    /// Namespaces allowed without evaluation.
+    pub exempt_namespaces: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            failure_policy: FailurePolicy::FailClosed,
+            mutate_enforce: false,
+            max_body_bytes: 3 * 1024 * 1024,
+            body_timeout: Duration::from_secs(5),
+            exempt_namespaces: mapguard_policy::DEFAULT_EXEMPT_NAMESPACES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// Everything a request needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    policies: Arc<PolicyStore>,
+    namespaces: Arc<dyn NamespaceSource>,
+    evaluator: Evaluator,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    tls_ready: AtomicBool,
+}
+
+impl AppState {
+    /// Assembles the state. The TLS listener marks itself ready with
+    /// [`AppState::set_tls_ready`]; tests without a socket may do so too.
+    pub fn new(
+        policies: Arc<PolicyStore>,
+        namespaces: Arc<dyn NamespaceSource>,
+        evaluator: Evaluator,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        metrics.set_policies_loaded(policies.current().policies().len());
+        Self {
+            inner: Arc::new(Inner {
+                policies,
+                namespaces,
+                evaluator,
+                metrics,
+                settings,
+                tls_ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The serving policy set and its reload.
+    pub fn policies(&self) -> &Arc<PolicyStore> {
+        &self.inner.policies
+    }
+
+    /// Namespace metadata.
+    pub fn namespaces(&self) -> &Arc<dyn NamespaceSource> {
+        &self.inner.namespaces
+    }
+
+    /// The bounded evaluation pool.
+    pub fn evaluator(&self) -> &Evaluator {
+        &self.inner.evaluator
+    }
+
+    /// Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Handler settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Whether requests in `namespace` skip evaluation.
+    pub fn is_exempt(&self, namespace: &str) -> bool {
+        self.inner
+            .settings
+            .exempt_namespaces
+            .iter()
+            .any(|n| n == namespace)
+    }
+
+    /// Marks the HTTPS listener as serving with a loaded certificate.
+    pub fn set_tls_ready(&self, ready: bool) {
+        self.inner.tls_ready.store(ready, Ordering::Release);
+    }
+
+    /// Reasons the webhook is not ready yet (empty when ready).
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if !self.inner.tls_ready.load(Ordering::Acquire) {
+            reasons.push("TLS listener not serving yet");
+        }
+        if !self.inner.namespaces.is_synced() {
+            reasons.push("namespace cache not synced yet");
+        }
+        reasons
+    }
+}
