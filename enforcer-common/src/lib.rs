@@ -1,4 +1,261 @@
 //! Layout shared by the mapguard BPF program (`enforcer-ebpf`) and its
-//! user-space loader (`enforcer`): events, per-binary configuration and the
-//! names of BPF maps and programs.
+//! user-space loader (`enforcer`): events, per-probe and per-process
+//! configuration and the names of BPF maps and programs.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and has a compile-time size
+//! assertion, so the kernel and user side cannot drift apart. User space
+//! compiles policy (which process gets which action, where the runtime keeps
+//! its "writing" flag) into these fixed-size entries; the kernel only looks
+//! them up.
 #![no_std]
+
+/// Ring buffer carrying [`Violation`] records to user space.
+pub const MAP_EVENTS: &str = "MG_EVENTS";
+/// `Array<ProbeConfig>` indexed by the attach cookie of each uprobe.
+pub const MAP_PROBES: &str = "MG_PROBES";
+/// `HashMap<u32 tgid, ProcConfig>`: processes under enforcement.
+pub const MAP_PROCS: &str = "MG_PROCS";
+/// `LruHashMap<u64 map address, WriterRecord>`: recent writers of each map.
+pub const MAP_WRITERS: &str = "MG_WRITERS";
+/// `LruHashMap<u64 g address, GoroutineOp>`: the map operation each
+/// goroutine entered last (used when the runtime itself detects a race).
+pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
+/// Per-CPU scratch space for records too large for the BPF stack.
+pub const MAP_SCRATCH: &str = "MG_SCRATCH";
+
+/// The enforcing uprobe program.
+pub const PROG_MAP_OP: &str = "mapguard_map_op";
+/// A uprobe program that does nothing (benchmark baseline).
+pub const PROG_BARE: &str = "mapguard_bare";
+
+/// Capacity of [`MAP_PROBES`].
+pub const MAX_PROBES: u32 = 1024;
+/// Capacity of [`MAP_PROCS`].
+pub const MAX_PROCS: u32 = 4096;
+/// Capacity of [`MAP_WRITERS`].
+pub const MAX_MAPS: u32 = 16384;
+/// Capacity of [`MAP_GOROUTINES`].
+pub const MAX_GOROUTINES: u32 = 16384;
+/// Frames recorded per stack (frame-pointer walk depth).
+pub const MAX_FRAMES: usize = 16;
+
+/// Map operation a probe sits on (`ProbeConfig::op`, `Violation::op`).
+pub mod op {
+    pub const DELETE: u8 = 1;
+    pub const ASSIGN: u8 = 2;
+    pub const CLEAR: u8 = 3;
+    pub const READ: u8 = 4;
+    pub const ITER_START: u8 = 5;
+    pub const ITER_NEXT: u8 = 6;
+    pub const GROW: u8 = 7;
+    /// `runtime.fatal`: the runtime found a race the entry checks missed.
+    pub const FATAL: u8 = 8;
+
+    /// Whether `op` changes the map (and so holds the runtime's writing flag).
+    pub const fn is_write(op: u8) -> bool {
+        matches!(op, DELETE | ASSIGN | CLEAR)
+    }
+}
+
+/// Violation kinds (`Violation::kind`).
+pub mod kind {
+    /// A write (delete, assign, clear) started while another goroutine was
+    /// inside a write of the same map.
+    pub const CONCURRENT_WRITE: u8 = 1;
+    /// A read started while another goroutine was inside a delete.
+    pub const DELETE_DURING_READ: u8 = 2;
+    /// An iteration step started while another goroutine was inside a delete.
+    pub const DELETE_DURING_ITERATION: u8 = 3;
+    /// A write started while another goroutine was growing the map (moving
+    /// entries out of the buckets/tables it is about to release).
+    pub const RELEASED_BUCKET_WRITE: u8 = 4;
+    /// A read started while another goroutine was inside an assign/clear.
+    pub const WRITE_DURING_READ: u8 = 5;
+    /// An iteration step started while another goroutine was inside an
+    /// assign/clear.
+    pub const WRITE_DURING_ITERATION: u8 = 6;
+}
+
+/// Actions (`ProcConfig::mode`, `Violation::action`).
+pub mod action {
+    pub const AUDIT: u8 = 1;
+    pub const STOP: u8 = 2;
+    pub const KILL: u8 = 3;
+}
+
+/// How a violation was detected (`Violation::detected_by`).
+pub mod detector {
+    /// The runtime's writing flag was set when the operation started.
+    pub const WRITING_FLAG: u8 = 1;
+    /// The runtime called `fatal("concurrent map ...")`; caught on entry to
+    /// `runtime.fatal`, before it prints anything.
+    pub const RUNTIME_FATAL: u8 = 2;
+}
+
+/// Where a probe finds the map pointer (`ProbeConfig::arg_kind`).
+pub mod arg {
+    /// The map pointer is in register `arg_reg`.
+    pub const REGISTER: u8 = 1;
+    /// Register `arg_reg` points at a struct (an iterator) that holds the map
+    /// pointer at byte offset `arg_offset`.
+    pub const INDIRECT: u8 = 2;
+    /// No map argument (`runtime.fatal`).
+    pub const NONE: u8 = 3;
+}
+
+/// Register numbers of Go's ABIInternal integer argument sequence on amd64
+/// (`ProbeConfig::arg_reg`).
+pub mod reg {
+    pub const RAX: u8 = 0;
+    pub const RBX: u8 = 1;
+    pub const RCX: u8 = 2;
+    pub const RDI: u8 = 3;
+    pub const RSI: u8 = 4;
+    pub const R8: u8 = 5;
+    pub const R9: u8 = 6;
+    pub const R10: u8 = 7;
+    pub const R11: u8 = 8;
+}
+
+/// Per-probe configuration, indexed by the probe's attach cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// One of [`op`].
+    pub op: u8,
+    /// One of [`arg`].
+    pub arg_kind: u8,
+    /// One of [`reg`].
+    pub arg_reg: u8,
+    /// Mask applied to the byte at `writing_offset` (classic
+    /// `hashWriting` = 4; swiss `writing` != 0 → 0xff).
+    pub writing_mask: u8,
+    /// 0: only processes in [`MAP_PROCS`]; otherwise one of [`action`]
+    /// applied to every process that runs this binary (`watch --exe`).
+    pub all_processes_mode: u8,
+    pub _pad: [u8; 3],
+    /// Byte offset of the map pointer inside the struct `arg_reg` points at.
+    pub arg_offset: u32,
+    /// Byte offset of the writing flag inside the map header.
+    pub writing_offset: u32,
+    /// Byte offset of `goid` inside `runtime.g`.
+    pub goid_offset: u32,
+    /// Binary this probe belongs to (index into user space's binary table).
+    pub binary_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
+
+/// A process under enforcement.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcConfig {
+    /// One of [`action`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+    pub binary_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 8);
+
+/// One goroutine's write into a map: who, what, where from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writer {
+    /// Address of the `runtime.g`.
+    pub g: u64,
+    pub goid: u64,
+    /// `bpf_ktime_get_ns` at entry.
+    pub ts: u64,
+    pub tid: u32,
+    /// One of [`op`].
+    pub op: u8,
+    /// Set when the same goroutine entered a grow function for this map
+    /// after this write started.
+    pub growing: u8,
+    /// Valid entries in `stack`.
+    pub depth: u8,
+    pub _pad: u8,
+    /// Program counters, innermost first (probe address, then return
+    /// addresses).
+    pub stack: [u64; MAX_FRAMES],
+}
+const _: () = assert!(core::mem::size_of::<Writer>() == 32 + 8 * MAX_FRAMES);
+
+impl Writer {
+    pub const EMPTY: Writer = Writer {
+        g: 0,
+        goid: 0,
+        ts: 0,
+        tid: 0,
+        op: 0,
+        growing: 0,
+        depth: 0,
+        _pad: 0,
+        stack: [0; MAX_FRAMES],
+    };
+}
+
+/// Recent writers of one map: the latest, and the latest one by a
+/// different goroutine than the latest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterRecord {
+    pub last: Writer,
+    pub prev: Writer,
+}
+const _: () = assert!(core::mem::size_of::<WriterRecord>() == 2 * size_of::<Writer>());
+
+/// The map operation a goroutine entered most recently.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineOp {
+    pub map: u64,
+    pub ts: u64,
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<GoroutineOp>() == 24);
+
+/// A detected violation, as sent through [`MAP_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// One of [`kind`].
+    pub kind: u8,
+    /// One of [`action`].
+    pub action: u8,
+    /// One of [`detector`].
+    pub detected_by: u8,
+    /// One of [`op`]: the operation that was starting.
+    pub op: u8,
+    pub conflicting_op: u8,
+    pub depth: u8,
+    pub conflicting_depth: u8,
+    pub _pad: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub binary_id: u32,
+    pub probe_id: u32,
+    /// `bpf_ktime_get_ns`.
+    pub ts: u64,
+    /// Address of the map header.
+    pub map: u64,
+    pub g: u64,
+    pub goid: u64,
+    pub conflicting_g: u64,
+    pub conflicting_goid: u64,
+    pub conflicting_ts: u64,
+    pub stack: [u64; MAX_FRAMES],
+    pub conflicting_stack: [u64; MAX_FRAMES],
+}
+const _: () = assert!(core::mem::size_of::<Violation>() == 80 + 16 * MAX_FRAMES);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are `#[repr(C)]`, `Copy`, without implicit padding (the
+    // size assertions above pin the layout) and valid for any bit pattern.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::ProcConfig {}
+    unsafe impl aya::Pod for super::WriterRecord {}
+    unsafe impl aya::Pod for super::GoroutineOp {}
+    unsafe impl aya::Pod for super::Violation {}
+}

@@ -2,3 +2,13 @@
 
 pub mod goelf;
 pub mod scan;
+pub mod cgroup;
+pub mod config;
+pub mod events;
+pub mod exec;
+pub mod loader;
+pub mod monitor;
+pub mod output;
+pub mod signals;
+pub mod target;
+pub mod watch;

@@ -1,0 +1,105 @@
+//! Command line and environment configuration of `mapguard-enforcer`.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::loader::{ProbeAt, ProbeProgram};
+
+/// mapguard-enforcer: halts Go processes at the moment they race on a map.
+#[derive(Debug, Parser)]
+#[command(name = "mapguard-enforcer", version, about, long_about = None)]
+pub struct Config {
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    #[arg(long, global = true, env = "MAPGUARD_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a Go program under enforcement from its first instruction and exit
+    /// with its status (128+N when signal N ended it; 147 when mapguard left
+    /// it stopped in `stop` mode).
+    Exec(ExecArgs),
+    /// Enforce on already running processes until interrupted.
+    Watch(WatchArgs),
+    /// Print what mapguard would probe in a Go binary.
+    Scan(ScanArgs),
+}
+
+/// What happens to a process when a violation is detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum Mode {
+    /// Report only (repeated identical violations are counted, not repeated).
+    #[default]
+    Audit,
+    /// SIGSTOP the process, leaving it stopped for inspection.
+    Stop,
+    /// SIGKILL the process before the racing operation proceeds.
+    Kill,
+}
+
+impl Mode {
+    /// The kernel-side action number (`mapguard_common::action`).
+    pub fn action(self) -> u8 {
+        match self {
+            Mode::Audit => mapguard_common::action::AUDIT,
+            Mode::Stop => mapguard_common::action::STOP,
+            Mode::Kill => mapguard_common::action::KILL,
+        }
+    }
+}
+
+/// Options shared by `exec` and `watch`.
+#[derive(Debug, Args)]
+pub struct EnforceArgs {
+    /// Action on a violation.
+    #[arg(long, value_enum, env = "MAPGUARD_MODE", default_value_t = Mode::Audit)]
+    pub mode: Mode,
+    /// Where violation events go, one JSON object per line: a file path
+    /// (appended to) or `-` for stdout.
+    #[arg(long, env = "MAPGUARD_EVENTS", default_value = "-")]
+    pub events: String,
+    /// Benchmark hook: which BPF program the probes run.
+    #[arg(long, value_enum, hide = true, env = "MAPGUARD_PROBE_PROGRAM", default_value_t = ProbeProgram::Enforce)]
+    pub probe_program: ProbeProgram,
+    /// Benchmark hook: probe the planned instruction or the function entry.
+    #[arg(long, value_enum, hide = true, env = "MAPGUARD_PROBE_AT", default_value_t = ProbeAt::Planned)]
+    pub probe_at: ProbeAt,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
+    /// The Go program (looked up in PATH when it has no `/`).
+    #[arg(required = true)]
+    pub program: OsString,
+    /// Its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("targets").required(true).args(["pid", "exe"])))]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
+    /// Process ids to enforce on (ends when all have exited).
+    #[arg(long, num_args = 1.., value_delimiter = ',', env = "MAPGUARD_WATCH_PIDS")]
+    pub pid: Vec<u32>,
+    /// Binaries: every process running one, now or started later.
+    #[arg(long, num_args = 1.., value_delimiter = ',', env = "MAPGUARD_WATCH_EXES")]
+    pub exe: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// The Go binary to analyse.
+    pub binary: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, env = "MAPGUARD_SCAN_JSON")]
+    pub json: bool,
+}

@@ -1,0 +1,306 @@
+//! Violation events: decoding the kernel's records, symbolizing both stacks,
+//! the JSON line contract, the stderr summary and audit-mode deduplication.
+
+use std::{collections::HashMap, io::Write, time::SystemTime};
+
+use mapguard_common::{MAX_FRAMES, Violation, action, detector, kind, op};
+use serde::Serialize;
+
+use crate::{cgroup::PodInfo, target::BinaryTarget};
+
+mod time;
+
+/// Why an event could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("kernel record of {len} bytes, expected {expected}")]
+    Truncated { len: usize, expected: usize },
+    #[error("cannot write event: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Violation, EventError> {
+    let expected = size_of::<Violation>();
+    if bytes.len() < expected {
+        return Err(EventError::Truncated {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: `Violation` is `repr(C)`, valid for any bit pattern, and the
+    // slice holds at least `size_of::<Violation>()` bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Violation>()) })
+}
+
+/// One violation as written to the events stream (the JSON line contract).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ViolationRecord {
+    pub event: &'static str,
+    pub kind: &'static str,
+    pub timestamp: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub binary: String,
+    pub map: String,
+    pub op: &'static str,
+    pub conflicting_op: &'static str,
+    pub goroutine: u64,
+    pub conflicting_goroutine: u64,
+    pub stack: Vec<String>,
+    pub conflicting_stack: Vec<String>,
+    pub action: &'static str,
+    pub detected_by: &'static str,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+}
+
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        kind::CONCURRENT_WRITE => "concurrent_write",
+        kind::DELETE_DURING_READ => "delete_during_read",
+        kind::DELETE_DURING_ITERATION => "delete_during_iteration",
+        kind::RELEASED_BUCKET_WRITE => "released_bucket_write",
+        kind::WRITE_DURING_READ => "write_during_read",
+        kind::WRITE_DURING_ITERATION => "write_during_iteration",
+        _ => "unknown",
+    }
+}
+
+pub fn op_name(op: u8) -> &'static str {
+    match op {
+        op::DELETE => "delete",
+        op::ASSIGN => "assign",
+        op::CLEAR => "clear",
+        op::READ => "read",
+        op::ITER_START => "iterate",
+        op::ITER_NEXT => "iterate",
+        op::GROW => "grow",
+        _ => "unknown",
+    }
+}
+
+pub fn action_name(action: u8) -> &'static str {
+    match action {
+        action::STOP => "stopped",
+        action::KILL => "killed",
+        _ => "audit",
+    }
+}
+
+fn detector_name(detected_by: u8) -> &'static str {
+    match detected_by {
+        detector::RUNTIME_FATAL => "runtime_fatal",
+        _ => "writing_flag",
+    }
+}
+
+/// Turns kernel records into JSON lines and stderr summaries.
+pub struct Reporter {
+    binaries: Vec<BinaryTarget>,
+    out: Box<dyn Write + Send>,
+    pods: HashMap<u32, PodInfo>,
+    seen: HashMap<DedupKey, u64>,
+    total: u64,
+}
+
+/// Identical violations: same process, kind, ops and call sites.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DedupKey {
+    pid: u32,
+    kind: u8,
+    op: u8,
+    conflicting_op: u8,
+    stack: [u64; MAX_FRAMES],
+    conflicting_stack: [u64; MAX_FRAMES],
+}
+
+impl Reporter {
+    pub fn new(out: Box<dyn Write + Send>) -> Reporter {
+        Reporter {
+            binaries: Vec::new(),
+            out,
+            pods: HashMap::new(),
+            seen: HashMap::new(),
+            total: 0,
+        }
+    }
+
+    /// Adds a binary; its index is the `binary_id` the probes carry.
+    pub fn add_binary(&mut self, target: BinaryTarget) {
+        self.binaries.push(target);
+    }
+
+    pub fn binaries(&self) -> &[BinaryTarget] {
+        &self.binaries
+    }
+
+    /// Remembers a process's Kubernetes identity while it still exists.
+    pub fn remember_pod(&mut self, pid: u32) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.pods.entry(pid) {
+            e.insert(PodInfo::of_pid(pid));
+        }
+    }
+
+    /// Violations seen so far (including suppressed repeats).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Handles one kernel record: writes the JSON line and the stderr
+    /// summary, unless it repeats an audit-mode violation already reported.
+    pub fn handle(&mut self, bytes: &[u8]) -> Result<Option<ViolationRecord>, EventError> {
+        let v = decode(bytes)?;
+        self.total += 1;
+        let key = DedupKey {
+            pid: v.pid,
+            kind: v.kind,
+            op: v.op,
+            conflicting_op: v.conflicting_op,
+            stack: call_sites(&v.stack, v.depth),
+            conflicting_stack: call_sites(&v.conflicting_stack, v.conflicting_depth),
+        };
+        let count = self.seen.entry(key).or_insert(0);
+        *count += 1;
+        if *count > 1 && v.action == action::AUDIT {
+            return Ok(None);
+        }
+        self.remember_pod(v.pid);
+        let record = self.record(&v);
+        let mut line = serde_json::to_vec(&record).map_err(|e| EventError::Write(e.into()))?;
+        line.push(b'\n');
+        self.out.write_all(&line).map_err(EventError::Write)?;
+        self.out.flush().map_err(EventError::Write)?;
+        eprintln!("{}", summary(&record));
+        Ok(Some(record))
+    }
+
+    /// Writes a final `summary` line with the repeat counts.
+    pub fn finish(&mut self) -> Result<(), EventError> {
+        let repeated: Vec<_> = self
+            .seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, n)| {
+                serde_json::json!({
+                    "pid": k.pid, "kind": kind_name(k.kind), "op": op_name(k.op),
+                    "conflicting_op": op_name(k.conflicting_op), "count": n,
+                })
+            })
+            .collect();
+        if self.total == 0 {
+            return Ok(());
+        }
+        for r in &repeated {
+            eprintln!(
+                "mapguard: {} ({} vs {}) in pid {} seen {} times",
+                r["kind"].as_str().unwrap_or("?"),
+                r["op"].as_str().unwrap_or("?"),
+                r["conflicting_op"].as_str().unwrap_or("?"),
+                r["pid"],
+                r["count"]
+            );
+        }
+        let line = serde_json::json!({
+            "event": "summary",
+            "timestamp": time::rfc3339(SystemTime::now()),
+            "violations": self.total,
+            "distinct": self.seen.len(),
+            "repeated": repeated,
+        });
+        writeln!(self.out, "{line}").map_err(EventError::Write)?;
+        self.out.flush().map_err(EventError::Write)
+    }
+
+    fn record(&self, v: &Violation) -> ViolationRecord {
+        let binary = self.binaries.get(v.binary_id as usize);
+        let symbolize = |stack: &[u64; MAX_FRAMES], depth: u8| -> Vec<String> {
+            let depth = usize::from(depth).min(MAX_FRAMES);
+            stack[..depth]
+                .iter()
+                .enumerate()
+                .map(|(i, pc)| match binary {
+                    // Return addresses point after the call: look up pc-1.
+                    Some(b) => b.describe_pc(v.pid, if i == 0 { *pc } else { pc - 1 }),
+                    None => format!("{pc:#x}"),
+                })
+                .collect()
+        };
+        let pod = self.pods.get(&v.pid).cloned().unwrap_or_default();
+        ViolationRecord {
+            event: "violation",
+            kind: kind_name(v.kind),
+            timestamp: time::rfc3339(time::from_ktime(v.ts)),
+            pid: v.pid,
+            tid: v.tid,
+            binary: binary
+                .map(|b| b.path.display().to_string())
+                .unwrap_or_default(),
+            map: format!("{:#x}", v.map),
+            op: op_name(v.op),
+            conflicting_op: op_name(v.conflicting_op),
+            goroutine: v.goid,
+            conflicting_goroutine: v.conflicting_goid,
+            stack: symbolize(&v.stack, v.depth),
+            conflicting_stack: symbolize(&v.conflicting_stack, v.conflicting_depth),
+            action: action_name(v.action),
+            detected_by: detector_name(v.detected_by),
+            namespace: pod.namespace,
+            pod: pod.pod,
+            pod_uid: pod.pod_uid,
+            container: pod.container,
+        }
+    }
+}
+
+/// The stack without the innermost frame (the runtime function, whose PC
+/// is the probe address), zero-padded: identifies the call site.
+fn call_sites(stack: &[u64; MAX_FRAMES], depth: u8) -> [u64; MAX_FRAMES] {
+    let mut out = [0; MAX_FRAMES];
+    let depth = usize::from(depth).min(MAX_FRAMES);
+    for (i, pc) in stack.iter().enumerate().take(depth).skip(1) {
+        out[i] = *pc;
+    }
+    out
+}
+
+/// First frame of a symbolized stack outside the Go runtime (the user's
+/// call site), or the innermost one.
+fn user_frame(stack: &[String]) -> &str {
+    stack
+        .iter()
+        .find(|f| !f.starts_with("runtime.") && !f.starts_with("internal/"))
+        .or(stack.first())
+        .map_or("?", String::as_str)
+}
+
+/// `mapguard: concurrent_write on map 0xc000.. in pid 123: goroutine 7
+/// delete at main.worker main.go:31 while goroutine 6 assign at main.main.func1
+/// main.go:22 — killed`
+pub fn summary(r: &ViolationRecord) -> String {
+    let short = |frame: &str| -> String {
+        // "func /abs/path/file.go:12" → "func file.go:12"
+        match frame.rsplit_once(' ') {
+            Some((func, loc)) => {
+                let file = loc.rsplit('/').next().unwrap_or(loc);
+                format!("{func} {file}")
+            }
+            None => frame.to_string(),
+        }
+    };
+    format!(
+        "mapguard: {} on map {} in pid {}: goroutine {} {} at {} while goroutine {} {} at {} — {}",
+        r.kind,
+        r.map,
+        r.pid,
+        r.goroutine,
+        r.op,
+        short(user_frame(&r.stack)),
+        r.conflicting_goroutine,
+        r.conflicting_op,
+        short(user_frame(&r.conflicting_stack)),
+        r.action
+    )
+}

@@ -1,0 +1,204 @@
+//! `exec`: run a Go program under enforcement from its first instruction.
+//!
+//! The probes are attached to the binary's inode before the program exists;
+//! a forked child waits on a pipe until its pid is registered in the
+//! kernel's process table, then `execve`s (the pid survives exec), so no
+//! instruction of the program runs unprobed.
+//!
+//! Exit status: the program's own, 128+N when signal N ended it, and
+//! [`STOPPED_EXIT_STATUS`] when mapguard stopped it (`--mode stop`): the
+//! process is then left stopped for inspection and the probes are removed.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nix::{
+    sys::wait::{WaitPidFlag, WaitStatus, waitpid},
+    unistd::{ForkResult, Pid, fork, pipe, read, write},
+};
+
+use crate::{
+    config::{ExecArgs, Mode},
+    events::Reporter,
+    loader::{Enforcer, LoaderError},
+    monitor::Monitor,
+    output, signals,
+    target::{BinaryTarget, TargetError},
+};
+
+/// Exit status of `exec` when the program was stopped by mapguard.
+pub const STOPPED_EXIT_STATUS: i32 = 128 + libc::SIGSTOP;
+
+/// Why `exec` could not run the program.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{program}: not found in PATH")]
+    NotFound { program: String },
+    #[error("{path}: {source}")]
+    Target {
+        path: PathBuf,
+        #[source]
+        source: TargetError,
+    },
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error("argument contains a NUL byte: {arg:?}")]
+    NulInArgument { arg: OsString },
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ExecError {
+    move |source| ExecError::Sys { what, source }
+}
+
+/// Runs the program and returns the exit status `exec` should exit with.
+pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
+    let path = resolve(&args.program)?;
+    let target = BinaryTarget::analyse(&path, 0).map_err(|source| ExecError::Target {
+        path: path.clone(),
+        source,
+    })?;
+    let mut enforcer = Enforcer::load(args.enforce.probe_program, args.enforce.probe_at)?;
+    let probes = enforcer.attach(&target, 0)?;
+    tracing::info!(program = %path.display(), probes, go = target.go_version(), "probes attached");
+    let ring = enforcer
+        .take_events()
+        .expect("a freshly loaded enforcer has its ring buffer");
+    let mut reporter = Reporter::new(output::open(&args.enforce.events)?);
+    reporter.add_binary(target);
+    let mut monitor = Monitor::new(ring, reporter);
+
+    let (exe, argv) = c_args(&path, &args.program, &args.args)?;
+    signals::install().map_err(sys("install signal handlers"))?;
+    let (ready_rx, ready_tx) = pipe().map_err(sys("create a pipe"))?;
+    // SAFETY: the child only calls async-signal-safe functions (read,
+    // execv, _exit) before exec.
+    let child = match unsafe { fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(ready_tx);
+            let mut byte = [0u8; 1];
+            if !matches!(read(&ready_rx, &mut byte), Ok(1)) {
+                // SAFETY: leaving the forked child without running destructors.
+                unsafe { libc::_exit(127) };
+            }
+            let _ = nix::unistd::execv(&exe, &argv);
+            // SAFETY: as above; exec failed.
+            unsafe { libc::_exit(127) };
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(ready_rx);
+    signals::forward_to(child.as_raw());
+    let pid = child.as_raw() as u32;
+    monitor.reporter.remember_pod(pid);
+    let registered = enforcer.register(pid, 0, args.enforce.mode.action());
+    if let Err(e) = registered {
+        // Never let the program run unenforced.
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e.into());
+    }
+    write(&ready_tx, &[1]).map_err(sys("release the child"))?;
+    drop(ready_tx);
+
+    let status = wait_child(child, args.enforce.mode, &mut monitor)?;
+    monitor.drain();
+    drop(enforcer);
+    if let Err(e) = monitor.reporter.finish() {
+        tracing::error!(error = %e, "cannot write the summary");
+    }
+    Ok(status)
+}
+
+/// Waits for the child to exit (or to be stopped by mapguard in stop mode),
+/// reporting events as they come.
+fn wait_child(child: Pid, mode: Mode, monitor: &mut Monitor) -> Result<i32, ExecError> {
+    let mut stopped_by_us = false;
+    loop {
+        for record in monitor.wait(Duration::from_millis(20)) {
+            stopped_by_us |= record.action == "stopped";
+        }
+        signals::take_pending();
+        let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED;
+        match waitpid(child, Some(flags)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(WaitStatus::Stopped(_, signal)) => {
+                for record in monitor.drain() {
+                    stopped_by_us |= record.action == "stopped";
+                }
+                if mode == Mode::Stop && stopped_by_us {
+                    eprintln!(
+                        "mapguard: pid {child} is stopped (state T) for inspection; \
+                         mapguard's probes are removed. Inspect it with \
+                         `cat /proc/{child}/status`, `gdb -p {child}` or `dlv attach {child}`; \
+                         resume it with `kill -CONT {child}` or end it with `kill -KILL {child}`."
+                    );
+                    return Ok(STOPPED_EXIT_STATUS);
+                }
+                tracing::info!(
+                    pid = child.as_raw(),
+                    ?signal,
+                    "program stopped (not by mapguard); waiting"
+                );
+            }
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(sys("wait for the program")(e)),
+        }
+    }
+}
+
+/// `PROGRAM` as given if it contains a `/`, else the first executable match
+/// in `PATH`.
+fn resolve(program: &OsStr) -> Result<PathBuf, ExecError> {
+    let not_found = || ExecError::NotFound {
+        program: program.to_string_lossy().into_owned(),
+    };
+    if program.as_bytes().contains(&b'/') {
+        let path = PathBuf::from(program);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(not_found())
+        };
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|p| is_executable(p))
+        .ok_or_else(not_found)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The path to exec and its argv (argv[0] as the user gave it).
+fn c_args(
+    path: &Path,
+    program: &OsStr,
+    args: &[OsString],
+) -> Result<(CString, Vec<CString>), ExecError> {
+    let c = |s: &OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| ExecError::NulInArgument { arg: s.into() })
+    };
+    let mut argv = vec![c(program)?];
+    for a in args {
+        argv.push(c(a)?);
+    }
+    Ok((c(path.as_os_str())?, argv))
+}

@@ -1,0 +1,215 @@
+//! Loads the BPF program, fills its configuration maps and attaches one
+//! uprobe per planned probe to a binary's inode.
+//!
+//! Probes are attached for all processes (no pid filter at perf level: a Go
+//! process's threads are separate tasks and processes started later must be
+//! covered too); the BPF program filters by tgid through [`MAP_PROCS`] or,
+//! for `watch --exe`, applies the probe's own all-processes mode. All links
+//! belong to the [`Enforcer`]: dropping it detaches every probe, on success
+//! and error paths alike.
+
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use mapguard_common::{
+    MAP_EVENTS, MAP_PROBES, MAP_PROCS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig,
+};
+
+use crate::target::BinaryTarget;
+
+/// The BPF object built by `build.rs`.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mapguard-ebpf"));
+
+/// Which BPF program the probes run (benchmark hook).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProbeProgram {
+    /// The enforcing program.
+    #[default]
+    Enforce,
+    /// A program that returns at once: the cost of the uprobe hit alone.
+    Bare,
+}
+
+/// Where in each function the probes sit (benchmark hook).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProbeAt {
+    /// The planned instruction (the emulated `push %rbp`).
+    #[default]
+    Planned,
+    /// The function's first instruction (single-stepped by the kernel).
+    Entry,
+}
+
+/// Why the enforcer could not load or attach.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(
+        "mapguard needs root (CAP_BPF and CAP_PERFMON) to load BPF programs; running as uid {uid}"
+    )]
+    NotRoot { uid: u32 },
+    #[error("cannot load the BPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("BPF program {name} missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("BPF map {name} missing from the object")]
+    MissingMap { name: &'static str },
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("cannot attach uprobe to {symbol} (file offset {file_offset:#x}) in {path}: {source}")]
+    Attach {
+        path: PathBuf,
+        symbol: String,
+        file_offset: u64,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("too many probes: at most {MAX_PROBES} across all binaries")]
+    TooManyProbes,
+}
+
+/// Loaded BPF state: programs, configuration maps and attached probes.
+pub struct Enforcer {
+    ebpf: Ebpf,
+    program: &'static str,
+    probe_at: ProbeAt,
+    next_probe_id: u32,
+    probes: Array<MapData, ProbeConfig>,
+    procs: HashMap<MapData, u32, ProcConfig>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl Enforcer {
+    /// Loads the BPF object and the chosen program.
+    pub fn load(program: ProbeProgram, probe_at: ProbeAt) -> Result<Enforcer, LoaderError> {
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(LoaderError::NotRoot { uid });
+        }
+        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|e| LoaderError::Load(Box::new(e)))?;
+        let name = match program {
+            ProbeProgram::Enforce => PROG_MAP_OP,
+            ProbeProgram::Bare => PROG_BARE,
+        };
+        uprobe(&mut ebpf, name)?
+            .load()
+            .map_err(|e| program_error(name, e))?;
+        let probes = take_map(&mut ebpf, MAP_PROBES)?;
+        let probes = Array::try_from(probes).map_err(|e| map_error(MAP_PROBES, e))?;
+        let procs = take_map(&mut ebpf, MAP_PROCS)?;
+        let procs = HashMap::try_from(procs).map_err(|e| map_error(MAP_PROCS, e))?;
+        let events = take_map(&mut ebpf, MAP_EVENTS)?;
+        let events = RingBuf::try_from(events).map_err(|e| map_error(MAP_EVENTS, e))?;
+        Ok(Enforcer {
+            ebpf,
+            program: name,
+            probe_at,
+            next_probe_id: 0,
+            probes,
+            procs,
+            events: Some(events),
+        })
+    }
+
+    /// Attaches every planned probe of `target` to its binary's inode, for
+    /// all processes. `all_processes_mode` (one of `mapguard_common::action`,
+    /// or 0) makes every process running the binary enforced without
+    /// registration (`watch --exe`). Returns how many probes were attached.
+    pub fn attach(
+        &mut self,
+        target: &BinaryTarget,
+        all_processes_mode: u8,
+    ) -> Result<usize, LoaderError> {
+        for point in &target.points {
+            let probe_id = self.next_probe_id;
+            if probe_id >= MAX_PROBES {
+                return Err(LoaderError::TooManyProbes);
+            }
+            let mut cfg = point.cfg;
+            cfg.binary_id = target.id;
+            cfg.all_processes_mode = all_processes_mode;
+            self.probes
+                .set(probe_id, cfg, 0)
+                .map_err(|e| map_error(MAP_PROBES, e))?;
+            self.next_probe_id += 1;
+            let file_offset = match self.probe_at {
+                ProbeAt::Planned => point.file_offset,
+                ProbeAt::Entry => point.entry_file_offset,
+            };
+            let attach_point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie: Some(u64::from(probe_id)),
+            };
+            let program = uprobe(&mut self.ebpf, self.program)?;
+            program
+                .attach(attach_point, &target.path, UProbeScope::AllProcesses)
+                .map_err(|e| LoaderError::Attach {
+                    path: target.path.clone(),
+                    symbol: point.symbol.clone(),
+                    file_offset,
+                    source: Box::new(e),
+                })?;
+            tracing::debug!(symbol = %point.symbol, file_offset, probe_id, "attached");
+        }
+        Ok(target.points.len())
+    }
+
+    /// Puts process `pid` under enforcement with `mode` (one of
+    /// `mapguard_common::action`).
+    pub fn register(&mut self, pid: u32, binary_id: u32, mode: u8) -> Result<(), LoaderError> {
+        let cfg = ProcConfig {
+            mode,
+            _pad: [0; 3],
+            binary_id,
+        };
+        self.procs
+            .insert(pid, cfg, 0)
+            .map_err(|e| map_error(MAP_PROCS, e))
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoaderError> {
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::MissingProgram { name })?
+        .try_into()
+        .map_err(|e| program_error(name, e))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoaderError> {
+    ebpf.take_map(name).ok_or(LoaderError::MissingMap { name })
+}
+
+fn program_error(name: &'static str, e: aya::programs::ProgramError) -> LoaderError {
+    LoaderError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn map_error(name: &'static str, e: aya::maps::MapError) -> LoaderError {
+    LoaderError::Map {
+        name,
+        source: Box::new(e),
+    }
+}

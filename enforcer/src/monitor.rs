@@ -1,0 +1,47 @@
+//! The event loop's building block: wait for kernel records on the ring
+//! buffer and hand each to the [`Reporter`].
+
+use std::{os::fd::AsRawFd as _, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::events::{Reporter, ViolationRecord};
+
+/// Ring buffer plus reporter.
+pub struct Monitor {
+    ring: RingBuf<MapData>,
+    pub reporter: Reporter,
+}
+
+impl Monitor {
+    pub fn new(ring: RingBuf<MapData>, reporter: Reporter) -> Monitor {
+        Monitor { ring, reporter }
+    }
+
+    /// Handles every record already in the ring buffer.
+    pub fn drain(&mut self) -> Vec<ViolationRecord> {
+        let mut reported = Vec::new();
+        while let Some(item) = self.ring.next() {
+            match self.reporter.handle(&item) {
+                Ok(Some(record)) => reported.push(record),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "dropping event"),
+            }
+        }
+        reported
+    }
+
+    /// Waits up to `timeout` for records (returns early on a signal), then
+    /// drains.
+    pub fn wait(&mut self, timeout: Duration) -> Vec<ViolationRecord> {
+        let mut fds = [libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd; EINTR and errors just end the wait.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, millis) };
+        self.drain()
+    }
+}

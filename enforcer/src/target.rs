@@ -1,0 +1,210 @@
+//! A binary prepared for enforcement: goscan's probe plan compiled into the
+//! kernel's fixed-size [`ProbeConfig`] entries, plus the symbolizer used to
+//! turn reported PCs into `function file:line`.
+
+use std::path::{Path, PathBuf};
+
+use mapguard_common::{ProbeConfig, arg, op, reg};
+
+use crate::goelf::{ArgLoc, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe};
+
+/// The runtime function that prints `fatal error: concurrent map ...`.
+const RUNTIME_FATAL: &str = "runtime.fatal";
+
+/// Why a binary cannot be enforced on.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    GoElf(#[from] GoElfError),
+    #[error("{path}: no Go map functions found to probe (does the program use maps?)")]
+    NothingToProbe { path: PathBuf },
+    #[error("{path}: {symbol} not found; cannot guard the runtime's own race reports")]
+    NoFatal { path: PathBuf, symbol: &'static str },
+    #[error("{path}: {symbol} at {vaddr:#x} is outside every loadable segment")]
+    Unmapped {
+        path: PathBuf,
+        symbol: &'static str,
+        vaddr: u64,
+    },
+}
+
+/// One uprobe to attach.
+#[derive(Debug, Clone)]
+pub struct AttachPoint {
+    pub symbol: String,
+    /// File offset of the planned instruction.
+    pub file_offset: u64,
+    /// File offset of the function's first instruction (`--probe-at entry`).
+    pub entry_file_offset: u64,
+    pub cfg: ProbeConfig,
+}
+
+/// An analysed binary and its compiled probes.
+#[derive(Debug)]
+pub struct BinaryTarget {
+    /// Index in the loader's binary table, carried by every probe.
+    pub id: u32,
+    /// What the uprobes attach to (may be `/proc/PID/exe`).
+    pub path: PathBuf,
+    pub points: Vec<AttachPoint>,
+    binary: GoBinary,
+}
+
+impl BinaryTarget {
+    /// Analyses `path` and compiles its probe plan. `id` is the index the
+    /// loader's binary table will give it.
+    pub fn analyse(path: &Path, id: u32) -> Result<BinaryTarget, TargetError> {
+        let binary = GoBinary::open(path)?;
+        let plan = binary.probe_plan()?;
+        let layout = binary.layout();
+        let (writing_offset, writing_mask) = layout.map.writing_flag();
+        let base = ProbeConfig {
+            writing_offset: writing_offset as u32,
+            writing_mask,
+            goid_offset: layout.g_goid as u32,
+            binary_id: id,
+            ..ProbeConfig::default()
+        };
+        let mut points: Vec<AttachPoint> = plan.probes.iter().map(|p| compile(p, base)).collect();
+        if points.is_empty() {
+            return Err(TargetError::NothingToProbe { path: path.into() });
+        }
+        let fatal = binary
+            .symbolizer()
+            .function(RUNTIME_FATAL)
+            .ok_or(TargetError::NoFatal {
+                path: path.into(),
+                symbol: RUNTIME_FATAL,
+            })?;
+        let fatal_offset = binary
+            .file_offset(fatal.entry)
+            .ok_or(TargetError::Unmapped {
+                path: path.into(),
+                symbol: RUNTIME_FATAL,
+                vaddr: fatal.entry,
+            })?;
+        points.push(AttachPoint {
+            symbol: RUNTIME_FATAL.to_string(),
+            file_offset: fatal_offset,
+            entry_file_offset: fatal_offset,
+            cfg: ProbeConfig {
+                op: op::FATAL,
+                arg_kind: arg::NONE,
+                ..base
+            },
+        });
+        tracing::info!(
+            path = %path.display(),
+            go = %binary.go_version().raw,
+            maps = %binary.map_impl(),
+            probes = points.len(),
+            "analysed"
+        );
+        Ok(BinaryTarget {
+            id,
+            path: path.to_path_buf(),
+            points,
+            binary,
+        })
+    }
+
+    pub fn go_version(&self) -> &str {
+        &self.binary.go_version().raw
+    }
+
+    pub fn map_impl(&self) -> MapImpl {
+        self.binary.map_impl()
+    }
+
+    /// `function file:line` of the instruction at `pc` (already adjusted
+    /// for return addresses) in process `pid`, or the hex PC.
+    pub fn describe_pc(&self, pid: u32, pc: u64) -> String {
+        let vaddr = if self.binary.is_pie() {
+            pc.wrapping_sub(load_bias(pid, &self.path).unwrap_or(0))
+        } else {
+            pc
+        };
+        match self.binary.symbolizer().frame(vaddr) {
+            Some(f) => format!("{} {}:{}", f.function, f.file, f.line),
+            None => format!("{pc:#x}"),
+        }
+    }
+}
+
+fn compile(p: &PlannedProbe, base: ProbeConfig) -> AttachPoint {
+    let (arg_kind, arg_reg, arg_offset) = match p.map_arg {
+        ArgLoc::Reg { reg } => (arg::REGISTER, reg_number(reg), 0),
+        ArgLoc::ViaIterator { reg, offset } => (arg::INDIRECT, reg_number(reg), offset as u32),
+    };
+    AttachPoint {
+        symbol: p.symbol.clone(),
+        file_offset: p.file_offset,
+        entry_file_offset: p.file_offset - p.insn_offset,
+        cfg: ProbeConfig {
+            op: op_number(p.op),
+            arg_kind,
+            arg_reg,
+            arg_offset,
+            ..base
+        },
+    }
+}
+
+fn op_number(o: MapOp) -> u8 {
+    match o {
+        MapOp::Delete => op::DELETE,
+        MapOp::Assign => op::ASSIGN,
+        MapOp::Clear => op::CLEAR,
+        MapOp::Read => op::READ,
+        MapOp::IterStart => op::ITER_START,
+        MapOp::IterNext => op::ITER_NEXT,
+        MapOp::Grow => op::GROW,
+    }
+}
+
+fn reg_number(r: GoReg) -> u8 {
+    match r {
+        GoReg::Rax => reg::RAX,
+        GoReg::Rbx => reg::RBX,
+        GoReg::Rcx => reg::RCX,
+        GoReg::Rdi => reg::RDI,
+        GoReg::Rsi => reg::RSI,
+        GoReg::R8 => reg::R8,
+        GoReg::R9 => reg::R9,
+        GoReg::R10 => reg::R10,
+        GoReg::R11 => reg::R11,
+    }
+}
+
+/// Load bias of a PIE binary in `pid`: start of its mapping at file
+/// offset 0 (Go's PIE links the first segment at vaddr 0).
+fn load_bias(pid: u32, path: &Path) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let name = std::fs::canonicalize(path).ok()?;
+    let name = name.to_str()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next()?;
+        let offset = fields.nth(1)?;
+        let file = fields.nth(2)?;
+        (file == name && u64::from_str_radix(offset, 16).ok()? == 0)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+/// `scan`: prints the probe plan of a binary as JSON; exit status 0.
+pub fn scan(path: &Path) -> Result<i32, TargetError> {
+    let binary = GoBinary::open(path)?;
+    let plan = binary.probe_plan()?;
+    let report = serde_json::json!({
+        "binary": path.display().to_string(),
+        "go_version": binary.go_version().raw,
+        "map_impl": binary.map_impl(),
+        "pie": binary.is_pie(),
+        "layout": binary.layout(),
+        "probes": plan.probes,
+    });
+    println!("{report:#}");
+    Ok(0)
+}
