@@ -100,7 +100,6 @@ struct Segment {
 }
 
 /// An analysed Go executable.
-#[derive(Debug)]
 pub struct GoBinary {
     path: PathBuf,
     data: Vec<u8>,
@@ -279,6 +278,48 @@ impl GoBinary {
         &self.symbolizer
     }
 
+    /// Link-time virtual address of the segment that starts at file offset 0
+    /// (0x400000 for Go executables, PIE included).
+    pub fn link_base(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.file_offset == 0)
+            .map(|s| s.vaddr)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Load bias of a running instance: `mapping_start` is the start of the
+    /// executable's mapping at file offset 0 in `/proc/PID/maps`. Runtime
+    /// address = ELF vaddr + bias. Zero for non-PIE executables.
+    pub fn load_bias(&self, mapping_start: u64) -> u64 {
+        if self.pie {
+            mapping_start.wrapping_sub(self.link_base())
+        } else {
+            0
+        }
+    }
+
+    /// Load bias of process `pid` running this binary, from `/proc/PID/maps`
+    /// (the first mapping of `exe` at file offset 0). `None` if not mapped.
+    pub fn load_bias_of(&self, pid: u32, exe: &Path) -> Option<u64> {
+        if !self.pie {
+            return Some(0);
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let exe = std::fs::canonicalize(exe).ok()?;
+        let start = maps.lines().find_map(|line| {
+            let mut f = line.split_whitespace();
+            let range = f.next()?;
+            let offset = f.nth(1)?;
+            let file = f.nth(2)?;
+            (Path::new(file) == exe && u64::from_str_radix(offset, 16).ok()? == 0)
+                .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+                .flatten()
+        })?;
+        Some(self.load_bias(start))
+    }
+
     /// File offset of a virtual address (what a uprobe attaches to).
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
@@ -338,6 +379,19 @@ impl GoBinary {
             });
         }
         Ok(ProbePlan { probes })
+    }
+}
+
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("path", &self.path)
+            .field("version", &self.version.raw)
+            .field("map_impl", &self.map_impl)
+            .field("pie", &self.pie)
+            .field("stripped", &self.stripped)
+            .field("functions", &self.symbolizer.functions().len())
+            .finish_non_exhaustive()
     }
 }
 
