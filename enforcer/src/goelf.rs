@@ -19,7 +19,7 @@ pub mod version;
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use serde::Serialize;
 
 pub use disasm::StepHandling;
@@ -207,11 +207,33 @@ impl GoBinary {
 
         let pcln = pcln.ok_or_else(|| GoElfError::NoPclntab { path: path_buf() })?;
         let text_hint = file.section_by_name(".text").map(|s| s.address());
-        let symbolizer =
+        let mut symbolizer =
             Symbolizer::parse(pcln, text_hint).map_err(|source| GoElfError::Pclntab {
                 path: path_buf(),
                 source,
             })?;
+        // Inline trees live in go:func.*: from the symbol table, else via moduledata.
+        let pcln_file_offset = (pcln.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize) as u64;
+        let gofunc = file
+            .symbols()
+            .find(|s| s.name() == Ok("go:func.*"))
+            .map(|s| s.address())
+            .or_else(|| {
+                let pcln_vaddr = vaddr_of_file_offset(&segments, pcln_file_offset)?;
+                let segment_bytes = segments.iter().filter_map(|s| {
+                    data.get(
+                        usize::try_from(s.file_offset).ok()?
+                            ..usize::try_from(s.file_offset + s.file_size).ok()?,
+                    )
+                });
+                symbolizer.find_gofunc(pcln_vaddr, segment_bytes)
+            });
+        match gofunc.and_then(|g| Some((g, segment_tail(&segments, &data, g)?))) {
+            Some((vaddr, bytes)) => symbolizer.set_gofunc(vaddr, bytes.to_vec()),
+            None => {
+                tracing::warn!(path = %path.display(), "go:func.* not found: inlined calls are not expanded")
+            }
+        }
 
         // DWARF is optional: a stripped binary uses the table alone.
         let stripped = file.section_by_name(".debug_info").is_none();
@@ -393,6 +415,26 @@ impl std::fmt::Debug for GoBinary {
             .field("functions", &self.symbolizer.functions().len())
             .finish_non_exhaustive()
     }
+}
+
+/// The bytes from `vaddr` to the end of its segment's file data.
+fn segment_tail<'a>(segments: &[Segment], data: &'a [u8], vaddr: u64) -> Option<&'a [u8]> {
+    let seg = segments
+        .iter()
+        .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)?;
+    read_at(
+        segments,
+        data,
+        vaddr,
+        usize::try_from(seg.vaddr + seg.file_size - vaddr).ok()?,
+    )
+}
+
+fn vaddr_of_file_offset(segments: &[Segment], offset: u64) -> Option<u64> {
+    segments
+        .iter()
+        .find(|s| offset >= s.file_offset && offset - s.file_offset < s.file_size)
+        .map(|s| offset - s.file_offset + s.vaddr)
 }
 
 fn read_at<'a>(segments: &[Segment], data: &'a [u8], vaddr: u64, len: usize) -> Option<&'a [u8]> {

@@ -517,3 +517,63 @@ fn pie_load_bias_maps_elf_addresses_to_the_running_process() {
         );
     }
 }
+
+#[test]
+fn inlined_calls_symbolize_to_the_inlined_function_and_its_call_site() {
+    let src = "clean/channel_handoff/main.go";
+    for v in VERSIONS {
+        for variant in ["clean/channel_handoff", "stripped/channel_handoff"] {
+            let bin = open(v, variant);
+            let sym = bin.symbolizer();
+            assert!(sym.has_inline_info(), "{v} {variant}: go:func.* located");
+            assert!(
+                sym.function("main.put").is_none(),
+                "{v} {variant}: main.put is inlined, not a function"
+            );
+            let stage = sym.function("main.stage").expect("main.stage");
+            let target = sym
+                .function("runtime.mapassign_fast64")
+                .expect("mapassign_fast64")
+                .entry;
+            let code = bin.function_code(stage).expect("code");
+            let call = Decoder::with_ip(64, code, stage.entry, DecoderOptions::NONE)
+                .into_iter()
+                .find(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == target)
+                .unwrap_or_else(|| panic!("{v} {variant}: main.stage calls mapassign_fast64"));
+            let frames = sym.frames(call.ip());
+            let got: Vec<(&str, u32)> = frames
+                .iter()
+                .map(|f| (f.function.as_str(), f.line))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("main.put", source_line(src, "LINE:put")),
+                    ("main.stage", source_line(src, "LINE:call-put"))
+                ],
+                "{v} {variant}: inline-expanded frames"
+            );
+            assert!(
+                frames.iter().all(|f| f.file.ends_with(src)),
+                "{v} {variant}: {frames:?}"
+            );
+            assert_eq!(
+                sym.frame(call.ip()).expect("frame").function,
+                "main.put",
+                "{v}: innermost frame"
+            );
+            // A stack walk: the return address into main.stage expands the same way.
+            let stack = sym.stack(&[target, call.next_ip(), 0x10]);
+            assert_eq!(stack.len(), 4, "{v} {variant}: {stack:?}");
+            assert_eq!(
+                stack[1].as_ref().expect("inlined frame").function,
+                "main.put"
+            );
+            assert_eq!(
+                stack[2].as_ref().expect("caller frame").function,
+                "main.stage"
+            );
+            assert_eq!(stack[3], Err(0x10), "unknown PC kept, not dropped");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 #   OUTDIR/go1.24/{racy,clean,bench}/<name>   swiss maps
 # plus variants of racy/delete_assign for the scan tests:
 #   OUTDIR/<go>/stripped/delete_assign        -ldflags="-s -w" (no DWARF, no symtab)
+#   OUTDIR/<go>/stripped/channel_handoff      the same, for inline-aware symbolization
 #   OUTDIR/<go>/pie/delete_assign             -buildmode=pie (and pie/mutex from clean/mutex)
 #   OUTDIR/<go>/arm64/delete_assign           GOARCH=arm64 (a non-x86-64 ELF)
 # Incremental: a program is rebuilt only when a .go file, go.mod or this
@@ -52,6 +53,7 @@ for pair in "go1.23:$GO123" "go1.24:$GO124"; do
 		build "$go" "$tag" "$out/$tag/$rel" "$rel"
 	done
 	build "$go" "$tag" "$out/$tag/stripped/delete_assign" racy/delete_assign -ldflags="-s -w"
+	build "$go" "$tag" "$out/$tag/stripped/channel_handoff" clean/channel_handoff -ldflags="-s -w"
 	build "$go" "$tag" "$out/$tag/pie/delete_assign" racy/delete_assign -buildmode=pie
 	build "$go" "$tag" "$out/$tag/pie/mutex" clean/mutex -buildmode=pie
 	GOARCH=arm64 build "$go" "$tag" "$out/$tag/arm64/delete_assign" racy/delete_assign

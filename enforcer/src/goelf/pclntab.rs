@@ -12,6 +12,10 @@ use std::collections::HashMap;
 
 use super::version::read_uvarint;
 
+mod inline;
+
+pub use inline::MODULEDATA_GOFUNC;
+
 /// Magic of the Go 1.20+ table format (1.20 through 1.24 share it).
 pub const PCLNTAB_MAGIC_120: u32 = 0xFFFF_FFF1;
 const HEADER_LEN: usize = 8 + 8 * 8;
@@ -63,12 +67,16 @@ pub struct Symbolizer {
     data: Vec<u8>,
     min_lc: u64,
     text_start: u64,
+    funcname_off: usize,
     cu_off: usize,
     filetab_off: usize,
     pctab_off: usize,
     /// Sorted by entry.
     funcs: Vec<FuncInfo>,
     by_name: HashMap<String, usize>,
+    /// `go:func.*` (moduledata.gofunc) and the bytes from there to the end
+    /// of its segment: where funcdata such as inline trees live.
+    gofunc: Option<(u64, Vec<u8>)>,
 }
 
 impl Symbolizer {
@@ -118,11 +126,13 @@ impl Symbolizer {
             data: data.to_vec(),
             min_lc: u64::from(data[6].max(1)),
             text_start,
+            funcname_off,
             cu_off,
             filetab_off,
             pctab_off,
             funcs: Vec::with_capacity(nfunc),
             by_name: HashMap::with_capacity(nfunc),
+            gofunc: None,
         };
         for i in 0..nfunc {
             let entry = text_start + u64::from(u32_at(functab, 8 * i));
@@ -179,32 +189,82 @@ impl Symbolizer {
         (pc < f.end).then_some(f)
     }
 
-    /// Function, file and line of the instruction at `pc`. For a return
-    /// address (every stack frame but the innermost), pass `pc - 1`.
+    /// Function, file and line of the instruction at `pc`: the innermost
+    /// frame, i.e. the inlined function if `pc` is in inlined code (when the
+    /// inline tree is available). For a return address (every stack frame
+    /// but the innermost), pass `pc - 1`.
     pub fn frame(&self, pc: u64) -> Option<Frame> {
-        let f = self.function_at(pc)?;
-        let rec = &self.data[f.func_off..f.func_off + FUNC_RECORD_LEN];
-        let u32_at = |i: usize| u32::from_le_bytes(rec[i..i + 4].try_into().expect("4 bytes"));
-        let (pcfile, pcln, cu) = (u32_at(20), u32_at(24), u32_at(32));
+        self.frames(pc).into_iter().next()
+    }
+
+    /// All frames at `pc`, innermost first: the functions inlined at `pc`
+    /// (each at its own file:line), then the physical function at the call
+    /// site of the outermost inlined call. Empty if `pc` is outside text.
+    pub fn frames(&self, pc: u64) -> Vec<Frame> {
+        let Some(f) = self.function_at(pc) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut at = pc;
+        // Bounded: inline trees are shallow; a corrupt table must not loop.
+        for _ in 0..64 {
+            let (name, next) = match self.inlined_call(f, at) {
+                Some(call) => (
+                    self.cstr(self.funcname_off + call.name_off as usize),
+                    Some(f.entry + call.parent_pc),
+                ),
+                None => (Some(f.name.clone()), None),
+            };
+            let Some(frame) = self.position(f, at, name.unwrap_or_else(|| "?".into())) else {
+                break;
+            };
+            out.push(frame);
+            match next {
+                Some(parent) => at = parent,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Symbolizes a stack of PCs innermost first, expanding inlined calls:
+    /// the first PC is the interrupted instruction, the others are return
+    /// addresses (looked up at `pc - 1`). Unknown PCs come back as `Err(pc)`.
+    pub fn stack(&self, pcs: &[u64]) -> Vec<Result<Frame, u64>> {
+        let mut out = Vec::new();
+        for (i, pc) in pcs.iter().enumerate() {
+            let frames = self.frames(if i == 0 { *pc } else { pc.saturating_sub(1) });
+            if frames.is_empty() {
+                out.push(Err(*pc));
+            }
+            out.extend(frames.into_iter().map(Ok));
+        }
+        out
+    }
+
+    /// File and line of `pc` in `f` (whatever function it is attributed to).
+    fn position(&self, f: &FuncInfo, pc: u64, function: String) -> Option<Frame> {
+        let (pcfile, pcln, cu) = (
+            self.func_u32(f, 20),
+            self.func_u32(f, 24),
+            self.func_u32(f, 32),
+        );
         let line = self.pcvalue(pcln, f.entry, pc)?;
         let file_no = self.pcvalue(pcfile, f.entry, pc)?;
         let file = self
             .file_name(cu, file_no)
             .unwrap_or_else(|| "?".to_string());
         Some(Frame {
-            function: f.name.clone(),
+            function,
             file,
             line: u32::try_from(line).unwrap_or(0),
         })
     }
 
-    /// Symbolizes a stack of PCs innermost first: the first is the faulting
-    /// instruction, the others are return addresses (looked up at `pc - 1`).
-    pub fn stack(&self, pcs: &[u64]) -> Vec<Option<Frame>> {
-        pcs.iter()
-            .enumerate()
-            .map(|(i, pc)| self.frame(if i == 0 { *pc } else { pc.saturating_sub(1) }))
-            .collect()
+    /// A `u32` field of the function's `_func` record (validated at parse time).
+    fn func_u32(&self, f: &FuncInfo, at: usize) -> u32 {
+        let b = &self.data[f.func_off + at..f.func_off + at + 4];
+        u32::from_le_bytes(b.try_into().expect("4 bytes"))
     }
 
     fn file_name(&self, cu: u32, file_no: i64) -> Option<String> {

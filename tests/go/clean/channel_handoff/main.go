@@ -10,10 +10,17 @@ import (
 	"time"
 )
 
+// put is small enough to be inlined into stage: its map assignment is
+// symbolized as main.put, called from main.stage (inline-aware stacks).
+func put(m map[int]int, k, v int) {
+	m[k] = v // LINE:put
+}
+
+//go:noinline
 func stage(in <-chan map[int]int, out chan<- map[int]int, base int) {
 	for m := range in {
 		for i := 0; i < 100; i++ {
-			m[base+i] = i
+			put(m, base+i, i) // LINE:call-put
 			delete(m, base+i-50)
 		}
 		out <- m
