@@ -15,8 +15,12 @@ pub const MAP_EVENTS: &str = "MG_EVENTS";
 pub const MAP_PROBES: &str = "MG_PROBES";
 /// `HashMap<u32 tgid, ProcConfig>`: processes under enforcement.
 pub const MAP_PROCS: &str = "MG_PROCS";
-/// `LruHashMap<u64 map address, WriterRecord>`: recent writers of each map.
+/// `LruHashMap<WriterKey, Writer>`: each goroutine's latest write into each
+/// map (only ever written by that goroutine, so never torn by a racing one).
 pub const MAP_WRITERS: &str = "MG_WRITERS";
+/// `LruHashMap<u64 map address, RecentWriters>`: which goroutines wrote a
+/// map recently.
+pub const MAP_RECENT: &str = "MG_RECENT";
 /// `LruHashMap<u64 g address, GoroutineOp>`: the map operation each
 /// goroutine entered last (used when the runtime itself detects a race).
 pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
@@ -32,8 +36,10 @@ pub const PROG_BARE: &str = "mapguard_bare";
 pub const MAX_PROBES: u32 = 1024;
 /// Capacity of [`MAP_PROCS`].
 pub const MAX_PROCS: u32 = 4096;
-/// Capacity of [`MAP_WRITERS`].
+/// Capacity of [`MAP_WRITERS`] and [`MAP_RECENT`].
 pub const MAX_MAPS: u32 = 16384;
+/// Goroutines remembered per map in [`RecentWriters`].
+pub const RECENT_WRITERS: usize = 4;
 /// Capacity of [`MAP_GOROUTINES`].
 pub const MAX_GOROUTINES: u32 = 16384;
 /// Frames recorded per stack (frame-pointer walk depth).
@@ -194,15 +200,24 @@ impl Writer {
     };
 }
 
-/// Recent writers of one map: the latest, and the latest one by a
-/// different goroutine than the latest.
+/// Key of [`MAP_WRITERS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriterRecord {
-    pub last: Writer,
-    pub prev: Writer,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterKey {
+    pub map: u64,
+    pub g: u64,
 }
-const _: () = assert!(core::mem::size_of::<WriterRecord>() == 2 * size_of::<Writer>());
+const _: () = assert!(core::mem::size_of::<WriterKey>() == 16);
+
+/// Goroutines that wrote one map recently, a ring of
+/// [`RECENT_WRITERS`] slots (`next` counts insertions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentWriters {
+    pub next: u64,
+    pub g: [u64; RECENT_WRITERS],
+}
+const _: () = assert!(core::mem::size_of::<RecentWriters>() == 8 + 8 * RECENT_WRITERS);
 
 /// The map operation a goroutine entered most recently.
 #[repr(C)]
@@ -255,7 +270,9 @@ mod pod {
     // size assertions above pin the layout) and valid for any bit pattern.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::ProcConfig {}
-    unsafe impl aya::Pod for super::WriterRecord {}
+    unsafe impl aya::Pod for super::Writer {}
+    unsafe impl aya::Pod for super::WriterKey {}
+    unsafe impl aya::Pod for super::RecentWriters {}
     unsafe impl aya::Pod for super::GoroutineOp {}
     unsafe impl aya::Pod for super::Violation {}
 }

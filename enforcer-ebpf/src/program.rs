@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use mapguard_common::{
     GoroutineOp, MAX_FRAMES, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig,
-    ProcConfig, Violation, Writer, WriterRecord, action, arg, detector, kind, op, reg,
+    ProcConfig, RECENT_WRITERS, RecentWriters, Violation, Writer, WriterKey, action, arg, detector,
+    kind, op, reg,
 };
 
 const SIGKILL: u32 = 9;
@@ -31,7 +32,10 @@ static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
 static PROCS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
 
 #[map(name = "MG_WRITERS")]
-static WRITERS: LruHashMap<u64, WriterRecord> = LruHashMap::with_max_entries(MAX_MAPS, 0);
+static WRITERS: LruHashMap<WriterKey, Writer> = LruHashMap::with_max_entries(MAX_MAPS, 0);
+
+#[map(name = "MG_RECENT")]
+static RECENT: LruHashMap<u64, RecentWriters> = LruHashMap::with_max_entries(MAX_MAPS, 0);
 
 #[map(name = "MG_GOROUTINES")]
 static GOROUTINES: LruHashMap<u64, GoroutineOp> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
@@ -40,10 +44,10 @@ static GOROUTINES: LruHashMap<u64, GoroutineOp> = LruHashMap::with_max_entries(M
 #[map(name = "MG_SCRATCH")]
 static SCRATCH: PerCpuArray<Violation> = PerCpuArray::with_max_entries(1, 0);
 
-/// A zeroed record used as the initial value of new [`WRITERS`] entries
-/// (too large for the BPF stack). Never written.
+/// A zeroed writer used as the initial value of new [`WRITERS`] entries
+/// (kept off the BPF stack). Never written.
 #[map(name = "MG_ZERO")]
-static ZERO: PerCpuArray<WriterRecord> = PerCpuArray::with_max_entries(1, 0);
+static ZERO: PerCpuArray<Writer> = PerCpuArray::with_max_entries(1, 0);
 
 /// Benchmark baseline: the cost of a uprobe hit alone.
 #[uprobe]
@@ -118,37 +122,25 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         0,
     );
     if op::is_write(cfg.op) {
-        if writing {
-            if let Some(record) = WRITERS.get_ptr(&map) {
-                // SAFETY: map value pointer, valid for this program run.
-                let other = conflicting(unsafe { &*record }, hit.g);
-                if other.g != 0 {
-                    let kind = if other.growing != 0 {
-                        kind::RELEASED_BUCKET_WRITE
-                    } else {
-                        kind::CONCURRENT_WRITE
-                    };
-                    report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, other);
-                }
-            }
+        if writing && let Some(other) = conflicting(map, hit.g) {
+            let kind = if other.growing != 0 {
+                kind::RELEASED_BUCKET_WRITE
+            } else {
+                kind::CONCURRENT_WRITE
+            };
+            report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
         }
         record_writer(&hit, map);
     } else if cfg.op == op::GROW {
-        if let Some(record) = WRITERS.get_ptr_mut(&map) {
-            // SAFETY: map value pointer, valid for this program run.
-            let record = unsafe { &mut *record };
-            if record.last.g == hit.g {
-                record.last.growing = 1;
-            }
+        let key = WriterKey { map, g: hit.g };
+        if let Some(own) = WRITERS.get_ptr_mut(&key) {
+            // SAFETY: map value pointer, valid for this program run; only
+            // this goroutine writes its own entry.
+            unsafe { (*own).growing = 1 };
         }
-    } else if writing {
-        let record = WRITERS.get_ptr(&map)?;
-        // SAFETY: map value pointer, valid for this program run.
-        let other = conflicting(unsafe { &*record }, hit.g);
-        if other.g != 0 {
-            let kind = reader_kind(cfg.op, other.op);
-            report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, other);
-        }
+    } else if writing && let Some(other) = conflicting(map, hit.g) {
+        let kind = reader_kind(cfg.op, other.op);
+        report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
     }
     Some(())
 }
@@ -166,17 +158,20 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     if &msg[..15] != b"concurrent map " {
         return None;
     }
+    // From here on always report (and act): the runtime is about to abort.
     // SAFETY: plain data.
-    let entered = *unsafe { GOROUTINES.get(&hit.g) }?;
-    let record = WRITERS.get_ptr(&entered.map)?;
-    // SAFETY: map value pointer, valid for this program run.
-    let other = conflicting(unsafe { &*record }, hit.g);
+    let entered = unsafe { GOROUTINES.get(&hit.g) }
+        .copied()
+        .unwrap_or_default();
+    let other = conflicting(entered.map, hit.g);
+    let growing = other.is_some_and(|o| o.growing != 0);
+    let other_op = other.map_or(0, |o| o.op);
     let kind = match msg[15] {
-        b'w' if other.growing != 0 => kind::RELEASED_BUCKET_WRITE,
+        b'w' if growing => kind::RELEASED_BUCKET_WRITE,
         b'w' => kind::CONCURRENT_WRITE,
         _ if op::is_write(entered.op) => kind::CONCURRENT_WRITE,
-        b'i' => reader_kind(op::ITER_NEXT, other.op),
-        _ => reader_kind(op::READ, other.op),
+        b'i' => reader_kind(op::ITER_NEXT, other_op),
+        _ => reader_kind(op::READ, other_op),
     };
     report(
         hit,
@@ -199,47 +194,77 @@ fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {
     }
 }
 
-/// The most recent writer of the map that is not goroutine `g`.
-fn conflicting(record: &WriterRecord, g: u64) -> &Writer {
-    if record.last.g != g {
-        &record.last
-    } else {
-        &record.prev
+/// The most recent writer of `map` that is not goroutine `g`.
+fn conflicting(map: u64, g: u64) -> Option<&'static Writer> {
+    // SAFETY: plain data; a racing update can at worst give a stale slot.
+    let recent = unsafe { RECENT.get(&map) }?;
+    let mut best: Option<&'static Writer> = None;
+    for other in recent.g {
+        if other == 0 || other == g {
+            continue;
+        }
+        // SAFETY: plain data, written only by goroutine `other`.
+        if let Some(w) = unsafe { WRITERS.get(&WriterKey { map, g: other }) }
+            && best.is_none_or(|b| w.ts > b.ts)
+        {
+            best = Some(w);
+        }
     }
+    best
 }
 
-/// Make `hit` the last writer of `map`, keeping the previous writer if it
-/// was another goroutine.
+/// Record `hit` as goroutine `g`'s latest write into `map` and remember
+/// `g` among the map's recent writers.
 fn record_writer(hit: &Hit, map: u64) -> Option<()> {
-    let record = match WRITERS.get_ptr_mut(&map) {
-        Some(record) => record,
+    let key = WriterKey { map, g: hit.g };
+    let own = match WRITERS.get_ptr_mut(&key) {
+        Some(own) => own,
         None => {
             let zero = ZERO.get_ptr(0)?;
             // SAFETY: per-CPU value pointer, valid for this program run.
-            WRITERS.insert(&map, unsafe { &*zero }, 0).ok()?;
-            WRITERS.get_ptr_mut(&map)?
+            WRITERS.insert(&key, unsafe { &*zero }, 0).ok()?;
+            WRITERS.get_ptr_mut(&key)?
         }
     };
-    // SAFETY: map value pointer, valid for this program run. Concurrent
-    // updates of the same map's record from another CPU may interleave
-    // (the record is best-effort context, the flag check is the detector).
-    let record = unsafe { &mut *record };
-    if record.last.g != hit.g {
-        record.prev = record.last;
+    // SAFETY: map value pointer, valid for this program run; only this
+    // goroutine writes its own entry (it runs on one CPU at a time).
+    let own = unsafe { &mut *own };
+    own.g = hit.g;
+    own.goid = hit.goid;
+    own.ts = hit.ts;
+    own.tid = hit.tid;
+    own.op = hit.cfg.op;
+    own.growing = 0;
+    own.depth = walk_stack(hit.regs, &mut own.stack);
+
+    let recent = match RECENT.get_ptr_mut(&map) {
+        Some(recent) => recent,
+        None => {
+            RECENT.insert(&map, &RecentWriters::default(), 0).ok()?;
+            RECENT.get_ptr_mut(&map)?
+        }
+    };
+    // SAFETY: map value pointer. Unsynchronized: two goroutines adding
+    // themselves at once may lose one slot, never corrupt a writer entry.
+    let recent = unsafe { &mut *recent };
+    let last = (recent.next.wrapping_sub(1) as usize) % RECENT_WRITERS;
+    if recent.g[last] != hit.g {
+        let slot = (recent.next as usize) % RECENT_WRITERS;
+        recent.g[slot] = hit.g;
+        recent.next = recent.next.wrapping_add(1);
     }
-    let last = &mut record.last;
-    last.g = hit.g;
-    last.goid = hit.goid;
-    last.ts = hit.ts;
-    last.tid = hit.tid;
-    last.op = hit.cfg.op;
-    last.growing = 0;
-    last.depth = walk_stack(hit.regs, &mut last.stack);
     Some(())
 }
 
 /// Emit a violation and apply the process's action.
-fn report(hit: &Hit, map: u64, kind: u8, op: u8, detected_by: u8, other: &Writer) -> Option<()> {
+fn report(
+    hit: &Hit,
+    map: u64,
+    kind: u8,
+    op: u8,
+    detected_by: u8,
+    other: Option<&Writer>,
+) -> Option<()> {
     let event = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU value pointer, valid for this program run.
     let event = unsafe { &mut *event };
@@ -247,7 +272,6 @@ fn report(hit: &Hit, map: u64, kind: u8, op: u8, detected_by: u8, other: &Writer
     event.action = hit.mode;
     event.detected_by = detected_by;
     event.op = op;
-    event.conflicting_op = other.op;
     event.pid = hit.pid;
     event.tid = hit.tid;
     event.binary_id = hit.cfg.binary_id;
@@ -256,11 +280,23 @@ fn report(hit: &Hit, map: u64, kind: u8, op: u8, detected_by: u8, other: &Writer
     event.map = map;
     event.g = hit.g;
     event.goid = hit.goid;
-    event.conflicting_g = other.g;
-    event.conflicting_goid = other.goid;
-    event.conflicting_ts = other.ts;
-    event.conflicting_stack = other.stack;
-    event.conflicting_depth = other.depth;
+    match other {
+        Some(other) => {
+            event.conflicting_op = other.op;
+            event.conflicting_g = other.g;
+            event.conflicting_goid = other.goid;
+            event.conflicting_ts = other.ts;
+            event.conflicting_stack = other.stack;
+            event.conflicting_depth = other.depth;
+        }
+        None => {
+            event.conflicting_op = 0;
+            event.conflicting_g = 0;
+            event.conflicting_goid = 0;
+            event.conflicting_ts = 0;
+            event.conflicting_depth = 0;
+        }
+    }
     event.depth = walk_stack(hit.regs, &mut event.stack);
     let _ = EVENTS.output::<Violation>(&*event, 0);
     let signal = match hit.mode {

@@ -106,15 +106,15 @@ pub struct Reporter {
     total: u64,
 }
 
-/// Identical violations: same process, kind, ops and call sites.
+/// Identical violations: same process, kind, ops and user call sites.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DedupKey {
     pid: u32,
-    kind: u8,
-    op: u8,
-    conflicting_op: u8,
-    stack: [u64; MAX_FRAMES],
-    conflicting_stack: [u64; MAX_FRAMES],
+    kind: &'static str,
+    op: &'static str,
+    conflicting_op: &'static str,
+    site: String,
+    conflicting_site: String,
 }
 
 impl Reporter {
@@ -154,21 +154,21 @@ impl Reporter {
     pub fn handle(&mut self, bytes: &[u8]) -> Result<Option<ViolationRecord>, EventError> {
         let v = decode(bytes)?;
         self.total += 1;
+        self.remember_pod(v.pid);
+        let record = self.record(&v);
         let key = DedupKey {
-            pid: v.pid,
-            kind: v.kind,
-            op: v.op,
-            conflicting_op: v.conflicting_op,
-            stack: call_sites(&v.stack, v.depth),
-            conflicting_stack: call_sites(&v.conflicting_stack, v.conflicting_depth),
+            pid: record.pid,
+            kind: record.kind,
+            op: record.op,
+            conflicting_op: record.conflicting_op,
+            site: user_frame(&record.stack).to_string(),
+            conflicting_site: user_frame(&record.conflicting_stack).to_string(),
         };
         let count = self.seen.entry(key).or_insert(0);
         *count += 1;
         if *count > 1 && v.action == action::AUDIT {
             return Ok(None);
         }
-        self.remember_pod(v.pid);
-        let record = self.record(&v);
         let mut line = serde_json::to_vec(&record).map_err(|e| EventError::Write(e.into()))?;
         line.push(b'\n');
         self.out.write_all(&line).map_err(EventError::Write)?;
@@ -185,8 +185,9 @@ impl Reporter {
             .filter(|(_, n)| **n > 1)
             .map(|(k, n)| {
                 serde_json::json!({
-                    "pid": k.pid, "kind": kind_name(k.kind), "op": op_name(k.op),
-                    "conflicting_op": op_name(k.conflicting_op), "count": n,
+                    "pid": k.pid, "kind": k.kind, "op": k.op,
+                    "conflicting_op": k.conflicting_op, "site": k.site,
+                    "conflicting_site": k.conflicting_site, "count": n,
                 })
             })
             .collect();
@@ -253,17 +254,6 @@ impl Reporter {
             container: pod.container,
         }
     }
-}
-
-/// The stack without the innermost frame (the runtime function, whose PC
-/// is the probe address), zero-padded: identifies the call site.
-fn call_sites(stack: &[u64; MAX_FRAMES], depth: u8) -> [u64; MAX_FRAMES] {
-    let mut out = [0; MAX_FRAMES];
-    let depth = usize::from(depth).min(MAX_FRAMES);
-    for (i, pc) in stack.iter().enumerate().take(depth).skip(1) {
-        out[i] = *pc;
-    }
-    out
 }
 
 /// First frame of a symbolized stack outside the Go runtime (the user's

@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, HashMap, MapData, RingBuf},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use mapguard_common::{
@@ -93,6 +93,7 @@ pub struct Enforcer {
     probes: Array<MapData, ProbeConfig>,
     procs: HashMap<MapData, u32, ProcConfig>,
     events: Option<RingBuf<MapData>>,
+    links: Vec<UProbeLink>,
 }
 
 impl Enforcer {
@@ -124,6 +125,7 @@ impl Enforcer {
             probes,
             procs,
             events: Some(events),
+            links: Vec::new(),
         })
     }
 
@@ -157,14 +159,16 @@ impl Enforcer {
                 cookie: Some(u64::from(probe_id)),
             };
             let program = uprobe(&mut self.ebpf, self.program)?;
-            program
+            let link = program
                 .attach(attach_point, &target.path, UProbeScope::AllProcesses)
+                .and_then(|id| program.take_link(id))
                 .map_err(|e| LoaderError::Attach {
                     path: target.path.clone(),
                     symbol: point.symbol.clone(),
                     file_offset,
                     source: Box::new(e),
                 })?;
+            self.links.push(link);
             tracing::debug!(symbol = %point.symbol, file_offset, probe_id, "attached");
         }
         Ok(target.points.len())
@@ -186,6 +190,23 @@ impl Enforcer {
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+}
+
+impl Drop for Enforcer {
+    /// Detaches every probe. Each uprobe removal waits for a kernel grace
+    /// period (~0.1 s here); removing them from parallel threads lets those
+    /// waits overlap instead of adding up to seconds.
+    fn drop(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let started = std::time::Instant::now();
+        let count = links.len();
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        tracing::debug!(count, elapsed = ?started.elapsed(), "probes detached");
     }
 }
 
