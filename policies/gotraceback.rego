@@ -2,9 +2,8 @@
 # runtime abort with "fatal error: concurrent map writes" and a goroutine
 # dump. GOTRACEBACK=none (or 0) suppresses the dump; some GODEBUG settings
 # switch off the runtime's own crash checks or its consistent crash state.
+# Warnings only: this policy never blocks a deployment.
 package mapguard.gotraceback
-
-import data.mapguard.lib
 
 enforcement := "warn"
 
@@ -18,7 +17,9 @@ hiding_godebug := {
 }
 
 warn contains msg if {
-	some container in lib.containers
+	input.request.kind.kind == "Pod"
+	some field in ["containers", "initContainers", "ephemeralContainers"]
+	some container in input.request.object.spec[field]
 	some env in container.env
 	env.name == "GOTRACEBACK"
 	lower(trim_space(env.value)) in hidden_traceback
@@ -26,7 +27,9 @@ warn contains msg if {
 }
 
 warn contains msg if {
-	some container in lib.containers
+	input.request.kind.kind == "Pod"
+	some field in ["containers", "initContainers", "ephemeralContainers"]
+	some container in input.request.object.spec[field]
 	some env in container.env
 	env.name == "GODEBUG"
 	some setting in split(env.value, ",")

@@ -10,9 +10,13 @@
 #   (it would not be watched).
 package mapguard.mode
 
-import data.mapguard.lib
-
 enforcement := "deny"
+
+# Labels of the request's namespace (data.kubernetes.namespaces: from the
+# API server in the webhook, from --namespaces in the CI command).
+default namespace_labels := {}
+
+namespace_labels := data.kubernetes.namespaces[input.request.namespace].metadata.labels
 
 mode_key := "mapguard.io/mode"
 
@@ -21,15 +25,15 @@ opt_out_key := "mapguard.io/allow-opt-out"
 # Higher is stricter.
 strength := {"off": 0, "audit": 1, "stop": 2, "kill": 3}
 
-namespace_mode := lib.namespace_labels[mode_key]
+namespace_mode := namespace_labels[mode_key]
 
-pod_mode := lib.annotations[mode_key]
+pod_mode := input.request.object.metadata.annotations[mode_key] if input.request.kind.kind == "Pod"
 
-opt_out_allowed if lib.namespace_labels[opt_out_key] == "true"
+opt_out_allowed if namespace_labels[opt_out_key] == "true"
 
 patch contains op if {
+	input.request.kind.kind == "Pod"
 	input.request.operation in {"CREATE", "UPDATE"}
-	lib.pod
 	strength[namespace_mode]
 	not pod_mode
 	op := {"op": "add", "path": "/metadata/annotations/mapguard.io~1mode", "value": namespace_mode}
@@ -47,14 +51,14 @@ deny contains msg if {
 	not opt_out_allowed
 	msg := sprintf(
 		"namespace %s is enforced by mapguard (mode %s): opting out with %s=off needs the namespace label %s=\"true\"",
-		[lib.namespace, namespace_mode, mode_key, opt_out_key],
+		[input.request.namespace, namespace_mode, mode_key, opt_out_key],
 	)
 }
 
 warn contains msg if {
 	not strength[namespace_mode]
 	namespace_mode
-	msg := sprintf("namespace %s has an invalid %s label %q: no mode injected", [lib.namespace, mode_key, namespace_mode])
+	msg := sprintf("namespace %s has an invalid %s label %q: no mode injected", [input.request.namespace, mode_key, namespace_mode])
 }
 
 warn contains msg if {
@@ -65,7 +69,6 @@ warn contains msg if {
 
 warn contains msg if {
 	pod_mode
-	lib.pod
 	not namespace_mode
-	msg := sprintf("annotation %s=%s has no effect: namespace %s is not enforced (no %s label)", [mode_key, pod_mode, lib.namespace, mode_key])
+	msg := sprintf("annotation %s=%s has no effect: namespace %s is not enforced (no %s label)", [mode_key, pod_mode, input.request.namespace, mode_key])
 }

@@ -41,3 +41,16 @@ test_clean_pod_allowed if {
 test_other_kinds_ignored if {
 	count(privileged.deny) == 0 with input as {"request": {"kind": {"kind": "Service"}, "operation": "CREATE", "object": {"spec": {"hostPID": true}}}}
 }
+
+test_privileged_ephemeral_container_denied if {
+	msgs := privileged.deny with input as pod_review({
+		"containers": [{"name": "app"}],
+		"ephemeralContainers": [{"name": "debug", "securityContext": {"privileged": true}}],
+	})
+	msgs == {"container \"debug\" is privileged"}
+}
+
+test_delete_not_judged if {
+	r := {"request": {"kind": {"kind": "Pod"}, "operation": "DELETE", "object": null, "oldObject": {"spec": {"hostPID": true}}}}
+	count(privileged.deny) == 0 with input as r
+}

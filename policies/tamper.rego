@@ -1,10 +1,8 @@
 # Nothing that would let a workload tamper with the mapguard enforcer or
 # escape its uprobes: privilege escalation, capabilities that can trace
-# processes or load/alter BPF programs, and host mounts of the BPF filesystem
-# or kernel debug/tracing interfaces.
+# processes or load/alter BPF programs, and host mounts of the BPF filesystem,
+# kernel debug/tracing interfaces, /proc or the enforcer's state directory.
 package mapguard.tamper
-
-import data.mapguard.lib
 
 enforcement := "deny"
 
@@ -13,13 +11,17 @@ forbidden_capabilities := {"SYS_PTRACE", "SYS_ADMIN", "BPF", "PERFMON", "SYS_MOD
 forbidden_host_paths := ["/sys/fs/bpf", "/sys/kernel/debug", "/sys/kernel/tracing", "/proc", "/var/run/mapguard"]
 
 deny contains msg if {
-	some container in lib.containers
+	input.request.kind.kind == "Pod"
+	some field in ["containers", "initContainers", "ephemeralContainers"]
+	some container in input.request.object.spec[field]
 	container.securityContext.allowPrivilegeEscalation == true
 	msg := sprintf("container %q sets allowPrivilegeEscalation: true", [container.name])
 }
 
 deny contains msg if {
-	some container in lib.containers
+	input.request.kind.kind == "Pod"
+	some field in ["containers", "initContainers", "ephemeralContainers"]
+	some container in input.request.object.spec[field]
 	some cap in container.securityContext.capabilities.add
 	name := trim_prefix(upper(cap), "CAP_")
 	name in forbidden_capabilities
@@ -27,7 +29,8 @@ deny contains msg if {
 }
 
 deny contains msg if {
-	some volume in lib.pod.spec.volumes
+	input.request.kind.kind == "Pod"
+	some volume in input.request.object.spec.volumes
 	path := trim_suffix(volume.hostPath.path, "/")
 	some forbidden in forbidden_host_paths
 	under(path, forbidden)
@@ -38,4 +41,5 @@ under(path, prefix) if path == prefix
 
 under(path, prefix) if startswith(path, concat("", [prefix, "/"]))
 
-under(path, _) if path in {"", "/", "/sys", "/sys/kernel"}
+# The host's root or a parent of a forbidden path exposes it too.
+under(path, _) if path in {"", "/sys", "/sys/kernel", "/var", "/var/run"}

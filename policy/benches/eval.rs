@@ -1,1 +1,123 @@
-fn main() {}
+//! Policy evaluation latency per Pod: the default policies against an
+//! allow-all policy set measured in the same run (target: p50 < 100 µs).
+//!
+//! Run with `cargo bench -p mapguard-policy --bench eval` (env
+//! `MAPGUARD_BENCH_ITERS` changes the iteration count, default 20000).
+
+use std::time::{Duration, Instant};
+
+use mapguard_policy::{EngineConfig, NamespaceData, PolicySet};
+use serde_json::{Value, json};
+
+fn review(kind: &str, object: Value) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": if kind == "Pod" { "" } else { "apps" }, "version": "v1", "kind": kind},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "shop", "operation": "CREATE",
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                     "groups": ["system:serviceaccounts", "system:authenticated"]},
+        "object": object, "dryRun": false,
+    }})
+}
+
+fn pod_spec() -> Value {
+    json!({
+        "containers": [
+            {"name": "app", "image": "registry.example/shop:1.4.2",
+             "ports": [{"containerPort": 8080}],
+             "env": [{"name": "GOMAXPROCS", "value": "2"}, {"name": "GODEBUG", "value": "http2client=0"}],
+             "resources": {"limits": {"cpu": "500m", "memory": "256Mi"}},
+             "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}},
+            {"name": "sidecar", "image": "registry.example/proxy:2",
+             "securityContext": {"runAsNonRoot": true}}
+        ],
+        "initContainers": [{"name": "migrate", "image": "registry.example/shop:1.4.2"}],
+        "volumes": [{"name": "tmp", "emptyDir": {}}]
+    })
+}
+
+fn measure(
+    set: &PolicySet,
+    review: &Value,
+    ns: &NamespaceData,
+    iters: usize,
+) -> (Duration, Duration) {
+    for _ in 0..iters / 10 {
+        set.evaluate(review, ns).expect("warm-up evaluation");
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        let decision = set.evaluate(review, ns).expect("evaluation");
+        samples.push(start.elapsed());
+        std::hint::black_box(decision);
+    }
+    samples.sort();
+    (samples[iters / 2], samples[iters * 99 / 100])
+}
+
+fn main() {
+    let iters: usize = std::env::var("MAPGUARD_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let config = EngineConfig::default();
+    let defaults = PolicySet::embedded(&config);
+    let allow_all = PolicySet::from_sources(
+        vec![(
+            "allow.rego".into(),
+            "package allow\n\ndeny contains msg if {\n  false\n  msg := \"\"\n}\n".into(),
+        )],
+        &config,
+    )
+    .expect("allow-all compiles");
+    let ns = NamespaceData::from_objects((0..50).map(|i| {
+        json!({"kind": "Namespace", "metadata": {"name": if i == 0 { "shop".to_string() } else { format!("ns-{i}") },
+               "labels": {"mapguard.io/mode": "stop", "team": format!("t{i}")}}})
+    }))
+    .expect("namespaces");
+
+    let pod = review(
+        "Pod",
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "shop-7d9c", "labels": {"app": "shop"}}, "spec": pod_spec()}),
+    );
+    let deployment = review(
+        "Deployment",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "shop"}, "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "shop"}},
+        "template": {"metadata": {"labels": {"app": "shop"}}, "spec": pod_spec()}}}),
+    );
+
+    println!(
+        "policy evaluation, {iters} iterations each, one thread (thread-local compiled engine)"
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>8}",
+        "case", "p50 µs", "p99 µs", "p50 ×"
+    );
+    let (base50, base99) = measure(&allow_all, &pod, &ns, iters);
+    let row = |name: &str, (p50, p99): (Duration, Duration)| {
+        println!(
+            "{:<34} {:>10.1} {:>10.1} {:>8.2}",
+            name,
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+            p50.as_secs_f64() / base50.as_secs_f64()
+        );
+    };
+    row("allow-all, Pod (baseline)", (base50, base99));
+    let pod_defaults = measure(&defaults, &pod, &ns, iters);
+    row("default policies, Pod", pod_defaults);
+    row(
+        "default policies, Deployment",
+        measure(&defaults, &deployment, &ns, iters),
+    );
+    let verdict = if pod_defaults.0 < Duration::from_micros(100) {
+        "met"
+    } else {
+        "MISSED"
+    };
+    println!("target p50 < 100 µs per Pod with the default policies: {verdict}");
+}

@@ -122,8 +122,11 @@ impl PolicySet {
             None => None,
         };
         let root = unpacked.template_pointer.unwrap_or("");
-        let mut patch_doc = unpacked.patch_target;
-        let input = regorus::Value::from(unpacked.input);
+        // Copied only when a policy patches.
+        let patch_target = unpacked.patch_target;
+        let mut patch_doc: Option<Json> = None;
+        let input = <regorus::Value as serde::Deserialize>::deserialize(&*unpacked.input)
+            .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e.to_string())))?;
 
         self.with_engine(ns, |engine| -> Result<(), EvalError> {
             engine.set_input(input);
@@ -168,13 +171,17 @@ impl PolicySet {
                         }
                         ("patch", _) => {
                             let ops = items.iter().map(to_json).collect();
-                            let ops =
-                                patch::prepare(ops, &mut patch_doc, root).map_err(|source| {
-                                    EvalError::InvalidPatch {
-                                        policy: policy.package.clone(),
-                                        source,
-                                    }
-                                })?;
+                            let doc = patch_doc.get_or_insert_with(|| {
+                                patch_target
+                                    .cloned()
+                                    .unwrap_or_else(|| serde_json::json!({}))
+                            });
+                            let ops = patch::prepare(ops, doc, root).map_err(|source| {
+                                EvalError::InvalidPatch {
+                                    policy: policy.package.clone(),
+                                    source,
+                                }
+                            })?;
                             decision.patch.extend(ops);
                         }
                         (kind, action) => {

@@ -14,12 +14,7 @@ use crate::{Action, EngineConfig};
 pub(crate) const DECISION_RULES: [&str; 3] = ["deny", "warn", "patch"];
 
 /// The default policies, compiled into the binary.
-const EMBEDDED: [(&str, &str); 10] = [
-    ("policies/lib.rego", include_str!("../../policies/lib.rego")),
-    (
-        "policies/lib_test.rego",
-        include_str!("../../policies/lib_test.rego"),
-    ),
+const EMBEDDED: [(&str, &str); 8] = [
     (
         "policies/privileged.rego",
         include_str!("../../policies/privileged.rego"),
@@ -80,7 +75,10 @@ pub(crate) struct TestCase {
 
 pub(crate) struct Inner {
     pub id: u64,
+    /// Policies only (no `*_test.rego`): what requests are judged with.
     pub engine: Engine,
+    /// Every file: what `run_tests` uses.
+    pub test_engine: Engine,
     pub policies: Vec<PolicyInfo>,
     pub tests: Vec<TestCase>,
     pub config: EngineConfig,
@@ -171,32 +169,20 @@ impl PolicySet {
         sources: Vec<(String, String)>,
         config: &EngineConfig,
     ) -> Result<PolicySet, LoadError> {
-        let mut engine = Engine::new();
-        let mut packages: Vec<(String, String)> = Vec::new(); // (path, rule path prefix)
-        for (path, rego) in &sources {
-            engine.add_policy(path.clone(), rego.clone()).map_err(|e| {
-                let message = one_line(&format!("{e:#}"));
-                LoadError::Parse {
-                    line: line_of(&message, path),
-                    path: path.clone(),
-                    message,
-                }
-            })?;
-        }
-        for component in engine
-            .get_policy_package_components()
-            .map_err(|e| LoadError::Compile {
-                message: one_line(&format!("{e:#}")),
-            })?
-        {
-            packages.push((component.source_file, rule_prefix(&component.components)));
-        }
-        // Analyse once now so that errors surface at load time, not per request.
-        engine
-            .eval_query("true".to_string(), false)
-            .map_err(|e| LoadError::Compile {
-                message: one_line(&format!("{e:#}")),
-            })?;
+        // Everything, for the test runner; errors name their file.
+        let (test_engine, packages) = compile(&sources)?;
+        // Test files stay out of the evaluation engine: with regorus every
+        // `data.` reference costs time proportional to the rules loaded.
+        let (mut engine, _) = if sources.iter().any(|(p, _)| is_test_file(p)) {
+            let policies: Vec<(String, String)> = sources
+                .iter()
+                .filter(|(p, _)| !is_test_file(p))
+                .cloned()
+                .collect();
+            compile(&policies)?
+        } else {
+            (test_engine.clone(), Vec::new())
+        };
 
         let mut policies: Vec<PolicyInfo> = Vec::new();
         let mut tests = Vec::new();
@@ -204,13 +190,13 @@ impl PolicySet {
         for (path, prefix) in &packages {
             let package = prefix.trim_start_matches("data.").to_string();
             let declares = |rule: &str| {
-                engine
+                test_engine
                     .has_declared_rule_rooted_at(path, rule)
                     .unwrap_or(false)
             };
             let rules: Vec<(&'static str, String)> = DECISION_RULES
                 .iter()
-                .filter(|r| declares(r))
+                .filter(|r| !is_test_file(path) && declares(r))
                 .map(|r| (*r, format!("{prefix}.{r}")))
                 .collect();
             if !rules.is_empty() {
@@ -266,6 +252,7 @@ impl PolicySet {
             inner: Arc::new(Inner {
                 id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
                 engine,
+                test_engine,
                 policies,
                 tests,
                 config: config.clone(),
@@ -287,6 +274,41 @@ impl PolicySet {
     pub fn test_count(&self) -> usize {
         self.inner.tests.len()
     }
+}
+
+/// Whether `path` holds tests only (`*_test.rego`, OPA's convention).
+fn is_test_file(path: &str) -> bool {
+    path.ends_with("_test.rego")
+}
+
+/// Parses and analyses `sources`; returns the engine and each file's
+/// `(path, rule path prefix)`.
+fn compile(sources: &[(String, String)]) -> Result<(Engine, Vec<(String, String)>), LoadError> {
+    let mut engine = Engine::new();
+    for (path, rego) in sources {
+        engine.add_policy(path.clone(), rego.clone()).map_err(|e| {
+            let message = one_line(&format!("{e:#}"));
+            LoadError::Parse {
+                line: line_of(&message, path),
+                path: path.clone(),
+                message,
+            }
+        })?;
+    }
+    let compile_error = |e: &dyn std::fmt::Display| LoadError::Compile {
+        message: one_line(&format!("{e:#}")),
+    };
+    let packages = engine
+        .get_policy_package_components()
+        .map_err(|e| compile_error(&e))?
+        .into_iter()
+        .map(|c| (c.source_file, rule_prefix(&c.components)))
+        .collect();
+    // Analyse once now so that errors surface at load time, not per request.
+    engine
+        .eval_query("true".to_string(), false)
+        .map_err(|e| compile_error(&e))?;
+    Ok((engine, packages))
 }
 
 /// The `enforcement` rule of a package, if it declares one.

@@ -5,6 +5,8 @@
 //! engine synthesizes the Pod their template would create and evaluates that;
 //! patches are re-rooted onto the template ([`Unpacked::template_pointer`]).
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 
@@ -50,17 +52,17 @@ pub fn template_pointer(kind: &str) -> Option<&'static str> {
 
 /// A review made ready for the policies.
 #[derive(Debug)]
-pub(crate) struct Unpacked {
+pub(crate) struct Unpacked<'a> {
     pub subject: Subject,
     /// The AdmissionReview the policies see (`input`): the original one, or
     /// one whose object is the Pod synthesized from a controller's template.
-    pub input: Json,
+    pub input: Cow<'a, Json>,
     /// Where policy patches land in the reviewed object: `None` for a Pod or
     /// any other kind (patches apply as written), the template pointer for a
     /// controller.
     pub template_pointer: Option<&'static str>,
     /// The object patches are checked against (the Pod, or the template).
-    pub patch_target: Json,
+    pub patch_target: Option<&'a Json>,
 }
 
 /// Why a review cannot be judged.
@@ -70,6 +72,8 @@ pub enum ReviewError {
     NoRequest,
     #[error("AdmissionReview request has no kind.kind")]
     NoKind,
+    #[error("AdmissionReview cannot be handed to the policies: {0}")]
+    NotJson(String),
     #[error("{kind} {name}: field {pointer} is not an object")]
     BadTemplate {
         kind: String,
@@ -79,7 +83,7 @@ pub enum ReviewError {
 }
 
 /// Extracts the subject and builds the policy input from a whole review.
-pub(crate) fn unpack(review: &Json) -> Result<Unpacked, ReviewError> {
+pub(crate) fn unpack(review: &Json) -> Result<Unpacked<'_>, ReviewError> {
     let request = review
         .get("request")
         .and_then(Json::as_object)
@@ -121,18 +125,18 @@ pub(crate) fn unpack(review: &Json) -> Result<Unpacked, ReviewError> {
     let (Some(pointer), Some(object)) = (pointer, object) else {
         // A Pod, another kind, or a DELETE (no object): policies see the review as sent.
         return Ok(Unpacked {
-            patch_target: object.cloned().unwrap_or(Json::Null),
-            input: review.clone(),
+            patch_target: object,
+            input: Cow::Borrowed(review),
             template_pointer: None,
             subject,
         });
     };
 
     let template = template_of(object, pointer, &subject)?;
-    let pod = synthesize_pod(object, &template, &subject);
+    let pod = synthesize_pod(object, template, &subject);
     let old_pod = match old_object {
         Some(old) => template_of(old, pointer, &subject)
-            .map(|t| synthesize_pod(old, &t, &subject))
+            .map(|t| synthesize_pod(old, t, &subject))
             .unwrap_or(Json::Null),
         None => Json::Null,
     };
@@ -156,17 +160,21 @@ pub(crate) fn unpack(review: &Json) -> Result<Unpacked, ReviewError> {
     input.insert("request".into(), Json::Object(request));
     Ok(Unpacked {
         subject,
-        input: Json::Object(input),
+        input: Cow::Owned(Json::Object(input)),
         template_pointer: Some(pointer),
         patch_target: template,
     })
 }
 
-fn template_of(object: &Json, pointer: &str, subject: &Subject) -> Result<Json, ReviewError> {
+/// The template of a controller; `None` when it has none (an empty pod is judged).
+fn template_of<'a>(
+    object: &'a Json,
+    pointer: &str,
+    subject: &Subject,
+) -> Result<Option<&'a Json>, ReviewError> {
     match object.pointer(pointer) {
-        Some(t) if t.is_object() => Ok(t.clone()),
-        // A controller without a template: judge an empty pod.
-        None | Some(Json::Null) => Ok(json!({})),
+        Some(t) if t.is_object() => Ok(Some(t)),
+        None | Some(Json::Null) => Ok(None),
         Some(_) => Err(ReviewError::BadTemplate {
             kind: subject.kind.clone(),
             name: subject.name.clone(),
@@ -177,9 +185,9 @@ fn template_of(object: &Json, pointer: &str, subject: &Subject) -> Result<Json, 
 
 /// The Pod a controller's template would create: template metadata (labels,
 /// annotations) and spec, the owner's name and namespace, an owner reference.
-fn synthesize_pod(owner: &Json, template: &Json, subject: &Subject) -> Json {
+fn synthesize_pod(owner: &Json, template: Option<&Json>, subject: &Subject) -> Json {
     let mut metadata = template
-        .get("metadata")
+        .and_then(|t| t.get("metadata"))
         .and_then(Json::as_object)
         .cloned()
         .unwrap_or_default();
@@ -202,7 +210,10 @@ fn synthesize_pod(owner: &Json, template: &Json, subject: &Subject) -> Json {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
+        "spec": template
+            .and_then(|t| t.get("spec"))
+            .cloned()
+            .unwrap_or_else(|| json!({})),
     })
 }
 
@@ -224,7 +235,8 @@ mod tests {
             "spec": {"jobTemplate": {"spec": {"template": {
                 "metadata": {"labels": {"app": "n"}},
                 "spec": {"containers": [{"name": "c", "image": "i"}]}}}}}});
-        let unpacked = unpack(&review("CronJob", object)).expect("valid review");
+        let review = review("CronJob", object);
+        let unpacked = unpack(&review).expect("valid review");
         assert_eq!(
             unpacked.template_pointer,
             Some("/spec/jobTemplate/spec/template")
@@ -243,7 +255,7 @@ mod tests {
     fn pods_and_other_kinds_pass_through() {
         let r = review("ConfigMap", json!({"metadata": {"name": "cm"}}));
         let unpacked = unpack(&r).expect("valid review");
-        assert_eq!(unpacked.input, r);
+        assert_eq!(*unpacked.input, r);
         assert_eq!(unpacked.template_pointer, None);
         assert_eq!(
             unpack(&json!({"kind": "AdmissionReview"})).unwrap_err(),

@@ -49,7 +49,7 @@ impl PolicySet {
         let mut results = Vec::with_capacity(self.inner.tests.len());
         for test in &self.inner.tests {
             let started = Instant::now();
-            let mut engine = self.inner.engine.clone();
+            let mut engine = self.inner.test_engine.clone();
             engine.set_input(regorus::Value::new_object());
             let failure = match engine.eval_rule(test.rule_path.clone()) {
                 Ok(regorus::Value::Bool(true)) => None,
