@@ -1,0 +1,248 @@
+//! Enforcer benchmark: what a probed Go map call costs.
+//!
+//! Runs `tests/go/bench/mapheavy` (one goroutine; every iteration is one
+//! `mapassign_fast64`, one `mapaccess2_fast64` and one `mapdelete_fast64`,
+//! so 3 probe hits; the program times its own loop) built by Go 1.23 and
+//! Go 1.24, in one run:
+//!
+//! - plain, and built with `-race` (the usual alternative),
+//! - under `mapguard-enforcer exec --probe-program bare` (a BPF program that
+//!   returns at once) at the planned `push rbp` and at the function entry,
+//! - under `mapguard-enforcer exec --mode audit` (the real detector).
+//!
+//! Per-hit cost = (ns/iteration under probes − plain ns/iteration) / 3.
+//! Target: the enforcer adds at most 50% to the bare hit cost at the same
+//! offset. Needs root (BPF). Run with:
+//!
+//! ```text
+//! make bench-enforcer                       # or:
+//! cargo bench -p mapguard-enforcer --bench probe_cost
+//! MAPGUARD_BENCH_RUNS=5 MAPGUARD_BENCH_GO=go1.24 cargo bench -p mapguard-enforcer --bench probe_cost
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Probed map calls per mapheavy iteration.
+const CALLS_PER_ITER: f64 = 3.0;
+/// Relative overhead of the enforcer over a bare probe it should stay under.
+const TARGET_OVERHEAD: f64 = 0.5;
+
+/// One configuration to measure.
+struct Setup {
+    name: &'static str,
+    /// Binary variant under the Go version's directory.
+    binary: &'static str,
+    /// `None`: run directly; `Some(args)`: under `mapguard-enforcer exec args --`.
+    enforcer: Option<&'static [&'static str]>,
+    iterations: u64,
+}
+
+const SETUPS: &[Setup] = &[
+    Setup {
+        name: "plain",
+        binary: "bench/mapheavy",
+        enforcer: None,
+        iterations: 5_000_000,
+    },
+    Setup {
+        name: "go -race",
+        binary: "race/mapheavy",
+        enforcer: None,
+        iterations: 2_000_000,
+    },
+    Setup {
+        name: "bare probe @ push rbp",
+        binary: "bench/mapheavy",
+        enforcer: Some(&["--probe-program", "bare", "--probe-at", "planned"]),
+        iterations: 300_000,
+    },
+    Setup {
+        name: "bare probe @ entry",
+        binary: "bench/mapheavy",
+        enforcer: Some(&["--probe-program", "bare", "--probe-at", "entry"]),
+        iterations: 50_000,
+    },
+    Setup {
+        name: "mapguard audit @ push rbp",
+        binary: "bench/mapheavy",
+        enforcer: Some(&["--mode", "audit"]),
+        iterations: 300_000,
+    },
+    Setup {
+        name: "mapguard audit @ entry",
+        binary: "bench/mapheavy",
+        enforcer: Some(&["--mode", "audit", "--probe-at", "entry"]),
+        iterations: 50_000,
+    },
+];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn go_progs() -> Result<PathBuf> {
+    let out = std::env::var_os("MAPGUARD_GO_PROGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/go-progs"));
+    let status = Command::new(repo_root().join("tests/go/build.sh"))
+        .arg(&out)
+        .status()
+        .context("run tests/go/build.sh")?;
+    if !status.success() {
+        bail!("tests/go/build.sh failed: {status}");
+    }
+    Ok(out)
+}
+
+/// Runs one configuration once; returns mapheavy's ns per iteration.
+fn run_once(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64> {
+    let program = progs.join(go).join(setup.binary);
+    let n = setup.iterations.to_string();
+    let mut cmd = match setup.enforcer {
+        None => Command::new(&program),
+        Some(args) => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_mapguard-enforcer"));
+            c.arg("exec")
+                .args(args)
+                .arg("--events")
+                .arg(events)
+                .arg("--")
+                .arg(&program);
+            c.env("MAPGUARD_LOG", "warn");
+            c
+        }
+    };
+    let out = cmd
+        .args(["-n", &n])
+        .output()
+        .with_context(|| format!("run {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} ({go}) failed with {}: {}",
+            setup.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"ns_per_iter\""))
+        .with_context(|| format!("{}: no result line in {stdout:?}", setup.name))?;
+    let v: serde_json::Value = serde_json::from_str(line).context("parse mapheavy output")?;
+    v["ns_per_iter"].as_f64().context("ns_per_iter is a number")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<bool> {
+    let events = std::env::temp_dir().join(format!(
+        "mapguard-bench-events-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&events);
+    let mut results = Vec::new();
+    for setup in SETUPS {
+        let samples = (0..runs)
+            .map(|_| run_once(progs, go, setup, &events))
+            .collect::<Result<Vec<_>>>()?;
+        results.push((setup, median(samples)));
+    }
+    let violations = std::fs::read_to_string(&events)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&events);
+
+    let ns = |name: &str| {
+        results
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(_, v)| *v)
+            .expect("measured")
+    };
+    let plain = ns("plain");
+    let hit = |name: &str| (ns(name) - plain) / CALLS_PER_ITER;
+    println!(
+        "\n{go}: mapheavy, {CALLS_PER_ITER} probed map calls per iteration, median of {runs} runs"
+    );
+    println!(
+        "  {:<28} {:>12} {:>14} {:>10}",
+        "configuration", "ns/iter", "ns/probe hit", "vs plain"
+    );
+    for (setup, v) in &results {
+        let per_hit = if setup.enforcer.is_some() {
+            format!("{:.0}", hit(setup.name))
+        } else {
+            "-".into()
+        };
+        println!(
+            "  {:<28} {:>12.1} {:>14} {:>9.1}x",
+            setup.name,
+            v,
+            per_hit,
+            v / plain
+        );
+    }
+    let (bare, bare_entry) = (hit("bare probe @ push rbp"), hit("bare probe @ entry"));
+    let (enforce, enforce_entry) = (
+        hit("mapguard audit @ push rbp"),
+        hit("mapguard audit @ entry"),
+    );
+    let overhead = enforce / bare - 1.0;
+    let met = overhead <= TARGET_OVERHEAD;
+    println!(
+        "  push rbp (emulated) vs entry (single-stepped), bare hit: {:.1}x cheaper",
+        bare_entry / bare
+    );
+    println!(
+        "  mapguard at push rbp vs at entry: {:.1}x cheaper per hit",
+        enforce_entry / enforce
+    );
+    println!(
+        "  enforcer program cost over a bare probe at push rbp: {:+.0} ns/hit ({:+.0}%), target <= +{:.0}%: {}",
+        enforce - bare,
+        overhead * 100.0,
+        TARGET_OVERHEAD * 100.0,
+        if met { "met" } else { "MISSED" }
+    );
+    println!(
+        "  slowdown of this map-bound loop: mapguard {:.1}x, go -race {:.1}x",
+        ns("mapguard audit @ push rbp") / plain,
+        ns("go -race") / plain
+    );
+    println!("  violations reported (must be 0, the program has no races): {violations}");
+    if violations != 0 {
+        bail!("{go}: the enforcer reported {violations} violations on a race-free program");
+    }
+    Ok(met)
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let runs: usize = std::env::var("MAPGUARD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let versions = std::env::var("MAPGUARD_BENCH_GO").unwrap_or_else(|_| "go1.23,go1.24".into());
+    let progs = go_progs()?;
+    let mut all_met = true;
+    for go in versions.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        all_met &= bench_version(&progs, go, runs)?;
+    }
+    println!(
+        "\nprobe_cost: enforcer overhead target (<= +{:.0}% over a bare probe) {}",
+        TARGET_OVERHEAD * 100.0,
+        if all_met { "met" } else { "MISSED" }
+    );
+    Ok(())
+}
