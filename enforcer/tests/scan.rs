@@ -2,8 +2,8 @@
 //! toolchains (Go 1.23: classic maps, Go 1.24: swiss maps).
 //!
 //! The programs are built once per test binary by `tests/go/build.sh` into
-//! `target/go-progs` (incremental; a file lock serializes concurrent test
-//! binaries).
+//! `$MAPGUARD_GO_PROGS` or `target/go-progs` (incremental; a file lock
+//! serializes concurrent test binaries).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,10 @@ fn repo_root() -> PathBuf {
 fn go_progs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = repo_root().join("target/go-progs");
+        // `make` exports MAPGUARD_GO_PROGS; plain `cargo test` uses target/go-progs.
+        let out = std::env::var_os("MAPGUARD_GO_PROGS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/go-progs"));
         std::fs::create_dir_all(&out).expect("create target/go-progs");
         let lock = File::create(out.join(".build.lock")).expect("create build lock file");
         lock.lock().expect("lock target/go-progs/.build.lock");
