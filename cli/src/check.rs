@@ -1,0 +1,195 @@
+//! `mapguard check`: judge manifests with the same engine as the webhook.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use mapguard_policy::{Decision, EngineConfig, Finding, NamespaceData, PolicySet, Subject};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::config::{CheckArgs, Output};
+use crate::manifests::{self, Manifest};
+use crate::review::create_review;
+use crate::{CliError, ExitStatus};
+
+/// The verdict on one object of one file.
+#[derive(Debug, Serialize)]
+pub struct ObjectResult {
+    pub file: PathBuf,
+    pub document: usize,
+    pub subject: Subject,
+    pub allowed: bool,
+    pub exempt: bool,
+    pub denials: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    pub dry_run: Vec<Finding>,
+    pub patch: Vec<Json>,
+}
+
+/// Counts over all objects.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub objects: usize,
+    pub denied: usize,
+    pub warnings: usize,
+    pub patched: usize,
+    pub dry_run: usize,
+    pub exempt: usize,
+}
+
+/// What `check -o json` prints.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub results: Vec<ObjectResult>,
+    pub summary: Summary,
+}
+
+/// Loads the engine config, the policies (a folder, or the embedded defaults).
+pub fn load_policies(
+    dir: Option<&Path>,
+    config_file: Option<&Path>,
+) -> Result<PolicySet, CliError> {
+    let config = match config_file {
+        Some(path) => EngineConfig::from_file(path)?,
+        None => EngineConfig::default(),
+    };
+    Ok(match dir {
+        Some(dir) => PolicySet::load_dir(dir, &config)?,
+        None => PolicySet::embedded(&config),
+    })
+}
+
+/// Judges every object of `args.files`.
+pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
+    let set = load_policies(args.policies.as_deref(), args.engine_config.as_deref())?;
+    let mut manifests: Vec<Manifest> = Vec::new();
+    for file in manifests::expand(&args.files)? {
+        manifests.extend(manifests::read_file(&file)?);
+    }
+    let mut namespaces = match &args.namespaces {
+        Some(path) => NamespaceData::from_file(path)?,
+        None => NamespaceData::new(),
+    };
+    // Namespaces applied together with the workloads count too.
+    for manifest in &manifests {
+        if manifest.object.get("kind").and_then(Json::as_str) == Some("Namespace") {
+            namespaces.upsert(&manifest.object).map_err(|reason| {
+                CliError::Manifest(manifests::ManifestError::NotAnObject {
+                    path: manifest.file.clone(),
+                    document: manifest.document,
+                    reason,
+                })
+            })?;
+        }
+    }
+    tracing::debug!(
+        objects = manifests.len(),
+        namespaces = namespaces.len(),
+        "checking"
+    );
+
+    let mut results = Vec::with_capacity(manifests.len());
+    let mut summary = Summary::default();
+    for (index, manifest) in manifests.into_iter().enumerate() {
+        let review = create_review(
+            &manifest.object,
+            &args.namespace,
+            &format!("mapguard-ci-{index}"),
+        );
+        let decision: Decision =
+            set.evaluate(&review, &namespaces)
+                .map_err(|source| CliError::Eval {
+                    file: manifest.file.clone(),
+                    document: manifest.document,
+                    source,
+                })?;
+        summary.objects += 1;
+        summary.denied += usize::from(!decision.allowed);
+        summary.warnings += decision.warnings.len();
+        summary.patched += usize::from(!decision.patch.is_empty());
+        summary.dry_run += decision.dry_run.len();
+        summary.exempt += usize::from(decision.exempt);
+        results.push(ObjectResult {
+            file: manifest.file,
+            document: manifest.document,
+            subject: decision.subject,
+            allowed: decision.allowed,
+            exempt: decision.exempt,
+            denials: decision.denials,
+            warnings: decision.warnings,
+            dry_run: decision.dry_run,
+            patch: decision.patch,
+        });
+    }
+    Ok(CheckReport { results, summary })
+}
+
+/// Runs `check` and prints its report; exit 1 on any deny.
+pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
+    let report = check(args)?;
+    match args.output {
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::other)?;
+            writeln!(out)?;
+        }
+        Output::Text => print_text(&report, out)?,
+    }
+    Ok(if report.summary.denied > 0 {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Ok
+    })
+}
+
+fn print_text(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> {
+    for result in &report.results {
+        let at = format!("{}[{}]", result.file.display(), result.document);
+        let subject = result.subject.display();
+        // Findings on controllers start with the subject; it is printed once.
+        let strip = |m: &str| {
+            m.strip_prefix(&format!("{subject}: "))
+                .unwrap_or(m)
+                .to_string()
+        };
+        if result.exempt {
+            writeln!(out, "SKIP   {at} {subject}: namespace exempt")?;
+            continue;
+        }
+        for (label, findings) in [
+            ("DENY  ", &result.denials),
+            ("WARN  ", &result.warnings),
+            ("DRYRUN", &result.dry_run),
+        ] {
+            for f in findings {
+                writeln!(
+                    out,
+                    "{label} {at} {subject} ({}): {}",
+                    f.policy,
+                    strip(&f.message)
+                )?;
+            }
+        }
+        for op in &result.patch {
+            let verb = op["op"].as_str().unwrap_or("?");
+            let path = op["path"].as_str().unwrap_or("?");
+            match op.get("value") {
+                Some(value) => writeln!(out, "PATCH  {at} {subject}: {verb} {path} {value}")?,
+                None => writeln!(out, "PATCH  {at} {subject}: {verb} {path}")?,
+            }
+        }
+        if result.allowed
+            && result.denials.is_empty()
+            && result.warnings.is_empty()
+            && result.dry_run.is_empty()
+            && result.patch.is_empty()
+        {
+            writeln!(out, "OK     {at} {subject}")?;
+        }
+    }
+    let s = &report.summary;
+    writeln!(
+        out,
+        "{} objects: {} denied, {} warnings, {} patched, {} dry-run findings, {} exempt",
+        s.objects, s.denied, s.warnings, s.patched, s.dry_run, s.exempt
+    )
+}

@@ -1,0 +1,295 @@
+//! Runs the built `mapguard` binary against the sample manifests and policies.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ has a parent")
+        .to_path_buf()
+}
+
+fn mapguard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mapguard"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("mapguard binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mapguard-cli-test-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+const NS: &str = "tests/data/namespaces.yaml";
+
+#[test]
+fn default_policies_pass_their_own_tests() {
+    let out = mapguard(&["policy", "test", "policies/"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let last = text.lines().last().expect("a closing line");
+    let (passed, failed) = last
+        .split_once(" passed, ")
+        .expect("closing line `N passed, N failed`");
+    assert_eq!(failed, "0 failed");
+    assert!(passed.parse::<usize>().expect("a count") >= 30, "{last}");
+    assert!(text.contains("PASS mapguard.mode_test.test_mode_injected_from_namespace_label (policies/mode_test.rego)"), "{text}");
+}
+
+#[test]
+fn a_failing_test_rule_fails_the_run() {
+    let dir = temp_dir("failing");
+    for entry in std::fs::read_dir(root().join("policies")).expect("policies/ exists") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "rego") {
+            std::fs::copy(&path, dir.join(path.file_name().expect("file name")))
+                .expect("copy policy");
+        }
+    }
+    std::fs::write(
+        dir.join("extra_test.rego"),
+        "package mapguard.extra_test\n\nimport data.mapguard.privileged\n\ntest_clean_pod_is_denied if {\n\tcount(privileged.deny) == 1 with input as {\"request\": {\"kind\": {\"kind\": \"Pod\"}, \"object\": {\"spec\": {\"containers\": [{\"name\": \"a\"}]}}}}\n}\n",
+    )
+    .expect("write failing test");
+    let out = mapguard(&["policy", "test", dir.to_str().expect("utf-8 path")]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL mapguard.extra_test.test_clean_pod_is_denied ("),
+        "{text}"
+    );
+    assert!(text.contains("extra_test.rego)"), "{text}");
+    assert!(text.trim_end().ends_with(" passed, 1 failed"), "{text}");
+}
+
+#[test]
+fn broken_rego_is_rejected_with_its_file_name() {
+    let dir = temp_dir("broken-rego");
+    std::fs::write(
+        dir.join("broken.rego"),
+        "package broken\n\ndeny contains msg if {\n  msg := \n}\n",
+    )
+    .expect("write broken policy");
+    let out = mapguard(&["policy", "test", dir.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("broken.rego:4:"), "{err}");
+    let out = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/allowed",
+        "--policies",
+        dir.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("broken.rego"), "{}", stderr(&out));
+}
+
+#[test]
+fn privileged_pod_is_denied_naming_file_kind_name_and_policy() {
+    let out = mapguard(&["check", "-f", "tests/manifests/denied/privileged-pod.yaml"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("DENY   tests/manifests/denied/privileged-pod.yaml[0] Pod default/debug-shell (mapguard.privileged): container \"shell\" is privileged"),
+        "{text}"
+    );
+}
+
+#[test]
+fn allowed_samples_pass_with_patches_and_warnings() {
+    let out = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/allowed",
+        "--namespaces",
+        NS,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    let results = report["results"].as_array().expect("results array");
+    let find = |kind: &str, name: &str| {
+        results
+            .iter()
+            .find(|r| r["subject"]["kind"] == kind && r["subject"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} judged"))
+    };
+    let deployment = find("Deployment", "checkout");
+    assert_eq!(deployment["allowed"], true);
+    assert_eq!(
+        deployment["patch"],
+        serde_json::json!([{"op": "add", "path": "/spec/template/metadata/annotations",
+                            "value": {"mapguard.io/mode": "stop"}}])
+    );
+    assert!(
+        deployment["file"]
+            .as_str()
+            .expect("file")
+            .ends_with("shop-deployment.yaml")
+    );
+    let clean = find("Pod", "clean");
+    assert_eq!(clean["allowed"], true);
+    assert_eq!(clean["patch"], serde_json::json!([]));
+    assert_eq!(clean["warnings"], serde_json::json!([]));
+    let cron = find("CronJob", "nightly-report");
+    assert_eq!(cron["allowed"], true, "payments allows opting out");
+    let quiet = find("Deployment", "quiet");
+    assert_eq!(quiet["warnings"][0]["policy"], "mapguard.gotraceback");
+    // Every controller kind of the samples was judged as its own kind.
+    for kind in [
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "Job",
+        "CronJob",
+        "Service",
+        "ConfigMap",
+    ] {
+        assert!(
+            results.iter().any(|r| r["subject"]["kind"] == kind),
+            "{kind} missing"
+        );
+    }
+    assert_eq!(report["summary"]["denied"], 0);
+}
+
+#[test]
+fn namespaces_file_makes_the_opt_out_a_deny() {
+    let with = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/denied/opt-out.yaml",
+        "--namespaces",
+        NS,
+    ]);
+    assert_eq!(with.status.code(), Some(1), "{}", stdout(&with));
+    assert!(
+        stdout(&with).contains("(mapguard.mode): namespace shop is enforced"),
+        "{}",
+        stdout(&with)
+    );
+    // Without namespace data shop is not enforced: allowed, with a warning.
+    let without = mapguard(&["check", "-f", "tests/manifests/denied/opt-out.yaml"]);
+    assert_eq!(without.status.code(), Some(0), "{}", stdout(&without));
+    assert!(stdout(&without).contains("WARN"), "{}", stdout(&without));
+}
+
+#[test]
+fn broken_yaml_is_a_clear_error() {
+    let out = mapguard(&["check", "-f", "tests/manifests/"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tests/manifests/broken/unclosed.yaml, document 1"),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).is_empty(),
+        "no verdicts when input is unusable"
+    );
+}
+
+#[test]
+fn engine_config_exempts_and_switches_to_dry_run() {
+    let dir = temp_dir("engine-config");
+    let config = dir.join("engine.yaml");
+    std::fs::write(
+        &config,
+        "enforcement:\n  mapguard.privileged: dry-run\n  mapguard.tamper: warn\n",
+    )
+    .expect("write config");
+    let out = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/denied/privileged-pod.yaml",
+        "tests/manifests/denied/ptrace-daemonset.yaml",
+        "--engine-config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "dry-run and warn never deny: {text}"
+    );
+    assert!(text.contains("DRYRUN tests/manifests/denied/privileged-pod.yaml[0] Pod default/debug-shell (mapguard.privileged)"), "{text}");
+    assert!(text.contains("WARN   tests/manifests/denied/ptrace-daemonset.yaml[0] DaemonSet default/profiler (mapguard.tamper)"), "{text}");
+
+    std::fs::write(&config, "exemptNamespaces: [default]\n").expect("write config");
+    let out = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/denied/privileged-pod.yaml",
+        "--engine-config",
+        config.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("SKIP   tests/manifests/denied/privileged-pod.yaml[0] Pod default/debug-shell: namespace exempt"));
+}
+
+#[test]
+fn namespace_flag_and_env_var_apply_to_objects_without_namespace() {
+    let dir = temp_dir("ns-flag");
+    let file = dir.join("pod.yaml");
+    std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostNetwork: true\n  containers: [{name: a, image: b}]\n")
+        .expect("write pod");
+    let out = mapguard(&[
+        "check",
+        "-f",
+        file.to_str().expect("utf-8"),
+        "-n",
+        "kube-system",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "kube-system is exempt: {}",
+        stdout(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mapguard"))
+        .args(["check", "-f", file.to_str().expect("utf-8")])
+        .env("MAPGUARD_NAMESPACE", "team-a")
+        .output()
+        .expect("mapguard runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("Pod team-a/p (mapguard.privileged): hostNetwork is not allowed"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let out = mapguard(&["check", "-f", "tests/manifests/nope.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("tests/manifests/nope.yaml"),
+        "{}",
+        stderr(&out)
+    );
+}
