@@ -53,6 +53,15 @@ pub enum GoElfError {
         found: String,
         supported: String,
     },
+    #[error(
+        "{path}: {version} should use {expected} maps but its runtime has {found} map functions; refusing to guess layouts"
+    )]
+    MapImplMismatch {
+        path: PathBuf,
+        version: String,
+        expected: MapImpl,
+        found: MapImpl,
+    },
     #[error("{path}: cannot read the Go version: {source}")]
     Version {
         path: PathBuf,
@@ -190,19 +199,14 @@ impl GoBinary {
             path: path_buf(),
             source,
         })?;
-        let Some(mut layout) =
-            RuntimeLayout::for_version(&version).filter(|_| version.is_supported())
+        let (Some(map_impl), Some(mut layout)) =
+            (version.map_impl(), RuntimeLayout::for_version(&version))
         else {
             return Err(GoElfError::UnsupportedGoVersion {
                 path: path_buf(),
                 found: version.raw,
                 supported: GoVersion::supported_list(),
             });
-        };
-        let map_impl = if version.has_swiss_maps() {
-            MapImpl::Swiss
-        } else {
-            MapImpl::Classic
         };
 
         let pcln = pcln.ok_or_else(|| GoElfError::NoPclntab { path: path_buf() })?;
@@ -212,6 +216,12 @@ impl GoBinary {
                 path: path_buf(),
                 source,
             })?;
+        check_map_impl(&symbolizer, map_impl).map_err(|found| GoElfError::MapImplMismatch {
+            path: path_buf(),
+            version: version.raw.clone(),
+            expected: map_impl,
+            found,
+        })?;
         // Inline trees live in go:func.*: from the symbol table, else via moduledata.
         let pcln_file_offset = (pcln.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize) as u64;
         let gofunc = file
@@ -414,6 +424,27 @@ impl std::fmt::Debug for GoBinary {
             .field("stripped", &self.stripped)
             .field("functions", &self.symbolizer.functions().len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Checks the map implementation implied by the version against the
+/// runtime functions actually linked in; `Err` carries what they indicate.
+fn check_map_impl(sym: &Symbolizer, expected: MapImpl) -> Result<(), MapImpl> {
+    let swiss = sym
+        .functions()
+        .iter()
+        .any(|f| f.name.starts_with("internal/runtime/maps."));
+    let classic = [
+        "runtime.hashGrow",
+        "runtime.mapiterinit",
+        "runtime.evacuate",
+    ]
+    .iter()
+    .any(|n| sym.function(n).is_some());
+    match (expected, swiss, classic) {
+        (MapImpl::Classic, true, false) => Err(MapImpl::Swiss),
+        (MapImpl::Swiss, false, true) => Err(MapImpl::Classic),
+        _ => Ok(()),
     }
 }
 

@@ -109,7 +109,7 @@ impl fmt::Display for ScanReport {
         let (flag_off, flag_mask) = l.map.writing_flag();
         writeln!(
             f,
-            "layout:      from {:?}: writing flag at map+{flag_off} mask {flag_mask:#x}, count at map+{}, iterator map at it+{}, g.goid at g+{}, g.m at g+{}",
+            "layout:      from {}: writing flag at map+{flag_off} mask {flag_mask:#x}, count at map+{}, iterator map at it+{}, g.goid at g+{}, g.m at g+{}",
             l.source,
             l.map.count_offset(),
             l.iter_map,

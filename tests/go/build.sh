@@ -7,6 +7,7 @@
 #   OUTDIR/<go>/stripped/channel_handoff      the same, for inline-aware symbolization
 #   OUTDIR/<go>/pie/delete_assign             -buildmode=pie (and pie/mutex from clean/mutex)
 #   OUTDIR/<go>/arm64/delete_assign           GOARCH=arm64 (a non-x86-64 ELF)
+#   OUTDIR/go1.24/noswiss/delete_assign       GOEXPERIMENT=noswissmap (classic maps on 1.24)
 #   OUTDIR/<go>/race/mapheavy                 -race, the benchmark's baseline (needs gcc)
 # Incremental: a program is rebuilt only when a .go file, go.mod or this
 # script is newer than its output. Standard library only, no network.
@@ -58,6 +59,9 @@ for pair in "go1.23:$GO123" "go1.24:$GO124"; do
 	build "$go" "$tag" "$out/$tag/pie/delete_assign" racy/delete_assign -buildmode=pie
 	build "$go" "$tag" "$out/$tag/pie/mutex" clean/mutex -buildmode=pie
 	GOARCH=arm64 build "$go" "$tag" "$out/$tag/arm64/delete_assign" racy/delete_assign
+	if [[ $tag == go1.24 ]]; then
+		GOEXPERIMENT=noswissmap build "$go" "$tag" "$out/$tag/noswiss/delete_assign" racy/delete_assign
+	fi
 	# The race detector needs cgo (gcc); only the benchmark baseline uses it.
 	CGO_ENABLED=1 build "$go" "$tag" "$out/$tag/race/mapheavy" bench/mapheavy -race
 done

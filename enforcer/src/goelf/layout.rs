@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use super::MapImpl;
 use super::version::GoVersion;
 
 /// Where the offsets in a [`RuntimeLayout`] came from.
@@ -24,6 +25,16 @@ pub enum LayoutSource {
     DwarfAndTable,
     /// No DWARF (stripped): the verified per-release table.
     Table,
+}
+
+impl std::fmt::Display for LayoutSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayoutSource::Dwarf => "DWARF",
+            LayoutSource::DwarfAndTable => "DWARF and the verified table",
+            LayoutSource::Table => "the verified table (no DWARF)",
+        })
+    }
 }
 
 /// Go ≤ 1.23 `runtime.hmap` (and `runtime.hiter`).
@@ -95,10 +106,12 @@ pub struct RuntimeLayout {
 }
 
 impl RuntimeLayout {
-    /// The verified table for a supported release; `None` for others.
+    /// The verified table for a supported build; `None` for others. Classic
+    /// `hmap` is the same in 1.23 and in 1.24 with `GOEXPERIMENT=noswissmap`
+    /// (checked in the DWARF of both); `g` and `m` are the same in both.
     pub fn for_version(v: &GoVersion) -> Option<RuntimeLayout> {
-        let map = match (v.major, v.minor) {
-            (1, 23) => MapLayout::Classic(ClassicMapLayout {
+        let map = match v.map_impl()? {
+            MapImpl::Classic => MapLayout::Classic(ClassicMapLayout {
                 count: 0,
                 flags: 8,
                 hash_writing: 4,
@@ -106,14 +119,13 @@ impl RuntimeLayout {
                 buckets: 16,
                 oldbuckets: 24,
             }),
-            (1, 24) => MapLayout::Swiss(SwissMapLayout {
+            MapImpl::Swiss => MapLayout::Swiss(SwissMapLayout {
                 used: 0,
                 dir_ptr: 16,
                 dir_len: 24,
                 writing: 34,
                 clear_seq: 40,
             }),
-            _ => return None,
         };
         Some(RuntimeLayout {
             source: LayoutSource::Table,

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::MapImpl;
+
 /// Magic at the start of the build-info blob (14 bytes, then pointer size and flags).
 const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
 /// Size of the build-info header before the inline strings start.
@@ -73,23 +75,42 @@ impl GoVersion {
         })
     }
 
-    /// Whether map/goroutine layouts for this release were verified here.
+    /// Whether map/goroutine layouts for this build were verified here.
     pub fn is_supported(&self) -> bool {
-        SUPPORTED_GO_RELEASES.contains(&(self.major, self.minor))
+        self.map_impl().is_some()
     }
 
-    /// Human-readable list of supported releases, e.g. `1.23.x, 1.24.x`.
+    /// Human-readable list of supported releases.
     pub fn supported_list() -> String {
-        SUPPORTED_GO_RELEASES
+        let releases: Vec<String> = SUPPORTED_GO_RELEASES
             .iter()
             .map(|(a, b)| format!("{a}.{b}.x"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        format!(
+            "{} (1.23: classic maps; 1.24: swiss maps, or classic with GOEXPERIMENT=noswissmap)",
+            releases.join(", ")
+        )
     }
 
-    /// Go 1.24 made swiss tables the default map implementation.
-    pub fn has_swiss_maps(&self) -> bool {
-        (self.major, self.minor) >= (1, 24)
+    /// `GOEXPERIMENT`s the toolchain records after ` X:` (e.g. `noswissmap`).
+    pub fn experiments(&self) -> impl Iterator<Item = &str> {
+        self.raw
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("X:"))
+            .flat_map(|list| list.split(','))
+    }
+
+    /// The map implementation of a supported build: Go 1.23 uses classic
+    /// maps (its experimental `swissmap` is refused), Go 1.24 swiss tables
+    /// unless built with `GOEXPERIMENT=noswissmap`. `None`: not supported.
+    pub fn map_impl(&self) -> Option<MapImpl> {
+        let has = |e: &str| self.experiments().any(|x| x == e);
+        match (self.major, self.minor) {
+            (1, 23) if !has("swissmap") => Some(MapImpl::Classic),
+            (1, 24) if has("noswissmap") => Some(MapImpl::Classic),
+            (1, 24) => Some(MapImpl::Swiss),
+            _ => None,
+        }
     }
 }
 
@@ -173,21 +194,31 @@ mod tests {
     fn parses_release_versions() {
         let v = GoVersion::parse("go1.23.5").expect("go1.23.5 parses");
         assert_eq!((v.major, v.minor, v.patch), (1, 23, 5));
-        assert!(v.is_supported() && !v.has_swiss_maps());
+        assert_eq!(v.map_impl(), Some(MapImpl::Classic));
         let v = GoVersion::parse("go1.24.4 X:nocoverageredesign").expect("with experiments");
         assert_eq!((v.major, v.minor, v.patch), (1, 24, 4));
-        assert!(v.is_supported() && v.has_swiss_maps());
+        assert_eq!(v.map_impl(), Some(MapImpl::Swiss));
+        assert_eq!(
+            v.experiments().collect::<Vec<_>>(),
+            vec!["nocoverageredesign"]
+        );
+        let v = GoVersion::parse("go1.24.4 X:noswissmap,boringcrypto").expect("noswissmap");
+        assert_eq!(
+            v.map_impl(),
+            Some(MapImpl::Classic),
+            "GOEXPERIMENT=noswissmap"
+        );
         let v = GoVersion::parse("go1.24rc1").expect("release candidate");
         assert_eq!((v.major, v.minor, v.patch), (1, 24, 0));
     }
 
     #[test]
     fn unsupported_versions_are_detected() {
-        for raw in ["go1.22.12", "go1.25.0", "go1.17"] {
+        for raw in ["go1.22.12", "go1.25.0", "go1.17", "go1.23.5 X:swissmap"] {
             let v = GoVersion::parse(raw).expect("parses");
             assert!(!v.is_supported(), "{raw} must not be supported");
         }
-        assert_eq!(GoVersion::supported_list(), "1.23.x, 1.24.x");
+        assert!(GoVersion::supported_list().starts_with("1.23.x, 1.24.x ("));
     }
 
     #[test]
