@@ -12,6 +12,7 @@
 
 pub mod disasm;
 pub mod dwarf;
+mod elf;
 pub mod layout;
 pub mod pclntab;
 pub mod plan;
@@ -19,7 +20,9 @@ pub mod version;
 
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use elf::Segments;
 use serde::Serialize;
 
 pub use disasm::StepHandling;
@@ -100,19 +103,11 @@ impl std::fmt::Display for MapImpl {
     }
 }
 
-/// A loadable segment: maps virtual addresses to file offsets.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    vaddr: u64,
-    file_offset: u64,
-    file_size: u64,
-}
-
 /// An analysed Go executable.
 pub struct GoBinary {
     path: PathBuf,
     data: Vec<u8>,
-    segments: Vec<Segment>,
+    segments: Segments,
     version: GoVersion,
     map_impl: MapImpl,
     pie: bool,
@@ -140,7 +135,7 @@ impl GoBinary {
         }
         let file = object::File::parse(&*data).map_err(|source| {
             // object refuses ELF files of machines it cannot describe; report the machine.
-            match elf_machine(&data) {
+            match elf::elf_machine(&data) {
                 Some(m) if m != object::elf::EM_X86_64 => GoElfError::NotX86_64 {
                     path: path_buf(),
                     arch: format!("e_machine {m}"),
@@ -157,19 +152,9 @@ impl GoBinary {
                 arch: format!("{:?}", file.architecture()),
             });
         }
-        let segments: Vec<Segment> = file
-            .segments()
-            .map(|s| {
-                let (file_offset, file_size) = s.file_range();
-                Segment {
-                    vaddr: s.address(),
-                    file_offset,
-                    file_size,
-                }
-            })
-            .collect();
+        let segments = Segments::of(&file);
         let read_vaddr =
-            |vaddr: u64, len: usize| read_at(&segments, &data, vaddr, len).map(<[u8]>::to_vec);
+            |vaddr: u64, len: usize| segments.read(&data, vaddr, len).map(<[u8]>::to_vec);
 
         // Version (works stripped: the section, else the magic).
         let buildinfo_section = file
@@ -229,16 +214,10 @@ impl GoBinary {
             .find(|s| s.name() == Ok("go:func.*"))
             .map(|s| s.address())
             .or_else(|| {
-                let pcln_vaddr = vaddr_of_file_offset(&segments, pcln_file_offset)?;
-                let segment_bytes = segments.iter().filter_map(|s| {
-                    data.get(
-                        usize::try_from(s.file_offset).ok()?
-                            ..usize::try_from(s.file_offset + s.file_size).ok()?,
-                    )
-                });
-                symbolizer.find_gofunc(pcln_vaddr, segment_bytes)
+                let pcln_vaddr = segments.vaddr_of(pcln_file_offset)?;
+                symbolizer.find_gofunc(pcln_vaddr, segments.contents(&data))
             });
-        match gofunc.and_then(|g| Some((g, segment_tail(&segments, &data, g)?))) {
+        match gofunc.and_then(|g| Some((g, segments.tail(&data, g)?))) {
             Some((vaddr, bytes)) => symbolizer.set_gofunc(vaddr, bytes.to_vec()),
             None => {
                 tracing::warn!(path = %path.display(), "go:func.* not found: inlined calls are not expanded")
@@ -313,12 +292,7 @@ impl GoBinary {
     /// Link-time virtual address of the segment that starts at file offset 0
     /// (0x400000 for Go executables, PIE included).
     pub fn link_base(&self) -> u64 {
-        self.segments
-            .iter()
-            .filter(|s| s.file_offset == 0)
-            .map(|s| s.vaddr)
-            .min()
-            .unwrap_or(0)
+        self.segments.link_base()
     }
 
     /// Load bias of a running instance: `mapping_start` is the start of the
@@ -338,79 +312,23 @@ impl GoBinary {
         if !self.pie {
             return Some(0);
         }
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        let exe = std::fs::canonicalize(exe).ok()?;
-        let start = maps.lines().find_map(|line| {
-            let mut f = line.split_whitespace();
-            let range = f.next()?;
-            let offset = f.nth(1)?;
-            let file = f.nth(2)?;
-            (Path::new(file) == exe && u64::from_str_radix(offset, 16).ok()? == 0)
-                .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
-                .flatten()
-        })?;
-        Some(self.load_bias(start))
+        elf::mapping_start(pid, exe).map(|start| self.load_bias(start))
     }
 
     /// File offset of a virtual address (what a uprobe attaches to).
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)
-            .map(|s| vaddr - s.vaddr + s.file_offset)
+        self.segments.file_offset(vaddr)
     }
 
     /// The machine code of a function, from the file.
     pub fn function_code(&self, f: &FuncInfo) -> Option<&[u8]> {
-        read_at(
-            &self.segments,
-            &self.data,
-            f.entry,
-            usize::try_from(f.end - f.entry).ok()?,
-        )
+        self.segments
+            .read(&self.data, f.entry, usize::try_from(f.end - f.entry).ok()?)
     }
 
     /// Disassembles every map function the binary has and plans its probe.
     pub fn probe_plan(&self) -> Result<ProbePlan, GoElfError> {
-        let mut probes = Vec::new();
-        for cand in plan::candidates(self.map_impl) {
-            let Some(func) = self.symbolizer.function(cand.symbol) else {
-                continue;
-            };
-            let unmapped = || GoElfError::Unmapped {
-                path: self.path.clone(),
-                symbol: cand.symbol.to_string(),
-                vaddr: func.entry,
-            };
-            let code = self.function_code(func).ok_or_else(unmapped)?;
-            let insns = disasm::decode(code, func.entry);
-            let Some(site) = disasm::choose_probe_site(&insns) else {
-                continue;
-            };
-            let file_offset = self
-                .file_offset(func.entry + site.offset)
-                .ok_or_else(unmapped)?;
-            let map_arg = match cand.arg {
-                plan::MapArg::Reg(reg) => ArgLoc::Reg { reg },
-                plan::MapArg::ViaIter(reg) => ArgLoc::ViaIterator {
-                    reg,
-                    offset: self.layout.iter_map,
-                },
-            };
-            probes.push(PlannedProbe {
-                symbol: cand.symbol.to_string(),
-                op: cand.op,
-                func_vaddr: func.entry,
-                insn_offset: site.offset,
-                file_offset,
-                insn_text: site.text,
-                handling: site.handling,
-                map_arg,
-                ret_offsets: disasm::ret_offsets(&insns),
-                note: site.note,
-            });
-        }
-        Ok(ProbePlan { probes })
+        plan::build(self)
     }
 }
 
@@ -446,45 +364,4 @@ fn check_map_impl(sym: &Symbolizer, expected: MapImpl) -> Result<(), MapImpl> {
         (MapImpl::Swiss, false, true) => Err(MapImpl::Classic),
         _ => Ok(()),
     }
-}
-
-/// The bytes from `vaddr` to the end of its segment's file data.
-fn segment_tail<'a>(segments: &[Segment], data: &'a [u8], vaddr: u64) -> Option<&'a [u8]> {
-    let seg = segments
-        .iter()
-        .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)?;
-    read_at(
-        segments,
-        data,
-        vaddr,
-        usize::try_from(seg.vaddr + seg.file_size - vaddr).ok()?,
-    )
-}
-
-fn vaddr_of_file_offset(segments: &[Segment], offset: u64) -> Option<u64> {
-    segments
-        .iter()
-        .find(|s| offset >= s.file_offset && offset - s.file_offset < s.file_size)
-        .map(|s| offset - s.file_offset + s.vaddr)
-}
-
-fn read_at<'a>(segments: &[Segment], data: &'a [u8], vaddr: u64, len: usize) -> Option<&'a [u8]> {
-    let seg = segments
-        .iter()
-        .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.file_size)?;
-    let start = usize::try_from(vaddr - seg.vaddr + seg.file_offset).ok()?;
-    let seg_end = usize::try_from(seg.file_offset + seg.file_size).ok()?;
-    let end = start.checked_add(len).filter(|e| *e <= seg_end)?;
-    data.get(start..end)
-}
-
-/// `e_machine` of a little-endian ELF header, read by hand so that files of
-/// machines the parser does not know still get a precise error.
-fn elf_machine(data: &[u8]) -> Option<u16> {
-    let b = data.get(18..20)?;
-    Some(if data.get(5) == Some(&2) {
-        u16::from_be_bytes([b[0], b[1]])
-    } else {
-        u16::from_le_bytes([b[0], b[1]])
-    })
 }

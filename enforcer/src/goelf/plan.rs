@@ -8,8 +8,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::MapImpl;
-use super::disasm::StepHandling;
+use super::disasm::{self, StepHandling};
+use super::{GoBinary, GoElfError, MapImpl};
 
 /// What a probed function does to the map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -248,4 +248,47 @@ pub(super) fn candidates(imp: MapImpl) -> impl Iterator<Item = &'static Candidat
         MapImpl::Swiss => SWISS,
     };
     COMMON.iter().chain(specific.iter())
+}
+
+/// Disassembles every candidate function `bin` has and plans its probe.
+pub(super) fn build(bin: &GoBinary) -> Result<ProbePlan, GoElfError> {
+    let mut probes = Vec::new();
+    for cand in candidates(bin.map_impl()) {
+        let Some(func) = bin.symbolizer().function(cand.symbol) else {
+            continue;
+        };
+        let unmapped = || GoElfError::Unmapped {
+            path: bin.path().to_path_buf(),
+            symbol: cand.symbol.to_string(),
+            vaddr: func.entry,
+        };
+        let code = bin.function_code(func).ok_or_else(unmapped)?;
+        let insns = disasm::decode(code, func.entry);
+        let Some(site) = disasm::choose_probe_site(&insns) else {
+            continue;
+        };
+        let file_offset = bin
+            .file_offset(func.entry + site.offset)
+            .ok_or_else(unmapped)?;
+        let map_arg = match cand.arg {
+            MapArg::Reg(reg) => ArgLoc::Reg { reg },
+            MapArg::ViaIter(reg) => ArgLoc::ViaIterator {
+                reg,
+                offset: bin.layout().iter_map,
+            },
+        };
+        probes.push(PlannedProbe {
+            symbol: cand.symbol.to_string(),
+            op: cand.op,
+            func_vaddr: func.entry,
+            insn_offset: site.offset,
+            file_offset,
+            insn_text: site.text,
+            handling: site.handling,
+            map_arg,
+            ret_offsets: disasm::ret_offsets(&insns),
+            note: site.note,
+        });
+    }
+    Ok(ProbePlan { probes })
 }
