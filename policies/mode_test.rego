@@ -73,3 +73,9 @@ test_invalid_namespace_label_warned_not_injected if {
 	count(msgs) == 1
 	count(mode.patch) == 0 with input as review({}) with data.kubernetes.namespaces as enforced({"mapguard.io/mode": "loud"})
 }
+
+test_other_kinds_in_enforced_namespace_untouched if {
+	r := {"request": {"kind": {"kind": "ConfigMap"}, "operation": "CREATE", "namespace": "shop", "object": {"metadata": {"name": "c"}}}}
+	count(mode.patch) == 0 with input as r with data.kubernetes.namespaces as enforced({"mapguard.io/mode": "loud"})
+	count(mode.warn) == 0 with input as r with data.kubernetes.namespaces as enforced({"mapguard.io/mode": "loud"})
+}
