@@ -44,24 +44,32 @@ pub struct CheckReport {
     pub summary: Summary,
 }
 
-/// Loads the engine config, the policies (a folder, or the embedded defaults).
-pub fn load_policies(
-    dir: Option<&Path>,
-    config_file: Option<&Path>,
-) -> Result<PolicySet, CliError> {
-    let config = match config_file {
+/// The engine configuration: the file's (or the defaults), then the flags.
+pub fn engine_config(args: &CheckArgs) -> Result<EngineConfig, CliError> {
+    let mut config = match &args.engine_config {
         Some(path) => EngineConfig::from_file(path)?,
         None => EngineConfig::default(),
     };
+    if !args.exempt_namespaces.is_empty() {
+        config.exempt_namespaces = args.exempt_namespaces.clone();
+    }
+    config
+        .enforcement_overrides
+        .extend(args.enforcement.iter().cloned());
+    Ok(config)
+}
+
+/// Compiles the policies of `dir`, or the embedded defaults.
+pub fn load_policies(dir: Option<&Path>, config: &EngineConfig) -> Result<PolicySet, CliError> {
     Ok(match dir {
-        Some(dir) => PolicySet::load_dir(dir, &config)?,
-        None => PolicySet::embedded(&config),
+        Some(dir) => PolicySet::load_dir(dir, config)?,
+        None => PolicySet::embedded(config),
     })
 }
 
 /// Judges every object of `args.files`.
 pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
-    let set = load_policies(args.policies.as_deref(), args.engine_config.as_deref())?;
+    let set = load_policies(args.policies.as_deref(), &engine_config(args)?)?;
     let mut manifests: Vec<Manifest> = Vec::new();
     for file in manifests::expand(&args.files)? {
         manifests.extend(manifests::read_file(&file)?);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mapguard_policy::Action;
 
 /// mapguard CI command: judge Kubernetes manifests with the admission
 /// webhook's Rego policies, and run the policies' own tests.
@@ -64,6 +65,20 @@ pub struct CheckArgs {
     #[arg(long = "engine-config", env = "MAPGUARD_ENGINE_CONFIG")]
     pub engine_config: Option<PathBuf>,
 
+    /// Namespace exempted from evaluation (repeatable; replaces the default
+    /// mapguard-system and kube-system, and the engine config's list).
+    #[arg(
+        long = "exempt-namespace",
+        env = "MAPGUARD_EXEMPT_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub exempt_namespaces: Vec<String>,
+
+    /// PACKAGE=ACTION (deny, warn or dry-run): overrides a policy package's
+    /// enforcement action (repeatable).
+    #[arg(long = "enforcement", env = "MAPGUARD_ENFORCEMENT", value_delimiter = ',', value_parser = parse_override)]
+    pub enforcement: Vec<(String, Action)>,
+
     /// Output format.
     #[arg(
         short = 'o',
@@ -84,4 +99,51 @@ pub struct TestArgs {
     /// Also list passing tests' durations.
     #[arg(short, long, env = "MAPGUARD_VERBOSE")]
     pub verbose: bool,
+}
+
+/// `mapguard.tamper=warn` → (`mapguard.tamper`, `Warn`).
+fn parse_override(text: &str) -> Result<(String, Action), String> {
+    let (package, action) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected PACKAGE=ACTION, found {text:?}"))?;
+    let action = action.parse::<Action>().map_err(|e| e.to_string())?;
+    Ok((package.trim().to_string(), action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_flags_parse() {
+        let config = Config::try_parse_from([
+            "mapguard",
+            "check",
+            "-f",
+            "a.yaml",
+            "b/",
+            "--enforcement",
+            "p.q=dry-run",
+            "--exempt-namespace",
+            "x,y",
+            "-o",
+            "json",
+        ])
+        .expect("valid flags");
+        let Command::Check(args) = config.command else {
+            panic!("check subcommand expected");
+        };
+        assert_eq!(args.files.len(), 2);
+        assert_eq!(args.enforcement, vec![("p.q".to_string(), Action::DryRun)]);
+        assert_eq!(args.exempt_namespaces, vec!["x", "y"]);
+        assert_eq!(args.output, Output::Json);
+        assert!(
+            Config::try_parse_from(["mapguard", "check", "-f", "a", "--enforcement", "p=block"])
+                .is_err()
+        );
+        assert!(
+            Config::try_parse_from(["mapguard", "check"]).is_err(),
+            "-f is required"
+        );
+    }
 }

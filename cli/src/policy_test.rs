@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use mapguard_policy::EngineConfig;
+
 use crate::check::load_policies;
 use crate::config::TestArgs;
 use crate::{CliError, ExitStatus};
@@ -9,7 +11,7 @@ use crate::{CliError, ExitStatus};
 /// Runs every `test_` rule under `args.dir`, prints `PASS`/`FAIL` lines and
 /// `N passed, N failed`; exit 1 on any failure or when there are no tests.
 pub fn run(args: &TestArgs, out: &mut dyn Write) -> Result<ExitStatus, CliError> {
-    let set = load_policies(Some(&args.dir), None)?;
+    let set = load_policies(Some(&args.dir), &EngineConfig::default())?;
     let report = set.run_tests();
     for result in &report.results {
         match &result.failure {

@@ -293,3 +293,25 @@ fn missing_file_is_an_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn enforcement_and_exemption_flags_override() {
+    let out = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/denied/privileged-pod.yaml",
+        "--enforcement",
+        "mapguard.privileged=warn",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("WARN   tests/manifests/denied/privileged-pod.yaml[0] Pod default/debug-shell (mapguard.privileged): container \"shell\" is privileged"));
+    let out = mapguard(&[
+        "check",
+        "-f",
+        "tests/manifests/denied/privileged-pod.yaml",
+        "--exempt-namespace",
+        "default",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("SKIP"), "{}", stdout(&out));
+}
