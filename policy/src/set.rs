@@ -1,5 +1,7 @@
 //! Loading and compiling a set of Rego policies.
 
+mod compile;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use regorus::Engine;
 
-use crate::diagnostic::{line_of, one_line};
+use crate::diagnostic::one_line;
 use crate::{Action, EngineConfig};
+use compile::{collect_rego, compile, is_test_file, test_rule_names};
 
 /// The decision rules a policy package may declare.
 pub(crate) const DECISION_RULES: [&str; 3] = ["deny", "warn", "patch"];
@@ -276,41 +279,6 @@ impl PolicySet {
     }
 }
 
-/// Whether `path` holds tests only (`*_test.rego`, OPA's convention).
-fn is_test_file(path: &str) -> bool {
-    path.ends_with("_test.rego")
-}
-
-/// Parses and analyses `sources`; returns the engine and each file's
-/// `(path, rule path prefix)`.
-fn compile(sources: &[(String, String)]) -> Result<(Engine, Vec<(String, String)>), LoadError> {
-    let mut engine = Engine::new();
-    for (path, rego) in sources {
-        engine.add_policy(path.clone(), rego.clone()).map_err(|e| {
-            let message = one_line(&format!("{e:#}"));
-            LoadError::Parse {
-                line: line_of(&message, path),
-                path: path.clone(),
-                message,
-            }
-        })?;
-    }
-    let compile_error = |e: &dyn std::fmt::Display| LoadError::Compile {
-        message: one_line(&format!("{e:#}")),
-    };
-    let packages = engine
-        .get_policy_package_components()
-        .map_err(|e| compile_error(&e))?
-        .into_iter()
-        .map(|c| (c.source_file, rule_prefix(&c.components)))
-        .collect();
-    // Analyse once now so that errors surface at load time, not per request.
-    engine
-        .eval_query("true".to_string(), false)
-        .map_err(|e| compile_error(&e))?;
-    Ok((engine, packages))
-}
-
 /// The `enforcement` rule of a package, if it declares one.
 fn declared_enforcement(
     engine: &mut Engine,
@@ -339,82 +307,5 @@ fn declared_enforcement(
     match value.as_string() {
         Ok(s) => s.parse().map_err(|_| bad(format!("{s:?}"))),
         Err(_) => Err(bad(value.to_json_str().unwrap_or_else(|_| "?".into()))),
-    }
-}
-
-/// `data.a.b` or `data.a["x-y"]` for package components.
-fn rule_prefix(components: &[String]) -> String {
-    let mut prefix = String::from("data");
-    for c in components {
-        let ident = !c.is_empty()
-            && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
-            && !c.starts_with(|ch: char| ch.is_ascii_digit());
-        if ident {
-            prefix.push('.');
-            prefix.push_str(c);
-        } else {
-            prefix.push_str(&format!("[{c:?}]"));
-        }
-    }
-    prefix
-}
-
-/// Names of rules starting a line with `test_` (formatted Rego puts rule
-/// heads at column 0); each is confirmed against the parsed module.
-fn test_rule_names(rego: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in rego.lines() {
-        if let Some(rest) = line.strip_prefix("test_") {
-            let tail: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let name = format!("test_{tail}");
-            if !names.contains(&name) {
-                names.push(name);
-            }
-        }
-    }
-    names
-}
-
-fn collect_rego(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::ReadDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| LoadError::ReadDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            collect_rego(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "rego") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rule_prefixes_quote_non_identifiers() {
-        assert_eq!(rule_prefix(&["a".into(), "b_c".into()]), "data.a.b_c");
-        assert_eq!(rule_prefix(&["a".into(), "x-y".into()]), "data.a[\"x-y\"]");
-    }
-
-    #[test]
-    fn test_names_come_from_rule_heads_only() {
-        let names =
-            test_rule_names("package p\ntest_a if true\n  test_nested if true\ntest_a if false\n");
-        assert_eq!(names, vec!["test_a".to_string()]);
     }
 }
