@@ -12,8 +12,8 @@
 //! `mov_emulate_op`, so `mov` is single-stepped.
 
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic,
-    Register,
+    Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
+    IntelFormatter, Mnemonic, OpAccess, OpKind, Register,
 };
 use serde::Serialize;
 
@@ -149,64 +149,83 @@ pub struct ProbeSite {
 
 /// Chooses the probe site: the first `push rbp` after the stack-check
 /// conditional jump (`cmp rsp,[r14+0x10]; jbe morestack`), which every call
-/// executes exactly once and the kernel emulates. Falls back to another
-/// emulated instruction on the straight-line entry path, then to offset 0.
-pub fn choose_probe_site(insns: &[Insn]) -> Option<ProbeSite> {
+/// executes exactly once (the morestack path jumps back to the entry, before
+/// it) and the kernel emulates. Without one (frameless or assembly
+/// functions), another emulated instruction that every call executes once;
+/// else the entry (single-stepped, said in the note). In every case no
+/// instruction before the site may write `preserve`, the register holding
+/// the map (or iterator) pointer, so the probe still reads the argument.
+pub fn choose_probe_site(insns: &[Insn], preserve: Register) -> Option<ProbeSite> {
     let first = insns.first()?;
-    // The entry path: instructions up to the first unconditional control transfer.
-    let entry_path: Vec<&Insn> = insns
-        .iter()
-        .take_while(|i| {
-            !matches!(
-                i.inner.flow_control(),
-                FlowControl::Return
-                    | FlowControl::UnconditionalBranch
-                    | FlowControl::IndirectBranch
-            )
-        })
-        .take(24)
-        .collect();
-    let stack_check = entry_path
-        .iter()
-        .position(|i| i.inner.flow_control() == FlowControl::ConditionalBranch);
-    let after_check = stack_check.map_or(0, |p| p + 1);
+    let start = stack_check(insns).map_or(0, |p| p + 1);
+    // Instructions every call executes once after the stack check: up to and
+    // including the first that is not plain fall-through.
+    let mut path_len = 0;
+    for i in &insns[start..] {
+        path_len += 1;
+        if i.inner.flow_control() != FlowControl::Next || path_len == 32 {
+            break;
+        }
+    }
+    let path = start..start + path_len;
+    let preserved = |idx: usize| !insns[..idx].iter().any(|i| writes(&i.inner, preserve));
+    let site = |i: &Insn, note: Option<String>| ProbeSite {
+        offset: i.offset,
+        text: i.text.clone(),
+        handling: i.handling,
+        note,
+    };
     let is_push_rbp =
         |i: &Insn| i.inner.mnemonic() == Mnemonic::Push && i.inner.op0_register() == Register::RBP;
-    if let Some(i) = entry_path[after_check.min(entry_path.len())..]
-        .iter()
-        .find(|i| is_push_rbp(i))
+    if let Some(idx) = path
+        .clone()
+        .find(|k| is_push_rbp(&insns[*k]) && preserved(*k))
     {
-        return Some(ProbeSite {
-            offset: i.offset,
-            text: i.text.clone(),
-            handling: i.handling,
-            note: None,
-        });
+        let note = (start == 0).then(|| "no stack check: probing the frame push".to_string());
+        return Some(site(&insns[idx], note));
     }
-    // No frame pointer push: a frameless leaf or an assembly function. Any
-    // emulated non-branch instruction after the stack check still runs once per call.
-    if let Some(i) = entry_path[after_check.min(entry_path.len())..]
-        .iter()
-        .find(|i| {
-            i.handling == StepHandling::Emulated && i.inner.flow_control() == FlowControl::Next
-        })
-    {
-        return Some(ProbeSite {
-            offset: i.offset,
-            text: i.text.clone(),
-            handling: i.handling,
-            note: Some(format!(
-                "no push rbp in the prologue; probing the emulated `{}`",
-                i.text
-            )),
-        });
+    let emulated = path
+        .clone()
+        .find(|k| insns[*k].handling == StepHandling::Emulated && preserved(*k));
+    if let Some(idx) = emulated {
+        let note = format!(
+            "no push rbp in the prologue; probing the emulated `{}`",
+            insns[idx].text
+        );
+        return Some(site(&insns[idx], Some(note)));
     }
-    Some(ProbeSite {
-        offset: 0,
-        text: first.text.clone(),
-        handling: first.handling,
-        note: Some("no frame (no push rbp) and no emulated instruction on the entry path: probing the entry, single-stepped".into()),
+    Some(site(
+        first,
+        Some(format!(
+            "no frame push and no emulated instruction every call executes with {preserve:?} intact: probing the entry, single-stepped"
+        )),
+    ))
+}
+
+/// Index of the stack-check branch: a conditional jump right after a
+/// comparison with the goroutine's stack guard, `[r14+0x10]`.
+fn stack_check(insns: &[Insn]) -> Option<usize> {
+    insns.iter().take(8).enumerate().skip(1).find_map(|(k, i)| {
+        let prev = &insns[k - 1].inner;
+        let guard = prev.mnemonic() == Mnemonic::Cmp
+            && (0..prev.op_count()).any(|op| prev.op_kind(op) == OpKind::Memory)
+            && prev.memory_base() == Register::R14
+            && prev.memory_displacement64() == 0x10;
+        (guard && i.inner.flow_control() == FlowControl::ConditionalBranch).then_some(k)
     })
+}
+
+/// Whether `insn` may write any part of the 64-bit register `reg`.
+fn writes(insn: &Instruction, reg: Register) -> bool {
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(insn);
+    info.used_registers().iter().any(|u| {
+        u.register().full_register() == reg.full_register()
+            && !matches!(
+                u.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess
+            )
+    }) || (insn.flow_control() == FlowControl::Call)
 }
 
 /// Offsets of every `ret` in the function (informational: exit probes on
@@ -260,7 +279,7 @@ mod tests {
             0x90, 0x90, 0xeb, 0xee,
         ];
         let insns = decode(&code, 0x1000);
-        let site = choose_probe_site(&insns).expect("a site");
+        let site = choose_probe_site(&insns, Register::RBX).expect("a site");
         assert_eq!(
             (site.offset, site.handling, site.note),
             (6, StepHandling::Emulated, None)
@@ -272,8 +291,44 @@ mod tests {
     fn frameless_function_falls_back_with_a_note() {
         // mov rax,[rax]; ret
         let insns = decode(&[0x48, 0x8b, 0x00, 0xc3], 0x2000);
-        let site = choose_probe_site(&insns).expect("a site");
+        let site = choose_probe_site(&insns, Register::RBX).expect("a site");
         assert_eq!((site.offset, site.handling), (0, StepHandling::SingleStep));
-        assert!(site.note.expect("a note").contains("no frame"));
+        assert!(site.note.expect("a note").contains("no frame push"));
+    }
+
+    #[test]
+    fn never_probes_after_the_map_register_is_overwritten() {
+        // mov rbx,[rbx]; push rbp; mov rbp,rsp; pop rbp; ret  (no stack check)
+        let code = [0x48, 0x8b, 0x1b, 0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3];
+        let insns = decode(&code, 0x3000);
+        let rbx = choose_probe_site(&insns, Register::RBX).expect("a site");
+        assert_eq!(
+            (rbx.offset, rbx.handling),
+            (0, StepHandling::SingleStep),
+            "RBX clobbered before push"
+        );
+        let rax = choose_probe_site(&insns, Register::RAX).expect("a site");
+        assert_eq!(
+            (rax.offset, rax.handling),
+            (3, StepHandling::Emulated),
+            "RAX intact at push rbp"
+        );
+        assert!(rax.note.expect("note").contains("no stack check"));
+    }
+
+    #[test]
+    fn the_stack_check_branch_is_not_the_site() {
+        // cmp rsp,[r14+0x10]; jbe; mov rax,[rax]; test rax,rax; je +0; ret
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x09, 0x48, 0x8b, 0x00, 0x48, 0x85, 0xc0, 0x74, 0x00,
+            0xc3,
+        ];
+        let insns = decode(&code, 0x4000);
+        let site = choose_probe_site(&insns, Register::RBX).expect("a site");
+        assert_eq!(
+            (site.offset, site.handling),
+            (12, StepHandling::Emulated),
+            "the je after the check"
+        );
     }
 }

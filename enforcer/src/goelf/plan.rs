@@ -86,6 +86,24 @@ impl GoReg {
     }
 }
 
+impl GoReg {
+    /// The same register for the disassembler.
+    pub(super) fn iced(self) -> iced_x86::Register {
+        use iced_x86::Register as R;
+        match self {
+            GoReg::Rax => R::RAX,
+            GoReg::Rbx => R::RBX,
+            GoReg::Rcx => R::RCX,
+            GoReg::Rdi => R::RDI,
+            GoReg::Rsi => R::RSI,
+            GoReg::R8 => R::R8,
+            GoReg::R9 => R::R9,
+            GoReg::R10 => R::R10,
+            GoReg::R11 => R::R11,
+        }
+    }
+}
+
 impl fmt::Display for GoReg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -264,7 +282,10 @@ pub(super) fn build(bin: &GoBinary) -> Result<ProbePlan, GoElfError> {
         };
         let code = bin.function_code(func).ok_or_else(unmapped)?;
         let insns = disasm::decode(code, func.entry);
-        let Some(site) = disasm::choose_probe_site(&insns) else {
+        let reg = match cand.arg {
+            MapArg::Reg(reg) | MapArg::ViaIter(reg) => reg,
+        };
+        let Some(site) = disasm::choose_probe_site(&insns, reg.iced()) else {
             continue;
         };
         let file_offset = bin
