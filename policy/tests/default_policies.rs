@@ -78,3 +78,22 @@ fn failing_and_erroring_test_rules_are_reported() {
     let error = report.results[3].failure.as_deref().unwrap_or_default();
     assert!(error.starts_with("error: t_test.rego:10:"), "{error}");
 }
+
+#[test]
+fn only_declared_test_rules_run_even_when_indented() {
+    let set = PolicySet::from_sources(
+        vec![(
+            "i_test.rego".into(),
+            "package i_test\n\n  test_indented if true\n\nhelper := \"test_not_a_rule\"\n\n# test_in_comment\n".into(),
+        )],
+        &EngineConfig::default(),
+    )
+    .expect("compiles");
+    let names: Vec<String> = set
+        .run_tests()
+        .results
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, vec!["i_test.test_indented".to_string()]);
+}

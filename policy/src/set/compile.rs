@@ -62,21 +62,21 @@ fn rule_prefix(components: &[String]) -> String {
     prefix
 }
 
-/// Names of rules starting a line with `test_` (formatted Rego puts rule
-/// heads at column 0); each is confirmed against the parsed module.
+/// Candidate `test_` rule names: every identifier starting with `test_`,
+/// in order of first appearance. regorus exposes no rule listing, so the
+/// caller keeps only those the parsed module declares as rule heads.
 pub(super) fn test_rule_names(rego: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in rego.lines() {
-        if let Some(rest) = line.strip_prefix("test_") {
-            let tail: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let name = format!("test_{tail}");
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut names: Vec<String> = Vec::new();
+    let mut previous = ' ';
+    for (at, c) in rego.char_indices() {
+        if c == 't' && !is_ident(previous) && previous != '.' && rego[at..].starts_with("test_") {
+            let name: String = rego[at..].chars().take_while(|c| is_ident(*c)).collect();
             if !names.contains(&name) {
                 names.push(name);
             }
         }
+        previous = c;
     }
     names
 }
@@ -115,9 +115,13 @@ mod tests {
     }
 
     #[test]
-    fn test_names_come_from_rule_heads_only() {
-        let names =
-            test_rule_names("package p\ntest_a if true\n  test_nested if true\ntest_a if false\n");
-        assert_eq!(names, vec!["test_a".to_string()]);
+    fn test_name_candidates_are_identifiers_in_order() {
+        let names = test_rule_names(
+            "package p\ntest_a if true\n  test_indented if x.test_ref\ntest_a if false\nmytest_no := 1\n",
+        );
+        assert_eq!(
+            names,
+            vec!["test_a".to_string(), "test_indented".to_string()]
+        );
     }
 }
