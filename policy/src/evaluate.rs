@@ -66,6 +66,8 @@ pub enum EvalError {
         policy: String,
         source: patch::PatchError,
     },
+    #[error("the policy engine failed internally: {0}")]
+    Internal(String),
     #[error("namespace data cannot be loaded into the engine: {0}")]
     Data(String),
 }
@@ -128,81 +130,97 @@ impl PolicySet {
         let input = <regorus::Value as serde::Deserialize>::deserialize(&*unpacked.input)
             .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e.to_string())))?;
 
-        self.with_engine(ns, |engine| -> Result<(), EvalError> {
-            engine.set_input(input);
-            for policy in &self.inner.policies {
-                for (rule, rule_path) in &policy.rules {
-                    set_budget(engine, deadline, &policy.package)?;
-                    let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
-                        match (e.downcast_ref::<LimitError>(), deadline) {
-                            (Some(LimitError::TimeLimitExceeded { .. }), Some((_, limit))) => {
-                                EvalError::Timeout {
-                                    policy: policy.package.clone(),
-                                    limit,
+        let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.with_engine(ns, |engine| -> Result<(), EvalError> {
+                engine.set_input(input);
+                for policy in &self.inner.policies {
+                    for (rule, rule_path) in &policy.rules {
+                        set_budget(engine, deadline, &policy.package)?;
+                        let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
+                            match (e.downcast_ref::<LimitError>(), deadline) {
+                                (Some(LimitError::TimeLimitExceeded { .. }), Some((_, limit))) => {
+                                    EvalError::Timeout {
+                                        policy: policy.package.clone(),
+                                        limit,
+                                    }
                                 }
+                                _ => EvalError::Rego {
+                                    policy: policy.package.clone(),
+                                    rule: rule_path.clone(),
+                                    message: one_line(&format!("{e:#}")),
+                                },
                             }
-                            _ => EvalError::Rego {
-                                policy: policy.package.clone(),
-                                rule: rule_path.clone(),
-                                message: one_line(&format!("{e:#}")),
+                        })?;
+                        let items = set_items(&value, &policy.package, rule_path)?;
+                        if items.is_empty() {
+                            continue;
+                        }
+                        let finding = |message: String, action| Finding {
+                            policy: policy.package.clone(),
+                            message: match &label {
+                                Some(l) => format!("{l}: {message}"),
+                                None => message,
                             },
-                        }
-                    })?;
-                    let items = set_items(&value, &policy.package, rule_path)?;
-                    if items.is_empty() {
-                        continue;
-                    }
-                    let finding = |message: String, action| Finding {
-                        policy: policy.package.clone(),
-                        message: match &label {
-                            Some(l) => format!("{l}: {message}"),
-                            None => message,
-                        },
-                        action,
-                    };
-                    match (*rule, policy.action) {
-                        ("patch", Action::DryRun) => {
-                            for op in items {
-                                let op = to_json(&op);
-                                decision
-                                    .dry_run
-                                    .push(finding(format!("would patch: {op}"), Action::DryRun));
-                            }
-                        }
-                        ("patch", _) => {
-                            let ops = items.iter().map(to_json).collect();
-                            let doc = patch_doc.get_or_insert_with(|| {
-                                patch_target
-                                    .cloned()
-                                    .unwrap_or_else(|| serde_json::json!({}))
-                            });
-                            let ops = patch::prepare(ops, doc, root).map_err(|source| {
-                                EvalError::InvalidPatch {
-                                    policy: policy.package.clone(),
-                                    source,
+                            action,
+                        };
+                        match (*rule, policy.action) {
+                            ("patch", Action::DryRun) => {
+                                for op in items {
+                                    let op = to_json(&op);
+                                    decision.dry_run.push(finding(
+                                        format!("would patch: {op}"),
+                                        Action::DryRun,
+                                    ));
                                 }
-                            })?;
-                            decision.patch.extend(ops);
-                        }
-                        (kind, action) => {
-                            for item in items {
-                                let message = message_of(&item);
-                                match (kind, action) {
-                                    (_, Action::DryRun) => {
-                                        decision.dry_run.push(finding(message, Action::DryRun))
+                            }
+                            ("patch", _) => {
+                                let ops = items.iter().map(to_json).collect();
+                                let doc = patch_doc.get_or_insert_with(|| {
+                                    patch_target
+                                        .cloned()
+                                        .unwrap_or_else(|| serde_json::json!({}))
+                                });
+                                let ops = patch::prepare(ops, doc, root).map_err(|source| {
+                                    EvalError::InvalidPatch {
+                                        policy: policy.package.clone(),
+                                        source,
                                     }
-                                    ("deny", Action::Deny) => {
-                                        decision.denials.push(finding(message, Action::Deny))
+                                })?;
+                                decision.patch.extend(ops);
+                            }
+                            (kind, action) => {
+                                for item in items {
+                                    let message = message_of(&item);
+                                    match (kind, action) {
+                                        (_, Action::DryRun) => {
+                                            decision.dry_run.push(finding(message, Action::DryRun))
+                                        }
+                                        ("deny", Action::Deny) => {
+                                            decision.denials.push(finding(message, Action::Deny))
+                                        }
+                                        _ => decision.warnings.push(finding(message, Action::Warn)),
                                     }
-                                    _ => decision.warnings.push(finding(message, Action::Warn)),
                                 }
                             }
                         }
                     }
                 }
+                Ok(())
+            })
+        }));
+        match judged {
+            Ok(result) => result??,
+            Err(panic) => {
+                // The thread's engines may be half-way through an evaluation.
+                ENGINES.with(|cell| cell.borrow_mut().clear());
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                return Err(EvalError::Internal(message));
             }
-            Ok(())
-        })??;
+        }
         decision.allowed = decision.denials.is_empty();
         Ok(decision)
     }
