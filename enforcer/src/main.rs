@@ -28,7 +28,7 @@ fn main() {
     let result: anyhow::Result<i32> = match &config.command {
         Command::Exec(args) => exec::run(args).map_err(Into::into),
         Command::Watch(args) => watch::run(args).map_err(Into::into),
-        Command::Scan(args) => target::scan(&args.binary).map_err(Into::into),
+        Command::Scan(args) => target::scan(&args.binary, args.json).map_err(Into::into),
     };
     match result {
         Ok(status) => std::process::exit(status),

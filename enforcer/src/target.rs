@@ -120,7 +120,8 @@ impl BinaryTarget {
     /// for return addresses) in process `pid`, or the hex PC.
     pub fn describe_pc(&self, pid: u32, pc: u64) -> String {
         let vaddr = if self.binary.is_pie() {
-            pc.wrapping_sub(load_bias(pid, &self.path).unwrap_or(0))
+            // Go links PIE executables at 0x400000, not 0: GoBinary knows the link base.
+            pc.wrapping_sub(self.binary.load_bias_of(pid, &self.path).unwrap_or(0))
         } else {
             pc
         };
@@ -176,35 +177,14 @@ fn reg_number(r: GoReg) -> u8 {
     }
 }
 
-/// Load bias of a PIE binary in `pid`: start of its mapping at file
-/// offset 0 (Go's PIE links the first segment at vaddr 0).
-fn load_bias(pid: u32, path: &Path) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let name = std::fs::canonicalize(path).ok()?;
-    let name = name.to_str()?;
-    maps.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let range = fields.next()?;
-        let offset = fields.nth(1)?;
-        let file = fields.nth(2)?;
-        (file == name && u64::from_str_radix(offset, 16).ok()? == 0)
-            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
-            .flatten()
-    })
-}
-
-/// `scan`: prints the probe plan of a binary as JSON; exit status 0.
-pub fn scan(path: &Path) -> Result<i32, TargetError> {
-    let binary = GoBinary::open(path)?;
-    let plan = binary.probe_plan()?;
-    let report = serde_json::json!({
-        "binary": path.display().to_string(),
-        "go_version": binary.go_version().raw,
-        "map_impl": binary.map_impl(),
-        "pie": binary.is_pie(),
-        "layout": binary.layout(),
-        "probes": plan.probes,
-    });
-    println!("{report:#}");
+/// `scan`: prints what mapguard would probe in a binary (goscan's
+/// [`crate::scan::ScanReport`]: a table, or JSON with `json`); exit status 0.
+pub fn scan(path: &Path, json: bool) -> Result<i32, TargetError> {
+    let report = crate::scan::ScanReport::for_path(path)?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
     Ok(0)
 }
