@@ -155,6 +155,26 @@ fn allowed_samples_pass_with_patches_and_warnings() {
     assert_eq!(clean["allowed"], true);
     assert_eq!(clean["patch"], serde_json::json!([]));
     assert_eq!(clean["warnings"], serde_json::json!([]));
+    assert_eq!(
+        find("CronJob", "cleanup")["patch"],
+        serde_json::json!([{"op": "add", "path": "/spec/jobTemplate/spec/template/metadata/annotations",
+                            "value": {"mapguard.io/mode": "stop"}}])
+    );
+    assert_eq!(
+        find("ReplicaSet", "search-5d8f")["patch"],
+        serde_json::json!([{"op": "add", "path": "/spec/template/metadata/annotations/mapguard.io~1mode",
+                            "value": "stop"}])
+    );
+    assert_eq!(
+        find("Job", "migrate")["patch"],
+        serde_json::json!([{"op": "add", "path": "/spec/template/metadata",
+                            "value": {"annotations": {"mapguard.io/mode": "kill"}}}])
+    );
+    assert_eq!(
+        find("StatefulSet", "cart-db")["patch"],
+        serde_json::json!([]),
+        "sets its own mode"
+    );
     let cron = find("CronJob", "nightly-report");
     assert_eq!(cron["allowed"], true, "payments allows opting out");
     let quiet = find("Deployment", "quiet");
