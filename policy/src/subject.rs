@@ -3,7 +3,7 @@
 //! Policies are written against a Pod. For Deployments, StatefulSets,
 //! DaemonSets, ReplicaSets, ReplicationControllers, Jobs and CronJobs the
 //! engine synthesizes the Pod their template would create and evaluates that;
-//! patches are re-rooted onto the template ([`Unpacked::template_pointer`]).
+//! patches are re-rooted onto the template ([`template_pointer`]).
 
 use std::borrow::Cow;
 
