@@ -81,11 +81,11 @@ pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
     // Namespaces applied together with the workloads count too.
     for manifest in &manifests {
         if manifest.object.get("kind").and_then(Json::as_str) == Some("Namespace") {
-            namespaces.upsert(&manifest.object).map_err(|reason| {
+            namespaces.upsert(&manifest.object).map_err(|e| {
                 CliError::Manifest(manifests::ManifestError::NotAnObject {
                     path: manifest.file.clone(),
                     document: manifest.document,
-                    reason,
+                    reason: e.to_string(),
                 })
             })?;
         }

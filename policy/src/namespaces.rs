@@ -66,15 +66,15 @@ impl NamespaceData {
             })?;
             collect_objects(value, &mut objects);
         }
-        Self::from_objects(objects).map_err(|message| NamespaceError::Invalid {
+        Self::from_objects(objects).map_err(|e| NamespaceError::Invalid {
             path: path.to_path_buf(),
-            message,
+            message: e.to_string(),
         })
     }
 
     /// Builds the data from `Namespace` objects (as the API server returns
     /// them); objects of other kinds are skipped.
-    pub fn from_objects<I>(objects: I) -> Result<Self, String>
+    pub fn from_objects<I>(objects: I) -> Result<Self, NamespaceError>
     where
         I: IntoIterator<Item = Json>,
     {
@@ -88,17 +88,18 @@ impl NamespaceData {
     }
 
     /// Adds or replaces one namespace from its `Namespace` object.
-    pub fn upsert(&mut self, namespace: &Json) -> Result<(), String> {
+    pub fn upsert(&mut self, namespace: &Json) -> Result<(), NamespaceError> {
+        let invalid = |reason: String| NamespaceError::Object { reason };
         let metadata = namespace
             .get("metadata")
             .cloned()
-            .ok_or_else(|| "Namespace object without metadata".to_string())?;
+            .ok_or_else(|| invalid("no metadata".to_string()))?;
         let metadata: Metadata = serde_json::from_value(metadata)
-            .map_err(|e| format!("invalid Namespace metadata: {e}"))?;
+            .map_err(|e| invalid(format!("invalid metadata: {e}")))?;
         let name = metadata
             .name
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| "Namespace object without metadata.name".to_string())?;
+            .ok_or_else(|| invalid("no metadata.name".to_string()))?;
         self.insert(
             name,
             NamespaceMeta {
@@ -200,6 +201,8 @@ pub enum NamespaceError {
     },
     #[error("invalid namespace data {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("invalid Namespace object: {reason}")]
+    Object { reason: String },
 }
 
 #[cfg(test)]
