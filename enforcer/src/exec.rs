@@ -114,7 +114,7 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
 
     let status = wait_child(child, args.enforce.mode, &mut monitor)?;
     monitor.drain();
-    drop(enforcer);
+    enforcer.release();
     if let Err(e) = monitor.reporter.finish() {
         tracing::error!(error = %e, "cannot write the summary");
     }

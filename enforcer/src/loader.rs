@@ -187,6 +187,44 @@ impl Enforcer {
             .map_err(|e| map_error(MAP_PROCS, e))
     }
 
+    /// Detaches every probe without making the caller wait: removing a
+    /// uprobe costs a kernel grace period (~0.1 s each here, serialized
+    /// kernel-wide), so a forked helper process holding copies of the
+    /// descriptors does it while the caller goes on (and exits). The probes
+    /// still filter by pid, so they act on nothing in the meantime.
+    pub fn release(self) {
+        // SAFETY: the enforcer is single-threaded here; the child only
+        // closes descriptors and exits.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                // Do not hold the caller's output pipes open.
+                if let Ok(null) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                {
+                    for fd in 0..=2 {
+                        // SAFETY: dup2 onto the standard descriptors.
+                        unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+                    }
+                }
+                drop(self);
+                // SAFETY: leave the forked child without running the
+                // parent's exit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            Ok(nix::unistd::ForkResult::Parent { .. }) => {
+                // The descriptors close when this process exits; the child
+                // holds the last references.
+                std::mem::forget(self);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot fork a detacher; detaching in place");
+                drop(self);
+            }
+        }
+    }
+
     /// Takes the event ring buffer (once).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()

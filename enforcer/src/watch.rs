@@ -43,6 +43,17 @@ pub enum WatchError {
 /// signal N).
 pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
     signals::install().map_err(WatchError::Signals)?;
+    // Fail fast (before loading anything) when no given process exists.
+    if !args.pid.is_empty()
+        && let Some(first) = args.pid.first()
+        && !args.pid.iter().any(|pid| alive(*pid))
+    {
+        return Err(if args.pid.len() == 1 {
+            WatchError::NoProcess { pid: *first }
+        } else {
+            WatchError::AllGone
+        });
+    }
     let mode = args.enforce.mode.action();
     let mut enforcer = Enforcer::load(args.enforce.probe_program, args.enforce.probe_at)?;
     let ring = enforcer
@@ -100,7 +111,7 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
         }
     };
     monitor.drain();
-    drop(enforcer);
+    enforcer.release();
     if let Err(e) = monitor.reporter.finish() {
         tracing::error!(error = %e, "cannot write the summary");
     }

@@ -1,0 +1,257 @@
+//! The enforcer against real Go programs (both toolchains), loading BPF for
+//! real: every racy program is reported in audit mode, killed before the
+//! runtime's own `fatal error` in kill mode and left stopped in stop mode;
+//! every clean program runs to completion with no report.
+
+mod support;
+
+use serde_json::Value;
+use support::{CLEAN, RACY, VERSIONS, exec, markers, parallel, proc_state, program, require_bpf};
+
+/// Kinds a racy program may legitimately be reported with: a write racing a
+/// write may be classified as racing a grow, and a reader may be caught
+/// during the writer's delete or its refill.
+fn accepted_kinds(name: &str) -> &'static [&'static str] {
+    match name {
+        "delete_read" => &["delete_during_read", "write_during_read"],
+        "delete_range" => &["delete_during_iteration", "write_during_iteration"],
+        _ => &["concurrent_write", "released_bucket_write"],
+    }
+}
+
+fn racy_cases() -> Vec<(&'static str, &'static str)> {
+    VERSIONS
+        .iter()
+        .flat_map(|v| RACY.iter().map(move |n| (*v, *n)))
+        .collect()
+}
+
+fn has_frame(stack: &Value, needle: &str) -> bool {
+    stack
+        .as_array()
+        .expect("stack is an array")
+        .iter()
+        .any(|f| f.as_str().is_some_and(|f| f.contains(needle)))
+}
+
+/// Both sides of the conflict are present, distinct and symbolized down to
+/// the program's own `main.go:LINE` call sites.
+fn check_report(v: &Value, version: &str, name: &str, action: &str) {
+    let ctx = format!("{version}/{name}: {v}");
+    let kind = v["kind"].as_str().expect("kind");
+    assert!(
+        accepted_kinds(name).contains(&kind),
+        "unexpected kind in {ctx}"
+    );
+    assert_eq!(v["action"], action, "{ctx}");
+    let (g, cg) = (v["goroutine"].as_u64(), v["conflicting_goroutine"].as_u64());
+    assert!(
+        g.is_some_and(|g| g > 0) && cg.is_some_and(|g| g > 0),
+        "goroutines missing in {ctx}"
+    );
+    assert_ne!(g, cg, "a goroutine cannot race with itself: {ctx}");
+    assert!(
+        v["map"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("0x") && m != "0x0"),
+        "{ctx}"
+    );
+    assert!(
+        v["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20") && t.ends_with('Z')),
+        "{ctx}"
+    );
+    assert!(
+        v["binary"].as_str().is_some_and(|b| b.ends_with(name)),
+        "{ctx}"
+    );
+    assert!(v["pid"].as_u64().is_some_and(|p| p > 0), "{ctx}");
+    assert!(
+        v["pod"].is_null() && v["namespace"].is_null(),
+        "outside Kubernetes: {ctx}"
+    );
+
+    let file = format!("/racy/{name}/main.go:");
+    let marks = markers(name);
+    let line_of = |tag: &str| marks.iter().find(|(t, _)| t == tag).map(|(_, l)| *l);
+    // The detecting goroutine is at one of the marked operations.
+    assert!(
+        marks
+            .iter()
+            .any(|(_, line)| has_frame(&v["stack"], &format!("{file}{line}"))),
+        "stack lacks a marked main.go line {marks:?}: {ctx}"
+    );
+    // The other goroutine is inside the program too.
+    assert!(
+        has_frame(&v["conflicting_stack"], &file),
+        "conflicting stack lacks {file}: {ctx}"
+    );
+    if kind.starts_with("delete_during") {
+        let line = line_of("delete").expect("program marks its delete");
+        assert!(
+            has_frame(&v["conflicting_stack"], &format!("{file}{line}")),
+            "delete site missing: {ctx}"
+        );
+    }
+    if let Some(line) = line_of("read").or(line_of("range")) {
+        assert!(
+            has_frame(&v["stack"], &format!("{file}{line}")),
+            "reader site missing: {ctx}"
+        );
+    }
+}
+
+#[test]
+fn racy_programs_are_killed_before_the_runtime_reports() {
+    if !require_bpf("racy_programs_are_killed_before_the_runtime_reports") {
+        return;
+    }
+    let cases = racy_cases();
+    let runs = parallel(&cases, |(version, name)| {
+        exec(
+            "kill",
+            &program(version, "racy", name),
+            &["-duration", "20s"],
+        )
+    });
+    for ((version, name), run) in cases.iter().zip(&runs) {
+        let stderr = run.stderr();
+        assert_eq!(
+            run.code(),
+            137,
+            "{version}/{name} not killed; stderr:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("fatal error: concurrent map"),
+            "{version}/{name}: the runtime reported the race before mapguard acted:\n{stderr}"
+        );
+        let violations = run.violations();
+        assert!(
+            !violations.is_empty(),
+            "{version}/{name}: no violation event; stderr:\n{stderr}"
+        );
+        check_report(violations[0], version, name, "killed");
+        assert!(
+            stderr.contains("mapguard: ") && stderr.contains("— killed"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn racy_programs_are_reported_in_audit_mode() {
+    if !require_bpf("racy_programs_are_reported_in_audit_mode") {
+        return;
+    }
+    let cases = racy_cases();
+    let runs = parallel(&cases, |(version, name)| {
+        exec(
+            "audit",
+            &program(version, "racy", name),
+            &["-duration", "5s"],
+        )
+    });
+    for ((version, name), run) in cases.iter().zip(&runs) {
+        let violations = run.violations();
+        assert!(
+            !violations.is_empty(),
+            "{version}/{name}: no violation in audit mode; stderr:\n{}",
+            run.stderr()
+        );
+        // Audit never acts: the program ends on its own (the Go runtime's
+        // abort, status 2, or its time limit, status 0).
+        assert!(
+            matches!(run.code(), 0 | 2),
+            "{version}/{name}: status {}",
+            run.code()
+        );
+        for v in &violations {
+            check_report(v, version, name, "audit");
+        }
+        // Repeats are counted, not repeated: every reported line is distinct.
+        let summary = run
+            .events
+            .iter()
+            .find(|e| e["event"] == "summary")
+            .expect("summary line");
+        assert_eq!(
+            summary["distinct"].as_u64(),
+            Some(violations.len() as u64),
+            "{summary}"
+        );
+    }
+}
+
+#[test]
+fn racy_programs_are_left_stopped_in_stop_mode() {
+    if !require_bpf("racy_programs_are_left_stopped_in_stop_mode") {
+        return;
+    }
+    let cases: Vec<_> = VERSIONS
+        .iter()
+        .flat_map(|v| [(*v, "delete_assign"), (*v, "delete_read")])
+        .collect();
+    let runs = parallel(&cases, |(version, name)| {
+        exec(
+            "stop",
+            &program(version, "racy", name),
+            &["-duration", "20s"],
+        )
+    });
+    for ((version, name), run) in cases.iter().zip(&runs) {
+        let stderr = run.stderr();
+        assert_eq!(
+            run.code(),
+            147,
+            "{version}/{name}: exec status; stderr:\n{stderr}"
+        );
+        let violations = run.violations();
+        assert!(
+            !violations.is_empty(),
+            "{version}/{name}: no event; stderr:\n{stderr}"
+        );
+        check_report(violations[0], version, name, "stopped");
+        let pid = violations[0]["pid"].as_u64().expect("pid") as u32;
+        let state = proc_state(pid);
+        // SAFETY: ends the stopped test program (kill(2) has no memory effects).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        assert_eq!(state, Some('T'), "{version}/{name}: pid {pid} not stopped");
+        assert!(
+            stderr.contains(&format!("kill -CONT {pid}")),
+            "no resume hint:\n{stderr}"
+        );
+        assert!(!stderr.contains("fatal error: concurrent map"), "{stderr}");
+    }
+}
+
+#[test]
+fn clean_programs_run_to_completion_without_reports() {
+    if !require_bpf("clean_programs_run_to_completion_without_reports") {
+        return;
+    }
+    let cases: Vec<_> = VERSIONS
+        .iter()
+        .flat_map(|v| CLEAN.iter().map(move |n| (*v, *n)))
+        .collect();
+    let runs = parallel(&cases, |(version, name)| {
+        exec(
+            "audit",
+            &program(version, "clean", name),
+            &["-duration", "1s"],
+        )
+    });
+    for ((version, name), run) in cases.iter().zip(&runs) {
+        assert_eq!(
+            run.code(),
+            0,
+            "{version}/{name}: status; stderr:\n{}",
+            run.stderr()
+        );
+        assert!(
+            run.violations().is_empty(),
+            "{version}/{name}: false positive: {:?}",
+            run.violations()
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Shared helpers of the enforcer's integration tests: the Go test programs,
+//! running `mapguard-enforcer`, reading its JSON events, and the root/BPF
+//! capability check (tests that need BPF are skipped loudly, never passed
+//! silently, where it is unavailable).
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const VERSIONS: [&str; 2] = ["go1.23", "go1.24"];
+
+pub const RACY: [&str; 9] = [
+    "clear_writes",
+    "delete_assign",
+    "delete_delete",
+    "delete_grow",
+    "delete_range",
+    "delete_read",
+    "int32_keys",
+    "string_keys",
+    "struct_keys",
+];
+
+pub const CLEAN: [&str; 7] = [
+    "channel_handoff",
+    "cow_atomic",
+    "mutex",
+    "private_maps",
+    "readonly_shared",
+    "rwmutex",
+    "syncmap",
+];
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("enforcer/ has a parent")
+        .to_path_buf()
+}
+
+pub fn enforcer() -> &'static str {
+    env!("CARGO_BIN_EXE_mapguard-enforcer")
+}
+
+/// Why BPF tests cannot run here, if they cannot.
+pub fn bpf_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("kernel without BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        return Some("kernel without uprobe perf events".into());
+    }
+    None
+}
+
+/// `true` if the test may run; otherwise prints a loud SKIPPED line.
+pub fn require_bpf(test: &str) -> bool {
+    match bpf_unavailable() {
+        None => true,
+        Some(why) => {
+            eprintln!(
+                "\n*** SKIPPED {test}: {why}; BPF tests need root with BTF and uprobes ***\n"
+            );
+            false
+        }
+    }
+}
+
+/// The Go test programs, built by `tests/go/build.sh` if needed (into
+/// `$MAPGUARD_GO_PROGS`, default `target/go-progs`).
+pub fn go_progs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("MAPGUARD_GO_PROGS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target/go-progs"));
+        let status = Command::new("bash")
+            .arg(workspace().join("tests/go/build.sh"))
+            .arg(&dir)
+            .status()
+            .expect("run tests/go/build.sh");
+        assert!(status.success(), "tests/go/build.sh failed: {status}");
+        dir
+    })
+}
+
+pub fn program(version: &str, class: &str, name: &str) -> PathBuf {
+    go_progs().join(version).join(class).join(name)
+}
+
+/// `// LINE:<tag>` markers of a racy program's source: (tag, line).
+pub fn markers(name: &str) -> Vec<(String, u32)> {
+    let src = workspace().join("tests/go/racy").join(name).join("main.go");
+    let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let tag = l.split("// LINE:").nth(1)?;
+            Some((tag.trim().to_string(), i as u32 + 1))
+        })
+        .collect()
+}
+
+/// A run of `mapguard-enforcer exec`: its output and the events it wrote.
+pub struct Run {
+    pub output: Output,
+    pub events: Vec<Value>,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn violations(&self) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "violation")
+            .collect()
+    }
+}
+
+/// Runs `mapguard-enforcer exec --mode MODE --events FILE -- PROGRAM ARGS`.
+pub fn exec(mode: &str, program: &Path, args: &[&str]) -> Run {
+    let tag = program
+        .iter()
+        .rev()
+        .take(3)
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("-");
+    let events = std::env::temp_dir().join(format!(
+        "mapguard-test-{}-{mode}-{tag}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&events);
+    // Output goes to files, not pipes: a program left stopped (stop mode)
+    // keeps its inherited descriptors open after the enforcer exits.
+    let out_path = events.with_extension("out");
+    let err_path = events.with_extension("err");
+    let file =
+        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let started = Instant::now();
+    let status = Command::new(enforcer())
+        .args(["exec", "--mode", mode, "--events"])
+        .arg(&events)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(file(&out_path))
+        .stderr(file(&err_path))
+        .status()
+        .expect("run mapguard-enforcer");
+    let output = Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    };
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    let elapsed = started.elapsed();
+    let text = std::fs::read_to_string(&events).unwrap_or_default();
+    let _ = std::fs::remove_file(&events);
+    let events = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        .collect();
+    Run {
+        output,
+        events,
+        elapsed,
+    }
+}
+
+/// Runs `f` for every item on its own thread and returns the results in
+/// order (the enforcer runs are mostly waiting on the kernel and the Go
+/// programs, so they overlap well).
+pub fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("test thread panicked"))
+            .collect()
+    })
+}
+
+/// Process state letter from `/proc/PID/stat` (`None` if gone).
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// BPF programs named like mapguard's currently loaded in the kernel.
+pub fn loaded_mapguard_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("mapguard_")))
+        .count()
+}
+
+/// Waits (up to `timeout`) until no mapguard BPF program is loaded: probes
+/// are removed by a background helper, ~0.1 s per probe kernel-wide.
+pub fn wait_no_mapguard_programs(timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = loaded_mapguard_programs();
+        if n == 0 || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
