@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use crate::diagnostic::one_line;
 use crate::subject::{self, ReviewError, Subject};
-use crate::{Action, NamespaceData, PolicySet, patch};
+use crate::{Action, NamespaceData, PolicyInfo, PolicySet, patch};
 
 /// One message of one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,16 +119,17 @@ impl PolicySet {
             return Ok(decision);
         }
         let deadline = timeout.map(|t| (Instant::now() + t, t));
-        let label = match unpacked.template_pointer {
-            Some(_) => Some(decision.subject.display()),
-            None => None,
-        };
-        let root = unpacked.template_pointer.unwrap_or("");
-        // Copied only when a policy patches.
-        let patch_target = unpacked.patch_target;
-        let mut patch_doc: Option<Json> = None;
         let input = <regorus::Value as serde::Deserialize>::deserialize(&*unpacked.input)
             .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e.to_string())))?;
+        let mut collector = Collector {
+            label: unpacked
+                .template_pointer
+                .map(|_| decision.subject.display()),
+            root: unpacked.template_pointer.unwrap_or(""),
+            patch_target: unpacked.patch_target,
+            patch_doc: None,
+            decision: &mut decision,
+        };
 
         let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.with_engine(ns, |engine| -> Result<(), EvalError> {
@@ -137,72 +138,14 @@ impl PolicySet {
                     for (rule, rule_path) in &policy.rules {
                         set_budget(engine, deadline, &policy.package)?;
                         let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
-                            match (e.downcast_ref::<LimitError>(), deadline) {
-                                (Some(LimitError::TimeLimitExceeded { .. }), Some((_, limit))) => {
-                                    EvalError::Timeout {
-                                        policy: policy.package.clone(),
-                                        limit,
-                                    }
-                                }
-                                _ => EvalError::Rego {
-                                    policy: policy.package.clone(),
-                                    rule: rule_path.clone(),
-                                    message: one_line(&format!("{e:#}")),
-                                },
-                            }
+                            let timed_out = matches!(
+                                e.downcast_ref::<LimitError>(),
+                                Some(LimitError::TimeLimitExceeded { .. })
+                            );
+                            rule_error(&e, timed_out, policy, rule_path, deadline)
                         })?;
                         let items = set_items(&value, &policy.package, rule_path)?;
-                        if items.is_empty() {
-                            continue;
-                        }
-                        let finding = |message: String, action| Finding {
-                            policy: policy.package.clone(),
-                            message: match &label {
-                                Some(l) => format!("{l}: {message}"),
-                                None => message,
-                            },
-                            action,
-                        };
-                        match (*rule, policy.action) {
-                            ("patch", Action::DryRun) => {
-                                for op in items {
-                                    let op = to_json(&op);
-                                    decision.dry_run.push(finding(
-                                        format!("would patch: {op}"),
-                                        Action::DryRun,
-                                    ));
-                                }
-                            }
-                            ("patch", _) => {
-                                let ops = items.iter().map(to_json).collect();
-                                let doc = patch_doc.get_or_insert_with(|| {
-                                    patch_target
-                                        .cloned()
-                                        .unwrap_or_else(|| serde_json::json!({}))
-                                });
-                                let ops = patch::prepare(ops, doc, root).map_err(|source| {
-                                    EvalError::InvalidPatch {
-                                        policy: policy.package.clone(),
-                                        source,
-                                    }
-                                })?;
-                                decision.patch.extend(ops);
-                            }
-                            (kind, action) => {
-                                for item in items {
-                                    let message = message_of(&item);
-                                    match (kind, action) {
-                                        (_, Action::DryRun) => {
-                                            decision.dry_run.push(finding(message, Action::DryRun))
-                                        }
-                                        ("deny", Action::Deny) => {
-                                            decision.denials.push(finding(message, Action::Deny))
-                                        }
-                                        _ => decision.warnings.push(finding(message, Action::Warn)),
-                                    }
-                                }
-                            }
-                        }
+                        collector.record(policy, rule, items)?;
                     }
                 }
                 Ok(())
@@ -260,6 +203,109 @@ impl PolicySet {
             }
             Ok(f(&mut cached.engine))
         })
+    }
+}
+
+/// Routes one decision set's items into the decision by enforcement action.
+struct Collector<'a> {
+    /// `Kind namespace/name` of a controller, prefixed to its findings.
+    label: Option<String>,
+    /// Where patches land (the template pointer, or `""`).
+    root: &'static str,
+    patch_target: Option<&'a Json>,
+    /// The patch target as modified by the patches so far (copied lazily).
+    patch_doc: Option<Json>,
+    decision: &'a mut Decision,
+}
+
+impl Collector<'_> {
+    fn finding(&self, policy: &PolicyInfo, message: String, action: Action) -> Finding {
+        Finding {
+            policy: policy.package.clone(),
+            message: match &self.label {
+                Some(label) => format!("{label}: {message}"),
+                None => message,
+            },
+            action,
+        }
+    }
+
+    fn record(
+        &mut self,
+        policy: &PolicyInfo,
+        rule: &str,
+        items: Vec<regorus::Value>,
+    ) -> Result<(), EvalError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        match (rule, policy.action) {
+            ("patch", Action::DryRun) => {
+                for op in items {
+                    let finding = self.finding(
+                        policy,
+                        format!("would patch: {}", to_json(&op)),
+                        Action::DryRun,
+                    );
+                    self.decision.dry_run.push(finding);
+                }
+            }
+            ("patch", _) => {
+                let ops = items.iter().map(to_json).collect();
+                let target = self.patch_target;
+                let doc = self.patch_doc.get_or_insert_with(|| {
+                    target.cloned().unwrap_or_else(|| serde_json::json!({}))
+                });
+                let ops = patch::prepare(ops, doc, self.root).map_err(|source| {
+                    EvalError::InvalidPatch {
+                        policy: policy.package.clone(),
+                        source,
+                    }
+                })?;
+                self.decision.patch.extend(ops);
+            }
+            (kind, action) => {
+                for item in items {
+                    let message = message_of(&item);
+                    match (kind, action) {
+                        (_, Action::DryRun) => {
+                            let finding = self.finding(policy, message, Action::DryRun);
+                            self.decision.dry_run.push(finding);
+                        }
+                        ("deny", Action::Deny) => {
+                            let finding = self.finding(policy, message, Action::Deny);
+                            self.decision.denials.push(finding);
+                        }
+                        _ => {
+                            let finding = self.finding(policy, message, Action::Warn);
+                            self.decision.warnings.push(finding);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A regorus error while evaluating `rule_path`: a timeout, or a Rego error.
+fn rule_error(
+    error: &dyn std::fmt::Display,
+    timed_out: bool,
+    policy: &PolicyInfo,
+    rule_path: &str,
+    deadline: Option<(Instant, Duration)>,
+) -> EvalError {
+    match deadline {
+        Some((_, limit)) if timed_out => EvalError::Timeout {
+            policy: policy.package.clone(),
+            limit,
+        },
+        _ => EvalError::Rego {
+            policy: policy.package.clone(),
+            rule: rule_path.to_string(),
+            message: one_line(&format!("{error:#}")),
+        },
     }
 }
 
