@@ -300,3 +300,46 @@ fn go124_with_noswissmap_is_classic() {
         (StepHandling::Emulated, "push rbp")
     );
 }
+
+#[test]
+fn scan_command_prints_the_table_json_and_clear_errors() {
+    let exe = env!("CARGO_BIN_EXE_mapguard-enforcer");
+    let bin = prog("go1.23", "stripped/delete_assign");
+    let out = Command::new(exe)
+        .arg("scan")
+        .arg(&bin)
+        .output()
+        .expect("run scan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("classic maps") && text.contains("stripped"),
+        "{text}"
+    );
+    assert!(
+        text.contains("runtime.mapdelete_fast64") && text.contains("emulated"),
+        "{text}"
+    );
+
+    let out = Command::new(exe)
+        .args(["scan", "--json"])
+        .arg(&bin)
+        .output()
+        .expect("run scan --json");
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scan --json is JSON");
+    assert_eq!(json["map_impl"], "classic");
+    assert_eq!(json["stripped"], true);
+
+    let out = Command::new(exe)
+        .args(["scan", "/bin/true"])
+        .output()
+        .expect("run scan /bin/true");
+    assert!(!out.status.success(), "scanning a non-Go binary fails");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a Go binary"), "{err}");
+}
