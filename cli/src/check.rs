@@ -197,7 +197,13 @@ fn print_text(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> 
     let s = &report.summary;
     writeln!(
         out,
-        "{} objects: {} denied, {} warnings, {} patched, {} dry-run findings, {} exempt",
-        s.objects, s.denied, s.warnings, s.patched, s.dry_run, s.exempt
+        "{} object{}: {} denied, {} warnings, {} patched, {} dry-run findings, {} exempt",
+        s.objects,
+        if s.objects == 1 { "" } else { "s" },
+        s.denied,
+        s.warnings,
+        s.patched,
+        s.dry_run,
+        s.exempt
     )
 }
