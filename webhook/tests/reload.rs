@@ -169,3 +169,72 @@ async fn broken_policy_directory_fails_start_up_with_the_file_name() {
     assert!(error.to_string().contains("broken.rego"), "{error}");
     std::fs::remove_dir_all(&base).expect("cleanup");
 }
+
+#[tokio::test]
+async fn changed_namespaces_file_changes_the_patch() {
+    let base = temp_dir("reload-ns");
+    let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
+    write_dir(&certs, &base, false).expect("write certs");
+    let ns_file = base.join("namespaces.yaml");
+    let unlabelled = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n";
+    std::fs::write(&ns_file, unlabelled).expect("write namespaces");
+    let config = Config::try_parse_from([
+        "mapguard-webhook".to_owned(),
+        "--listen=127.0.0.1:0".to_owned(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
+        format!("--tls-cert={}", base.join("tls.crt").display()),
+        format!("--tls-key={}", base.join("tls.key").display()),
+        format!("--namespaces-file={}", ns_file.display()),
+        "--reload-interval=100ms".to_owned(),
+    ])
+    .expect("config parses");
+    let server = Webhook::build(&config)
+        .await
+        .expect("builds")
+        .start(&config)
+        .await
+        .expect("starts");
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let mut client = http1(tls_connect(&connector, server.addr).await).await;
+    let (_, review) = send(&mut client, "/mutate", fixture("pod-plain-create")).await;
+    assert_eq!(patch(&review), None, "unlabelled namespace: no patch");
+
+    std::fs::write(
+        &ns_file,
+        format!("{unlabelled}  labels:\n    mapguard.io/mode: stop\n"),
+    )
+    .expect("label namespace");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, review) = send(&mut client, "/mutate", fixture("pod-plain-create")).await;
+        if let Some(ops) = patch(&review) {
+            assert!(ops.to_string().contains("\"stop\""), "{ops}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace label change not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&ns_file, "{ not yaml: [").expect("break namespaces file");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = ops_get(server.metrics_addr, "/metrics").await;
+        if metrics.contains(r#"mapguard_namespace_reloads_total{result="failure"} 1"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed namespaces reload not counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, review) = send(&mut client, "/mutate", fixture("pod-plain-create")).await;
+    assert!(
+        patch(&review).is_some(),
+        "last good namespace data stays: {review}"
+    );
+    server.shutdown().await;
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}

@@ -26,25 +26,33 @@ pub async fn watch(client: kube::Client, cache: Arc<NamespaceCache>) {
     let mut buffer: Option<NamespaceData> = None;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => buffer = Some(NamespaceData::new()),
-            Ok(Event::InitApply(ns)) => {
-                if let Some(data) = buffer.as_mut() {
-                    upsert(data, &ns);
-                }
-            }
-            Ok(Event::InitDone) => {
-                let data = buffer.take().unwrap_or_default();
-                tracing::info!(namespaces = data.len(), "namespace cache synced");
-                cache.replace(data);
-            }
-            Ok(Event::Apply(ns)) => cache.update(|data| upsert(data, &ns)),
-            Ok(Event::Delete(ns)) => {
-                let name = ns.metadata.name.unwrap_or_default();
-                cache.update(|data| {
-                    data.remove(&name);
-                });
-            }
+            Ok(event) => apply(&cache, &mut buffer, event),
             Err(error) => tracing::warn!(%error, "namespace watch failed; retrying"),
+        }
+    }
+}
+
+/// Applies one watcher event. The initial list (`Init` … `InitDone`) is
+/// collected in `buffer` and published at once.
+pub fn apply(cache: &NamespaceCache, buffer: &mut Option<NamespaceData>, event: Event<Namespace>) {
+    match event {
+        Event::Init => *buffer = Some(NamespaceData::new()),
+        Event::InitApply(ns) => {
+            if let Some(data) = buffer.as_mut() {
+                upsert(data, &ns);
+            }
+        }
+        Event::InitDone => {
+            let data = buffer.take().unwrap_or_default();
+            tracing::info!(namespaces = data.len(), "namespace cache synced");
+            cache.replace(data);
+        }
+        Event::Apply(ns) => cache.update(|data| upsert(data, &ns)),
+        Event::Delete(ns) => {
+            let name = ns.metadata.name.unwrap_or_default();
+            cache.update(|data| {
+                data.remove(&name);
+            });
         }
     }
 }
@@ -57,5 +65,66 @@ fn upsert(data: &mut NamespaceData, ns: &Namespace) {
             }
         }
         Err(error) => tracing::warn!(%error, "cannot serialize namespace"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::namespaces::NamespaceSource;
+
+    fn ns(name: &str, mode: Option<&str>) -> Namespace {
+        let mut n = Namespace::default();
+        n.metadata.name = Some(name.to_owned());
+        n.metadata.labels =
+            mode.map(|m| BTreeMap::from([("mapguard.io/mode".to_owned(), m.to_owned())]));
+        n
+    }
+
+    fn mode(cache: &NamespaceCache, name: &str) -> Option<String> {
+        cache
+            .snapshot()
+            .get(name)
+            .and_then(|m| m.labels.get("mapguard.io/mode").cloned())
+    }
+
+    #[test]
+    fn initial_list_is_published_at_once_then_events_apply() {
+        let cache = NamespaceCache::unsynced();
+        let mut buffer = None;
+        apply(&cache, &mut buffer, Event::Init);
+        apply(
+            &cache,
+            &mut buffer,
+            Event::InitApply(ns("payments", Some("kill"))),
+        );
+        assert!(!cache.is_synced(), "not synced before InitDone");
+        assert!(
+            cache.snapshot().is_empty(),
+            "half-listed data must not be visible"
+        );
+        apply(&cache, &mut buffer, Event::InitApply(ns("default", None)));
+        apply(&cache, &mut buffer, Event::InitDone);
+        assert!(cache.is_synced());
+        assert_eq!(cache.snapshot().len(), 2);
+        assert_eq!(mode(&cache, "payments").as_deref(), Some("kill"));
+
+        apply(
+            &cache,
+            &mut buffer,
+            Event::Apply(ns("payments", Some("audit"))),
+        );
+        assert_eq!(mode(&cache, "payments").as_deref(), Some("audit"));
+        apply(&cache, &mut buffer, Event::Delete(ns("payments", None)));
+        assert!(cache.snapshot().get("payments").is_none());
+
+        // A re-list replaces everything.
+        apply(&cache, &mut buffer, Event::Init);
+        apply(&cache, &mut buffer, Event::InitApply(ns("fresh", None)));
+        apply(&cache, &mut buffer, Event::InitDone);
+        assert_eq!(cache.snapshot().len(), 1);
+        assert!(cache.snapshot().get("default").is_none());
     }
 }
