@@ -1,0 +1,108 @@
+//! The shipped manifests: the policies ConfigMap compiles and judges like
+//! the embedded policies, and the webhook configurations point at the
+//! endpoints this server serves.
+
+mod support;
+
+use std::path::Path;
+
+use mapguard_policy::{EngineConfig, PolicySet};
+use serde::Deserialize;
+use serde_json::Value;
+use support::*;
+
+fn manifest(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/webhook")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("YAML"))
+                .expect("JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn policies_configmap_compiles_and_matches_embedded_decisions() {
+    let cm = &manifest("policies-configmap.yaml")[0];
+    let sources: Vec<(String, String)> = cm["data"]
+        .as_object()
+        .expect("ConfigMap data")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("string").to_owned()))
+        .collect();
+    assert!(!sources.is_empty());
+    let config = EngineConfig::default();
+    let from_cm = PolicySet::from_sources(sources, &config).expect(
+        "ConfigMap policies compile (regenerate with manifests/webhook/gen-policies-configmap.sh)",
+    );
+    let embedded = PolicySet::embedded(&config);
+    let ns = namespace_data();
+    for name in [
+        "pod-plain-create",
+        "pod-privileged-create",
+        "pod-gotraceback-create",
+        "deployment-kill-namespace-create",
+        "daemonset-tamper-update",
+    ] {
+        let review = fixture_json(name);
+        let a = from_cm.evaluate(&review, &ns).expect("evaluates");
+        let b = embedded.evaluate(&review, &ns).expect("evaluates");
+        assert_eq!(
+            a, b,
+            "{name}: ConfigMap policies differ from the embedded ones"
+        );
+    }
+}
+
+#[test]
+fn webhook_configurations_call_our_paths_with_v1_reviews() {
+    for (file, path) in [
+        ("validatingwebhookconfiguration.yaml", "/validate"),
+        ("mutatingwebhookconfiguration.yaml", "/mutate"),
+    ] {
+        let conf = &manifest(file)[0];
+        let hook = &conf["webhooks"][0];
+        assert_eq!(hook["clientConfig"]["service"]["path"], path, "{file}");
+        assert_eq!(
+            hook["admissionReviewVersions"],
+            serde_json::json!(["v1"]),
+            "{file}"
+        );
+        assert_eq!(
+            hook["sideEffects"], "None",
+            "{file}: dry-run requests need sideEffects None"
+        );
+        let timeout = hook["timeoutSeconds"].as_u64().expect("timeoutSeconds");
+        assert!(
+            timeout > 2,
+            "{file}: webhook timeout must exceed the 2s evaluation limit"
+        );
+        let resources: Vec<&str> = hook["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .flat_map(|r| {
+                r["resources"]
+                    .as_array()
+                    .expect("resources")
+                    .iter()
+                    .filter_map(Value::as_str)
+            })
+            .collect();
+        for kind in [
+            "pods",
+            "deployments",
+            "statefulsets",
+            "daemonsets",
+            "replicasets",
+            "jobs",
+            "cronjobs",
+        ] {
+            assert!(resources.contains(&kind), "{file} misses {kind}");
+        }
+    }
+}
