@@ -118,3 +118,66 @@ async fn saturated_pool_rejects_as_overloaded() {
     .await;
     assert!(allowed(&review), "{review}");
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    use clap::Parser;
+    use mapguard_certs_gen::{CertRequest, generate, write_dir};
+    use mapguard_webhook::config::Config;
+    use mapguard_webhook::startup::Webhook;
+
+    let base = temp_dir("graceful");
+    let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
+    write_dir(&certs, &base, false).expect("write certs");
+    let policies = base.join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    std::fs::write(policies.join("slow.rego"), SLOW).expect("write policy");
+    let config = Config::try_parse_from([
+        "mapguard-webhook".to_owned(),
+        "--listen=127.0.0.1:0".to_owned(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
+        format!("--tls-cert={}", base.join("tls.crt").display()),
+        format!("--tls-key={}", base.join("tls.key").display()),
+        format!("--namespaces-file={}", namespaces_file().display()),
+        format!("--policies={}", policies.display()),
+        "--eval-timeout=600ms".to_owned(),
+        "--shutdown-grace=5s".to_owned(),
+    ])
+    .expect("config parses");
+    let server = Webhook::build(&config)
+        .await
+        .expect("builds")
+        .start(&config)
+        .await
+        .expect("starts");
+    let addr = server.addr;
+    let connector = tls_connector(&certs.ca_cert_pem, &[&rustls::version::TLS13]);
+    let mut client = http1(tls_connect(&connector, addr).await).await;
+    let in_flight =
+        tokio::spawn(
+            async move { send(&mut client, "/validate", fixture("pod-plain-create")).await },
+        );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    server.shutdown().await;
+    let (status, review) = in_flight.await.expect("in-flight request task");
+    assert_eq!(
+        status,
+        axum::http::StatusCode::OK,
+        "in-flight request answered: {review}"
+    );
+    assert!(
+        message(&review).contains("time limit"),
+        "the slow evaluation ran to its limit before shutdown completed: {review}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener must be closed after shutdown"
+    );
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}

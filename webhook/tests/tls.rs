@@ -235,3 +235,52 @@ async fn certificate_rotation_serves_new_cert_and_keeps_old_connections() {
     server.shutdown().await;
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_via_alpn() {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let dir = temp_dir("tls-h2");
+    let ca = Ca::generate("test CA", 30).expect("CA");
+    let certs = issue(&ca);
+    write_dir(&certs, &dir, false).expect("write certs");
+    let server = start(&dir, &[]).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(certs.ca_cert_pem.as_bytes()).expect("CA PEM"))
+        .expect("trust anchor");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = tls_connect(&connector, server.addr).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = axum::http::Request::post("https://localhost/validate")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(fixture("pod-privileged-create")))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("HTTP/2 request");
+    assert_eq!(response.version(), axum::http::Version::HTTP_2);
+    let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 20)
+        .await
+        .expect("body");
+    let review: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert!(!allowed(&review), "{review}");
+    server.shutdown().await;
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
