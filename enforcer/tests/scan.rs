@@ -343,3 +343,46 @@ fn scan_command_prints_the_table_json_and_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a Go binary"), "{err}");
 }
+
+#[test]
+fn reflect_entry_points_are_planned_only_where_they_bypass_the_runtime_ones() {
+    // Go 1.24's reflect inlines runtime.mapdelete/mapclear and iterates
+    // with maps.Iter itself: those reflect functions need their own probes.
+    let swiss = open("go1.24", "clean/reflect_maps")
+        .probe_plan()
+        .expect("plan");
+    for sym in [
+        "reflect.mapdelete",
+        "reflect.mapclear",
+        "reflect.mapIterStart",
+        "reflect.mapIterNext",
+    ] {
+        let p = swiss
+            .get(sym)
+            .unwrap_or_else(|| panic!("go1.24: {sym} planned"));
+        assert_eq!(p.handling, StepHandling::Emulated, "{sym}");
+    }
+    // reflect.mapassign0 calls runtime.mapassign: probing both would count twice.
+    assert!(swiss.get("runtime.mapassign").is_some());
+    assert!(
+        swiss.get("reflect.mapassign0").is_none(),
+        "go1.24: no double count"
+    );
+    // Go 1.23's reflect wrappers all call the runtime entry points.
+    let classic = open("go1.23", "clean/reflect_maps")
+        .probe_plan()
+        .expect("plan");
+    let reflect: Vec<&str> = classic
+        .probes
+        .iter()
+        .map(|p| p.symbol.as_str())
+        .filter(|s| s.starts_with("reflect."))
+        .collect();
+    assert!(
+        reflect.is_empty(),
+        "go1.23: reflect wrappers double count: {reflect:?}"
+    );
+    assert!(
+        classic.get("runtime.mapdelete").is_some() && classic.get("runtime.mapclear").is_some()
+    );
+}

@@ -228,6 +228,18 @@ fn writes(insn: &Instruction, reg: Register) -> bool {
     }) || (insn.flow_control() == FlowControl::Call)
 }
 
+/// Targets of the function's direct calls.
+pub fn call_targets(insns: &[Insn]) -> Vec<u64> {
+    insns
+        .iter()
+        .filter(|i| {
+            i.inner.flow_control() == FlowControl::Call
+                && i.inner.op0_kind() == OpKind::NearBranch64
+        })
+        .map(|i| i.inner.near_branch_target())
+        .collect()
+}
+
 /// Offsets of every `ret` in the function (informational: exit probes on
 /// Go code must be RET probes, never uretprobes).
 pub fn ret_offsets(insns: &[Insn]) -> Vec<u64> {

@@ -259,6 +259,31 @@ const SWISS: &[Candidate] = &[
     ),
 ];
 
+/// reflect's linknamed entry points (`reflect.Value.SetMapIndex`,
+/// `MapRange`, `Clear`, and so fmt and encoding/json on maps). Some call the
+/// runtime entry points above, some inline them (Go 1.24's
+/// `reflect.mapdelete` calls `(*Map).Delete` directly): one is planned only
+/// if it calls no planned function, so an operation is never counted twice.
+const REFLECT_COMMON: &[Candidate] = &[
+    c("reflect.mapdelete", Delete, Reg(Rbx)),
+    c("reflect.mapdelete_faststr", Delete, Reg(Rbx)),
+    c("reflect.mapassign0", Assign, Reg(Rbx)),
+    c("reflect.mapassign_faststr0", Assign, Reg(Rbx)),
+    c("reflect.mapclear", Clear, Reg(Rbx)),
+    c("reflect.mapaccess", Read, Reg(Rbx)),
+    c("reflect.mapaccess_faststr", Read, Reg(Rbx)),
+    c("reflect.mapiterinit", IterStart, Reg(Rbx)),
+];
+
+/// Iterator wrappers whose iterator layout is the runtime's own (`hiter` /
+/// `maps.Iter`); Go 1.24's `reflect.mapiternext` takes a different
+/// (linkname compatibility) iterator and is left out.
+const REFLECT_CLASSIC: &[Candidate] = &[c("reflect.mapiternext", IterNext, ViaIter(Rax))];
+const REFLECT_SWISS: &[Candidate] = &[
+    c("reflect.mapIterStart", IterStart, Reg(Rbx)),
+    c("reflect.mapIterNext", IterNext, ViaIter(Rax)),
+];
+
 /// Candidate functions for a map implementation.
 pub(super) fn candidates(imp: MapImpl) -> impl Iterator<Item = &'static Candidate> {
     let specific = match imp {
@@ -272,44 +297,68 @@ pub(super) fn candidates(imp: MapImpl) -> impl Iterator<Item = &'static Candidat
 pub(super) fn build(bin: &GoBinary) -> Result<ProbePlan, GoElfError> {
     let mut probes = Vec::new();
     for cand in candidates(bin.map_impl()) {
-        let Some(func) = bin.symbolizer().function(cand.symbol) else {
-            continue;
-        };
-        let unmapped = || GoElfError::Unmapped {
-            path: bin.path().to_path_buf(),
-            symbol: cand.symbol.to_string(),
-            vaddr: func.entry,
-        };
-        let code = bin.function_code(func).ok_or_else(unmapped)?;
-        let insns = disasm::decode(code, func.entry);
-        let reg = match cand.arg {
-            MapArg::Reg(reg) | MapArg::ViaIter(reg) => reg,
-        };
-        let Some(site) = disasm::choose_probe_site(&insns, reg.iced()) else {
-            continue;
-        };
-        let file_offset = bin
-            .file_offset(func.entry + site.offset)
-            .ok_or_else(unmapped)?;
-        let map_arg = match cand.arg {
-            MapArg::Reg(reg) => ArgLoc::Reg { reg },
-            MapArg::ViaIter(reg) => ArgLoc::ViaIterator {
-                reg,
-                offset: bin.layout().iter_map,
-            },
-        };
-        probes.push(PlannedProbe {
-            symbol: cand.symbol.to_string(),
-            op: cand.op,
-            func_vaddr: func.entry,
-            insn_offset: site.offset,
-            file_offset,
-            insn_text: site.text,
-            handling: site.handling,
-            map_arg,
-            ret_offsets: disasm::ret_offsets(&insns),
-            note: site.note,
-        });
+        if let Some((probe, _)) = plan_one(bin, cand)? {
+            probes.push(probe);
+        }
+    }
+    let reflect = match bin.map_impl() {
+        MapImpl::Classic => REFLECT_CLASSIC,
+        MapImpl::Swiss => REFLECT_SWISS,
+    };
+    let planned: Vec<u64> = probes.iter().map(|p| p.func_vaddr).collect();
+    for cand in REFLECT_COMMON.iter().chain(reflect) {
+        if let Some((probe, calls)) = plan_one(bin, cand)?
+            && !calls.iter().any(|target| planned.contains(target))
+        {
+            probes.push(probe);
+        }
     }
     Ok(ProbePlan { probes })
+}
+
+/// Plans one candidate, if the binary has it; also returns the targets of
+/// its direct calls.
+fn plan_one(
+    bin: &GoBinary,
+    cand: &Candidate,
+) -> Result<Option<(PlannedProbe, Vec<u64>)>, GoElfError> {
+    let Some(func) = bin.symbolizer().function(cand.symbol) else {
+        return Ok(None);
+    };
+    let unmapped = || GoElfError::Unmapped {
+        path: bin.path().to_path_buf(),
+        symbol: cand.symbol.to_string(),
+        vaddr: func.entry,
+    };
+    let code = bin.function_code(func).ok_or_else(unmapped)?;
+    let insns = disasm::decode(code, func.entry);
+    let reg = match cand.arg {
+        MapArg::Reg(reg) | MapArg::ViaIter(reg) => reg,
+    };
+    let Some(site) = disasm::choose_probe_site(&insns, reg.iced()) else {
+        return Ok(None);
+    };
+    let file_offset = bin
+        .file_offset(func.entry + site.offset)
+        .ok_or_else(unmapped)?;
+    let map_arg = match cand.arg {
+        MapArg::Reg(reg) => ArgLoc::Reg { reg },
+        MapArg::ViaIter(reg) => ArgLoc::ViaIterator {
+            reg,
+            offset: bin.layout().iter_map,
+        },
+    };
+    let probe = PlannedProbe {
+        symbol: cand.symbol.to_string(),
+        op: cand.op,
+        func_vaddr: func.entry,
+        insn_offset: site.offset,
+        file_offset,
+        insn_text: site.text,
+        handling: site.handling,
+        map_arg,
+        ret_offsets: disasm::ret_offsets(&insns),
+        note: site.note,
+    };
+    Ok(Some((probe, disasm::call_targets(&insns))))
 }
