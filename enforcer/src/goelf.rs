@@ -8,7 +8,9 @@
 //! struct offsets, with a verified per-release table as the fallback.
 //!
 //! Supported: x86-64 ELF binaries built by Go 1.23.x (classic maps) and
-//! 1.24.x (swiss maps). Other releases are refused rather than guessed at.
+//! 1.24.x (swiss maps, or classic with `GOEXPERIMENT=noswissmap`), the
+//! releases whose layouts were verified here. Others are refused rather
+//! than guessed at.
 
 pub mod disasm;
 pub mod dwarf;
@@ -21,9 +23,9 @@ pub mod version;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection, ObjectSymbol};
+use serde::Serialize;
 
 use elf::Segments;
-use serde::Serialize;
 
 pub use disasm::StepHandling;
 pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
