@@ -191,8 +191,9 @@ impl Enforcer {
     /// uprobe costs a kernel grace period (~0.1 s each here, serialized
     /// kernel-wide), so a forked helper process holding copies of the
     /// descriptors does it while the caller goes on (and exits). The probes
-    /// still filter by pid, so they act on nothing in the meantime.
-    pub fn release(self) {
+    /// are disarmed first, so they act on nothing in the meantime.
+    pub fn release(mut self) {
+        self.disarm();
         // SAFETY: the enforcer is single-threaded here; the child only
         // closes descriptors and exits.
         match unsafe { nix::unistd::fork() } {
@@ -221,6 +222,24 @@ impl Enforcer {
             Err(e) => {
                 tracing::debug!(error = %e, "cannot fork a detacher; detaching in place");
                 drop(self);
+            }
+        }
+    }
+
+    /// Makes every probe a no-op: no process is registered any more and no
+    /// probe applies to all processes, so nothing is reported or signalled
+    /// while the probes are being removed.
+    fn disarm(&mut self) {
+        let pids: Vec<u32> = self.procs.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            let _ = self.procs.remove(&pid);
+        }
+        for id in 0..self.next_probe_id {
+            if let Ok(mut cfg) = self.probes.get(&id, 0)
+                && cfg.all_processes_mode != 0
+            {
+                cfg.all_processes_mode = 0;
+                let _ = self.probes.set(id, cfg, 0);
             }
         }
     }
