@@ -1,6 +1,8 @@
 //! Builds the BPF program (`enforcer-ebpf`) for the BPF target with
 //! aya-build (nightly toolchain with `rust-src`, `bpf-linker` on PATH).
-//! Set `AYA_BUILD_SKIP=1` to skip it (the loader then refuses to start).
+//! `MAPGUARD_BPF_TOOLCHAIN` picks the rustup toolchain (default `nightly`;
+//! CI can pin a dated one, e.g. `nightly-2026-11-01`). The object is
+//! embedded in the binary, so the BPF build cannot be skipped.
 
 use std::path::PathBuf;
 
@@ -13,12 +15,18 @@ fn main() -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("{}", root_dir.display()))?;
     println!("cargo:rerun-if-changed=../enforcer-common/src");
+    println!("cargo:rerun-if-env-changed=MAPGUARD_BPF_TOOLCHAIN");
+    let toolchain = std::env::var("MAPGUARD_BPF_TOOLCHAIN").ok();
+    let toolchain = match toolchain.as_deref() {
+        None | Some("" | "nightly") => aya_build::Toolchain::Nightly,
+        Some(custom) => aya_build::Toolchain::Custom(custom),
+    };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "mapguard-ebpf",
             root_dir: root_dir.to_str().context("non-UTF-8 path")?,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        toolchain,
     )
 }
