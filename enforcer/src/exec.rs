@@ -169,7 +169,7 @@ fn resolve(program: &OsStr) -> Result<PathBuf, ExecError> {
     if program.as_bytes().contains(&b'/') {
         let path = PathBuf::from(program);
         return if path.is_file() {
-            Ok(path)
+            Ok(path.canonicalize().unwrap_or(path))
         } else {
             Err(not_found())
         };
