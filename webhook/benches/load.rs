@@ -458,6 +458,14 @@ fn main() {
         println!("target {label:<44} {}", if *ok { "met" } else { "MISSED" });
         missed |= !ok;
     }
+    let lag = d.open_lag.max(a.open_lag);
+    if lag > Duration::from_millis(2) {
+        println!(
+            "note: the load generator itself woke up to {} late: the machine is busy \
+             (other processes), so latency tails include CPU contention",
+            ms(lag)
+        );
+    }
     let _ = std::fs::remove_dir_all(&base);
     if strict && missed {
         std::process::exit(1);
