@@ -12,7 +12,7 @@ export GO_PROGS
 export MAPGUARD_GO_PROGS := $(GO_PROGS)
 
 .PHONY: all deps build release go-progs lint test test-rust policy-test demo \
-        bench bench-enforcer bench-webhook clean
+        bench bench-enforcer bench-webhook bench-policy clean
 
 all: build
 
@@ -43,13 +43,16 @@ test: deps lint test-rust policy-test
 demo: release go-progs
 	bash scripts/demo.sh
 
-bench: bench-enforcer bench-webhook
+bench: bench-enforcer bench-webhook bench-policy
 
 bench-enforcer: release go-progs
 	$(CARGO) bench -p mapguard-enforcer
 
 bench-webhook: release
-	$(CARGO) bench -p mapguard-webhook
+	$(CARGO) bench -p mapguard-webhook --bench load
+
+bench-policy: deps
+	$(CARGO) bench -p mapguard-policy --bench eval
 
 clean:
 	$(CARGO) clean
