@@ -94,7 +94,7 @@ pub fn read_file(file: &Path) -> Result<Vec<Manifest>, ManifestError> {
             source,
         })?;
         let mut objects = Vec::new();
-        unpack(value, &mut objects);
+        mapguard_policy::unpack_lists(value, &mut objects);
         for object in objects {
             if !object.is_object() || object.get("kind").and_then(Json::as_str).is_none() {
                 return Err(ManifestError::NotAnObject {
@@ -111,26 +111,6 @@ pub fn read_file(file: &Path) -> Result<Vec<Manifest>, ManifestError> {
         }
     }
     Ok(manifests)
-}
-
-fn unpack(value: Json, out: &mut Vec<Json>) {
-    match value {
-        Json::Null => {}
-        Json::Object(mut map)
-            if map
-                .get("kind")
-                .and_then(Json::as_str)
-                .is_some_and(|k| k.ends_with("List"))
-                && map.get("items").is_some_and(Json::is_array) =>
-        {
-            if let Some(Json::Array(items)) = map.remove("items") {
-                for item in items {
-                    unpack(item, out);
-                }
-            }
-        }
-        other => out.push(other),
-    }
 }
 
 #[cfg(test)]

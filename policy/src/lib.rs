@@ -42,7 +42,7 @@ mod testing;
 pub use action::{Action, ParseActionError};
 pub use config::{ConfigError, DEFAULT_EXEMPT_NAMESPACES, EngineConfig};
 pub use evaluate::{Decision, EvalError, Finding};
-pub use namespaces::{NamespaceData, NamespaceError, NamespaceMeta};
+pub use namespaces::{NamespaceData, NamespaceError, NamespaceMeta, unpack_lists};
 pub use set::{LoadError, PolicyInfo, PolicySet};
 pub use subject::{ReviewError, Subject};
 pub use testing::{TestReport, TestResult};

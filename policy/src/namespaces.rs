@@ -64,7 +64,7 @@ impl NamespaceData {
                 document: index,
                 source,
             })?;
-            collect_objects(value, &mut objects);
+            unpack_lists(value, &mut objects);
         }
         Self::from_objects(objects).map_err(|e| NamespaceError::Invalid {
             path: path.to_path_buf(),
@@ -164,8 +164,11 @@ impl NamespaceData {
     }
 }
 
-/// Unpacks `List` kinds (`items`) into their objects.
-fn collect_objects(value: Json, out: &mut Vec<Json>) {
+/// Appends the Kubernetes objects in `value` to `out`: `List` kinds
+/// (`kind` ending in `List`, with `items`) are unpacked recursively, `null`
+/// (an empty YAML document) is skipped. Shared with the CI command, which
+/// reads manifests the same way.
+pub fn unpack_lists(value: Json, out: &mut Vec<Json>) {
     match value {
         Json::Null => {}
         Json::Object(mut map)
@@ -177,7 +180,7 @@ fn collect_objects(value: Json, out: &mut Vec<Json>) {
         {
             if let Some(Json::Array(items)) = map.remove("items") {
                 for item in items {
-                    collect_objects(item, out);
+                    unpack_lists(item, out);
                 }
             }
         }
