@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mapguard_policy::{Decision, EngineConfig, Finding, NamespaceData, PolicySet, Subject};
 use serde::Serialize;
@@ -44,12 +45,22 @@ pub struct CheckReport {
     pub summary: Summary,
 }
 
+/// Default time limit per object in CI: the webhook's tight default (the
+/// API server is waiting) would make a check on a loaded runner flaky.
+const CI_EVAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The engine configuration: the file's (or the defaults), then the flags.
 pub fn engine_config(args: &CheckArgs) -> Result<EngineConfig, CliError> {
     let mut config = match &args.engine_config {
         Some(path) => EngineConfig::from_file(path)?,
-        None => EngineConfig::default(),
+        None => EngineConfig {
+            eval_timeout: Some(CI_EVAL_TIMEOUT),
+            ..EngineConfig::default()
+        },
     };
+    if let Some(ms) = args.eval_timeout_ms {
+        config.eval_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
     if !args.exempt_namespaces.is_empty() {
         config.exempt_namespaces = args.exempt_namespaces.clone();
     }

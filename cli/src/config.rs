@@ -79,6 +79,13 @@ pub struct CheckArgs {
     #[arg(long = "enforcement", env = "MAPGUARD_ENFORCEMENT", value_delimiter = ',', value_parser = parse_override)]
     pub enforcement: Vec<(String, Action)>,
 
+    /// Time limit of one object's evaluation, in milliseconds (0: none).
+    /// It guards against runaway policies, not latency: CI runners are often
+    /// loaded, so the default is far above the webhook's. Overrides the
+    /// engine config's evalTimeoutMs.
+    #[arg(long = "eval-timeout-ms", env = "MAPGUARD_EVAL_TIMEOUT_MS")]
+    pub eval_timeout_ms: Option<u64>,
+
     /// Output format.
     #[arg(
         short = 'o',
