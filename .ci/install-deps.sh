@@ -4,7 +4,7 @@
 #   - Go 1.23 (classic maps) from bookworm-backports: /usr/lib/go-1.23
 #   - Go 1.24 (swiss maps) unpacked from trixie:      /opt/mapguard/go-1.24
 #   - nightly Rust with rust-src and bpf-linker, for enforcer-ebpf
-#   - openssl/curl for the demo, wrk-free load generation is our own binary
+#   - curl and procps for the demo and tests
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 shared=${MAPGUARD_SHARED:-$here/../../shared}
@@ -33,7 +33,7 @@ fi
 "$GO124" version
 
 need_pkgs=()
-for p in curl openssl procps; do
+for p in curl procps; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -43,8 +43,13 @@ fi
 
 log "Rust: stable components and the nightly used for the BPF target"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-rustup toolchain list | grep -q '^nightly' || {
-  echo "no nightly Rust toolchain: enforcer-ebpf needs one (rustup toolchain install nightly)" >&2; exit 1; }
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "no nightly toolchain: trying rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal --component rust-src || {
+    echo "no nightly Rust toolchain and none could be installed: enforcer-ebpf (the BPF program) needs one" >&2
+    exit 1
+  }
+fi
 rustup component add rust-src --toolchain nightly >/dev/null
 if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
   log "building bpf-linker 0.13 against the nightly's own LLVM (about 75 s)"
