@@ -22,6 +22,11 @@ use mapguard_common::{
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
 
+/// Frames recorded for every write (the other side of a later report):
+/// the map function, its call site and six callers. A report walks the
+/// reporting goroutine's own stack to the full [`MAX_FRAMES`].
+const WRITER_FRAMES: usize = 8;
+
 #[map(name = "MG_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -70,8 +75,19 @@ struct Hit {
     pid: u32,
     tid: u32,
     g: u64,
-    goid: u64,
-    ts: u64,
+}
+
+impl Hit {
+    /// The goroutine's id, read from its `runtime.g` (only when recorded or
+    /// reported: one user-memory read).
+    fn goid(&self) -> u64 {
+        read_u64(self.g.wrapping_add(self.cfg.goid_offset as u64)).unwrap_or(0)
+    }
+}
+
+fn now() -> u64 {
+    // SAFETY: no arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 fn try_map_op(ctx: &ProbeContext) -> Option<()> {
@@ -98,8 +114,6 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         pid,
         tid: pid_tgid as u32,
         g,
-        goid: read_u64(g.wrapping_add(cfg.goid_offset as u64)).unwrap_or(0),
-        ts: unsafe { bpf_ktime_get_ns() },
     };
     if cfg.op == op::FATAL {
         return on_fatal(&hit);
@@ -111,16 +125,7 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     let flag: u8 =
         unsafe { bpf_probe_read_user((map + cfg.writing_offset as u64) as *const u8) }.ok()?;
     let writing = flag & cfg.writing_mask != 0;
-    let _ = GOROUTINES.insert(
-        &hit.g,
-        &GoroutineOp {
-            map,
-            ts: hit.ts,
-            op: cfg.op,
-            _pad: [0; 7],
-        },
-        0,
-    );
+    enter(hit.g, map, cfg.op);
     if op::is_write(cfg.op) {
         if writing && let Some(other) = conflicting(map, hit.g) {
             let kind = if other.growing != 0 {
@@ -184,6 +189,32 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     Some(())
 }
 
+/// Remember that goroutine `g` entered `op` on `map` (for the
+/// `runtime.fatal` backstop). Updates the goroutine's entry in place; the
+/// (costly) LRU insert happens only for a goroutine seen for the first time.
+fn enter(g: u64, map: u64, op: u8) {
+    match GOROUTINES.get_ptr_mut(&g) {
+        // SAFETY: map value pointer, valid for this program run; only
+        // goroutine `g` writes its own entry.
+        Some(entered) => unsafe {
+            (*entered).map = map;
+            (*entered).op = op;
+        },
+        None => {
+            let _ = GOROUTINES.insert(
+                &g,
+                &GoroutineOp {
+                    map,
+                    ts: 0,
+                    op,
+                    _pad: [0; 7],
+                },
+                0,
+            );
+        }
+    }
+}
+
 fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {
     let iterating = reader_op == op::ITER_START || reader_op == op::ITER_NEXT;
     match (iterating, writer_op == op::DELETE) {
@@ -230,12 +261,12 @@ fn record_writer(hit: &Hit, map: u64) -> Option<()> {
     // goroutine writes its own entry (it runs on one CPU at a time).
     let own = unsafe { &mut *own };
     own.g = hit.g;
-    own.goid = hit.goid;
-    own.ts = hit.ts;
+    own.goid = hit.goid();
+    own.ts = now();
     own.tid = hit.tid;
     own.op = hit.cfg.op;
     own.growing = 0;
-    own.depth = walk_stack(hit.regs, &mut own.stack);
+    own.depth = walk_stack::<WRITER_FRAMES>(hit.regs, &mut own.stack);
 
     let recent = match RECENT.get_ptr_mut(&map) {
         Some(recent) => recent,
@@ -256,7 +287,9 @@ fn record_writer(hit: &Hit, map: u64) -> Option<()> {
     Some(())
 }
 
-/// Emit a violation and apply the process's action.
+/// Emit a violation and apply the process's action. Always inlined: BPF
+/// functions take at most five arguments.
+#[inline(always)]
 fn report(
     hit: &Hit,
     map: u64,
@@ -276,10 +309,10 @@ fn report(
     event.tid = hit.tid;
     event.binary_id = hit.cfg.binary_id;
     event.probe_id = hit.probe_id;
-    event.ts = hit.ts;
+    event.ts = now();
     event.map = map;
     event.g = hit.g;
-    event.goid = hit.goid;
+    event.goid = hit.goid();
     match other {
         Some(other) => {
             event.conflicting_op = other.op;
@@ -297,7 +330,7 @@ fn report(
             event.conflicting_depth = 0;
         }
     }
-    event.depth = walk_stack(hit.regs, &mut event.stack);
+    event.depth = walk_stack::<MAX_FRAMES>(hit.regs, &mut event.stack);
     let _ = EVENTS.output::<Violation>(&*event, 0);
     let signal = match hit.mode {
         action::STOP => SIGSTOP,
@@ -363,8 +396,9 @@ fn read_u64(addr: u64) -> Option<u64> {
 /// Walk the frame-pointer chain from a probe on a function's first
 /// instructions (before `push %rbp`): the return address is at [RSP], then
 /// each frame holds the caller's frame pointer at [fp] and return address
-/// at [fp+8]. Returns the number of PCs written.
-fn walk_stack(regs: *const pt_regs, out: &mut [u64; MAX_FRAMES]) -> u8 {
+/// at [fp+8], read together in one 16-byte copy. Writes at most `N` PCs
+/// (`N <= MAX_FRAMES`) and returns how many it wrote.
+fn walk_stack<const N: usize>(regs: *const pt_regs, out: &mut [u64; MAX_FRAMES]) -> u8 {
     // SAFETY: context reads at constant offsets.
     let (ip, sp, mut fp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     out[0] = ip;
@@ -373,17 +407,19 @@ fn walk_stack(regs: *const pt_regs, out: &mut [u64; MAX_FRAMES]) -> u8 {
     };
     out[1] = ret;
     let mut depth = 2u8;
-    for slot in out.iter_mut().skip(2) {
+    for slot in out.iter_mut().take(N).skip(2) {
         if fp == 0 {
             break;
         }
-        let Some(ret) = read_u64(fp + 8) else { break };
+        // SAFETY: bpf_probe_read_user faults safely on bad addresses.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
         if ret == 0 {
             break;
         }
         *slot = ret;
         depth += 1;
-        let Some(next) = read_u64(fp) else { break };
         fp = next;
     }
     depth
