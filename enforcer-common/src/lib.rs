@@ -15,14 +15,12 @@ pub const MAP_EVENTS: &str = "MG_EVENTS";
 pub const MAP_PROBES: &str = "MG_PROBES";
 /// `HashMap<u32 tgid, ProcConfig>`: processes under enforcement.
 pub const MAP_PROCS: &str = "MG_PROCS";
-/// `LruHashMap<WriterKey, Writer>`: each goroutine's latest write into each
-/// map (only ever written by that goroutine, so never torn by a racing one).
-pub const MAP_WRITERS: &str = "MG_WRITERS";
-/// `LruHashMap<u64 map address, RecentWriters>`: which goroutines wrote a
+/// `LruHashMap<ProcAddr of a map, RecentWriters>`: which goroutines wrote a
 /// map recently.
 pub const MAP_RECENT: &str = "MG_RECENT";
-/// `LruHashMap<u64 g address, GoroutineOp>`: the map operation each
-/// goroutine entered last (used when the runtime itself detects a race).
+/// `LruHashMap<ProcAddr of a runtime.g, Goroutine>`: per goroutine, the map operation
+/// it entered last and its latest write (only ever written by that
+/// goroutine, so never torn by a racing one).
 pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
 /// Per-CPU scratch space for records too large for the BPF stack.
 pub const MAP_SCRATCH: &str = "MG_SCRATCH";
@@ -36,7 +34,7 @@ pub const PROG_BARE: &str = "mapguard_bare";
 pub const MAX_PROBES: u32 = 1024;
 /// Capacity of [`MAP_PROCS`].
 pub const MAX_PROCS: u32 = 4096;
-/// Capacity of [`MAP_WRITERS`] and [`MAP_RECENT`].
+/// Capacity of [`MAP_RECENT`].
 pub const MAX_MAPS: u32 = 16384;
 /// Goroutines remembered per map in [`RecentWriters`].
 pub const RECENT_WRITERS: usize = 4;
@@ -44,6 +42,11 @@ pub const RECENT_WRITERS: usize = 4;
 pub const MAX_GOROUTINES: u32 = 16384;
 /// Frames recorded per stack (frame-pointer walk depth).
 pub const MAX_FRAMES: usize = 16;
+/// Frames recorded for every write ([`Writer::stack`]): the map function,
+/// its call site and six callers. A report walks the reporting goroutine's
+/// own stack to [`MAX_FRAMES`].
+pub const WRITER_FRAMES: usize = 8;
+const _: () = assert!(WRITER_FRAMES <= MAX_FRAMES);
 
 /// Map operation a probe sits on (`ProbeConfig::op`, `Violation::op`).
 pub mod op {
@@ -162,15 +165,15 @@ pub struct ProcConfig {
 }
 const _: () = assert!(core::mem::size_of::<ProcConfig>() == 8);
 
-/// One goroutine's write into a map: who, what, where from.
+/// One goroutine's write into a map: who, what, where from. Neither its
+/// time nor its goroutine id is recorded (each costs a helper call on every
+/// write): a report takes the other goroutine's id from its `runtime.g`,
+/// which the runtime reuses only after that goroutine has exited.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Writer {
     /// Address of the `runtime.g`.
     pub g: u64,
-    pub goid: u64,
-    /// `bpf_ktime_get_ns` at entry.
-    pub ts: u64,
     pub tid: u32,
     /// One of [`op`].
     pub op: u8,
@@ -182,32 +185,33 @@ pub struct Writer {
     pub _pad: u8,
     /// Program counters, innermost first (probe address, then return
     /// addresses).
-    pub stack: [u64; MAX_FRAMES],
+    pub stack: [u64; WRITER_FRAMES],
 }
-const _: () = assert!(core::mem::size_of::<Writer>() == 32 + 8 * MAX_FRAMES);
+const _: () = assert!(core::mem::size_of::<Writer>() == 16 + 8 * WRITER_FRAMES);
 
 impl Writer {
     pub const EMPTY: Writer = Writer {
         g: 0,
-        goid: 0,
-        ts: 0,
         tid: 0,
         op: 0,
         growing: 0,
         depth: 0,
         _pad: 0,
-        stack: [0; MAX_FRAMES],
+        stack: [0; WRITER_FRAMES],
     };
 }
 
-/// Key of [`MAP_WRITERS`].
+/// Key of [`MAP_GOROUTINES`] and [`MAP_RECENT`]: an address in one process
+/// (replicas of one binary on a node often use the same addresses).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriterKey {
-    pub map: u64,
-    pub g: u64,
+pub struct ProcAddr {
+    /// Process (tgid).
+    pub pid: u32,
+    pub _pad: u32,
+    pub addr: u64,
 }
-const _: () = assert!(core::mem::size_of::<WriterKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ProcAddr>() == 16);
 
 /// Goroutines that wrote one map recently, a ring of
 /// [`RECENT_WRITERS`] slots (`next` counts insertions).
@@ -219,16 +223,32 @@ pub struct RecentWriters {
 }
 const _: () = assert!(core::mem::size_of::<RecentWriters>() == 8 + 8 * RECENT_WRITERS);
 
-/// The map operation a goroutine entered most recently.
+/// One goroutine's state ([`MAP_GOROUTINES`] value): the map operation it
+/// entered last (any operation; used when the runtime itself detects a
+/// race) and its latest write (the other side of a later report).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GoroutineOp {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Goroutine {
+    /// Map of the operation entered last.
     pub map: u64,
-    pub ts: u64,
+    /// Map of `write` (0: no write recorded yet).
+    pub write_map: u64,
+    /// One of [`op`]: the operation entered last.
     pub op: u8,
     pub _pad: [u8; 7],
+    pub write: Writer,
 }
-const _: () = assert!(core::mem::size_of::<GoroutineOp>() == 24);
+const _: () = assert!(core::mem::size_of::<Goroutine>() == 24 + core::mem::size_of::<Writer>());
+
+impl Goroutine {
+    pub const EMPTY: Goroutine = Goroutine {
+        map: 0,
+        write_map: 0,
+        op: 0,
+        _pad: [0; 7],
+        write: Writer::EMPTY,
+    };
+}
 
 /// A detected violation, as sent through [`MAP_EVENTS`].
 #[repr(C)]
@@ -258,11 +278,10 @@ pub struct Violation {
     pub goid: u64,
     pub conflicting_g: u64,
     pub conflicting_goid: u64,
-    pub conflicting_ts: u64,
     pub stack: [u64; MAX_FRAMES],
     pub conflicting_stack: [u64; MAX_FRAMES],
 }
-const _: () = assert!(core::mem::size_of::<Violation>() == 80 + 16 * MAX_FRAMES);
+const _: () = assert!(core::mem::size_of::<Violation>() == 72 + 16 * MAX_FRAMES);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -271,8 +290,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::ProcConfig {}
     unsafe impl aya::Pod for super::Writer {}
-    unsafe impl aya::Pod for super::WriterKey {}
     unsafe impl aya::Pod for super::RecentWriters {}
-    unsafe impl aya::Pod for super::GoroutineOp {}
+    unsafe impl aya::Pod for super::Goroutine {}
+    unsafe impl aya::Pod for super::ProcAddr {}
     unsafe impl aya::Pod for super::Violation {}
 }

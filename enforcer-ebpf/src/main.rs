@@ -7,8 +7,9 @@
 //! index as attach cookie. At entry it reads the runtime's own "writing" flag
 //! of the map (classic `hmap.flags & hashWriting`, swiss `Map.writing`): if
 //! it is set, another goroutine is inside a write of this map right now. The
-//! other goroutine and its stack come from a per-map record of recent
-//! writers that every write entry updates. A probe on `runtime.fatal` catches
+//! other goroutine and its stack come from its own per-goroutine record of
+//! its latest write (each goroutine writes only its own record), found
+//! through a per-map ring of recent writers. A probe on `runtime.fatal` catches
 //! the races the entry check misses (both goroutines passed the check before
 //! either set the flag) before the runtime prints anything.
 #![cfg_attr(target_arch = "bpf", no_std)]

@@ -1,4 +1,13 @@
 //! The uprobe programs, their maps and the detection logic.
+//!
+//! Cost model, measured here with `kernel.bpf_stats_enabled` (program run
+//! time per hit; `enforcer/benches/probe_cost.rs` gives the end-to-end
+//! figure): each `bpf_probe_read_user` costs ~80 ns whatever its size up to
+//! a KiB, `bpf_ktime_get_ns` ~45 ns, a map lookup 15–50 ns. So every hit
+//! does one user read (the writing flag) and updates its goroutine's entry
+//! in place; a write adds one bulk copy of the top of the stack (the
+//! frame-pointer walk reads from it) and one lookup of the map's recent
+//! writers. Time and goroutine ids are read only when reporting.
 
 use core::ptr::read_volatile;
 
@@ -7,25 +16,25 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_send_signal},
+        generated::{self, bpf_get_attach_cookie, bpf_send_signal},
     },
     macros::{map, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
 use mapguard_common::{
-    GoroutineOp, MAX_FRAMES, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig,
-    ProcConfig, RECENT_WRITERS, RecentWriters, Violation, Writer, WriterKey, action, arg, detector,
-    kind, op, reg,
+    Goroutine, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig, ProcAddr, ProcConfig,
+    RECENT_WRITERS, RecentWriters, Violation, Writer, action, arg, detector, kind, op, reg,
 };
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
 
-/// Frames recorded for every write (the other side of a later report):
-/// the map function, its call site and six callers. A report walks the
-/// reporting goroutine's own stack to the full [`MAX_FRAMES`].
-const WRITER_FRAMES: usize = 8;
+/// Bytes of the stack above RSP copied in one read for the frame-pointer
+/// walk; frames beyond it are read one by one.
+const STACK_COPY: usize = 1024;
+const STACK_COPY_WORDS: usize = STACK_COPY / 8;
+const _: () = assert!(STACK_COPY_WORDS.is_power_of_two());
 
 #[map(name = "MG_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -36,23 +45,25 @@ static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
 #[map(name = "MG_PROCS")]
 static PROCS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
 
-#[map(name = "MG_WRITERS")]
-static WRITERS: LruHashMap<WriterKey, Writer> = LruHashMap::with_max_entries(MAX_MAPS, 0);
-
 #[map(name = "MG_RECENT")]
-static RECENT: LruHashMap<u64, RecentWriters> = LruHashMap::with_max_entries(MAX_MAPS, 0);
+static RECENT: LruHashMap<ProcAddr, RecentWriters> = LruHashMap::with_max_entries(MAX_MAPS, 0);
 
 #[map(name = "MG_GOROUTINES")]
-static GOROUTINES: LruHashMap<u64, GoroutineOp> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+static GOROUTINES: LruHashMap<ProcAddr, Goroutine> =
+    LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
 /// Index 0: the violation being assembled. Never larger than one entry.
 #[map(name = "MG_SCRATCH")]
 static SCRATCH: PerCpuArray<Violation> = PerCpuArray::with_max_entries(1, 0);
 
-/// A zeroed writer used as the initial value of new [`WRITERS`] entries
-/// (kept off the BPF stack). Never written.
+/// Index 0: the top of the stack being walked.
+#[map(name = "MG_STACK")]
+static STACK: PerCpuArray<[u64; STACK_COPY_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A zeroed goroutine used as the initial value of new [`GOROUTINES`]
+/// entries (kept off the BPF stack). Never written.
 #[map(name = "MG_ZERO")]
-static ZERO: PerCpuArray<Writer> = PerCpuArray::with_max_entries(1, 0);
+static ZERO: PerCpuArray<Goroutine> = PerCpuArray::with_max_entries(1, 0);
 
 /// Benchmark baseline: the cost of a uprobe hit alone.
 #[uprobe]
@@ -77,17 +88,14 @@ struct Hit {
     g: u64,
 }
 
-impl Hit {
-    /// The goroutine's id, read from its `runtime.g` (only when recorded or
-    /// reported: one user-memory read).
-    fn goid(&self) -> u64 {
-        read_u64(self.g.wrapping_add(self.cfg.goid_offset as u64)).unwrap_or(0)
-    }
+fn key(pid: u32, addr: u64) -> ProcAddr {
+    ProcAddr { pid, _pad: 0, addr }
 }
 
-fn now() -> u64 {
-    // SAFETY: no arguments.
-    unsafe { bpf_ktime_get_ns() }
+/// Goroutine id of the `runtime.g` at `g` (one user-memory read: only for
+/// reports).
+fn goid(g: u64, goid_offset: u32) -> u64 {
+    read_u64(g.wrapping_add(u64::from(goid_offset))).unwrap_or(0)
 }
 
 fn try_map_op(ctx: &ProbeContext) -> Option<()> {
@@ -122,12 +130,25 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     if map == 0 {
         return None;
     }
+    if cfg.op == op::GROW {
+        // Part of the write this goroutine is inside: its entry keeps
+        // naming that write.
+        if let Some(own) = GOROUTINES.get_ptr_mut(&key(hit.pid, hit.g)) {
+            // SAFETY: map value pointer, valid for this program run; only
+            // this goroutine writes its own entry.
+            let own = unsafe { &mut *own };
+            if own.write_map == map {
+                own.write.growing = 1;
+            }
+        }
+        return Some(());
+    }
     let flag: u8 =
         unsafe { bpf_probe_read_user((map + cfg.writing_offset as u64) as *const u8) }.ok()?;
     let writing = flag & cfg.writing_mask != 0;
-    enter(hit.g, map, cfg.op);
+    let own = enter(hit.pid, hit.g, map, cfg.op)?;
     if op::is_write(cfg.op) {
-        if writing && let Some(other) = conflicting(map, hit.g) {
+        if writing && let Some(other) = conflicting(hit.pid, map, hit.g) {
             let kind = if other.growing != 0 {
                 kind::RELEASED_BUCKET_WRITE
             } else {
@@ -135,19 +156,34 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
             };
             report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
         }
-        record_writer(&hit, map);
-    } else if cfg.op == op::GROW {
-        let key = WriterKey { map, g: hit.g };
-        if let Some(own) = WRITERS.get_ptr_mut(&key) {
-            // SAFETY: map value pointer, valid for this program run; only
-            // this goroutine writes its own entry.
-            unsafe { (*own).growing = 1 };
-        }
-    } else if writing && let Some(other) = conflicting(map, hit.g) {
+        record_writer(&hit, map, own);
+    } else if writing && let Some(other) = conflicting(hit.pid, map, hit.g) {
         let kind = reader_kind(cfg.op, other.op);
         report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
     }
     Some(())
+}
+
+/// Remember that goroutine `g` entered `op` on `map` and return its entry,
+/// updated in place; the (costly) LRU insert happens only for a goroutine
+/// seen for the first time.
+fn enter(pid: u32, g: u64, map: u64, op: u8) -> Option<&'static mut Goroutine> {
+    let key = key(pid, g);
+    let own = match GOROUTINES.get_ptr_mut(&key) {
+        Some(own) => own,
+        None => {
+            let zero = ZERO.get_ptr(0)?;
+            // SAFETY: per-CPU value pointer, valid for this program run.
+            GOROUTINES.insert(&key, unsafe { &*zero }, 0).ok()?;
+            GOROUTINES.get_ptr_mut(&key)?
+        }
+    };
+    // SAFETY: map value pointer, valid for this program run; only goroutine
+    // `g` writes its own entry (it runs on one CPU at a time).
+    let own = unsafe { &mut *own };
+    own.map = map;
+    own.op = op;
+    Some(own)
 }
 
 /// `runtime.fatal(s string)`: if `s` is one of the runtime's
@@ -165,54 +201,20 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     }
     // From here on always report (and act): the runtime is about to abort.
     // SAFETY: plain data.
-    let entered = unsafe { GOROUTINES.get(&hit.g) }
-        .copied()
-        .unwrap_or_default();
-    let other = conflicting(entered.map, hit.g);
+    let (map, entered_op) =
+        unsafe { GOROUTINES.get(&key(hit.pid, hit.g)) }.map_or((0, 0), |e| (e.map, e.op));
+    let other = conflicting(hit.pid, map, hit.g);
     let growing = other.is_some_and(|o| o.growing != 0);
     let other_op = other.map_or(0, |o| o.op);
     let kind = match msg[15] {
         b'w' if growing => kind::RELEASED_BUCKET_WRITE,
         b'w' => kind::CONCURRENT_WRITE,
-        _ if op::is_write(entered.op) => kind::CONCURRENT_WRITE,
+        _ if op::is_write(entered_op) => kind::CONCURRENT_WRITE,
         b'i' => reader_kind(op::ITER_NEXT, other_op),
         _ => reader_kind(op::READ, other_op),
     };
-    report(
-        hit,
-        entered.map,
-        kind,
-        entered.op,
-        detector::RUNTIME_FATAL,
-        other,
-    );
+    report(hit, map, kind, entered_op, detector::RUNTIME_FATAL, other);
     Some(())
-}
-
-/// Remember that goroutine `g` entered `op` on `map` (for the
-/// `runtime.fatal` backstop). Updates the goroutine's entry in place; the
-/// (costly) LRU insert happens only for a goroutine seen for the first time.
-fn enter(g: u64, map: u64, op: u8) {
-    match GOROUTINES.get_ptr_mut(&g) {
-        // SAFETY: map value pointer, valid for this program run; only
-        // goroutine `g` writes its own entry.
-        Some(entered) => unsafe {
-            (*entered).map = map;
-            (*entered).op = op;
-        },
-        None => {
-            let _ = GOROUTINES.insert(
-                &g,
-                &GoroutineOp {
-                    map,
-                    ts: 0,
-                    op,
-                    _pad: [0; 7],
-                },
-                0,
-            );
-        }
-    }
 }
 
 fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {
@@ -225,58 +227,50 @@ fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {
     }
 }
 
-/// The most recent writer of `map` that is not goroutine `g`.
-fn conflicting(map: u64, g: u64) -> Option<&'static Writer> {
+/// The most recent writer of `map` that is not goroutine `g`: the newest
+/// slot of the map's ring naming another goroutine whose latest write is
+/// into `map` (the ring gains a slot whenever the writer changes, so the
+/// newest other slot is the latest other writer).
+fn conflicting(pid: u32, map: u64, g: u64) -> Option<&'static Writer> {
     // SAFETY: plain data; a racing update can at worst give a stale slot.
-    let recent = unsafe { RECENT.get(&map) }?;
-    let mut best: Option<&'static Writer> = None;
-    for other in recent.g {
+    let recent = unsafe { RECENT.get(&key(pid, map)) }?;
+    for back in 1..=RECENT_WRITERS {
+        let other = recent.g[(recent.next.wrapping_sub(back as u64) as usize) % RECENT_WRITERS];
         if other == 0 || other == g {
             continue;
         }
         // SAFETY: plain data, written only by goroutine `other`.
-        if let Some(w) = unsafe { WRITERS.get(&WriterKey { map, g: other }) }
-            && best.is_none_or(|b| w.ts > b.ts)
+        if let Some(state) = unsafe { GOROUTINES.get(&key(pid, other)) }
+            && state.write_map == map
         {
-            best = Some(w);
+            return Some(&state.write);
         }
     }
-    best
+    None
 }
 
-/// Record `hit` as goroutine `g`'s latest write into `map` and remember
+/// Record `hit` as goroutine `g`'s latest write (into `map`) and remember
 /// `g` among the map's recent writers.
-fn record_writer(hit: &Hit, map: u64) -> Option<()> {
-    let key = WriterKey { map, g: hit.g };
-    let own = match WRITERS.get_ptr_mut(&key) {
-        Some(own) => own,
-        None => {
-            let zero = ZERO.get_ptr(0)?;
-            // SAFETY: per-CPU value pointer, valid for this program run.
-            WRITERS.insert(&key, unsafe { &*zero }, 0).ok()?;
-            WRITERS.get_ptr_mut(&key)?
-        }
-    };
-    // SAFETY: map value pointer, valid for this program run; only this
-    // goroutine writes its own entry (it runs on one CPU at a time).
-    let own = unsafe { &mut *own };
-    own.g = hit.g;
-    own.goid = hit.goid();
-    own.ts = now();
-    own.tid = hit.tid;
-    own.op = hit.cfg.op;
-    own.growing = 0;
-    own.depth = walk_stack::<WRITER_FRAMES>(hit.regs, &mut own.stack);
+fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
+    own.write_map = map;
+    let write = &mut own.write;
+    write.g = hit.g;
+    write.tid = hit.tid;
+    write.op = hit.cfg.op;
+    write.growing = 0;
+    write.depth = walk_stack(hit.regs, &mut write.stack);
 
-    let recent = match RECENT.get_ptr_mut(&map) {
+    let map_key = key(hit.pid, map);
+    let recent = match RECENT.get_ptr_mut(&map_key) {
         Some(recent) => recent,
         None => {
-            RECENT.insert(&map, &RecentWriters::default(), 0).ok()?;
-            RECENT.get_ptr_mut(&map)?
+            RECENT.insert(&map_key, &RecentWriters::default(), 0).ok()?;
+            RECENT.get_ptr_mut(&map_key)?
         }
     };
     // SAFETY: map value pointer. Unsynchronized: two goroutines adding
-    // themselves at once may lose one slot, never corrupt a writer entry.
+    // themselves at once may lose one slot, never corrupt a goroutine's
+    // entry.
     let recent = unsafe { &mut *recent };
     let last = (recent.next.wrapping_sub(1) as usize) % RECENT_WRITERS;
     if recent.g[last] != hit.g {
@@ -309,28 +303,31 @@ fn report(
     event.tid = hit.tid;
     event.binary_id = hit.cfg.binary_id;
     event.probe_id = hit.probe_id;
-    event.ts = now();
+    // SAFETY: no arguments.
+    event.ts = unsafe { bpf_ktime_get_ns() };
     event.map = map;
     event.g = hit.g;
-    event.goid = hit.goid();
+    event.goid = goid(hit.g, hit.cfg.goid_offset);
     match other {
         Some(other) => {
             event.conflicting_op = other.op;
             event.conflicting_g = other.g;
-            event.conflicting_goid = other.goid;
-            event.conflicting_ts = other.ts;
-            event.conflicting_stack = other.stack;
+            // The other goroutine is inside (or just left) its write, so its
+            // `runtime.g` still describes it.
+            event.conflicting_goid = goid(other.g, hit.cfg.goid_offset);
+            for (to, from) in event.conflicting_stack.iter_mut().zip(other.stack) {
+                *to = from;
+            }
             event.conflicting_depth = other.depth;
         }
         None => {
             event.conflicting_op = 0;
             event.conflicting_g = 0;
             event.conflicting_goid = 0;
-            event.conflicting_ts = 0;
             event.conflicting_depth = 0;
         }
     }
-    event.depth = walk_stack::<MAX_FRAMES>(hit.regs, &mut event.stack);
+    event.depth = walk_stack(hit.regs, &mut event.stack);
     let _ = EVENTS.output::<Violation>(&*event, 0);
     let signal = match hit.mode {
         action::STOP => SIGSTOP,
@@ -342,7 +339,6 @@ fn report(
     unsafe { bpf_send_signal(signal) };
     Some(())
 }
-
 /// The map pointer this probe's function received.
 fn map_pointer(hit: &Hit) -> Option<u64> {
     let value = register(hit.regs, hit.cfg.arg_reg)?;
@@ -396,25 +392,49 @@ fn read_u64(addr: u64) -> Option<u64> {
 /// Walk the frame-pointer chain from a probe on a function's first
 /// instructions (before `push %rbp`): the return address is at [RSP], then
 /// each frame holds the caller's frame pointer at [fp] and return address
-/// at [fp+8], read together in one 16-byte copy. Writes at most `N` PCs
-/// (`N <= MAX_FRAMES`) and returns how many it wrote.
-fn walk_stack<const N: usize>(regs: *const pt_regs, out: &mut [u64; MAX_FRAMES]) -> u8 {
+/// at [fp+8]. The top [`STACK_COPY`] bytes of the stack are copied in one
+/// read (user-memory reads, not bytes, are what costs); a frame beyond
+/// them is read with one 16-byte copy. Fills at most all of `out` and
+/// returns how many PCs it wrote.
+fn walk_stack<const N: usize>(regs: *const pt_regs, out: &mut [u64; N]) -> u8 {
     // SAFETY: context reads at constant offsets.
     let (ip, sp, mut fp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     out[0] = ip;
-    let Some(ret) = read_u64(sp) else {
+    let Some(copy) = STACK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU value pointer, valid for this program run.
+    let copy = unsafe { &mut *copy };
+    // SAFETY: the helper writes at most STACK_COPY bytes into `copy` and
+    // faults safely; on failure (the stack ends within STACK_COPY bytes)
+    // nothing is taken from the copy.
+    let copied = unsafe {
+        generated::bpf_probe_read_user(
+            copy.as_mut_ptr().cast(),
+            STACK_COPY as u32,
+            sp as *const core::ffi::c_void,
+        )
+    } == 0;
+    let ret = if copied { Some(copy[0]) } else { read_u64(sp) };
+    let Some(ret) = ret else {
         return 1;
     };
     out[1] = ret;
     let mut depth = 2u8;
-    for slot in out.iter_mut().take(N).skip(2) {
+    for slot in out.iter_mut().skip(2) {
         if fp == 0 {
             break;
         }
-        // SAFETY: bpf_probe_read_user faults safely on bad addresses.
-        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
+        let offset = fp.wrapping_sub(sp);
+        let pair = if copied && offset % 8 == 0 && offset <= (STACK_COPY - 16) as u64 {
+            // The masks only restate the bound for the verifier.
+            let word = (offset / 8) as usize & (STACK_COPY_WORDS - 1);
+            Some([copy[word], copy[(word + 1) & (STACK_COPY_WORDS - 1)]])
+        } else {
+            // SAFETY: bpf_probe_read_user faults safely on bad addresses.
+            unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()
         };
+        let Some([next, ret]) = pair else { break };
         if ret == 0 {
             break;
         }

@@ -75,7 +75,6 @@ fn violation(binary: &GoBinary, action: u8) -> Violation {
         goid: 7,
         conflicting_g: 0x00c0_0000_8000,
         conflicting_goid: 6,
-        conflicting_ts: 0,
         stack,
         conflicting_stack,
     }
