@@ -106,7 +106,7 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     let cfg = *PROBES.get(probe_id)?;
     // SAFETY: PROCS values are plain data; a concurrent update can at worst
     // give a stale mode.
-    let mode = match unsafe { PROCS.get(&pid) } {
+    let mode = match unsafe { PROCS.get(pid) } {
         Some(proc) => proc.mode,
         None if cfg.all_processes_mode != 0 => cfg.all_processes_mode,
         None => return None,
@@ -133,7 +133,7 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     if cfg.op == op::GROW {
         // Part of the write this goroutine is inside: its entry keeps
         // naming that write.
-        if let Some(own) = GOROUTINES.get_ptr_mut(&key(hit.pid, hit.g)) {
+        if let Some(own) = GOROUTINES.get_ptr_mut(key(hit.pid, hit.g)) {
             // SAFETY: map value pointer, valid for this program run; only
             // this goroutine writes its own entry.
             let own = unsafe { &mut *own };
@@ -169,13 +169,16 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
 /// seen for the first time.
 fn enter(pid: u32, g: u64, map: u64, op: u8) -> Option<&'static mut Goroutine> {
     let key = key(pid, g);
-    let own = match GOROUTINES.get_ptr_mut(&key) {
+    let own = match GOROUTINES.get_ptr_mut(key) {
         Some(own) => own,
         None => {
             let zero = ZERO.get_ptr(0)?;
             // SAFETY: per-CPU value pointer, valid for this program run.
-            GOROUTINES.insert(&key, unsafe { &*zero }, 0).ok()?;
-            GOROUTINES.get_ptr_mut(&key)?
+            // Passed by reference: by value, the entry would be copied onto
+            // the BPF stack first.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            GOROUTINES.insert(key, unsafe { &*zero }, 0).ok()?;
+            GOROUTINES.get_ptr_mut(key)?
         }
     };
     // SAFETY: map value pointer, valid for this program run; only goroutine
@@ -202,7 +205,7 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     // From here on always report (and act): the runtime is about to abort.
     // SAFETY: plain data.
     let (map, entered_op) =
-        unsafe { GOROUTINES.get(&key(hit.pid, hit.g)) }.map_or((0, 0), |e| (e.map, e.op));
+        unsafe { GOROUTINES.get(key(hit.pid, hit.g)) }.map_or((0, 0), |e| (e.map, e.op));
     let other = conflicting(hit.pid, map, hit.g);
     let growing = other.is_some_and(|o| o.growing != 0);
     let other_op = other.map_or(0, |o| o.op);
@@ -233,14 +236,14 @@ fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {
 /// newest other slot is the latest other writer).
 fn conflicting(pid: u32, map: u64, g: u64) -> Option<&'static Writer> {
     // SAFETY: plain data; a racing update can at worst give a stale slot.
-    let recent = unsafe { RECENT.get(&key(pid, map)) }?;
+    let recent = unsafe { RECENT.get(key(pid, map)) }?;
     for back in 1..=RECENT_WRITERS {
         let other = recent.g[(recent.next.wrapping_sub(back as u64) as usize) % RECENT_WRITERS];
         if other == 0 || other == g {
             continue;
         }
         // SAFETY: plain data, written only by goroutine `other`.
-        if let Some(state) = unsafe { GOROUTINES.get(&key(pid, other)) }
+        if let Some(state) = unsafe { GOROUTINES.get(key(pid, other)) }
             && state.write_map == map
         {
             return Some(&state.write);
@@ -261,11 +264,11 @@ fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
     write.depth = walk_stack(hit.regs, &mut write.stack);
 
     let map_key = key(hit.pid, map);
-    let recent = match RECENT.get_ptr_mut(&map_key) {
+    let recent = match RECENT.get_ptr_mut(map_key) {
         Some(recent) => recent,
         None => {
-            RECENT.insert(&map_key, &RecentWriters::default(), 0).ok()?;
-            RECENT.get_ptr_mut(&map_key)?
+            RECENT.insert(map_key, RecentWriters::default(), 0).ok()?;
+            RECENT.get_ptr_mut(map_key)?
         }
     };
     // SAFETY: map value pointer. Unsynchronized: two goroutines adding
