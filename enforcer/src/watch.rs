@@ -144,7 +144,15 @@ fn watch_pid(
                     WatchError::NoProcess { pid }
                 }
             })?;
-            enforcer.attach(&target, 0)?;
+            // Attaching through /proc/PID/exe fails once the process has
+            // exited: that is the process being gone, not a loader fault.
+            enforcer.attach(&target, 0).map_err(|e| {
+                if alive(pid) {
+                    WatchError::Loader(e)
+                } else {
+                    WatchError::NoProcess { pid }
+                }
+            })?;
             reporter.add_binary(target);
             by_inode.insert(key, *next_id);
             *next_id += 1;
