@@ -168,7 +168,8 @@ const _: () = assert!(core::mem::size_of::<ProcConfig>() == 8);
 /// One goroutine's write into a map: who, what, where from. Neither its
 /// time nor its goroutine id is recorded (each costs a helper call on every
 /// write): a report takes the other goroutine's id from its `runtime.g`,
-/// which the runtime reuses only after that goroutine has exited.
+/// which the runtime reuses only after that goroutine has exited. Its
+/// stack is recorded only once the map is shared ([`RecentWriters::shared`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Writer {
@@ -180,14 +181,18 @@ pub struct Writer {
     /// Set when the same goroutine entered a grow function for this map
     /// after this write started.
     pub growing: u8,
-    /// Valid entries in `stack`.
+    /// Valid entries in `stack`: 1 (the probe address only) while the map
+    /// was not shared; a report then walks the stack from `sp` and `fp`.
     pub depth: u8,
     pub _pad: u8,
+    /// RSP and RBP at the probe.
+    pub sp: u64,
+    pub fp: u64,
     /// Program counters, innermost first (probe address, then return
     /// addresses).
     pub stack: [u64; WRITER_FRAMES],
 }
-const _: () = assert!(core::mem::size_of::<Writer>() == 16 + 8 * WRITER_FRAMES);
+const _: () = assert!(core::mem::size_of::<Writer>() == 32 + 8 * WRITER_FRAMES);
 
 impl Writer {
     pub const EMPTY: Writer = Writer {
@@ -197,6 +202,8 @@ impl Writer {
         growing: 0,
         depth: 0,
         _pad: 0,
+        sp: 0,
+        fp: 0,
         stack: [0; WRITER_FRAMES],
     };
 }
@@ -218,7 +225,10 @@ const _: () = assert!(core::mem::size_of::<ProcAddr>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecentWriters {
-    pub next: u64,
+    pub next: u32,
+    /// Set (and never cleared) once a second goroutine wrote or read the
+    /// map: from then on every write records its stack.
+    pub shared: u32,
     pub g: [u64; RECENT_WRITERS],
 }
 const _: () = assert!(core::mem::size_of::<RecentWriters>() == 8 + 8 * RECENT_WRITERS);

@@ -157,9 +157,12 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
             report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
         }
         record_writer(&hit, map, own);
-    } else if writing && let Some(other) = conflicting(hit.pid, map, hit.g) {
-        let kind = reader_kind(cfg.op, other.op);
-        report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+    } else {
+        note_reader(hit.pid, map, hit.g);
+        if writing && let Some(other) = conflicting(hit.pid, map, hit.g) {
+            let kind = reader_kind(cfg.op, other.op);
+            report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+        }
     }
     Some(())
 }
@@ -238,7 +241,7 @@ fn conflicting(pid: u32, map: u64, g: u64) -> Option<&'static Writer> {
     // SAFETY: plain data; a racing update can at worst give a stale slot.
     let recent = unsafe { RECENT.get(key(pid, map)) }?;
     for back in 1..=RECENT_WRITERS {
-        let other = recent.g[(recent.next.wrapping_sub(back as u64) as usize) % RECENT_WRITERS];
+        let other = recent.g[(recent.next.wrapping_sub(back as u32) as usize) % RECENT_WRITERS];
         if other == 0 || other == g {
             continue;
         }
@@ -253,16 +256,12 @@ fn conflicting(pid: u32, map: u64, g: u64) -> Option<&'static Writer> {
 }
 
 /// Record `hit` as goroutine `g`'s latest write (into `map`) and remember
-/// `g` among the map's recent writers.
+/// `g` among the map's recent writers. The stack is walked only once the
+/// map is shared: a map only one goroutine touches cannot race, and the
+/// first write after a second goroutine appears already records it (a
+/// report on a write in flight before that walks the writer's stack from
+/// its saved registers instead).
 fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
-    own.write_map = map;
-    let write = &mut own.write;
-    write.g = hit.g;
-    write.tid = hit.tid;
-    write.op = hit.cfg.op;
-    write.growing = 0;
-    write.depth = walk_stack(hit.regs, &mut write.stack);
-
     let map_key = key(hit.pid, map);
     let recent = match RECENT.get_ptr_mut(map_key) {
         Some(recent) => recent,
@@ -281,7 +280,47 @@ fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
         recent.g[slot] = hit.g;
         recent.next = recent.next.wrapping_add(1);
     }
+    let shared = mark_shared(recent, hit.g);
+
+    own.write_map = map;
+    let write = &mut own.write;
+    write.g = hit.g;
+    write.tid = hit.tid;
+    write.op = hit.cfg.op;
+    write.growing = 0;
+    // SAFETY: context reads at constant offsets.
+    let (ip, sp, fp) = unsafe { ((*hit.regs).rip, (*hit.regs).rsp, (*hit.regs).rbp) };
+    write.sp = sp;
+    write.fp = fp;
+    write.depth = if shared {
+        walk_stack(ip, sp, fp, &mut write.stack)
+    } else {
+        write.stack[0] = ip;
+        1
+    };
     Some(())
+}
+
+/// A read of `map` by goroutine `g`: marks the map shared when another
+/// goroutine writes it, so that its writers record their stacks.
+fn note_reader(pid: u32, map: u64, g: u64) {
+    if let Some(recent) = RECENT.get_ptr_mut(key(pid, map)) {
+        // SAFETY: map value pointer; see `record_writer`.
+        mark_shared(unsafe { &mut *recent }, g);
+    }
+}
+
+/// Whether `recent`'s map is shared, setting the mark when the ring names
+/// a goroutine other than `g`.
+fn mark_shared(recent: &mut RecentWriters, g: u64) -> bool {
+    if recent.shared != 0 {
+        return true;
+    }
+    if recent.g.iter().any(|&other| other != 0 && other != g) {
+        recent.shared = 1;
+        return true;
+    }
+    false
 }
 
 /// Emit a violation and apply the process's action. Always inlined: BPF
@@ -318,10 +357,22 @@ fn report(
             // The other goroutine is inside (or just left) its write, so its
             // `runtime.g` still describes it.
             event.conflicting_goid = goid(other.g, hit.cfg.goid_offset);
-            for (to, from) in event.conflicting_stack.iter_mut().zip(other.stack) {
-                *to = from;
+            if other.depth > 1 {
+                for (to, from) in event.conflicting_stack.iter_mut().zip(other.stack) {
+                    *to = from;
+                }
+                event.conflicting_depth = other.depth;
+            } else {
+                // Not recorded (the map was not shared yet): the other
+                // goroutine is inside (or just left) that write, so the
+                // frames above it are still in place.
+                event.conflicting_depth = walk_stack(
+                    other.stack[0],
+                    other.sp,
+                    other.fp,
+                    &mut event.conflicting_stack,
+                );
             }
-            event.conflicting_depth = other.depth;
         }
         None => {
             event.conflicting_op = 0;
@@ -330,7 +381,9 @@ fn report(
             event.conflicting_depth = 0;
         }
     }
-    event.depth = walk_stack(hit.regs, &mut event.stack);
+    // SAFETY: context reads at constant offsets.
+    let (ip, sp, fp) = unsafe { ((*hit.regs).rip, (*hit.regs).rsp, (*hit.regs).rbp) };
+    event.depth = walk_stack(ip, sp, fp, &mut event.stack);
     let _ = EVENTS.output::<Violation>(&*event, 0);
     let signal = match hit.mode {
         action::STOP => SIGSTOP,
@@ -399,9 +452,7 @@ fn read_u64(addr: u64) -> Option<u64> {
 /// read (user-memory reads, not bytes, are what costs); a frame beyond
 /// them is read with one 16-byte copy. Fills at most all of `out` and
 /// returns how many PCs it wrote.
-fn walk_stack<const N: usize>(regs: *const pt_regs, out: &mut [u64; N]) -> u8 {
-    // SAFETY: context reads at constant offsets.
-    let (ip, sp, mut fp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+fn walk_stack<const N: usize>(ip: u64, sp: u64, mut fp: u64, out: &mut [u64; N]) -> u8 {
     out[0] = ip;
     let Some(copy) = STACK.get_ptr_mut(0) else {
         return 1;
@@ -429,7 +480,7 @@ fn walk_stack<const N: usize>(regs: *const pt_regs, out: &mut [u64; N]) -> u8 {
             break;
         }
         let offset = fp.wrapping_sub(sp);
-        let pair = if copied && offset % 8 == 0 && offset <= (STACK_COPY - 16) as u64 {
+        let pair = if copied && offset.is_multiple_of(8) && offset <= (STACK_COPY - 16) as u64 {
             // The masks only restate the bound for the verifier.
             let word = (offset / 8) as usize & (STACK_COPY_WORDS - 1);
             Some([copy[word], copy[(word + 1) & (STACK_COPY_WORDS - 1)]])
