@@ -188,10 +188,7 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
     if !require_bpf("racy_programs_are_left_stopped_in_stop_mode") {
         return;
     }
-    let cases: Vec<_> = VERSIONS
-        .iter()
-        .flat_map(|v| [(*v, "delete_assign"), (*v, "delete_read")])
-        .collect();
+    let cases = racy_cases();
     let runs = parallel(&cases, |(version, name)| {
         exec(
             "stop",
@@ -199,7 +196,19 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
             &["-duration", "20s"],
         )
     });
-    for ((version, name), run) in cases.iter().zip(&runs) {
+    // Read every program's state, then end them all, before asserting: a
+    // failed assertion must not leave stopped processes behind.
+    let states: Vec<_> = runs
+        .iter()
+        .map(|run| {
+            let pid = run.violations().first().and_then(|v| v["pid"].as_u64())? as u32;
+            let state = proc_state(pid);
+            // SAFETY: ends the stopped test program (kill(2) has no memory effects).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            Some((pid, state))
+        })
+        .collect();
+    for (((version, name), run), state) in cases.iter().zip(&runs).zip(states) {
         let stderr = run.stderr();
         assert_eq!(
             run.code(),
@@ -207,15 +216,9 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
             "{version}/{name}: exec status; stderr:\n{stderr}"
         );
         let violations = run.violations();
-        assert!(
-            !violations.is_empty(),
-            "{version}/{name}: no event; stderr:\n{stderr}"
-        );
+        let (pid, state) =
+            state.unwrap_or_else(|| panic!("{version}/{name}: no event; stderr:\n{stderr}"));
         check_report(violations[0], version, name, "stopped");
-        let pid = violations[0]["pid"].as_u64().expect("pid") as u32;
-        let state = proc_state(pid);
-        // SAFETY: ends the stopped test program (kill(2) has no memory effects).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         assert_eq!(state, Some('T'), "{version}/{name}: pid {pid} not stopped");
         assert!(
             stderr.contains(&format!("kill -CONT {pid}")),
