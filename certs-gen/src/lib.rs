@@ -12,13 +12,10 @@
 //! mode 0600), refusing to overwrite existing files unless asked to. The CA's
 //! own key is never written: nobody can mint further certificates from it.
 
-mod civil;
-
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -316,10 +313,7 @@ fn check_label(field: &'static str, value: &str) -> Result<(), CertsError> {
 
 /// Valid from yesterday (tolerates clock skew) for `days` days.
 fn set_validity(params: &mut CertificateParams, days: u32) {
-    let now = SystemTime::now();
-    let day = Duration::from_secs(86_400);
-    let (y, m, d) = civil::date_of(now - day);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (y, m, d) = civil::date_of(now + day * days.max(1));
-    params.not_after = rcgen::date_time_ymd(y, m, d);
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::DAY;
+    params.not_after = now + time::Duration::DAY * days.max(1);
 }
