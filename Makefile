@@ -3,7 +3,7 @@
 #   make demo    prerequisites + build + the enforcer catching racy Go programs
 #                and the webhook judging sample Pods (needs root for BPF)
 #   make test    prerequisites + lint + every test (what CI runs)
-#   make bench   both benchmarks (bench-enforcer, bench-webhook)
+#   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy)
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo

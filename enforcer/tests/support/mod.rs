@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::OnceLock,
@@ -68,8 +69,16 @@ pub fn bpf_unavailable() -> Option<String> {
 pub fn require_bpf(test: &str) -> bool {
     match bpf_unavailable() {
         None => true,
+        // CI runs as root on a kernel with BPF: there a skip would hide a
+        // broken set-up, so it fails instead.
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: {why}; CI=true, where BPF tests must run (root, BTF, uprobes)")
+        }
         Some(why) => {
-            eprintln!(
+            // Written to the process's stderr directly: the test harness
+            // captures `eprintln!` of passing tests, which would hide the skip.
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n*** SKIPPED {test}: {why}; BPF tests need root with BTF and uprobes ***\n"
             );
             false
