@@ -121,10 +121,7 @@ async fn saturated_pool_rejects_as_overloaded() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    use clap::Parser;
     use mapguard_certs_gen::{CertRequest, generate, write_dir};
-    use mapguard_webhook::config::Config;
-    use mapguard_webhook::startup::Webhook;
 
     let base = temp_dir("graceful");
     let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
@@ -132,24 +129,15 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let policies = base.join("policies");
     std::fs::create_dir_all(&policies).expect("mkdir");
     std::fs::write(policies.join("slow.rego"), SLOW).expect("write policy");
-    let config = Config::try_parse_from([
-        "mapguard-webhook".to_owned(),
-        "--listen=127.0.0.1:0".to_owned(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-        format!("--tls-cert={}", base.join("tls.crt").display()),
-        format!("--tls-key={}", base.join("tls.key").display()),
-        format!("--namespaces-file={}", namespaces_file().display()),
-        format!("--policies={}", policies.display()),
-        "--eval-timeout=600ms".to_owned(),
-        "--shutdown-grace=5s".to_owned(),
-    ])
-    .expect("config parses");
-    let server = Webhook::build(&config)
-        .await
-        .expect("builds")
-        .start(&config)
-        .await
-        .expect("starts");
+    let server = start_webhook(
+        &base,
+        &[
+            format!("--policies={}", policies.display()),
+            "--eval-timeout=600ms".to_owned(),
+            "--shutdown-grace=5s".to_owned(),
+        ],
+    )
+    .await;
     let addr = server.addr;
     let connector = tls_connector(&certs.ca_cert_pem, &[&rustls::version::TLS13]);
     let mut client = http1(tls_connect(&connector, addr).await).await;

@@ -70,23 +70,14 @@ async fn changed_policy_is_served_and_broken_policy_keeps_last_good() {
     write_dir(&certs, &certs_dir, false).expect("write certs");
     publish(&policies, 1, DENY_SHOP_API);
 
-    let config = Config::try_parse_from([
-        "mapguard-webhook".to_owned(),
-        "--listen=127.0.0.1:0".to_owned(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-        format!("--tls-cert={}", certs_dir.join("tls.crt").display()),
-        format!("--tls-key={}", certs_dir.join("tls.key").display()),
-        format!("--namespaces-file={}", namespaces_file().display()),
-        format!("--policies={}", policies.display()),
-        "--reload-interval=100ms".to_owned(),
-    ])
-    .expect("config parses");
-    let server = Webhook::build(&config)
-        .await
-        .expect("builds")
-        .start(&config)
-        .await
-        .expect("starts");
+    let server = start_webhook(
+        &certs_dir,
+        &[
+            format!("--policies={}", policies.display()),
+            "--reload-interval=100ms".to_owned(),
+        ],
+    )
+    .await;
     let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
     let mut client = http1(tls_connect(&connector, server.addr).await).await;
 
@@ -178,22 +169,14 @@ async fn changed_namespaces_file_changes_the_patch() {
     let ns_file = base.join("namespaces.yaml");
     let unlabelled = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n";
     std::fs::write(&ns_file, unlabelled).expect("write namespaces");
-    let config = Config::try_parse_from([
-        "mapguard-webhook".to_owned(),
-        "--listen=127.0.0.1:0".to_owned(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-        format!("--tls-cert={}", base.join("tls.crt").display()),
-        format!("--tls-key={}", base.join("tls.key").display()),
-        format!("--namespaces-file={}", ns_file.display()),
-        "--reload-interval=100ms".to_owned(),
-    ])
-    .expect("config parses");
-    let server = Webhook::build(&config)
-        .await
-        .expect("builds")
-        .start(&config)
-        .await
-        .expect("starts");
+    let server = start_webhook(
+        &base,
+        &[
+            format!("--namespaces-file={}", ns_file.display()),
+            "--reload-interval=100ms".to_owned(),
+        ],
+    )
+    .await;
     let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
     let mut client = http1(tls_connect(&connector, server.addr).await).await;
     let (_, review) = send(&mut client, "/mutate", fixture("pod-plain-create")).await;

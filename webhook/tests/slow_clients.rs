@@ -5,10 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use mapguard_certs_gen::{CertRequest, generate, write_dir};
-use mapguard_webhook::config::Config;
-use mapguard_webhook::startup::{Running, Webhook};
+use mapguard_webhook::startup::Running;
 use rustls::version::TLS13;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,22 +16,7 @@ async fn start(name: &str) -> (Running, String, std::path::PathBuf) {
     let dir = temp_dir(name);
     let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
     write_dir(&certs, &dir, false).expect("write certs");
-    let config = Config::try_parse_from([
-        "mapguard-webhook".to_owned(),
-        "--listen=127.0.0.1:0".to_owned(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-        format!("--tls-cert={}", dir.join("tls.crt").display()),
-        format!("--tls-key={}", dir.join("tls.key").display()),
-        format!("--namespaces-file={}", namespaces_file().display()),
-        "--client-timeout=300ms".to_owned(),
-    ])
-    .expect("config parses");
-    let running = Webhook::build(&config)
-        .await
-        .expect("builds")
-        .start(&config)
-        .await
-        .expect("starts");
+    let running = start_webhook(&dir, &["--client-timeout=300ms".to_owned()]).await;
     (running, certs.ca_cert_pem, dir)
 }
 

@@ -7,10 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use clap::Parser;
 use mapguard_certs_gen::{Ca, CertRequest, GeneratedCerts, write_dir};
-use mapguard_webhook::config::Config;
-use mapguard_webhook::startup::{Running, Webhook};
+use mapguard_webhook::startup::Running;
 use rustls::version::{TLS12, TLS13};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,20 +20,12 @@ fn issue(ca: &Ca) -> GeneratedCerts {
 }
 
 async fn start(cert_dir: &Path, extra: &[&str]) -> Running {
-    let mut args = vec![
-        "mapguard-webhook".to_owned(),
-        "--listen=127.0.0.1:0".to_owned(),
-        "--metrics-listen=127.0.0.1:0".to_owned(),
-        format!("--tls-cert={}", cert_dir.join("tls.crt").display()),
-        format!("--tls-key={}", cert_dir.join("tls.key").display()),
-        format!("--namespaces-file={}", namespaces_file().display()),
+    let mut flags = vec![
         "--reload-interval=100ms".to_owned(),
         "--shutdown-grace=2s".to_owned(),
     ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let config = Config::try_parse_from(args).expect("test config parses");
-    let webhook = Webhook::build(&config).await.expect("webhook builds");
-    webhook.start(&config).await.expect("webhook starts")
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    start_webhook(cert_dir, &flags).await
 }
 
 fn peer_cert(stream: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {

@@ -11,11 +11,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine as _;
+use clap::Parser as _;
 use mapguard_policy::{EngineConfig, NamespaceData, PolicySet};
+use mapguard_webhook::config::Config;
 use mapguard_webhook::evaluator::Evaluator;
 use mapguard_webhook::metrics::Metrics;
 use mapguard_webhook::namespaces::NamespaceCache;
 use mapguard_webhook::policies::PolicyStore;
+use mapguard_webhook::startup::{Running, Webhook};
 use mapguard_webhook::{AppState, Settings};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -242,4 +245,28 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// Starts the real webhook on 127.0.0.1 (ports chosen by the OS) with the
+/// certificate pair in `cert_dir`, `flags`, and the test namespaces file
+/// unless `flags` name another.
+pub async fn start_webhook(cert_dir: &Path, flags: &[String]) -> Running {
+    let mut args = vec![
+        "mapguard-webhook".to_owned(),
+        "--listen=127.0.0.1:0".to_owned(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
+        format!("--tls-cert={}", cert_dir.join("tls.crt").display()),
+        format!("--tls-key={}", cert_dir.join("tls.key").display()),
+    ];
+    if !flags.iter().any(|f| f.starts_with("--namespaces-file")) {
+        args.push(format!("--namespaces-file={}", namespaces_file().display()));
+    }
+    args.extend(flags.iter().cloned());
+    let config = Config::try_parse_from(args).expect("test config parses");
+    Webhook::build(&config)
+        .await
+        .expect("webhook builds")
+        .start(&config)
+        .await
+        .expect("webhook starts")
 }
