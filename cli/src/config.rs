@@ -76,7 +76,7 @@ pub struct CheckArgs {
 
     /// PACKAGE=ACTION (deny, warn or dry-run): overrides a policy package's
     /// enforcement action (repeatable).
-    #[arg(long = "enforcement", env = "MAPGUARD_ENFORCEMENT", value_delimiter = ',', value_parser = parse_override)]
+    #[arg(long = "enforcement", env = "MAPGUARD_ENFORCEMENT", value_delimiter = ',', value_parser = mapguard_policy::parse_enforcement_override)]
     pub enforcement: Vec<(String, Action)>,
 
     /// Time limit of one object's evaluation, in milliseconds (0: none).
@@ -106,15 +106,6 @@ pub struct TestArgs {
     /// Also list passing tests' durations.
     #[arg(short, long, env = "MAPGUARD_VERBOSE")]
     pub verbose: bool,
-}
-
-/// `mapguard.tamper=warn` → (`mapguard.tamper`, `Warn`).
-fn parse_override(text: &str) -> Result<(String, Action), String> {
-    let (package, action) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected PACKAGE=ACTION, found {text:?}"))?;
-    let action = action.parse::<Action>().map_err(|e| e.to_string())?;
-    Ok((package.trim().to_string(), action))
 }
 
 #[cfg(test)]

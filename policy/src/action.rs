@@ -34,6 +34,21 @@ impl Action {
     }
 }
 
+/// Parses a `PACKAGE=ACTION` enforcement override, as the webhook and the
+/// CLI take it on their command lines: `mapguard.tamper=warn` →
+/// (`mapguard.tamper`, [`Action::Warn`]).
+pub fn parse_enforcement_override(text: &str) -> Result<(String, Action), String> {
+    let (package, action) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected PACKAGE=ACTION, got {text:?}"))?;
+    let action = action.parse::<Action>().map_err(|e| e.to_string())?;
+    let package = package.trim();
+    if package.is_empty() {
+        return Err(format!("empty package name in {text:?}"));
+    }
+    Ok((package.to_owned(), action))
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

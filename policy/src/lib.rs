@@ -39,7 +39,7 @@ mod set;
 pub mod subject;
 mod testing;
 
-pub use action::{Action, ParseActionError};
+pub use action::{Action, ParseActionError, parse_enforcement_override};
 pub use config::{ConfigError, DEFAULT_EXEMPT_NAMESPACES, EngineConfig};
 pub use evaluate::{Decision, EvalError, Finding};
 pub use namespaces::{NamespaceData, NamespaceError, NamespaceMeta, unpack_lists};

@@ -50,17 +50,8 @@ impl FromStr for EnforcementOverride {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (package, action) = s
-            .split_once('=')
-            .ok_or_else(|| format!("expected PACKAGE=ACTION, got {s:?}"))?;
-        let action = action.parse::<Action>().map_err(|e| e.to_string())?;
-        if package.trim().is_empty() {
-            return Err(format!("empty package name in {s:?}"));
-        }
-        Ok(Self {
-            package: package.trim().to_owned(),
-            action,
-        })
+        let (package, action) = mapguard_policy::parse_enforcement_override(s)?;
+        Ok(Self { package, action })
     }
 }
 
@@ -123,7 +114,7 @@ pub struct Config {
         long = "exempt-namespace",
         env = "MAPGUARD_EXEMPT_NAMESPACES",
         value_delimiter = ',',
-        default_values_t = ["mapguard-system".to_owned(), "kube-system".to_owned()]
+        default_values_t = mapguard_policy::DEFAULT_EXEMPT_NAMESPACES.map(String::from)
     )]
     pub exempt_namespaces: Vec<String>,
     /// Enforcement override `PACKAGE=deny|warn|dry-run`; repeatable.
