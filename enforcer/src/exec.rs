@@ -8,6 +8,13 @@
 //! Exit status: the program's own, 128+N when signal N ended it, and
 //! [`STOPPED_EXIT_STATUS`] when mapguard stopped it (`--mode stop`): the
 //! process is then left stopped for inspection and the probes are removed.
+//!
+//! In stop mode the program runs in a session of its own. Otherwise, when
+//! `exec` exits, the kernel finds a stopped process in a process group that
+//! has just lost its last link to the shell (an orphaned group, as a job
+//! started from an interactive shell becomes) and sends it SIGHUP and
+//! SIGCONT: the Go program would resume and die instead of staying halted.
+//! SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to `exec` are forwarded to it.
 
 use std::{
     ffi::{CString, OsStr, OsString},
@@ -82,11 +89,16 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let (exe, argv) = c_args(&path, &args.program, &args.args)?;
     signals::install().map_err(sys("install signal handlers"))?;
     let (ready_rx, ready_tx) = pipe().map_err(sys("create a pipe"))?;
-    // SAFETY: the child only calls async-signal-safe functions (read,
-    // execv, _exit) before exec.
+    let own_session = args.enforce.mode == Mode::Stop;
+    // SAFETY: the child only calls async-signal-safe functions (setsid,
+    // read, execv, _exit) before exec.
     let child = match unsafe { fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(ready_tx);
+            // Cannot fail: a freshly forked child leads no process group.
+            if own_session {
+                let _ = nix::unistd::setsid();
+            }
             let mut byte = [0u8; 1];
             if !matches!(read(&ready_rx, &mut byte), Ok(1)) {
                 // SAFETY: leaving the forked child without running destructors.
@@ -125,37 +137,44 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
 /// reporting events as they come.
 fn wait_child(child: Pid, mode: Mode, monitor: &mut Monitor) -> Result<i32, ExecError> {
     let mut stopped_by_us = false;
+    // waitpid reports a stop once: remember it until the child continues,
+    // in case mapguard's event is read after the stop is.
+    let mut stopped = false;
     loop {
         for record in monitor.wait(Duration::from_millis(20)) {
             stopped_by_us |= record.action == "stopped";
         }
         signals::take_pending();
-        let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED;
+        let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED | WaitPidFlag::WCONTINUED;
         match waitpid(child, Some(flags)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
             Ok(WaitStatus::Stopped(_, signal)) => {
+                stopped = true;
                 for record in monitor.drain() {
                     stopped_by_us |= record.action == "stopped";
                 }
-                if mode == Mode::Stop && stopped_by_us {
-                    eprintln!(
-                        "mapguard: pid {child} is stopped (state T) for inspection; \
-                         mapguard's probes are removed. Inspect it with \
-                         `cat /proc/{child}/status`, `gdb -p {child}` or `dlv attach {child}`; \
-                         resume it with `kill -CONT {child}` or end it with `kill -KILL {child}`."
+                if !(mode == Mode::Stop && stopped_by_us) {
+                    tracing::info!(
+                        pid = child.as_raw(),
+                        ?signal,
+                        "program stopped (not by mapguard); waiting"
                     );
-                    return Ok(STOPPED_EXIT_STATUS);
                 }
-                tracing::info!(
-                    pid = child.as_raw(),
-                    ?signal,
-                    "program stopped (not by mapguard); waiting"
-                );
             }
+            Ok(WaitStatus::Continued(_)) => stopped = false,
             Ok(_) => {}
             Err(nix::Error::EINTR) => {}
             Err(e) => return Err(sys("wait for the program")(e)),
+        }
+        if stopped && mode == Mode::Stop && stopped_by_us {
+            eprintln!(
+                "mapguard: pid {child} is stopped (state T) for inspection; \
+                 mapguard's probes are removed. Inspect it with \
+                 `cat /proc/{child}/status`, `gdb -p {child}` or `dlv attach {child}`; \
+                 resume it with `kill -CONT {child}` or end it with `kill -KILL {child}`."
+            );
+            return Ok(STOPPED_EXIT_STATUS);
         }
     }
 }

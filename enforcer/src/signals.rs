@@ -1,4 +1,4 @@
-//! SIGINT/SIGTERM handling: remember the signal for the main loop and
+//! SIGINT/SIGTERM/SIGHUP/SIGQUIT handling: remember the signal for the main loop and
 //! forward it to the enforced child (`exec`).
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -25,14 +25,19 @@ pub fn install() -> Result<(), nix::Error> {
         SaFlags::empty(),
         SigSet::empty(),
     );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         // SAFETY: the handler only touches atomics and calls kill(2).
         unsafe { sigaction(signal, &action) }?;
     }
     Ok(())
 }
 
-/// From now on, forward SIGINT/SIGTERM to `pid`.
+/// From now on, forward SIGINT/SIGTERM/SIGHUP/SIGQUIT to `pid`.
 pub fn forward_to(pid: i32) {
     FORWARD_TO.store(pid, Ordering::SeqCst);
 }

@@ -188,14 +188,7 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
     if !require_bpf("racy_programs_are_left_stopped_in_stop_mode") {
         return;
     }
-    // Two programs per Go version, not all nine: with every racy program,
-    // go1.23/clear_writes once printed the runtime's own fatal error in stop
-    // mode (1 run in 2; kill mode has not missed in any run). Open bug,
-    // noted on issue 3; widen this again once it is understood.
-    let cases: Vec<_> = VERSIONS
-        .iter()
-        .flat_map(|v| [(*v, "delete_assign"), (*v, "delete_read")])
-        .collect();
+    let cases = racy_cases();
     let runs = parallel(&cases, |(version, name)| {
         exec(
             "stop",
@@ -220,7 +213,8 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
         assert_eq!(
             run.code(),
             147,
-            "{version}/{name}: exec status; stderr:\n{stderr}"
+            "{version}/{name}: exec status; stderr:\n{stderr}\nevents: {:?}",
+            run.events
         );
         let violations = run.violations();
         let (pid, state) =

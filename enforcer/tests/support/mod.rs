@@ -7,6 +7,7 @@
 
 use std::{
     io::Write as _,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
     sync::OnceLock,
@@ -166,7 +167,12 @@ pub fn exec(mode: &str, program: &Path, args: &[&str]) -> Run {
     let file =
         |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let started = Instant::now();
+    // `process_group(0)`: like a job of an interactive shell, the enforcer
+    // leads its own process group, which is orphaned when it exits: the
+    // case where the kernel resumes stopped members (stop mode must survive
+    // it).
     let status = Command::new(enforcer())
+        .process_group(0)
         .args(["exec", "--mode", mode, "--events"])
         .arg(&events)
         .arg("--")
