@@ -17,6 +17,10 @@
 
 #[cfg(target_arch = "bpf")]
 mod program;
+#[cfg(target_arch = "bpf")]
+mod regs;
+#[cfg(target_arch = "bpf")]
+mod stack;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -9,14 +9,12 @@
 //! frame-pointer walk reads from it) and one lookup of the map's recent
 //! writers. Time and goroutine ids are read only when reporting.
 
-use core::ptr::read_volatile;
-
 use aya_ebpf::{
     EbpfContext as _,
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{self, bpf_get_attach_cookie, bpf_send_signal},
+        generated::{bpf_get_attach_cookie, bpf_send_signal},
     },
     macros::{map, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -24,17 +22,16 @@ use aya_ebpf::{
 };
 use mapguard_common::{
     Goroutine, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig, ProcAddr, ProcConfig,
-    RECENT_WRITERS, RecentWriters, Violation, Writer, action, arg, detector, kind, op, reg,
+    RECENT_WRITERS, RecentWriters, Violation, Writer, action, arg, detector, kind, op,
+};
+
+use crate::{
+    regs::{read_u64, register},
+    stack::walk_stack,
 };
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
-
-/// Bytes of the stack above RSP copied in one read for the frame-pointer
-/// walk; frames beyond it are read one by one.
-const STACK_COPY: usize = 1024;
-const STACK_COPY_WORDS: usize = STACK_COPY / 8;
-const _: () = assert!(STACK_COPY_WORDS.is_power_of_two());
 
 #[map(name = "MG_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -55,10 +52,6 @@ static GOROUTINES: LruHashMap<ProcAddr, Goroutine> =
 /// Index 0: the violation being assembled. Never larger than one entry.
 #[map(name = "MG_SCRATCH")]
 static SCRATCH: PerCpuArray<Violation> = PerCpuArray::with_max_entries(1, 0);
-
-/// Index 0: the top of the stack being walked.
-#[map(name = "MG_STACK")]
-static STACK: PerCpuArray<[u64; STACK_COPY_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// A zeroed goroutine used as the initial value of new [`GOROUTINES`]
 /// entries (kept off the BPF stack). Never written.
@@ -403,100 +396,6 @@ fn map_pointer(hit: &Hit) -> Option<u64> {
         arg::INDIRECT => read_u64(value.wrapping_add(hit.cfg.arg_offset as u64)),
         _ => None,
     }
-}
-
-/// `values` below is indexed by `mapguard_common::reg` numbers.
-const _: () = assert!(
-    reg::RAX == 0
-        && reg::RBX == 1
-        && reg::RCX == 2
-        && reg::RDI == 3
-        && reg::RSI == 4
-        && reg::R8 == 5
-        && reg::R9 == 6
-        && reg::R10 == 7
-        && reg::R11 == 8
-);
-
-fn register(regs: *const pt_regs, which: u8) -> Option<u64> {
-    // Load every candidate with its own constant offset first: the verifier
-    // rejects context reads at computed offsets, which a plain `match` on
-    // the fields compiles to.
-    // SAFETY: context reads at constant offsets.
-    let values = unsafe {
-        let r = &*regs;
-        [
-            read_volatile(&r.rax),
-            read_volatile(&r.rbx),
-            read_volatile(&r.rcx),
-            read_volatile(&r.rdi),
-            read_volatile(&r.rsi),
-            read_volatile(&r.r8),
-            read_volatile(&r.r9),
-            read_volatile(&r.r10),
-            read_volatile(&r.r11),
-        ]
-    };
-    values.get(usize::from(which)).copied()
-}
-
-fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user faults safely on bad addresses.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
-}
-
-/// Walk the frame-pointer chain from a probe on a function's first
-/// instructions (before `push %rbp`): the return address is at [RSP], then
-/// each frame holds the caller's frame pointer at [fp] and return address
-/// at [fp+8]. The top [`STACK_COPY`] bytes of the stack are copied in one
-/// read (user-memory reads, not bytes, are what costs); a frame beyond
-/// them is read with one 16-byte copy. Fills at most all of `out` and
-/// returns how many PCs it wrote.
-fn walk_stack<const N: usize>(ip: u64, sp: u64, mut fp: u64, out: &mut [u64; N]) -> u8 {
-    out[0] = ip;
-    let Some(copy) = STACK.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: per-CPU value pointer, valid for this program run.
-    let copy = unsafe { &mut *copy };
-    // SAFETY: the helper writes at most STACK_COPY bytes into `copy` and
-    // faults safely; on failure (the stack ends within STACK_COPY bytes)
-    // nothing is taken from the copy.
-    let copied = unsafe {
-        generated::bpf_probe_read_user(
-            copy.as_mut_ptr().cast(),
-            STACK_COPY as u32,
-            sp as *const core::ffi::c_void,
-        )
-    } == 0;
-    let ret = if copied { Some(copy[0]) } else { read_u64(sp) };
-    let Some(ret) = ret else {
-        return 1;
-    };
-    out[1] = ret;
-    let mut depth = 2u8;
-    for slot in out.iter_mut().skip(2) {
-        if fp == 0 {
-            break;
-        }
-        let offset = fp.wrapping_sub(sp);
-        let pair = if copied && offset.is_multiple_of(8) && offset <= (STACK_COPY - 16) as u64 {
-            // The masks only restate the bound for the verifier.
-            let word = (offset / 8) as usize & (STACK_COPY_WORDS - 1);
-            Some([copy[word], copy[(word + 1) & (STACK_COPY_WORDS - 1)]])
-        } else {
-            // SAFETY: bpf_probe_read_user faults safely on bad addresses.
-            unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }.ok()
-        };
-        let Some([next, ret]) = pair else { break };
-        if ret == 0 {
-            break;
-        }
-        *slot = ret;
-        depth += 1;
-        fp = next;
-    }
-    depth
 }
 
 #[panic_handler]
