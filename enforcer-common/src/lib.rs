@@ -26,6 +26,8 @@ pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
 pub const MAP_SCRATCH: &str = "MG_SCRATCH";
 
 /// The enforcing uprobe program.
+/// Per-CPU counters of checks the probes could not complete ([`stat`]).
+pub const MAP_STATS: &str = "MG_STATS";
 pub const PROG_MAP_OP: &str = "mapguard_map_op";
 /// A uprobe program that does nothing (benchmark baseline).
 pub const PROG_BARE: &str = "mapguard_bare";
@@ -90,6 +92,32 @@ pub mod action {
     pub const AUDIT: u8 = 1;
     pub const STOP: u8 = 2;
     pub const KILL: u8 = 3;
+}
+
+/// Indexes of the `MG_STATS` counters: checks a probe could not complete.
+/// They stay at zero in normal operation; a non-zero one means a race may
+/// have gone unreported.
+pub mod stat {
+    /// User memory a check needs (the map's writing flag, an iterator's map
+    /// pointer) could not be read.
+    pub const UNREADABLE: u32 = 0;
+    /// The writing flag was set but no other writer of the map is on record.
+    pub const WRITER_UNKNOWN: u32 = 1;
+    /// The message passed to `runtime.fatal` could not be read.
+    pub const FATAL_UNREADABLE: u32 = 2;
+    /// A violation did not fit in the event ring buffer.
+    pub const EVENT_LOST: u32 = 3;
+    /// `bpf_send_signal` failed.
+    pub const SIGNAL_FAILED: u32 = 4;
+    pub const COUNT: u32 = 5;
+    /// Names, by index, for logs and metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "unreadable",
+        "writer_unknown",
+        "fatal_unreadable",
+        "event_lost",
+        "signal_failed",
+    ];
 }
 
 /// How a violation was detected (`Violation::detected_by`).

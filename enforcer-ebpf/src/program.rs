@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use mapguard_common::{
     Goroutine, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig, ProcAddr, ProcConfig,
-    RECENT_WRITERS, RecentWriters, Violation, Writer, action, arg, detector, kind, op,
+    RECENT_WRITERS, RecentWriters, Violation, Writer, action, arg, detector, kind, op, stat,
 };
 
 use crate::{
@@ -52,6 +52,17 @@ static GOROUTINES: LruHashMap<ProcAddr, Goroutine> =
 /// Index 0: the violation being assembled. Never larger than one entry.
 #[map(name = "MG_SCRATCH")]
 static SCRATCH: PerCpuArray<Violation> = PerCpuArray::with_max_entries(1, 0);
+
+/// Checks that could not be completed, by `mapguard_common::stat` index.
+#[map(name = "MG_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+fn count(which: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(which) {
+        // SAFETY: per-CPU value pointer, valid for this program run.
+        unsafe { *counter += 1 };
+    }
+}
 
 /// A zeroed goroutine used as the initial value of new [`GOROUTINES`]
 /// entries (kept off the BPF stack). Never written.
@@ -119,7 +130,10 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     if cfg.op == op::FATAL {
         return on_fatal(&hit);
     }
-    let map = map_pointer(&hit)?;
+    let Some(map) = map_pointer(&hit) else {
+        count(stat::UNREADABLE);
+        return None;
+    };
     if map == 0 {
         return None;
     }
@@ -136,25 +150,39 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         }
         return Some(());
     }
-    let flag: u8 =
-        unsafe { bpf_probe_read_user((map + cfg.writing_offset as u64) as *const u8) }.ok()?;
+    // SAFETY: bpf_probe_read_user faults safely on bad addresses.
+    let Ok(flag) = (unsafe { bpf_probe_read_user((map + cfg.writing_offset as u64) as *const u8) })
+    else {
+        count(stat::UNREADABLE);
+        return None;
+    };
     let writing = flag & cfg.writing_mask != 0;
     let own = enter(hit.pid, hit.g, map, cfg.op)?;
     if op::is_write(cfg.op) {
-        if writing && let Some(other) = conflicting(hit.pid, map, hit.g) {
-            let kind = if other.growing != 0 {
-                kind::RELEASED_BUCKET_WRITE
-            } else {
-                kind::CONCURRENT_WRITE
-            };
-            report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+        if writing {
+            match conflicting(hit.pid, map, hit.g) {
+                Some(other) => {
+                    let kind = if other.growing != 0 {
+                        kind::RELEASED_BUCKET_WRITE
+                    } else {
+                        kind::CONCURRENT_WRITE
+                    };
+                    report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+                }
+                None => count(stat::WRITER_UNKNOWN),
+            }
         }
         record_writer(&hit, map, own);
     } else {
         note_reader(hit.pid, map, hit.g);
-        if writing && let Some(other) = conflicting(hit.pid, map, hit.g) {
-            let kind = reader_kind(cfg.op, other.op);
-            report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+        if writing {
+            match conflicting(hit.pid, map, hit.g) {
+                Some(other) => {
+                    let kind = reader_kind(cfg.op, other.op);
+                    report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+                }
+                None => count(stat::WRITER_UNKNOWN),
+            }
         }
     }
     Some(())
@@ -194,7 +222,11 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     if len < 16 {
         return None;
     }
-    let msg: [u8; 16] = unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }.ok()?;
+    // SAFETY: bpf_probe_read_user faults safely on bad addresses.
+    let Ok(msg) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }) else {
+        count(stat::FATAL_UNREADABLE);
+        return None;
+    };
     if &msg[..15] != b"concurrent map " {
         return None;
     }
@@ -377,7 +409,9 @@ fn report(
     // SAFETY: context reads at constant offsets.
     let (ip, sp, fp) = unsafe { ((*hit.regs).rip, (*hit.regs).rsp, (*hit.regs).rbp) };
     event.depth = walk_stack(ip, sp, fp, &mut event.stack);
-    let _ = EVENTS.output::<Violation>(&*event, 0);
+    if EVENTS.output::<Violation>(&*event, 0).is_err() {
+        count(stat::EVENT_LOST);
+    }
     let signal = match hit.mode {
         action::STOP => SIGSTOP,
         action::KILL => SIGKILL,
@@ -385,7 +419,9 @@ fn report(
     };
     // SAFETY: signals the current process (all threads), delivered before
     // the probed instruction runs in user space.
-    unsafe { bpf_send_signal(signal) };
+    if unsafe { bpf_send_signal(signal) } != 0 {
+        count(stat::SIGNAL_FAILED);
+    }
     Some(())
 }
 /// The map pointer this probe's function received.

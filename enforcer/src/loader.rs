@@ -12,14 +12,15 @@ use std::path::PathBuf;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use mapguard_common::{
-    MAP_EVENTS, MAP_PROBES, MAP_PROCS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig,
+    MAP_EVENTS, MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig,
+    ProcConfig, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -93,6 +94,7 @@ pub struct Enforcer {
     probes: Array<MapData, ProbeConfig>,
     procs: HashMap<MapData, u32, ProcConfig>,
     events: Option<RingBuf<MapData>>,
+    stats: PerCpuArray<MapData, u64>,
     links: Vec<UProbeLink>,
 }
 
@@ -117,6 +119,8 @@ impl Enforcer {
         let procs = HashMap::try_from(procs).map_err(|e| map_error(MAP_PROCS, e))?;
         let events = take_map(&mut ebpf, MAP_EVENTS)?;
         let events = RingBuf::try_from(events).map_err(|e| map_error(MAP_EVENTS, e))?;
+        let stats = take_map(&mut ebpf, MAP_STATS)?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| map_error(MAP_STATS, e))?;
         Ok(Enforcer {
             ebpf,
             program: name,
@@ -125,6 +129,7 @@ impl Enforcer {
             probes,
             procs,
             events: Some(events),
+            stats,
             links: Vec::new(),
         })
     }
@@ -194,6 +199,7 @@ impl Enforcer {
     /// are disarmed first, so they act on nothing in the meantime.
     pub fn release(mut self) {
         self.disarm();
+        self.log_incomplete_checks();
         // SAFETY: the enforcer is single-threaded here; the child only
         // closes descriptors and exits.
         match unsafe { nix::unistd::fork() } {
@@ -241,6 +247,30 @@ impl Enforcer {
                 cfg.all_processes_mode = 0;
                 let _ = self.probes.set(id, cfg, 0);
             }
+        }
+    }
+
+    /// Checks the probes could not complete, by `mapguard_common::stat`
+    /// name (summed over CPUs; zero entries left out).
+    pub fn incomplete_checks(&self) -> Vec<(&'static str, u64)> {
+        (0..stat::COUNT)
+            .filter_map(|i| {
+                let total: u64 = self.stats.get(&i, 0).ok()?.iter().sum();
+                (total > 0).then(|| (stat::NAMES[i as usize], total))
+            })
+            .collect()
+    }
+
+    /// Warns about checks the probes could not complete: each is a race
+    /// that may have gone unreported.
+    fn log_incomplete_checks(&self) {
+        let checks = self.incomplete_checks();
+        if !checks.is_empty() {
+            let list: Vec<String> = checks.iter().map(|(n, c)| format!("{n}={c}")).collect();
+            tracing::warn!(
+                checks = %list.join(","),
+                "some probe checks could not be completed; a race may have gone unreported"
+            );
         }
     }
 
