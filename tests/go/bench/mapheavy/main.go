@@ -3,6 +3,10 @@
 // mapdelete_fast64: three probed calls per iteration, no races). It times
 // its own loop, so start-up and probe attachment are not measured, and
 // prints one JSON line: {"iterations":N,"map_calls":3N,"elapsed_ns":T,"ns_per_iter":T/N}.
+//
+// With -shared, another goroutine writes the map once before the timed loop
+// (handed over a channel: still no race), so the map counts as shared and
+// mapguard records the writer's stack on every write.
 package main
 
 import (
@@ -28,10 +32,20 @@ func churn(m map[int]int, n int) (sum int) {
 
 func main() {
 	n := flag.Int("n", 2_000_000, "iterations")
+	shared := flag.Bool("shared", false, "let a second goroutine write the map first")
 	flag.Parse()
 	runtime.GOMAXPROCS(1)
 
 	m := make(map[int]int, 8)
+	if *shared {
+		done := make(chan struct{})
+		go func() {
+			m[100] = 1
+			delete(m, 100)
+			close(done)
+		}()
+		<-done
+	}
 	churn(m, 1000) // warm up: the map reaches its steady size
 	start := time.Now()
 	sum := churn(m, *n)
