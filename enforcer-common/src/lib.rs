@@ -109,7 +109,10 @@ pub mod stat {
     pub const EVENT_LOST: u32 = 3;
     /// `bpf_send_signal` failed.
     pub const SIGNAL_FAILED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A goroutine's entry could not be created (its operations go
+    /// unrecorded: a race with it cannot name it).
+    pub const UNTRACKED: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// Names, by index, for logs and metrics.
     pub const NAMES: [&str; COUNT as usize] = [
         "unreadable",
@@ -117,6 +120,7 @@ pub mod stat {
         "fatal_unreadable",
         "event_lost",
         "signal_failed",
+        "untracked",
     ];
 }
 

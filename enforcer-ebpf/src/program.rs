@@ -157,7 +157,12 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         return None;
     };
     let writing = flag & cfg.writing_mask != 0;
-    let own = enter(hit.pid, hit.g, map, cfg.op)?;
+    // The check below does not depend on this goroutine's own entry: a
+    // failed insert must not hide a race.
+    let own = enter(hit.pid, hit.g, map, cfg.op);
+    if own.is_none() {
+        count(stat::UNTRACKED);
+    }
     if op::is_write(cfg.op) {
         if writing {
             match conflicting(hit.pid, map, hit.g) {
@@ -172,7 +177,9 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
                 None => count(stat::WRITER_UNKNOWN),
             }
         }
-        record_writer(&hit, map, own);
+        if let Some(own) = own {
+            record_writer(&hit, map, own);
+        }
     } else {
         note_reader(hit.pid, map, hit.g);
         if writing {
