@@ -26,6 +26,12 @@ pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
 pub const MAP_SCRATCH: &str = "MG_SCRATCH";
 
 /// The enforcing uprobe program.
+/// The runtime's `concurrent map ...` messages of each binary, by where
+/// they lie relative to `runtime.fatal` ([`FatalMessage`] → the message's
+/// 16th byte: `w`rites, `r`ead, `i`teration).
+pub const MAP_FATAL_MESSAGES: &str = "MG_FATAL_MESSAGES";
+/// Capacity of [`MAP_FATAL_MESSAGES`] (a Go binary has 3 to 6 such strings).
+pub const MAX_FATAL_MESSAGES: u32 = 1024;
 /// Per-CPU counters of checks the probes could not complete ([`stat`]).
 pub const MAP_STATS: &str = "MG_STATS";
 pub const PROG_MAP_OP: &str = "mapguard_map_op";
@@ -186,6 +192,20 @@ pub struct ProbeConfig {
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
 
+/// Key of [`MAP_FATAL_MESSAGES`]: a `concurrent map ...` string of binary
+/// `binary_id`, `len` bytes long, at `delta` bytes from `runtime.fatal`'s
+/// entry. The delta does not depend on where the binary is loaded, so the
+/// probe on `runtime.fatal` recognises its message from the string header
+/// alone, without reading the string (its page may not be mapped yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FatalMessage {
+    pub binary_id: u32,
+    pub len: u32,
+    pub delta: i64,
+}
+const _: () = assert!(core::mem::size_of::<FatalMessage>() == 16);
+
 /// A process under enforcement.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -336,4 +356,5 @@ mod pod {
     unsafe impl aya::Pod for super::Goroutine {}
     unsafe impl aya::Pod for super::ProcAddr {}
     unsafe impl aya::Pod for super::Violation {}
+    unsafe impl aya::Pod for super::FatalMessage {}
 }

@@ -21,8 +21,9 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use mapguard_common::{
-    Goroutine, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig, ProcAddr, ProcConfig,
-    RECENT_WRITERS, RecentWriters, Violation, Writer, action, arg, detector, kind, op, stat,
+    FatalMessage, Goroutine, MAX_FATAL_MESSAGES, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS,
+    ProbeConfig, ProcAddr, ProcConfig, RECENT_WRITERS, RecentWriters, Violation, Writer, action,
+    arg, detector, kind, op, stat,
 };
 
 use crate::{
@@ -52,6 +53,9 @@ static GOROUTINES: LruHashMap<ProcAddr, Goroutine> =
 /// Index 0: the violation being assembled. Never larger than one entry.
 #[map(name = "MG_SCRATCH")]
 static SCRATCH: PerCpuArray<Violation> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "MG_FATAL_MESSAGES")]
+static FATAL_MESSAGES: HashMap<FatalMessage, u8> = HashMap::with_max_entries(MAX_FATAL_MESSAGES, 0);
 
 /// Checks that could not be completed, by `mapguard_common::stat` index.
 #[map(name = "MG_STATS")]
@@ -225,18 +229,34 @@ fn enter(pid: u32, g: u64, map: u64, op: u8) -> Option<&'static mut Goroutine> {
 /// this goroutine entered last, and act before the runtime prints.
 fn on_fatal(hit: &Hit) -> Option<()> {
     // SAFETY: context reads.
-    let (ptr, len) = unsafe { ((*hit.regs).rax, (*hit.regs).rbx) };
+    let (ptr, len, ip) = unsafe { ((*hit.regs).rax, (*hit.regs).rbx, (*hit.regs).rip) };
     if len < 16 {
         return None;
     }
-    // SAFETY: bpf_probe_read_user faults safely on bad addresses.
-    let Ok(msg) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }) else {
-        count(stat::FATAL_UNREADABLE);
-        return None;
+    // Recognise the message by where it lies relative to this probe (the
+    // uprobe sets RIP to the probed instruction, runtime.fatal's entry);
+    // its bytes may sit in a page the process has not touched yet, which
+    // bpf_probe_read_user cannot fault in.
+    let known = FatalMessage {
+        binary_id: hit.cfg.binary_id,
+        len: len as u32,
+        delta: ptr.wrapping_sub(ip) as i64,
     };
-    if &msg[..15] != b"concurrent map " {
-        return None;
-    }
+    // SAFETY: plain data.
+    let class = match unsafe { FATAL_MESSAGES.get(&known) } {
+        Some(class) => *class,
+        None => {
+            // SAFETY: bpf_probe_read_user faults safely on bad addresses.
+            let Ok(msg) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }) else {
+                count(stat::FATAL_UNREADABLE);
+                return None;
+            };
+            if &msg[..15] != b"concurrent map " {
+                return None;
+            }
+            msg[15]
+        }
+    };
     // From here on always report (and act): the runtime is about to abort.
     // SAFETY: plain data.
     let (map, entered_op) =
@@ -244,7 +264,7 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     let other = conflicting(hit.pid, map, hit.g);
     let growing = other.is_some_and(|o| o.growing != 0);
     let other_op = other.map_or(0, |o| o.op);
-    let kind = match msg[15] {
+    let kind = match class {
         b'w' if growing => kind::RELEASED_BUCKET_WRITE,
         b'w' => kind::CONCURRENT_WRITE,
         _ if op::is_write(entered_op) => kind::CONCURRENT_WRITE,

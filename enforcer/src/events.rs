@@ -217,6 +217,7 @@ impl Reporter {
 
     fn record(&self, v: &Violation) -> ViolationRecord {
         let binary = self.binaries.get(v.binary_id as usize);
+        let bias = binary.map_or(0, |b| b.load_bias(v.pid, v.probe_id, v.stack[0]));
         let symbolize = |stack: &[u64; MAX_FRAMES], depth: u8| -> Vec<String> {
             let depth = usize::from(depth).min(MAX_FRAMES);
             stack[..depth]
@@ -224,7 +225,7 @@ impl Reporter {
                 .enumerate()
                 .map(|(i, pc)| match binary {
                     // Return addresses point after the call: look up pc-1.
-                    Some(b) => b.describe_pc(v.pid, if i == 0 { *pc } else { pc - 1 }),
+                    Some(b) => b.describe_pc(bias, if i == 0 { *pc } else { pc - 1 }),
                     None => format!("{pc:#x}"),
                 })
                 .collect()

@@ -72,12 +72,12 @@ fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ExecError {
 /// Runs the program and returns the exit status `exec` should exit with.
 pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let path = resolve(&args.program)?;
-    let target = BinaryTarget::analyse(&path, 0).map_err(|source| ExecError::Target {
+    let mut target = BinaryTarget::analyse(&path, 0).map_err(|source| ExecError::Target {
         path: path.clone(),
         source,
     })?;
     let mut enforcer = Enforcer::load(args.enforce.probe_program, args.enforce.probe_at)?;
-    let probes = enforcer.attach(&target, 0)?;
+    let probes = enforcer.attach(&mut target, 0)?;
     tracing::info!(program = %path.display(), probes, go = target.go_version(), "probes attached");
     let ring = enforcer
         .take_events()

@@ -322,6 +322,32 @@ impl GoBinary {
         self.segments.file_offset(vaddr)
     }
 
+    /// Every copy of the runtime's `concurrent map ...` messages in the
+    /// binary's loaded data: (virtual address, length, 16th byte). The
+    /// linker may share one string's bytes with a longer one, so the search
+    /// is over raw bytes, not symbols.
+    pub fn map_race_messages(&self) -> Vec<(u64, usize, u8)> {
+        const MESSAGES: [&[u8]; 3] = [
+            b"concurrent map writes",
+            b"concurrent map read and map write",
+            b"concurrent map iteration and map write",
+        ];
+        let mut found = Vec::new();
+        for message in MESSAGES {
+            for offset in memchr::memmem::find_iter(&self.data, message) {
+                if let Some(vaddr) = self.segments.vaddr_of(offset as u64) {
+                    found.push((vaddr, message.len(), message[15]));
+                }
+            }
+        }
+        found
+    }
+
+    /// Virtual address of a file offset inside a loadable segment.
+    pub fn vaddr_of(&self, offset: u64) -> Option<u64> {
+        self.segments.vaddr_of(offset)
+    }
+
     /// The machine code of a function, from the file.
     pub fn function_code(&self, f: &FuncInfo) -> Option<&[u8]> {
         self.segments

@@ -19,8 +19,8 @@ use aya::{
     },
 };
 use mapguard_common::{
-    MAP_EVENTS, MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig,
-    ProcConfig, stat,
+    FatalMessage, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES,
+    PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -95,6 +95,7 @@ pub struct Enforcer {
     procs: HashMap<MapData, u32, ProcConfig>,
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
+    fatal_messages: HashMap<MapData, FatalMessage, u8>,
     links: Vec<UProbeLink>,
 }
 
@@ -121,6 +122,9 @@ impl Enforcer {
         let events = RingBuf::try_from(events).map_err(|e| map_error(MAP_EVENTS, e))?;
         let stats = take_map(&mut ebpf, MAP_STATS)?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| map_error(MAP_STATS, e))?;
+        let fatal_messages = take_map(&mut ebpf, MAP_FATAL_MESSAGES)?;
+        let fatal_messages =
+            HashMap::try_from(fatal_messages).map_err(|e| map_error(MAP_FATAL_MESSAGES, e))?;
         Ok(Enforcer {
             ebpf,
             program: name,
@@ -130,6 +134,7 @@ impl Enforcer {
             procs,
             events: Some(events),
             stats,
+            fatal_messages,
             links: Vec::new(),
         })
     }
@@ -140,9 +145,20 @@ impl Enforcer {
     /// registration (`watch --exe`). Returns how many probes were attached.
     pub fn attach(
         &mut self,
-        target: &BinaryTarget,
+        target: &mut BinaryTarget,
         all_processes_mode: u8,
     ) -> Result<usize, LoaderError> {
+        for (key, class) in &target.fatal_messages {
+            let key = FatalMessage {
+                binary_id: target.id,
+                ..*key
+            };
+            if let Err(e) = self.fatal_messages.insert(key, class, 0) {
+                // The probe on runtime.fatal then reads the message instead.
+                tracing::warn!(error = %e, "cannot record a runtime message location");
+            }
+        }
+        let mut attached = Vec::with_capacity(target.points.len());
         for point in &target.points {
             let probe_id = self.next_probe_id;
             if probe_id >= MAX_PROBES {
@@ -174,8 +190,10 @@ impl Enforcer {
                     source: Box::new(e),
                 })?;
             self.links.push(link);
+            attached.push((probe_id, file_offset));
             tracing::debug!(symbol = %point.symbol, file_offset, probe_id, "attached");
         }
+        target.attached.extend(attached);
         Ok(target.points.len())
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mapguard_common::{ProbeConfig, arg, op, reg};
+use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
 use crate::goelf::{ArgLoc, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe};
 
@@ -47,6 +47,13 @@ pub struct BinaryTarget {
     /// What the uprobes attach to (may be `/proc/PID/exe`).
     pub path: PathBuf,
     pub points: Vec<AttachPoint>,
+    /// The runtime's `concurrent map ...` messages, located relative to
+    /// `runtime.fatal` (see `mapguard_common::FatalMessage`): (key, 16th
+    /// byte of the message).
+    pub fatal_messages: Vec<(FatalMessage, u8)>,
+    /// (probe id, file offset) of every probe attached for this binary,
+    /// filled by the loader.
+    pub attached: Vec<(u32, u64)>,
     binary: GoBinary,
 }
 
@@ -93,6 +100,22 @@ impl BinaryTarget {
                 ..base
             },
         });
+        let fatal_messages: Vec<(FatalMessage, u8)> = binary
+            .map_race_messages()
+            .into_iter()
+            .map(|(vaddr, len, class)| {
+                let key = FatalMessage {
+                    binary_id: id,
+                    len: len as u32,
+                    delta: vaddr.wrapping_sub(fatal.entry) as i64,
+                };
+                (key, class)
+            })
+            .collect();
+        tracing::debug!(
+            count = fatal_messages.len(),
+            "runtime map-race messages located"
+        );
         tracing::info!(
             path = %path.display(),
             go = %binary.go_version().raw,
@@ -104,6 +127,8 @@ impl BinaryTarget {
             id,
             path: path.to_path_buf(),
             points,
+            fatal_messages,
+            attached: Vec::new(),
             binary,
         })
     }
@@ -116,15 +141,28 @@ impl BinaryTarget {
         self.binary.map_impl()
     }
 
+    /// Load bias of the process an event came from. For a PIE binary it
+    /// follows from the event itself: its first PC (`probe_pc`) is the
+    /// instruction probe `probe_id` sits on, whose file offset is known; so
+    /// it holds even when the process is gone (kill mode). `/proc/PID/maps`
+    /// is the fallback.
+    pub fn load_bias(&self, pid: u32, probe_id: u32, probe_pc: u64) -> u64 {
+        if !self.binary.is_pie() {
+            return 0;
+        }
+        self.attached
+            .iter()
+            .find(|(id, _)| *id == probe_id)
+            .and_then(|(_, offset)| self.binary.vaddr_of(*offset))
+            .map(|vaddr| probe_pc.wrapping_sub(vaddr))
+            .or_else(|| self.binary.load_bias_of(pid, &self.path))
+            .unwrap_or(0)
+    }
+
     /// `function file:line` of the instruction at `pc` (already adjusted
-    /// for return addresses) in process `pid`, or the hex PC.
-    pub fn describe_pc(&self, pid: u32, pc: u64) -> String {
-        let vaddr = if self.binary.is_pie() {
-            // Go links PIE executables at 0x400000, not 0: GoBinary knows the link base.
-            pc.wrapping_sub(self.binary.load_bias_of(pid, &self.path).unwrap_or(0))
-        } else {
-            pc
-        };
+    /// for return addresses) in a process loaded with `bias`, or the hex PC.
+    pub fn describe_pc(&self, bias: u64, pc: u64) -> String {
+        let vaddr = pc.wrapping_sub(bias);
         match self.binary.symbolizer().frame(vaddr) {
             Some(f) => format!("{} {}:{}", f.function, f.file, f.line),
             None => format!("{pc:#x}"),

@@ -63,11 +63,12 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
     let mut next_id = 0u32;
 
     for exe in &args.exe {
-        let target = BinaryTarget::analyse(exe, next_id).map_err(|source| WatchError::Target {
-            path: exe.clone(),
-            source,
-        })?;
-        enforcer.attach(&target, mode)?;
+        let mut target =
+            BinaryTarget::analyse(exe, next_id).map_err(|source| WatchError::Target {
+                path: exe.clone(),
+                source,
+            })?;
+        enforcer.attach(&mut target, mode)?;
         tracing::info!(exe = %exe.display(), "watching every process of this binary");
         reporter.add_binary(target);
         next_id += 1;
@@ -134,7 +135,7 @@ fn watch_pid(
     let id = match by_inode.get(&key) {
         Some(id) => *id,
         None => {
-            let target = BinaryTarget::analyse(&exe, *next_id).map_err(|source| {
+            let mut target = BinaryTarget::analyse(&exe, *next_id).map_err(|source| {
                 if alive(pid) {
                     WatchError::Target {
                         path: exe_name(pid, &exe),
@@ -146,7 +147,7 @@ fn watch_pid(
             })?;
             // Attaching through /proc/PID/exe fails once the process has
             // exited: that is the process being gone, not a loader fault.
-            enforcer.attach(&target, 0).map_err(|e| {
+            enforcer.attach(&mut target, 0).map_err(|e| {
                 if alive(pid) {
                     WatchError::Loader(e)
                 } else {

@@ -259,3 +259,26 @@ fn clean_programs_run_to_completion_without_reports() {
         );
     }
 }
+
+#[test]
+fn pie_programs_killed_are_reported_with_symbolized_stacks() {
+    if !require_bpf("pie_programs_killed_are_reported_with_symbolized_stacks") {
+        return;
+    }
+    // A PIE program is loaded at a random address and, in kill mode, is
+    // gone before its report is written: the load bias must come from the
+    // event, not from /proc/PID/maps.
+    let runs = parallel(&VERSIONS, |version| {
+        exec(
+            "kill",
+            &program(version, "pie", "delete_assign"),
+            &["-duration", "20s"],
+        )
+    });
+    for (version, run) in VERSIONS.iter().zip(&runs) {
+        assert_eq!(run.code(), 137, "{version}: stderr:\n{}", run.stderr());
+        let violations = run.violations();
+        assert!(!violations.is_empty(), "{version}: {}", run.stderr());
+        check_report(violations[0], version, "delete_assign", "killed");
+    }
+}

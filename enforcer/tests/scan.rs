@@ -386,3 +386,30 @@ fn reflect_entry_points_are_planned_only_where_they_bypass_the_runtime_ones() {
         classic.get("runtime.mapdelete").is_some() && classic.get("runtime.mapclear").is_some()
     );
 }
+
+/// The runtime's three `concurrent map ...` messages are found in every
+/// build (plain, PIE, stripped), at addresses whose bytes are the message.
+#[test]
+fn runtime_map_race_messages_are_located() {
+    for version in VERSIONS {
+        for rel in [
+            "racy/delete_assign",
+            "pie/delete_assign",
+            "stripped/delete_assign",
+        ] {
+            let bin = open(version, rel);
+            let found = bin.map_race_messages();
+            let mut classes: Vec<u8> = found.iter().map(|(_, _, class)| *class).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            assert_eq!(classes, b"irw", "{version}/{rel}: {found:x?}");
+            let data = std::fs::read(prog(version, rel)).expect("read the binary");
+            for (vaddr, len, class) in found {
+                let offset = bin.file_offset(vaddr).expect("message in file data") as usize;
+                let text = &data[offset..offset + len];
+                assert!(text.starts_with(b"concurrent map "), "{version}/{rel}");
+                assert_eq!(text[15], class, "{version}/{rel}");
+            }
+        }
+    }
+}
