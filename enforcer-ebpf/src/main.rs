@@ -20,6 +20,8 @@ mod program;
 #[cfg(target_arch = "bpf")]
 mod regs;
 #[cfg(target_arch = "bpf")]
+mod report;
+#[cfg(target_arch = "bpf")]
 mod stack;
 
 #[cfg(not(target_arch = "bpf"))]

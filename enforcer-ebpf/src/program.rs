@@ -12,30 +12,22 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_send_signal},
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use mapguard_common::{
     FatalMessage, Goroutine, MAX_FATAL_MESSAGES, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS,
-    ProbeConfig, ProcAddr, ProcConfig, RECENT_WRITERS, RecentWriters, Violation, Writer, action,
-    arg, detector, kind, op, stat,
+    ProbeConfig, ProcAddr, ProcConfig, RECENT_WRITERS, RecentWriters, Writer, arg, detector, kind,
+    op, stat,
 };
 
 use crate::{
     regs::{read_u64, register},
+    report::report,
     stack::walk_stack,
 };
-
-const SIGKILL: u32 = 9;
-const SIGSTOP: u32 = 19;
-
-#[map(name = "MG_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map(name = "MG_PROBES")]
 static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
@@ -50,10 +42,6 @@ static RECENT: LruHashMap<ProcAddr, RecentWriters> = LruHashMap::with_max_entrie
 static GOROUTINES: LruHashMap<ProcAddr, Goroutine> =
     LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
-/// Index 0: the violation being assembled. Never larger than one entry.
-#[map(name = "MG_SCRATCH")]
-static SCRATCH: PerCpuArray<Violation> = PerCpuArray::with_max_entries(1, 0);
-
 #[map(name = "MG_FATAL_MESSAGES")]
 static FATAL_MESSAGES: HashMap<FatalMessage, u8> = HashMap::with_max_entries(MAX_FATAL_MESSAGES, 0);
 
@@ -61,7 +49,7 @@ static FATAL_MESSAGES: HashMap<FatalMessage, u8> = HashMap::with_max_entries(MAX
 #[map(name = "MG_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-fn count(which: u32) {
+pub(crate) fn count(which: u32) {
     if let Some(counter) = STATS.get_ptr_mut(which) {
         // SAFETY: per-CPU value pointer, valid for this program run.
         unsafe { *counter += 1 };
@@ -86,24 +74,18 @@ pub fn mapguard_map_op(ctx: ProbeContext) -> u32 {
 }
 
 /// Everything one probe hit needs to know, gathered once.
-struct Hit {
-    regs: *const pt_regs,
-    cfg: ProbeConfig,
-    probe_id: u32,
-    mode: u8,
-    pid: u32,
-    tid: u32,
-    g: u64,
+pub(crate) struct Hit {
+    pub(crate) regs: *const pt_regs,
+    pub(crate) cfg: ProbeConfig,
+    pub(crate) probe_id: u32,
+    pub(crate) mode: u8,
+    pub(crate) pid: u32,
+    pub(crate) tid: u32,
+    pub(crate) g: u64,
 }
 
 fn key(pid: u32, addr: u64) -> ProcAddr {
     ProcAddr { pid, _pad: 0, addr }
-}
-
-/// Goroutine id of the `runtime.g` at `g` (one user-memory read: only for
-/// reports).
-fn goid(g: u64, goid_offset: u32) -> u64 {
-    read_u64(g.wrapping_add(u64::from(goid_offset))).unwrap_or(0)
 }
 
 fn try_map_op(ctx: &ProbeContext) -> Option<()> {
@@ -375,82 +357,6 @@ fn mark_shared(recent: &mut RecentWriters, g: u64) -> bool {
     false
 }
 
-/// Emit a violation and apply the process's action. Always inlined: BPF
-/// functions take at most five arguments.
-#[inline(always)]
-fn report(
-    hit: &Hit,
-    map: u64,
-    kind: u8,
-    op: u8,
-    detected_by: u8,
-    other: Option<&Writer>,
-) -> Option<()> {
-    let event = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU value pointer, valid for this program run.
-    let event = unsafe { &mut *event };
-    event.kind = kind;
-    event.action = hit.mode;
-    event.detected_by = detected_by;
-    event.op = op;
-    event.pid = hit.pid;
-    event.tid = hit.tid;
-    event.binary_id = hit.cfg.binary_id;
-    event.probe_id = hit.probe_id;
-    // SAFETY: no arguments.
-    event.ts = unsafe { bpf_ktime_get_ns() };
-    event.map = map;
-    event.g = hit.g;
-    event.goid = goid(hit.g, hit.cfg.goid_offset);
-    match other {
-        Some(other) => {
-            event.conflicting_op = other.op;
-            event.conflicting_g = other.g;
-            // The other goroutine is inside (or just left) its write, so its
-            // `runtime.g` still describes it.
-            event.conflicting_goid = goid(other.g, hit.cfg.goid_offset);
-            if other.depth > 1 {
-                for (to, from) in event.conflicting_stack.iter_mut().zip(other.stack) {
-                    *to = from;
-                }
-                event.conflicting_depth = other.depth;
-            } else {
-                // Not recorded (the map was not shared yet): the other
-                // goroutine is inside (or just left) that write, so the
-                // frames above it are still in place.
-                event.conflicting_depth = walk_stack(
-                    other.stack[0],
-                    other.sp,
-                    other.fp,
-                    &mut event.conflicting_stack,
-                );
-            }
-        }
-        None => {
-            event.conflicting_op = 0;
-            event.conflicting_g = 0;
-            event.conflicting_goid = 0;
-            event.conflicting_depth = 0;
-        }
-    }
-    // SAFETY: context reads at constant offsets.
-    let (ip, sp, fp) = unsafe { ((*hit.regs).rip, (*hit.regs).rsp, (*hit.regs).rbp) };
-    event.depth = walk_stack(ip, sp, fp, &mut event.stack);
-    if EVENTS.output::<Violation>(&*event, 0).is_err() {
-        count(stat::EVENT_LOST);
-    }
-    let signal = match hit.mode {
-        action::STOP => SIGSTOP,
-        action::KILL => SIGKILL,
-        _ => return Some(()),
-    };
-    // SAFETY: signals the current process (all threads), delivered before
-    // the probed instruction runs in user space.
-    if unsafe { bpf_send_signal(signal) } != 0 {
-        count(stat::SIGNAL_FAILED);
-    }
-    Some(())
-}
 /// The map pointer this probe's function received.
 fn map_pointer(hit: &Hit) -> Option<u64> {
     let value = register(hit.regs, hit.cfg.arg_reg)?;
