@@ -33,7 +33,8 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -129,6 +130,18 @@ fn go_progs() -> Result<PathBuf> {
 
 /// Runs one configuration once; returns mapheavy's ns per iteration.
 fn run_once(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64> {
+    run_watched(progs, go, setup, events, || {})
+}
+
+/// [`run_once`], calling `watch` every 20 ms while the run lasts.
+fn run_watched(
+    progs: &Path,
+    go: &str,
+    setup: &Setup,
+    events: &Path,
+    mut watch: impl FnMut(),
+) -> Result<f64> {
+    wait_for_detached_probes()?;
     let program = progs.join(go).join(setup.binary);
     let n = setup.iterations.to_string();
     let mut cmd = match setup.enforcer {
@@ -145,11 +158,18 @@ fn run_once(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64>
             c
         }
     };
-    let out = cmd
+    let mut child = cmd
         .args(["-n", &n])
         .args(setup.program_args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("run {}", program.display()))?;
+    while child.try_wait()?.is_none() {
+        watch();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
             "{} ({go}) failed with {}: {}",
@@ -167,6 +187,23 @@ fn run_once(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64>
     v["ns_per_iter"].as_f64().context("ns_per_iter is a number")
 }
 
+/// Waits until no mapguard BPF program is loaded: a previous run's probes
+/// are removed in the background after `exec` returns, and until then they
+/// still trap on the same binary, which would slow the next run.
+fn wait_for_detached_probes() -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.name_as_str().is_some_and(|n| n.starts_with("mapguard_")))
+    {
+        if std::time::Instant::now() > deadline {
+            bail!("mapguard probes still attached after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Name of the detector program (`enforcer-ebpf`), as the kernel lists it.
 const DETECTOR_PROGRAM: &str = "mapguard_map_op";
 
@@ -179,21 +216,27 @@ fn detector_program_ids() -> Vec<u32> {
 }
 
 /// One audit run with the kernel's BPF run-time statistics on; returns the
-/// detector program's run time per hit in ns. The program is still loaded
-/// when `exec` returns (its probes are removed in the background).
+/// detector program's run time per hit in ns, sampled while the run lasts
+/// (the program is unloaded soon after `exec` returns).
 fn kernel_ns_per_hit(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64> {
     let before = detector_program_ids();
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enable the kernel's BPF run-time statistics")?;
-    run_once(progs, go, setup, events)?;
-    let info = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.name_as_str() == Some(DETECTOR_PROGRAM) && !before.contains(&p.id()))
-        .context("the run's detector program is no longer loaded")?;
-    if info.run_count() == 0 {
-        bail!("the detector program never ran");
+    let mut last = (Duration::ZERO, 0u64);
+    run_watched(progs, go, setup, events, || {
+        if let Some(info) = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.name_as_str() == Some(DETECTOR_PROGRAM) && !before.contains(&p.id()))
+            && info.run_count() > 0
+        {
+            last = (info.run_time(), info.run_count());
+        }
+    })?;
+    let (time, hits) = last;
+    if hits == 0 {
+        bail!("the detector program was not seen running");
     }
-    Ok(info.run_time().as_nanos() as f64 / info.run_count() as f64)
+    Ok(time.as_nanos() as f64 / hits as f64)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
