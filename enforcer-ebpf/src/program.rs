@@ -149,34 +149,24 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     if own.is_none() {
         count(stat::UNTRACKED);
     }
-    if op::is_write(cfg.op) {
-        if writing {
-            match conflicting(hit.pid, map, hit.g) {
-                Some(other) => {
-                    let kind = if other.growing != 0 {
-                        kind::RELEASED_BUCKET_WRITE
-                    } else {
-                        kind::CONCURRENT_WRITE
-                    };
-                    report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
-                }
-                None => count(stat::WRITER_UNKNOWN),
+    let write = op::is_write(cfg.op);
+    if writing {
+        match conflicting(hit.pid, map, hit.g) {
+            Some(other) => {
+                let kind = match (write, other.growing != 0) {
+                    (true, true) => kind::RELEASED_BUCKET_WRITE,
+                    (true, false) => kind::CONCURRENT_WRITE,
+                    (false, _) => reader_kind(cfg.op, other.op),
+                };
+                report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
             }
+            None => count(stat::WRITER_UNKNOWN),
         }
-        if let Some(own) = own {
-            record_writer(&hit, map, own);
-        }
-    } else {
+    }
+    if !write {
         note_reader(hit.pid, map, hit.g);
-        if writing {
-            match conflicting(hit.pid, map, hit.g) {
-                Some(other) => {
-                    let kind = reader_kind(cfg.op, other.op);
-                    report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
-                }
-                None => count(stat::WRITER_UNKNOWN),
-            }
-        }
+    } else if let Some(own) = own {
+        record_writer(&hit, map, own);
     }
     Some(())
 }
