@@ -32,11 +32,15 @@
 //! MAPGUARD_BENCH_RUNS=5 MAPGUARD_BENCH_GO=go1.24 cargo bench -p mapguard-enforcer --bench probe_cost
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use mapguard_common::PROG_MAP_OP;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 /// Probed map calls per mapheavy iteration.
 const CALLS_PER_ITER: f64 = 3.0;
@@ -107,27 +111,6 @@ const SETUPS: &[Setup] = &[
     },
 ];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn go_progs() -> Result<PathBuf> {
-    let out = std::env::var_os("MAPGUARD_GO_PROGS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/go-progs"));
-    let status = Command::new(repo_root().join("tests/go/build.sh"))
-        .arg(&out)
-        .status()
-        .context("run tests/go/build.sh")?;
-    if !status.success() {
-        bail!("tests/go/build.sh failed: {status}");
-    }
-    Ok(out)
-}
-
 /// Runs one configuration once; returns mapheavy's ns per iteration.
 fn run_once(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64> {
     run_watched(progs, go, setup, events, || {})
@@ -141,7 +124,12 @@ fn run_watched(
     events: &Path,
     mut watch: impl FnMut(),
 ) -> Result<f64> {
-    wait_for_detached_probes()?;
+    // A previous run's probes are removed in the background after `exec`
+    // returns; until then they still trap on the same binary and would
+    // slow this run.
+    if support::wait_no_mapguard_programs(Duration::from_secs(60)) != 0 {
+        bail!("mapguard probes still attached after 60 s");
+    }
     let program = progs.join(go).join(setup.binary);
     let n = setup.iterations.to_string();
     let mut cmd = match setup.enforcer {
@@ -187,46 +175,18 @@ fn run_watched(
     v["ns_per_iter"].as_f64().context("ns_per_iter is a number")
 }
 
-/// Waits until no mapguard BPF program is loaded: a previous run's probes
-/// are removed in the background after `exec` returns, and until then they
-/// still trap on the same binary, which would slow the next run.
-fn wait_for_detached_probes() -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .any(|p| p.name_as_str().is_some_and(|n| n.starts_with("mapguard_")))
-    {
-        if std::time::Instant::now() > deadline {
-            bail!("mapguard probes still attached after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// Name of the detector program (`enforcer-ebpf`), as the kernel lists it.
-const DETECTOR_PROGRAM: &str = "mapguard_map_op";
-
-fn detector_program_ids() -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some(DETECTOR_PROGRAM))
-        .map(|p| p.id())
-        .collect()
-}
-
 /// One audit run with the kernel's BPF run-time statistics on; returns the
 /// detector program's run time per hit in ns, sampled while the run lasts
-/// (the program is unloaded soon after `exec` returns).
+/// (the program is unloaded soon after `exec` returns; the run starts with
+/// no mapguard program loaded, so the one seen is this run's).
 fn kernel_ns_per_hit(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Result<f64> {
-    let before = detector_program_ids();
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enable the kernel's BPF run-time statistics")?;
     let mut last = (Duration::ZERO, 0u64);
     run_watched(progs, go, setup, events, || {
         if let Some(info) = aya::programs::loaded_programs()
             .filter_map(Result::ok)
-            .find(|p| p.name_as_str() == Some(DETECTOR_PROGRAM) && !before.contains(&p.id()))
+            .find(|p| p.name_as_str() == Some(PROG_MAP_OP))
             && info.run_count() > 0
         {
             last = (info.run_time(), info.run_count());
@@ -376,10 +336,10 @@ fn main() -> Result<()> {
         .unwrap_or(3)
         .max(1);
     let versions = std::env::var("MAPGUARD_BENCH_GO").unwrap_or_else(|_| "go1.23,go1.24".into());
-    let progs = go_progs()?;
+    let progs = support::go_progs();
     let mut all_met = true;
     for go in versions.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-        all_met &= bench_version(&progs, go, runs)?;
+        all_met &= bench_version(progs, go, runs)?;
     }
     println!(
         "\nprobe_cost: enforcer overhead target (<= +{:.0}% over a bare probe) {}",
