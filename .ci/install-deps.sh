@@ -1,36 +1,54 @@
 #!/usr/bin/env bash
 # Installs everything mapguard's build, demo and tests need on a fresh
 # Debian 12 machine (run as root). Idempotent: a second run only checks.
-#   - Go 1.23 (classic maps) from bookworm-backports: /usr/lib/go-1.23
-#   - Go 1.24 (swiss maps) unpacked from trixie:      /opt/mapguard/go-1.24
-#   - nightly Rust with rust-src and bpf-linker, for enforcer-ebpf
+#   - Go 1.23 (classic maps) from bookworm-backports:      /usr/lib/go-1.23
+#   - Go 1.24 (swiss maps) unpacked from trixie:            /opt/mapguard/go-1.24
+#   - Go 1.25, 1.26, 1.27 unpacked from trixie-backports:  /opt/mapguard/go-1.2x
+#     (the releases of the enforcer's release table; tests/go/toolchains
+#     lists where each one is)
+#   - the pinned nightly Rust with rust-src, and bpf-linker built against
+#     its own LLVM, for enforcer-ebpf
 #   - curl and procps for the demo and tests
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 shared=${MAPGUARD_SHARED:-$here/../../shared}
+# The nightly that builds the BPF program (rustc 1.97.0-nightly e50aa6fba,
+# LLVM 22). Pinned: a newer nightly brings another LLVM, and bpf-linker is
+# built against the nightly's own. enforcer/build.rs uses the same default.
+NIGHTLY=${MAPGUARD_BPF_TOOLCHAIN:-nightly-2026-05-20}
 GO123=/usr/lib/go-1.23/bin/go
-GO124=/opt/mapguard/go-1.24/usr/lib/go-1.24/bin/go
+# Unpacked Debian toolchains: version, suite.
+UNPACKED=("1.24 trixie" "1.25 trixie-backports" "1.26 trixie-backports" "1.27 trixie-backports")
+gobin() { echo "/opt/mapguard/go-$1/usr/lib/go-$1/bin/go"; }
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-if [ ! -x "$GO123" ] || [ ! -x "$GO124" ]; then
-  log "adding Debian bookworm-backports and trixie (pinned low) suites"
-  bash "$shared/ci/debian-suites.sh" --trixie
+missing=0
+[ -x "$GO123" ] || missing=1
+for row in "${UNPACKED[@]}"; do
+  [ -x "$(gobin "${row%% *}")" ] || missing=1
+done
+if [ "$missing" = 1 ]; then
+  log "adding Debian bookworm-backports, trixie and trixie-backports (pinned low) suites"
+  bash "$shared/ci/debian-suites.sh" --trixie-backports
 fi
 if [ ! -x "$GO123" ]; then
   log "installing Go 1.23 from bookworm-backports"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports golang-1.23-go >/dev/null
 fi
-if [ ! -x "$GO124" ]; then
-  log "unpacking Go 1.24 from trixie into /opt/mapguard/go-1.24"
+for row in "${UNPACKED[@]}"; do
+  v=${row%% *}
+  suite=${row#* }
+  [ -x "$(gobin "$v")" ] && continue
+  log "unpacking Go $v from $suite into /opt/mapguard/go-$v"
   tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq golang-1.24-go golang-1.24-src)
-  mkdir -p /opt/mapguard/go-1.24
-  for deb in "$tmp"/*.deb; do dpkg -x "$deb" /opt/mapguard/go-1.24; done
+  (cd "$tmp" && apt-get download -qq "golang-$v-go/$suite" "golang-$v-src/$suite")
+  mkdir -p "/opt/mapguard/go-$v"
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "/opt/mapguard/go-$v"; done
   rm -rf "$tmp"
-fi
+done
 "$GO123" version
-"$GO124" version
+for row in "${UNPACKED[@]}"; do "$(gobin "${row%% *}")" version; done
 
 need_pkgs=()
 for p in curl procps; do
@@ -41,24 +59,24 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-log "Rust: stable components and the nightly used for the BPF target"
+log "Rust: stable components and $NIGHTLY for the BPF target"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-if ! rustup toolchain list | grep -q '^nightly'; then
-  log "no nightly toolchain: trying rustup toolchain install nightly"
-  rustup toolchain install nightly --profile minimal --component rust-src || {
-    echo "no nightly Rust toolchain and none could be installed: enforcer-ebpf (the BPF program) needs one" >&2
-    exit 1
-  }
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
 fi
-rustup component add rust-src --toolchain nightly >/dev/null
-if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
-  log "building bpf-linker 0.13 against the nightly's own LLVM (about 75 s)"
-  S=$(rustc +nightly --print sysroot)/lib
-  llvm=$(basename "$(ls "$S"/libLLVM-*-rust-*.so | head -n1)" .so)
-  llvm=${llvm#lib}
+rustup component add rust-src --toolchain "$NIGHTLY" >/dev/null
+rustc "+$NIGHTLY" --version
+# bpf-linker must load the same LLVM as the nightly that emits the bitcode.
+S=$(rustc "+$NIGHTLY" --print sysroot)/lib
+llvm=$(basename "$(ls "$S"/libLLVM-*-rust-*.so | head -n1)" .so)
+llvm=${llvm#lib}
+linker=$(command -v bpf-linker || true)
+[ -n "$linker" ] || linker=$HOME/.cargo/bin/bpf-linker
+if [ ! -x "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "lib$llvm.so"; then
+  log "building bpf-linker 0.13 against $NIGHTLY's own LLVM ($llvm, about 75 s)"
   ver=$(echo "$llvm" | sed -E 's/^LLVM-([0-9]+)-.*/\1/')
   RUSTFLAGS="-L native=$S -l dylib=$llvm -C link-arg=-Wl,-rpath,$S" \
-    cargo +nightly install --locked bpf-linker --version '^0.13' \
+    cargo "+$NIGHTLY" install --force --locked bpf-linker --version '^0.13' \
       --no-default-features --features "llvm-$ver,no-llvm-linking"
 fi
 log "dependencies ready"

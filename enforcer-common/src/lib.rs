@@ -25,15 +25,15 @@ pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
 /// Per-CPU scratch space for records too large for the BPF stack.
 pub const MAP_SCRATCH: &str = "MG_SCRATCH";
 
-/// The enforcing uprobe program.
-/// The runtime's `concurrent map ...` messages of each binary, by where
-/// they lie relative to `runtime.fatal` ([`FatalMessage`] → the message's
-/// 16th byte: `w`rites, `r`ead, `i`teration).
+/// The runtime's map-race messages of each binary, by where they lie
+/// relative to the crash path that prints them ([`FatalMessage`] → one of
+/// [`message`]).
 pub const MAP_FATAL_MESSAGES: &str = "MG_FATAL_MESSAGES";
-/// Capacity of [`MAP_FATAL_MESSAGES`] (a Go binary has 3 to 6 such strings).
+/// Capacity of [`MAP_FATAL_MESSAGES`] (a Go binary has 3 to 8 such strings).
 pub const MAX_FATAL_MESSAGES: u32 = 1024;
 /// Per-CPU counters of checks the probes could not complete ([`stat`]).
 pub const MAP_STATS: &str = "MG_STATS";
+/// The enforcing uprobe program.
 pub const PROG_MAP_OP: &str = "mapguard_map_op";
 /// A uprobe program that does nothing (benchmark baseline).
 pub const PROG_BARE: &str = "mapguard_bare";
@@ -67,6 +67,8 @@ pub mod op {
     pub const GROW: u8 = 7;
     /// `runtime.fatal`: the runtime found a race the entry checks missed.
     pub const FATAL: u8 = 8;
+    /// `runtime.throw`: the runtime found a map a race had corrupted.
+    pub const THROW: u8 = 9;
 
     /// Whether `op` changes the map (and so holds the runtime's writing flag).
     pub const fn is_write(op: u8) -> bool {
@@ -109,7 +111,8 @@ pub mod stat {
     pub const UNREADABLE: u32 = 0;
     /// The writing flag was set but no other writer of the map is on record.
     pub const WRITER_UNKNOWN: u32 = 1;
-    /// The message passed to `runtime.fatal` could not be read.
+    /// The message passed to `runtime.fatal` or `runtime.throw` (not
+    /// located beforehand) could not be read.
     pub const FATAL_UNREADABLE: u32 = 2;
     /// A violation did not fit in the event ring buffer.
     pub const EVENT_LOST: u32 = 3;
@@ -137,6 +140,29 @@ pub mod detector {
     /// The runtime called `fatal("concurrent map ...")`; caught on entry to
     /// `runtime.fatal`, before it prints anything.
     pub const RUNTIME_FATAL: u8 = 2;
+    /// The runtime called `throw` on a map a race corrupted (`bad map
+    /// state`); caught on entry to `runtime.throw`, before it prints.
+    pub const RUNTIME_THROW: u8 = 3;
+}
+
+/// What a runtime crash message says (values of [`MAP_FATAL_MESSAGES`]).
+/// The `concurrent map ...` ones are the message's 16th byte, which the
+/// probe reads when a message was not located beforehand.
+pub mod message {
+    /// `concurrent map writes`.
+    pub const WRITES: u8 = b'w';
+    /// `concurrent map read and map write`.
+    pub const READ: u8 = b'r';
+    /// `concurrent map iteration and map write`.
+    pub const ITERATION: u8 = b'i';
+    /// `concurrent map clone and map write`.
+    pub const CLONE: u8 = b'c';
+    /// The map's structure was found corrupted by concurrent writers
+    /// (`small map with no empty slot (concurrent map writes?)`).
+    pub const CORRUPTED: u8 = b's';
+    /// A grow found an entry written into a bucket it had already
+    /// evacuated (`bad map state`).
+    pub const RELEASED_BUCKET: u8 = b'b';
 }
 
 /// Where a probe finds the map pointer (`ProbeConfig::arg_kind`).
@@ -192,11 +218,12 @@ pub struct ProbeConfig {
 }
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
 
-/// Key of [`MAP_FATAL_MESSAGES`]: a `concurrent map ...` string of binary
-/// `binary_id`, `len` bytes long, at `delta` bytes from `runtime.fatal`'s
-/// entry. The delta does not depend on where the binary is loaded, so the
-/// probe on `runtime.fatal` recognises its message from the string header
-/// alone, without reading the string (its page may not be mapped yet).
+/// Key of [`MAP_FATAL_MESSAGES`]: a map-race message of binary
+/// `binary_id`, `len` bytes long, at `delta` bytes from the entry of the
+/// crash path that prints it (`runtime.fatal`, `runtime.throw`). The delta
+/// does not depend on where the binary is loaded, so the probe recognises
+/// its message from the string header alone, without reading the string
+/// (its page may not be mapped yet).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FatalMessage {

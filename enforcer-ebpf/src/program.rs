@@ -8,6 +8,10 @@
 //! in place; a write adds one bulk copy of the top of the stack (the
 //! frame-pointer walk reads from it) and one lookup of the map's recent
 //! writers. Time and goroutine ids are read only when reporting.
+//!
+//! The runtime's crash paths (`runtime.fatal`, and `runtime.throw` where a
+//! release's maps throw on corruption) are probed at their entry as the
+//! backstop for races the entry check misses.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -20,7 +24,7 @@ use aya_ebpf::{
 use mapguard_common::{
     FatalMessage, Goroutine, MAX_FATAL_MESSAGES, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS,
     ProbeConfig, ProcAddr, ProcConfig, RECENT_WRITERS, RecentWriters, Writer, arg, detector, kind,
-    op, stat,
+    message, op, stat,
 };
 
 use crate::{
@@ -113,8 +117,10 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         tid: pid_tgid as u32,
         g,
     };
-    if cfg.op == op::FATAL {
-        return on_fatal(&hit);
+    match cfg.op {
+        op::FATAL => return on_crash(&hit, detector::RUNTIME_FATAL),
+        op::THROW => return on_crash(&hit, detector::RUNTIME_THROW),
+        _ => {}
     }
     let Some(map) = map_pointer(&hit) else {
         count(stat::UNREADABLE);
@@ -196,17 +202,15 @@ fn enter(pid: u32, g: u64, map: u64, op: u8) -> Option<&'static mut Goroutine> {
     Some(own)
 }
 
-/// `runtime.fatal(s string)`: if `s` is one of the runtime's
-/// `concurrent map ...` messages, report the race with the map operation
-/// this goroutine entered last, and act before the runtime prints.
-fn on_fatal(hit: &Hit) -> Option<()> {
+/// `runtime.fatal(s string)` / `runtime.throw(s string)`: if `s` is one
+/// of the runtime's map-race messages, report the race with the map
+/// operation this goroutine entered last, and act before the runtime
+/// prints.
+fn on_crash(hit: &Hit, detected_by: u8) -> Option<()> {
     // SAFETY: context reads.
     let (ptr, len, ip) = unsafe { ((*hit.regs).rax, (*hit.regs).rbx, (*hit.regs).rip) };
-    if len < 16 {
-        return None;
-    }
     // Recognise the message by where it lies relative to this probe (the
-    // uprobe sets RIP to the probed instruction, runtime.fatal's entry);
+    // uprobe sets RIP to the probed instruction, the function's entry);
     // its bytes may sit in a page the process has not touched yet, which
     // bpf_probe_read_user cannot fault in.
     let known = FatalMessage {
@@ -217,17 +221,7 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     // SAFETY: plain data.
     let class = match unsafe { FATAL_MESSAGES.get(&known) } {
         Some(class) => *class,
-        None => {
-            // SAFETY: bpf_probe_read_user faults safely on bad addresses.
-            let Ok(msg) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }) else {
-                count(stat::FATAL_UNREADABLE);
-                return None;
-            };
-            if &msg[..15] != b"concurrent map " {
-                return None;
-            }
-            msg[15]
-        }
+        None => read_message_class(ptr, len)?,
     };
     // From here on always report (and act): the runtime is about to abort.
     // SAFETY: plain data.
@@ -237,14 +231,39 @@ fn on_fatal(hit: &Hit) -> Option<()> {
     let growing = other.is_some_and(|o| o.growing != 0);
     let other_op = other.map_or(0, |o| o.op);
     let kind = match class {
-        b'w' if growing => kind::RELEASED_BUCKET_WRITE,
-        b'w' => kind::CONCURRENT_WRITE,
+        message::RELEASED_BUCKET => kind::RELEASED_BUCKET_WRITE,
+        message::WRITES | message::CORRUPTED if growing => kind::RELEASED_BUCKET_WRITE,
+        message::WRITES | message::CORRUPTED => kind::CONCURRENT_WRITE,
         _ if op::is_write(entered_op) => kind::CONCURRENT_WRITE,
-        b'i' => reader_kind(op::ITER_NEXT, other_op),
+        message::ITERATION => reader_kind(op::ITER_NEXT, other_op),
         _ => reader_kind(op::READ, other_op),
     };
-    report(hit, map, kind, entered_op, detector::RUNTIME_FATAL, other);
+    report(hit, map, kind, entered_op, detected_by, other);
     Some(())
+}
+
+/// The class of a message that was not located beforehand, read from user
+/// memory: `concurrent map ...` (its 16th byte) or `bad map state`; `None`
+/// for any other message (not a map race) or an unreadable one.
+fn read_message_class(ptr: u64, len: u64) -> Option<u8> {
+    const BAD_MAP_STATE: &[u8; 13] = b"bad map state";
+    if len == BAD_MAP_STATE.len() as u64 {
+        // SAFETY: bpf_probe_read_user faults safely on bad addresses.
+        let Ok(text) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 13]) }) else {
+            count(stat::FATAL_UNREADABLE);
+            return None;
+        };
+        return (&text == BAD_MAP_STATE).then_some(message::RELEASED_BUCKET);
+    }
+    if len < 16 {
+        return None;
+    }
+    // SAFETY: as above.
+    let Ok(text) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }) else {
+        count(stat::FATAL_UNREADABLE);
+        return None;
+    };
+    (&text[..15] == b"concurrent map ").then_some(text[15])
 }
 
 fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {

@@ -93,6 +93,7 @@ pub fn action_name(action: u8) -> &'static str {
 fn detector_name(detected_by: u8) -> &'static str {
     match detected_by {
         detector::RUNTIME_FATAL => "runtime_fatal",
+        detector::RUNTIME_THROW => "runtime_throw",
         _ => "writing_flag",
     }
 }

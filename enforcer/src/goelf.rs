@@ -7,10 +7,9 @@
 //! which survive `strip` and `-ldflags=-s -w`. DWARF is used only to read
 //! struct offsets, with a verified per-release table as the fallback.
 //!
-//! Supported: x86-64 ELF binaries built by Go 1.23.x (classic maps) and
-//! 1.24.x (swiss maps, or classic with `GOEXPERIMENT=noswissmap`), the
-//! releases whose layouts were verified here. Others are refused rather
-//! than guessed at.
+//! Supported: x86-64 ELF binaries built by the Go releases in the release
+//! table ([`release::RELEASES`]), whose layouts were verified here. Others
+//! are refused rather than guessed at.
 
 pub mod disasm;
 pub mod dwarf;
@@ -18,6 +17,7 @@ mod elf;
 pub mod layout;
 pub mod pclntab;
 pub mod plan;
+pub mod release;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -30,7 +30,8 @@ use elf::Segments;
 pub use disasm::StepHandling;
 pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
 pub use pclntab::{Frame, FuncInfo, PclntabError, Symbolizer};
-pub use plan::{ArgLoc, GoReg, MapOp, PlannedProbe, ProbePlan};
+pub use plan::{ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, ProbePlan};
+pub use release::{BackstopVia, MapRuntime, MessageClass, Release};
 pub use version::GoVersion;
 
 /// Why a binary cannot be analysed.
@@ -52,12 +53,27 @@ pub enum GoElfError {
     NotX86_64 { path: PathBuf, arch: String },
     #[error("{path} is not a Go binary (no Go build info and no Go pclntab)")]
     NotGo { path: PathBuf },
-    #[error("{path} was built by {found}; supported Go releases: {supported}")]
+    #[error(
+        "{path} was built by {found}, a Go release mapguard has no verified runtime layout for; \
+         supported Go releases: {supported}. Rebuild it with one of them, or use a mapguard \
+         version that lists this release (`mapguard-enforcer scan` tells what a binary needs)"
+    )]
     UnsupportedGoVersion {
         path: PathBuf,
         found: String,
         supported: String,
     },
+    #[error(
+        "{path} was built by {found} with GOEXPERIMENT={experiment}, whose maps mapguard does \
+         not support; rebuild it without that experiment"
+    )]
+    UnsupportedExperiment {
+        path: PathBuf,
+        found: String,
+        experiment: &'static str,
+    },
+    #[error("{path}: {symbol} not found; cannot guard the runtime's own race reports")]
+    NoBackstop { path: PathBuf, symbol: &'static str },
     #[error(
         "{path}: {version} should use {expected} maps but its runtime has {found} map functions; refusing to guess layouts"
     )]
@@ -111,7 +127,8 @@ pub struct GoBinary {
     data: Vec<u8>,
     segments: Segments,
     version: GoVersion,
-    map_impl: MapImpl,
+    release: &'static Release,
+    maps: &'static MapRuntime,
     pie: bool,
     stripped: bool,
     layout: RuntimeLayout,
@@ -186,46 +203,19 @@ impl GoBinary {
             path: path_buf(),
             source,
         })?;
-        let (Some(map_impl), Some(mut layout)) =
-            (version.map_impl(), RuntimeLayout::for_version(&version))
-        else {
-            return Err(GoElfError::UnsupportedGoVersion {
+        let (release, maps) = release::lookup(&version).map_err(|why| match why {
+            release::Unsupported::Release => GoElfError::UnsupportedGoVersion {
                 path: path_buf(),
-                found: version.raw,
-                supported: GoVersion::supported_list(),
-            });
-        };
-
-        let pcln = pcln.ok_or_else(|| GoElfError::NoPclntab { path: path_buf() })?;
-        let text_hint = file.section_by_name(".text").map(|s| s.address());
-        let mut symbolizer =
-            Symbolizer::parse(pcln, text_hint).map_err(|source| GoElfError::Pclntab {
+                found: version.raw.clone(),
+                supported: release::supported_list(),
+            },
+            release::Unsupported::Experiment(experiment) => GoElfError::UnsupportedExperiment {
                 path: path_buf(),
-                source,
-            })?;
-        check_map_impl(&symbolizer, map_impl).map_err(|found| GoElfError::MapImplMismatch {
-            path: path_buf(),
-            version: version.raw.clone(),
-            expected: map_impl,
-            found,
+                found: version.raw.clone(),
+                experiment,
+            },
         })?;
-        // Inline trees live in go:func.*: from the symbol table, else via moduledata.
-        let pcln_file_offset = (pcln.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize) as u64;
-        let gofunc = file
-            .symbols()
-            .find(|s| s.name() == Ok("go:func.*"))
-            .map(|s| s.address())
-            .or_else(|| {
-                let pcln_vaddr = segments.vaddr_of(pcln_file_offset)?;
-                symbolizer.find_gofunc(pcln_vaddr, segments.contents(&data))
-            });
-        match gofunc.and_then(|g| Some((g, segments.tail(&data, g)?))) {
-            Some((vaddr, bytes)) => symbolizer.set_gofunc(vaddr, bytes.to_vec()),
-            None => {
-                tracing::warn!(path = %path.display(), "go:func.* not found: inlined calls are not expanded")
-            }
-        }
-
+        let mut layout = RuntimeLayout::from_table(release, maps);
         // DWARF is optional: a stripped binary uses the table alone.
         let stripped = file.section_by_name(".debug_info").is_none();
         let layout_corrections = match dwarf::struct_members(&file, layout::DWARF_STRUCTS) {
@@ -238,6 +228,51 @@ impl GoBinary {
         for c in &layout_corrections {
             tracing::warn!(path = %path.display(), correction = %c, "DWARF layout differs from the verified table");
         }
+
+        let pcln = pcln.ok_or_else(|| GoElfError::NoPclntab { path: path_buf() })?;
+        let pclntab_error = |source| GoElfError::Pclntab {
+            path: path_buf(),
+            source,
+        };
+        let text_hint = file.section_by_name(".text").map(|s| s.address());
+        let mut symbolizer = Symbolizer::parse(pcln, text_hint).map_err(pclntab_error)?;
+        let pcln_file_offset = (pcln.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize) as u64;
+        let moduledata = segments
+            .vaddr_of(pcln_file_offset)
+            .and_then(|vaddr| symbolizer.find_moduledata(vaddr, segments.contents(&data)));
+        let md_word = |offset: u64| {
+            let offset = usize::try_from(offset).ok()?;
+            let bytes = moduledata?.get(offset..offset + 8)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
+        };
+        if symbolizer.text_start() == 0 {
+            // No textStart in the pclntab header and no section headers:
+            // the text start is the module data's.
+            let text = md_word(layout.moduledata_text).ok_or_else(|| GoElfError::Pclntab {
+                path: path_buf(),
+                source: PclntabError::Corrupt("no text start (no .text section, no module data)"),
+            })?;
+            symbolizer = Symbolizer::parse(pcln, Some(text)).map_err(pclntab_error)?;
+        }
+        check_map_impl(&symbolizer, maps).map_err(|found| GoElfError::MapImplMismatch {
+            path: path_buf(),
+            version: version.raw.clone(),
+            expected: maps.imp,
+            found,
+        })?;
+        // Inline trees live in go:func.*: from the symbol table, else via moduledata.
+        let gofunc = file
+            .symbols()
+            .find(|s| s.name() == Ok("go:func.*"))
+            .map(|s| s.address())
+            .or_else(|| md_word(layout.moduledata_gofunc));
+        match gofunc.and_then(|g| Some((g, segments.tail(&data, g)?))) {
+            Some((vaddr, bytes)) => symbolizer.set_gofunc(vaddr, bytes.to_vec()),
+            None => {
+                tracing::warn!(path = %path.display(), "go:func.* not found: inlined calls are not expanded")
+            }
+        }
+
         let pie = file.kind() == object::ObjectKind::Dynamic;
         drop(file);
         Ok(GoBinary {
@@ -245,7 +280,8 @@ impl GoBinary {
             data,
             segments,
             version,
-            map_impl,
+            release,
+            maps,
             pie,
             stripped,
             layout,
@@ -264,7 +300,17 @@ impl GoBinary {
     }
 
     pub fn map_impl(&self) -> MapImpl {
-        self.map_impl
+        self.maps.imp
+    }
+
+    /// The binary's row in the release table.
+    pub fn release(&self) -> &'static Release {
+        self.release
+    }
+
+    /// Its map runtime: layout, probe candidates, crash paths.
+    pub fn maps(&self) -> &'static MapRuntime {
+        self.maps
     }
 
     /// ET_DYN: at run time, address = ELF vaddr + load bias (from `/proc/PID/maps`).
@@ -322,25 +368,12 @@ impl GoBinary {
         self.segments.file_offset(vaddr)
     }
 
-    /// Every copy of the runtime's `concurrent map ...` messages in the
-    /// binary's loaded data: (virtual address, length, 16th byte). The
-    /// linker may share one string's bytes with a longer one, so the search
-    /// is over raw bytes, not symbols.
-    pub fn map_race_messages(&self) -> Vec<(u64, usize, u8)> {
-        const MESSAGES: [&[u8]; 3] = [
-            b"concurrent map writes",
-            b"concurrent map read and map write",
-            b"concurrent map iteration and map write",
-        ];
-        let mut found = Vec::new();
-        for message in MESSAGES {
-            for offset in memchr::memmem::find_iter(&self.data, message) {
-                if let Some(vaddr) = self.segments.vaddr_of(offset as u64) {
-                    found.push((vaddr, message.len(), message[15]));
-                }
-            }
-        }
-        found
+    /// Virtual addresses of every copy of `bytes` in the binary's loaded
+    /// data.
+    pub fn find_data(&self, bytes: &[u8]) -> Vec<u64> {
+        memchr::memmem::find_iter(&self.data, bytes)
+            .filter_map(|offset| self.segments.vaddr_of(offset as u64))
+            .collect()
     }
 
     /// Virtual address of a file offset inside a loadable segment.
@@ -365,7 +398,7 @@ impl std::fmt::Debug for GoBinary {
         f.debug_struct("GoBinary")
             .field("path", &self.path)
             .field("version", &self.version.raw)
-            .field("map_impl", &self.map_impl)
+            .field("map_impl", &self.maps.imp)
             .field("pie", &self.pie)
             .field("stripped", &self.stripped)
             .field("functions", &self.symbolizer.functions().len())
@@ -374,22 +407,21 @@ impl std::fmt::Debug for GoBinary {
 }
 
 /// Checks the map implementation implied by the version against the
-/// runtime functions actually linked in; `Err` carries what they indicate.
-fn check_map_impl(sym: &Symbolizer, expected: MapImpl) -> Result<(), MapImpl> {
-    let swiss = sym
-        .functions()
-        .iter()
-        .any(|f| f.name.starts_with("internal/runtime/maps."));
-    let classic = [
-        "runtime.hashGrow",
-        "runtime.mapiterinit",
-        "runtime.evacuate",
-    ]
-    .iter()
-    .any(|n| sym.function(n).is_some());
-    match (expected, swiss, classic) {
-        (MapImpl::Classic, true, false) => Err(MapImpl::Swiss),
-        (MapImpl::Swiss, false, true) => Err(MapImpl::Classic),
-        _ => Ok(()),
+/// runtime functions actually linked in: a mismatch is only when the other
+/// implementation's signature functions are there and the expected one's
+/// are not. `Err` carries what the functions indicate.
+fn check_map_impl(sym: &Symbolizer, expected: &MapRuntime) -> Result<(), MapImpl> {
+    let has = |maps: &MapRuntime| {
+        sym.functions()
+            .iter()
+            .any(|f| maps.signature.iter().any(|p| f.name.starts_with(p)))
+    };
+    let other = match expected.imp {
+        MapImpl::Classic => &release::SWISS,
+        MapImpl::Swiss => &release::CLASSIC,
+    };
+    if !has(expected) && has(other) {
+        return Err(other.imp);
     }
+    Ok(())
 }

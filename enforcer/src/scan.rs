@@ -10,14 +10,25 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::goelf::{
-    GoBinary, GoElfError, MapImpl, MapOp, PlannedProbe, RuntimeLayout, StepHandling,
+    GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, RuntimeLayout,
+    StepHandling,
 };
+
+fn handling(h: StepHandling) -> &'static str {
+    match h {
+        StepHandling::Emulated => "emulated",
+        StepHandling::SingleStep => "single-step",
+        StepHandling::Rejected => "REJECTED",
+    }
+}
 
 /// Everything `mapguard-enforcer scan` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScanReport {
     pub path: String,
     pub go_version: String,
+    /// The release-table row the binary was matched to (`1.25`).
+    pub release: String,
     pub map_impl: MapImpl,
     pub pie: bool,
     /// No DWARF: layouts come from the verified table, symbols from pclntab.
@@ -26,6 +37,8 @@ pub struct ScanReport {
     pub layout: RuntimeLayout,
     pub layout_corrections: Vec<String>,
     pub probes: Vec<PlannedProbe>,
+    /// Crash paths probed at their entry, with the messages located.
+    pub backstops: Vec<PlannedBackstop>,
     pub summary: Summary,
 }
 
@@ -62,6 +75,7 @@ impl ScanReport {
         Ok(ScanReport {
             path: bin.path().display().to_string(),
             go_version: bin.go_version().raw.clone(),
+            release: bin.release().name(),
             map_impl: bin.map_impl(),
             pie: bin.is_pie(),
             stripped: bin.is_stripped(),
@@ -69,6 +83,7 @@ impl ScanReport {
             layout: *bin.layout(),
             layout_corrections: bin.layout_corrections().to_vec(),
             probes: plan.probes,
+            backstops: plan.backstops,
             summary,
         })
     }
@@ -84,8 +99,8 @@ impl fmt::Display for ScanReport {
         writeln!(f, "binary:      {}", self.path)?;
         writeln!(
             f,
-            "Go binary:   yes, {} ({} maps)",
-            self.go_version, self.map_impl
+            "Go binary:   yes, {} ({} maps; release table row {})",
+            self.go_version, self.map_impl, self.release
         )?;
         writeln!(
             f,
@@ -136,17 +151,28 @@ impl fmt::Display for ScanReport {
                 p.insn_offset,
                 p.file_offset,
                 p.insn_text,
-                match p.handling {
-                    StepHandling::Emulated => "emulated",
-                    StepHandling::SingleStep => "single-step",
-                    StepHandling::Rejected => "REJECTED",
-                },
+                handling(p.handling),
                 p.map_arg.to_string(),
                 rets.join(",")
             )?;
             if let Some(note) = &p.note {
                 writeln!(f, "      note: {note}")?;
             }
+        }
+        for b in &self.backstops {
+            let mut texts: Vec<&str> = b.messages.iter().map(|m| m.text).collect();
+            texts.dedup();
+            writeln!(
+                f,
+                "backstop:    {} at {:#x} (file off {:#x}, entry {}): {} located message(s){}{}",
+                b.symbol,
+                b.func_vaddr,
+                b.file_offset,
+                handling(b.handling),
+                b.messages.len(),
+                if texts.is_empty() { "" } else { ": " },
+                texts.join("; ")
+            )?;
         }
         let s = &self.summary;
         write!(

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
-use crate::goelf::{ArgLoc, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe};
-
-/// The runtime function that prints `fatal error: concurrent map ...`.
-const RUNTIME_FATAL: &str = "runtime.fatal";
+use crate::goelf::{
+    ArgLoc, BackstopVia, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe,
+};
 
 /// Why a binary cannot be enforced on.
 #[derive(Debug, thiserror::Error)]
@@ -18,14 +17,6 @@ pub enum TargetError {
     GoElf(#[from] GoElfError),
     #[error("{path}: no Go map functions found to probe (does the program use maps?)")]
     NothingToProbe { path: PathBuf },
-    #[error("{path}: {symbol} not found; cannot guard the runtime's own race reports")]
-    NoFatal { path: PathBuf, symbol: &'static str },
-    #[error("{path}: {symbol} at {vaddr:#x} is outside every loadable segment")]
-    Unmapped {
-        path: PathBuf,
-        symbol: &'static str,
-        vaddr: u64,
-    },
 }
 
 /// One uprobe to attach.
@@ -47,9 +38,9 @@ pub struct BinaryTarget {
     /// What the uprobes attach to (may be `/proc/PID/exe`).
     pub path: PathBuf,
     pub points: Vec<AttachPoint>,
-    /// The runtime's `concurrent map ...` messages, located relative to
-    /// `runtime.fatal` (see `mapguard_common::FatalMessage`): (key, 16th
-    /// byte of the message).
+    /// The runtime's map-race messages, located relative to the crash path
+    /// that prints them (see `mapguard_common::FatalMessage`): (key, class,
+    /// one of `mapguard_common::message`).
     pub fatal_messages: Vec<(FatalMessage, u8)>,
     /// (probe id, file offset) of every probe attached for this binary,
     /// filled by the loader.
@@ -76,42 +67,31 @@ impl BinaryTarget {
         if points.is_empty() {
             return Err(TargetError::NothingToProbe { path: path.into() });
         }
-        let fatal = binary
-            .symbolizer()
-            .function(RUNTIME_FATAL)
-            .ok_or(TargetError::NoFatal {
-                path: path.into(),
-                symbol: RUNTIME_FATAL,
-            })?;
-        let fatal_offset = binary
-            .file_offset(fatal.entry)
-            .ok_or(TargetError::Unmapped {
-                path: path.into(),
-                symbol: RUNTIME_FATAL,
-                vaddr: fatal.entry,
-            })?;
-        points.push(AttachPoint {
-            symbol: RUNTIME_FATAL.to_string(),
-            file_offset: fatal_offset,
-            entry_file_offset: fatal_offset,
-            cfg: ProbeConfig {
-                op: op::FATAL,
-                arg_kind: arg::NONE,
-                ..base
-            },
-        });
-        let fatal_messages: Vec<(FatalMessage, u8)> = binary
-            .map_race_messages()
-            .into_iter()
-            .map(|(vaddr, len, class)| {
+        let mut fatal_messages = Vec::new();
+        for backstop in &plan.backstops {
+            points.push(AttachPoint {
+                symbol: backstop.symbol.to_string(),
+                file_offset: backstop.file_offset,
+                entry_file_offset: backstop.file_offset,
+                cfg: ProbeConfig {
+                    op: match backstop.via {
+                        BackstopVia::Fatal => op::FATAL,
+                        BackstopVia::Throw => op::THROW,
+                    },
+                    arg_kind: arg::NONE,
+                    ..base
+                },
+            });
+            // Keyed by where each copy lies relative to the probed entry.
+            fatal_messages.extend(backstop.messages.iter().map(|m| {
                 let key = FatalMessage {
                     binary_id: id,
-                    len: len as u32,
-                    delta: vaddr.wrapping_sub(fatal.entry) as i64,
+                    len: m.text.len() as u32,
+                    delta: m.vaddr.wrapping_sub(backstop.func_vaddr) as i64,
                 };
-                (key, class)
-            })
-            .collect();
+                (key, m.class.code())
+            }));
+        }
         tracing::debug!(
             count = fatal_messages.len(),
             "runtime map-race messages located"

@@ -1,6 +1,7 @@
-//! The enforcer against real Go programs (both toolchains), loading BPF for
-//! real: every racy program is reported in audit mode, killed before the
-//! runtime's own `fatal error` in kill mode and left stopped in stop mode;
+//! The enforcer against real Go programs built by every Go release of the
+//! release table, loading BPF for real: every racy program is reported in
+//! audit mode (plain build), killed before the runtime's own `fatal error`
+//! in kill mode (stripped build) and left stopped in stop mode (PIE build);
 //! every clean program runs to completion with no report.
 
 mod support;
@@ -8,7 +9,7 @@ mod support;
 use std::io::Write as _;
 
 use serde_json::Value;
-use support::{CLEAN, RACY, VERSIONS, exec, markers, parallel, proc_state, program, require_bpf};
+use support::{CLEAN, RACY, exec, markers, parallel, proc_state, program, require_bpf, versions};
 
 /// Kinds a racy program may legitimately be reported with: a write racing a
 /// write may be classified as racing a grow, and a reader may be caught
@@ -22,7 +23,7 @@ fn accepted_kinds(name: &str) -> &'static [&'static str] {
 }
 
 fn racy_cases() -> Vec<(&'static str, &'static str)> {
-    VERSIONS
+    versions()
         .iter()
         .flat_map(|v| RACY.iter().map(move |n| (*v, *n)))
         .collect()
@@ -138,7 +139,7 @@ fn racy_programs_are_killed_before_the_runtime_reports() {
     let kill = |version: &str, name: &str| {
         exec(
             "kill",
-            &program(version, "racy", name),
+            &program(version, "stripped", name),
             &["-duration", "20s"],
         )
     };
@@ -221,7 +222,7 @@ fn racy_programs_are_left_stopped_in_stop_mode() {
     let stop = |version: &str, name: &str| {
         exec(
             "stop",
-            &program(version, "racy", name),
+            &program(version, "pie", name),
             &["-duration", "20s"],
         )
     };
@@ -265,7 +266,7 @@ fn clean_programs_run_to_completion_without_reports() {
     if !require_bpf("clean_programs_run_to_completion_without_reports") {
         return;
     }
-    let cases: Vec<_> = VERSIONS
+    let cases: Vec<_> = versions()
         .iter()
         .flat_map(|v| CLEAN.iter().map(move |n| (*v, *n)))
         .collect();
@@ -299,14 +300,14 @@ fn pie_programs_killed_are_reported_with_symbolized_stacks() {
     // A PIE program is loaded at a random address and, in kill mode, is
     // gone before its report is written: the load bias must come from the
     // event, not from /proc/PID/maps.
-    let runs = parallel(&VERSIONS, |version| {
+    let runs = parallel(versions(), |version| {
         exec(
             "kill",
             &program(version, "pie", "delete_assign"),
             &["-duration", "20s"],
         )
     });
-    for (version, run) in VERSIONS.iter().zip(&runs) {
+    for (version, run) in versions().iter().zip(&runs) {
         assert_eq!(run.code(), 137, "{version}: stderr:\n{}", run.stderr());
         let violations = run.violations();
         assert!(!violations.is_empty(), "{version}: {}", run.stderr());

@@ -5,49 +5,22 @@
 //! `$MAPGUARD_GO_PROGS` or `target/go-progs` (incremental; a file lock
 //! serializes concurrent test binaries).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use mapguard_enforcer::goelf::{
-    ArgLoc, GoBinary, GoReg, LayoutSource, MapImpl, MapOp, StepHandling,
+    ArgLoc, BackstopVia, GoBinary, GoReg, LayoutSource, MapImpl, MapOp, MessageClass, StepHandling,
+    release,
 };
 use mapguard_enforcer::scan::ScanReport;
 
 #[path = "scan/errors.rs"]
 mod errors;
+mod support;
 #[path = "scan/symbolize.rs"]
 mod symbolize;
 
-const VERSIONS: [&str; 2] = ["go1.23", "go1.24"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// Builds the Go programs (once per test binary) and returns their root.
-fn go_progs() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // `make` exports MAPGUARD_GO_PROGS; plain `cargo test` uses target/go-progs.
-        let out = std::env::var_os("MAPGUARD_GO_PROGS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/go-progs"));
-        std::fs::create_dir_all(&out).expect("create target/go-progs");
-        let lock = File::create(out.join(".build.lock")).expect("create build lock file");
-        lock.lock().expect("lock target/go-progs/.build.lock");
-        let status = Command::new(repo_root().join("tests/go/build.sh"))
-            .arg(&out)
-            .status()
-            .expect("run tests/go/build.sh");
-        assert!(status.success(), "tests/go/build.sh failed: {status}");
-        out
-    })
-}
+use support::{go_progs, toolchain_version, versions, workspace as repo_root};
 
 fn prog(version: &str, rel: &str) -> PathBuf {
     let p = go_progs().join(version).join(rel);
@@ -71,48 +44,82 @@ fn source_line(rel_source: &str, needle: &str) -> u32 {
     u32::try_from(idx + 1).expect("line fits u32")
 }
 
-fn toolchain_version(version: &str) -> String {
-    let go = match version {
-        "go1.23" => std::env::var("GO123").unwrap_or_else(|_| "/usr/lib/go-1.23/bin/go".into()),
-        _ => std::env::var("GO124")
-            .unwrap_or_else(|_| "/opt/mapguard/go-1.24/usr/lib/go-1.24/bin/go".into()),
-    };
-    let out = Command::new(go)
-        .args(["env", "GOVERSION"])
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .expect("go env");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
+/// The release table's default maps for a toolchain tag.
+fn default_maps(version: &str) -> MapImpl {
+    release::RELEASES
+        .iter()
+        .find(|r| format!("go{}", r.name()) == version)
+        .unwrap_or_else(|| panic!("{version} not in the release table"))
+        .maps
+        .imp
+}
+
+/// Tags whose toolchain builds a `GOEXPERIMENT=noswissmap` variant.
+fn noswiss_versions() -> Vec<String> {
+    support::toolchains()
+        .into_iter()
+        .filter(|t| t.extra.as_deref() == Some("noswiss"))
+        .map(|t| t.tag)
+        .collect()
+}
+
+#[test]
+fn the_toolchains_are_the_release_table() {
+    let tested: Vec<String> = support::toolchains()
+        .into_iter()
+        .filter(|t| t.extra.as_deref() != Some("refused"))
+        .map(|t| t.tag)
+        .collect();
+    assert_eq!(
+        tested,
+        versions(),
+        "tests/go/toolchains must name one toolchain per release of enforcer/src/goelf/release.rs"
+    );
+    // Every release whose maps can be switched has that build tested.
+    for r in release::RELEASES {
+        let tag = format!("go{}", r.name());
+        let switches = r.map_experiments.iter().any(|(_, m)| m.is_some());
+        assert_eq!(
+            switches,
+            noswiss_versions().contains(&tag),
+            "{tag}: noswiss variant in tests/go/toolchains"
+        );
+    }
+}
+
+#[test]
+fn the_readme_lists_the_release_table() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let table = release::markdown_table();
+    assert!(
+        readme.contains(&table),
+        "README.md's supported-releases table differs from the release table; replace it with:\n{table}"
+    );
 }
 
 #[test]
 fn version_and_map_impl_are_detected() {
-    for v in VERSIONS {
+    for &v in versions() {
         let bin = open(v, "racy/delete_assign");
         assert_eq!(
             bin.go_version().raw,
             toolchain_version(v),
             "version of the {v} build"
         );
-        let want = if v == "go1.23" {
-            MapImpl::Classic
-        } else {
-            MapImpl::Swiss
-        };
-        assert_eq!(bin.map_impl(), want, "{v}");
+        assert_eq!(bin.map_impl(), default_maps(v), "{v}");
+        assert_eq!(format!("go{}", bin.release().name()), v);
         assert!(
             !bin.is_pie() && !bin.is_stripped(),
             "{v}: plain build is neither PIE nor stripped"
         );
+        assert!(open(v, "pie/delete_assign").is_pie(), "{v}");
+        assert!(open(v, "stripped/delete_assign").is_stripped(), "{v}");
     }
 }
 
 #[test]
 fn every_op_class_is_planned_on_an_emulated_push_rbp() {
-    for v in VERSIONS {
+    for &v in versions() {
         // clean/mutex assigns, deletes, reads, ranges, clears and grows its map.
         let bin = open(v, "clean/mutex");
         let plan = bin.probe_plan().expect("probe plan");
@@ -156,7 +163,12 @@ fn every_op_class_is_planned_on_an_emulated_push_rbp() {
         let del = plan
             .get("runtime.mapdelete_fast64")
             .expect("mapdelete_fast64 planned");
-        let want_offset = if v == "go1.23" { 0xa } else { 0x6 };
+        // Classic: the frame is set up after a longer prologue; swiss
+        // wrappers push rbp right after the stack check.
+        let want_offset = match bin.map_impl() {
+            MapImpl::Classic => 0xa,
+            MapImpl::Swiss => 0x6,
+        };
         assert_eq!(
             del.insn_offset, want_offset,
             "{v}: push rbp offset in mapdelete_fast64"
@@ -180,45 +192,47 @@ fn every_op_class_is_planned_on_an_emulated_push_rbp() {
 
 #[test]
 fn plan_names_the_functions_each_map_implementation_uses() {
-    let classic = open("go1.23", "clean/mutex").probe_plan().expect("plan");
-    for sym in [
-        "runtime.mapiterinit",
-        "runtime.mapiternext",
-        "runtime.hashGrow",
-        "runtime.mapclear",
-    ] {
-        assert!(classic.get(sym).is_some(), "go1.23: {sym} planned");
+    for &v in versions() {
+        let plan = open(v, "clean/mutex").probe_plan().expect("plan");
+        let (present, absent): (&[&str], &[&str]) = match default_maps(v) {
+            MapImpl::Classic => (
+                &[
+                    "runtime.mapiterinit",
+                    "runtime.mapiternext",
+                    "runtime.hashGrow",
+                    "runtime.mapclear",
+                ],
+                &["runtime.mapIterStart"],
+            ),
+            MapImpl::Swiss => (
+                &[
+                    "runtime.mapIterStart",
+                    "runtime.mapIterNext",
+                    "internal/runtime/maps.(*table).grow",
+                    "runtime.mapclear",
+                ],
+                &["runtime.hashGrow"],
+            ),
+        };
+        for sym in present {
+            assert!(plan.get(sym).is_some(), "{v}: {sym} planned");
+        }
+        for sym in absent {
+            assert!(plan.get(sym).is_none(), "{v}: {sym} must not be planned");
+        }
+        if let Some(grow) = plan.get("internal/runtime/maps.(*table).grow") {
+            assert_eq!(
+                grow.map_arg,
+                ArgLoc::Reg { reg: GoReg::Rcx },
+                "{v}: (*table).grow(t, typ, m, cap): map in RCX"
+            );
+        }
     }
-    assert!(
-        classic.get("runtime.mapIterStart").is_none(),
-        "go1.23 has no mapIterStart"
-    );
-    let swiss = open("go1.24", "clean/mutex").probe_plan().expect("plan");
-    for sym in [
-        "runtime.mapIterStart",
-        "runtime.mapIterNext",
-        "internal/runtime/maps.(*table).grow",
-        "runtime.mapclear",
-    ] {
-        assert!(swiss.get(sym).is_some(), "go1.24: {sym} planned");
-    }
-    assert!(
-        swiss.get("runtime.hashGrow").is_none(),
-        "go1.24 has no hashGrow"
-    );
-    let grow = swiss
-        .get("internal/runtime/maps.(*table).grow")
-        .expect("grow");
-    assert_eq!(
-        grow.map_arg,
-        ArgLoc::Reg { reg: GoReg::Rcx },
-        "(*table).grow(t, typ, m, cap): map in RCX"
-    );
 }
 
 #[test]
 fn layout_from_dwarf_matches_the_verified_table() {
-    for v in VERSIONS {
+    for &v in versions() {
         let full = open(v, "clean/mutex");
         assert_eq!(
             full.layout().source,
@@ -227,7 +241,7 @@ fn layout_from_dwarf_matches_the_verified_table() {
         );
         assert!(
             full.layout_corrections().is_empty(),
-            "{v}: DWARF disagrees: {:?}",
+            "{v}: DWARF disagrees with the release table: {:?}",
             full.layout_corrections()
         );
         let stripped = open(v, "stripped/delete_assign");
@@ -239,101 +253,128 @@ fn layout_from_dwarf_matches_the_verified_table() {
         let mut table = *stripped.layout();
         table.source = LayoutSource::Dwarf;
         assert_eq!(table, *full.layout(), "{v}: table and DWARF layouts");
+        let want = match default_maps(v) {
+            MapImpl::Classic => (8, 4),
+            MapImpl::Swiss => (34, 1),
+        };
+        assert_eq!(full.layout().map.writing_flag(), want, "{v}: writing flag");
     }
-    let (flag, mask) = open("go1.23", "clean/mutex").layout().map.writing_flag();
-    assert_eq!((flag, mask), (8, 4), "hmap.flags & hashWriting");
-    let (flag, mask) = open("go1.24", "clean/mutex").layout().map.writing_flag();
-    assert_eq!((flag, mask), (34, 1), "maps.Map.writing");
 }
 
 #[test]
 fn scan_report_renders_text_and_json() {
-    let bin = open("go1.24", "racy/delete_assign");
-    let report = ScanReport::new(&bin).expect("report");
-    let text = report.to_string();
-    assert!(text.contains("swiss maps"), "{text}");
-    assert!(text.contains("runtime.mapdelete_fast64"), "{text}");
-    assert!(text.contains("emulated"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
-    assert_eq!(json["map_impl"], "swiss");
-    assert_eq!(json["go_version"], bin.go_version().raw.as_str());
-    let probes = json["probes"].as_array().expect("probes array");
-    assert_eq!(probes.len(), report.summary.probes);
-    let del = probes
-        .iter()
-        .find(|p| p["symbol"] == "runtime.mapdelete_fast64")
-        .expect("delete probe");
-    assert_eq!(del["handling"], "emulated");
-    assert_eq!(del["map_arg"]["reg"], "rbx");
-    assert_eq!(report.summary.single_stepped + report.summary.rejected, 0);
+    for &v in versions() {
+        let bin = open(v, "racy/delete_assign");
+        let report = ScanReport::new(&bin).expect("report");
+        let text = report.to_string();
+        assert!(text.contains(&format!("{} maps", bin.map_impl())), "{text}");
+        assert!(text.contains("runtime.mapdelete_fast64"), "{text}");
+        assert!(text.contains("emulated"), "{text}");
+        assert!(
+            text.contains("runtime.fatal"),
+            "{v}: backstop shown: {text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
+        assert_eq!(json["map_impl"], bin.map_impl().to_string());
+        assert_eq!(json["go_version"], bin.go_version().raw.as_str());
+        assert_eq!(json["release"], bin.release().name());
+        let probes = json["probes"].as_array().expect("probes array");
+        assert_eq!(probes.len(), report.summary.probes);
+        let del = probes
+            .iter()
+            .find(|p| p["symbol"] == "runtime.mapdelete_fast64")
+            .expect("delete probe");
+        assert_eq!(del["handling"], "emulated");
+        assert_eq!(del["map_arg"]["reg"], "rbx");
+        assert_eq!(report.summary.single_stepped + report.summary.rejected, 0);
+        let backstops = json["backstops"].as_array().expect("backstops");
+        assert!(
+            backstops.iter().any(|b| b["symbol"] == "runtime.fatal"),
+            "{v}: {backstops:?}"
+        );
+    }
 }
 
 #[test]
-fn go124_with_noswissmap_is_classic() {
-    let bin = open("go1.24", "noswiss/delete_assign");
+fn noswissmap_builds_are_classic() {
+    let tags = noswiss_versions();
     assert!(
-        bin.go_version().raw.contains("X:noswissmap"),
-        "{}",
-        bin.go_version()
+        !tags.is_empty(),
+        "no noswiss toolchain in tests/go/toolchains"
     );
-    assert_eq!(bin.map_impl(), MapImpl::Classic);
-    assert_eq!(bin.layout().source, LayoutSource::Dwarf);
-    assert!(
-        bin.layout_corrections().is_empty(),
-        "DWARF equals the classic table: {:?}",
-        bin.layout_corrections()
-    );
-    assert_eq!(
-        bin.layout().map.writing_flag(),
-        (8, 4),
-        "hmap.flags & hashWriting"
-    );
-    let plan = bin.probe_plan().expect("plan");
-    assert!(
-        plan.get("runtime.hashGrow").is_some(),
-        "classic growth functions planned"
-    );
-    assert!(plan.get("internal/runtime/maps.(*table).grow").is_none());
-    let del = plan.get("runtime.mapdelete_fast64").expect("planned");
-    assert_eq!(
-        (del.handling, del.insn_text.as_str()),
-        (StepHandling::Emulated, "push rbp")
-    );
+    for v in &tags {
+        let bin = open(v, "noswiss/delete_assign");
+        assert!(
+            bin.go_version().raw.contains("X:noswissmap"),
+            "{}",
+            bin.go_version()
+        );
+        assert_eq!(bin.map_impl(), MapImpl::Classic, "{v}");
+        assert_eq!(bin.layout().source, LayoutSource::Dwarf, "{v}");
+        assert!(
+            bin.layout_corrections().is_empty(),
+            "{v}: DWARF equals the classic table: {:?}",
+            bin.layout_corrections()
+        );
+        assert_eq!(
+            bin.layout().map.writing_flag(),
+            (8, 4),
+            "{v}: hmap.flags & hashWriting"
+        );
+        let plan = bin.probe_plan().expect("plan");
+        assert!(
+            plan.get("runtime.hashGrow").is_some(),
+            "{v}: classic growth functions planned"
+        );
+        assert!(plan.get("internal/runtime/maps.(*table).grow").is_none());
+        let del = plan.get("runtime.mapdelete_fast64").expect("planned");
+        assert_eq!(
+            (del.handling, del.insn_text.as_str()),
+            (StepHandling::Emulated, "push rbp"),
+            "{v}"
+        );
+        assert!(
+            plan.backstops.iter().any(|b| b.via == BackstopVia::Throw),
+            "{v}: classic maps' throw path probed"
+        );
+    }
 }
 
 #[test]
 fn scan_command_prints_the_table_json_and_clear_errors() {
     let exe = env!("CARGO_BIN_EXE_mapguard-enforcer");
-    let bin = prog("go1.23", "stripped/delete_assign");
-    let out = Command::new(exe)
-        .arg("scan")
-        .arg(&bin)
-        .output()
-        .expect("run scan");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scan failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("classic maps") && text.contains("stripped"),
-        "{text}"
-    );
-    assert!(
-        text.contains("runtime.mapdelete_fast64") && text.contains("emulated"),
-        "{text}"
-    );
-
-    let out = Command::new(exe)
-        .args(["scan", "--json"])
-        .arg(&bin)
-        .output()
-        .expect("run scan --json");
-    assert!(out.status.success());
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("scan --json is JSON");
-    assert_eq!(json["map_impl"], "classic");
-    assert_eq!(json["stripped"], true);
+    for &v in versions() {
+        let bin = prog(v, "stripped/delete_assign");
+        let out = Command::new(exe)
+            .arg("scan")
+            .arg(&bin)
+            .output()
+            .expect("run scan");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{v}: scan failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("{} maps", default_maps(v))) && text.contains("stripped"),
+            "{text}"
+        );
+        assert!(
+            text.contains("runtime.mapdelete_fast64") && text.contains("emulated"),
+            "{text}"
+        );
+        let out = Command::new(exe)
+            .args(["scan", "--json"])
+            .arg(&bin)
+            .output()
+            .expect("run scan --json");
+        assert!(out.status.success());
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("scan --json is JSON");
+        assert_eq!(json["map_impl"], default_maps(v).to_string());
+        assert_eq!(json["stripped"], true);
+    }
 
     let out = Command::new(exe)
         .args(["scan", "/bin/true"])
@@ -346,70 +387,120 @@ fn scan_command_prints_the_table_json_and_clear_errors() {
 
 #[test]
 fn reflect_entry_points_are_planned_only_where_they_bypass_the_runtime_ones() {
-    // Go 1.24's reflect inlines runtime.mapdelete/mapclear and iterates
-    // with maps.Iter itself: those reflect functions need their own probes.
-    let swiss = open("go1.24", "clean/reflect_maps")
-        .probe_plan()
-        .expect("plan");
-    for sym in [
-        "reflect.mapdelete",
-        "reflect.mapclear",
-        "reflect.mapIterStart",
-        "reflect.mapIterNext",
-    ] {
-        let p = swiss
-            .get(sym)
-            .unwrap_or_else(|| panic!("go1.24: {sym} planned"));
-        assert_eq!(p.handling, StepHandling::Emulated, "{sym}");
+    for &v in versions() {
+        let plan = open(v, "clean/reflect_maps").probe_plan().expect("plan");
+        let reflect: Vec<&str> = plan
+            .probes
+            .iter()
+            .map(|p| p.symbol.as_str())
+            .filter(|s| s.starts_with("reflect."))
+            .collect();
+        match default_maps(v) {
+            // Swiss reflect inlines runtime.mapdelete/mapclear and iterates
+            // with maps.Iter itself: those reflect functions need their own
+            // probes.
+            MapImpl::Swiss => {
+                for sym in [
+                    "reflect.mapdelete",
+                    "reflect.mapclear",
+                    "reflect.mapIterStart",
+                    "reflect.mapIterNext",
+                ] {
+                    let p = plan
+                        .get(sym)
+                        .unwrap_or_else(|| panic!("{v}: {sym} planned; reflect: {reflect:?}"));
+                    assert_eq!(p.handling, StepHandling::Emulated, "{v} {sym}");
+                }
+                // reflect.mapassign0 calls runtime.mapassign: probing both
+                // would count twice.
+                assert!(plan.get("runtime.mapassign").is_some(), "{v}");
+                assert!(
+                    plan.get("reflect.mapassign0").is_none(),
+                    "{v}: no double count"
+                );
+            }
+            // Go 1.23's reflect wrappers all call the runtime entry points.
+            MapImpl::Classic => {
+                assert!(
+                    reflect.is_empty(),
+                    "{v}: reflect wrappers double count: {reflect:?}"
+                );
+                assert!(
+                    plan.get("runtime.mapdelete").is_some()
+                        && plan.get("runtime.mapclear").is_some()
+                );
+            }
+        }
     }
-    // reflect.mapassign0 calls runtime.mapassign: probing both would count twice.
-    assert!(swiss.get("runtime.mapassign").is_some());
-    assert!(
-        swiss.get("reflect.mapassign0").is_none(),
-        "go1.24: no double count"
-    );
-    // Go 1.23's reflect wrappers all call the runtime entry points.
-    let classic = open("go1.23", "clean/reflect_maps")
-        .probe_plan()
-        .expect("plan");
-    let reflect: Vec<&str> = classic
-        .probes
-        .iter()
-        .map(|p| p.symbol.as_str())
-        .filter(|s| s.starts_with("reflect."))
-        .collect();
-    assert!(
-        reflect.is_empty(),
-        "go1.23: reflect wrappers double count: {reflect:?}"
-    );
-    assert!(
-        classic.get("runtime.mapdelete").is_some() && classic.get("runtime.mapclear").is_some()
-    );
 }
 
-/// The runtime's three `concurrent map ...` messages are found in every
-/// build (plain, PIE, stripped), at addresses whose bytes are the message.
+/// The runtime's map-race messages are found in every build (plain, PIE,
+/// stripped), at addresses whose bytes are the message, beside the crash
+/// path that prints them.
 #[test]
 fn runtime_map_race_messages_are_located() {
-    for version in VERSIONS {
+    let mut builds: Vec<(String, &str)> = Vec::new();
+    for &v in versions() {
         for rel in [
             "racy/delete_assign",
             "pie/delete_assign",
             "stripped/delete_assign",
         ] {
-            let bin = open(version, rel);
-            let found = bin.map_race_messages();
-            let mut classes: Vec<u8> = found.iter().map(|(_, _, class)| *class).collect();
-            classes.sort_unstable();
-            classes.dedup();
-            assert_eq!(classes, b"irw", "{version}/{rel}: {found:x?}");
-            let data = std::fs::read(prog(version, rel)).expect("read the binary");
-            for (vaddr, len, class) in found {
-                let offset = bin.file_offset(vaddr).expect("message in file data") as usize;
-                let text = &data[offset..offset + len];
-                assert!(text.starts_with(b"concurrent map "), "{version}/{rel}");
-                assert_eq!(text[15], class, "{version}/{rel}");
+            builds.push((v.to_string(), rel));
+        }
+    }
+    for v in noswiss_versions() {
+        builds.push((v, "noswiss/delete_assign"));
+    }
+    for (version, rel) in builds {
+        let bin = open(&version, rel);
+        let plan = bin.probe_plan().expect("plan");
+        let data = std::fs::read(prog(&version, rel)).expect("read the binary");
+        let fatal = plan
+            .backstops
+            .iter()
+            .find(|b| b.via == BackstopVia::Fatal)
+            .expect("runtime.fatal probed");
+        assert_eq!(fatal.symbol, "runtime.fatal");
+        let mut classes: Vec<MessageClass> = fatal.messages.iter().map(|m| m.class).collect();
+        classes.dedup();
+        for want in [
+            MessageClass::Writes,
+            MessageClass::Read,
+            MessageClass::Iteration,
+        ] {
+            assert!(
+                classes.contains(&want),
+                "{version}/{rel}: no {want:?} message located: {:?}",
+                fatal.messages
+            );
+        }
+        for b in &plan.backstops {
+            for m in &b.messages {
+                let offset = bin.file_offset(m.vaddr).expect("message in file data") as usize;
+                assert_eq!(
+                    &data[offset..offset + m.text.len()],
+                    m.text.as_bytes(),
+                    "{version}/{rel}"
+                );
             }
+        }
+        // Classic maps throw "bad map state" when a grow finds a bucket
+        // written after its evacuation: that path is probed too.
+        if bin.map_impl() == MapImpl::Classic {
+            let throw = plan
+                .backstops
+                .iter()
+                .find(|b| b.via == BackstopVia::Throw)
+                .unwrap_or_else(|| panic!("{version}/{rel}: runtime.throw probed"));
+            assert!(
+                throw
+                    .messages
+                    .iter()
+                    .any(|m| m.class == MessageClass::ReleasedBucket),
+                "{version}/{rel}: bad map state located: {:?}",
+                throw.messages
+            );
         }
     }
 }

@@ -4,16 +4,15 @@
 //!
 //! Offsets come from the binary's DWARF (`runtime.hmap`, `runtime.hiter`,
 //! `internal/runtime/maps.Map`, `internal/runtime/maps.Iter`, `runtime.g`,
-//! `runtime.m`) when present; otherwise from the per-release table below,
-//! which was read from the DWARF of go1.23.5 and go1.24.4 binaries built
-//! here (tests cross-check the two).
+//! `runtime.m`) when present; otherwise from the release table
+//! ([`super::release`]), which was read from the DWARF of binaries each
+//! release built here (tests cross-check the two).
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::MapImpl;
-use super::version::GoVersion;
+use super::release::{MapRuntime, Release};
 
 /// Where the offsets in a [`RuntimeLayout`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,39 +102,29 @@ pub struct RuntimeLayout {
     pub map: MapLayout,
     /// Offset of the map pointer in the iterator (`hiter.h` / `Iter.m`).
     pub iter_map: u64,
+    /// `runtime.moduledata.text` (user space only: the text start of a
+    /// binary without section headers).
+    pub moduledata_text: u64,
+    /// `runtime.moduledata.gofunc` (user space only: inline trees of a
+    /// binary without symbols).
+    pub moduledata_gofunc: u64,
 }
 
 impl RuntimeLayout {
-    /// The verified table for a supported build; `None` for others. Classic
-    /// `hmap` is the same in 1.23 and in 1.24 with `GOEXPERIMENT=noswissmap`
-    /// (checked in the DWARF of both); `g` and `m` are the same in both.
-    pub fn for_version(v: &GoVersion) -> Option<RuntimeLayout> {
-        let map = match v.map_impl()? {
-            MapImpl::Classic => MapLayout::Classic(ClassicMapLayout {
-                count: 0,
-                flags: 8,
-                hash_writing: 4,
-                b: 9,
-                buckets: 16,
-                oldbuckets: 24,
-            }),
-            MapImpl::Swiss => MapLayout::Swiss(SwissMapLayout {
-                used: 0,
-                dir_ptr: 16,
-                dir_len: 24,
-                writing: 34,
-                clear_seq: 40,
-            }),
-        };
-        Some(RuntimeLayout {
+    /// The verified table's offsets for a build of `release` with `maps`.
+    pub fn from_table(release: &Release, maps: &MapRuntime) -> RuntimeLayout {
+        let g = release.goroutine;
+        RuntimeLayout {
             source: LayoutSource::Table,
-            g_goid: 160,
-            g_m: 48,
-            m_procid: 72,
-            m_id: 232,
-            map,
-            iter_map: 24,
-        })
+            g_goid: g.g_goid,
+            g_m: g.g_m,
+            m_procid: g.m_procid,
+            m_id: g.m_id,
+            map: maps.layout,
+            iter_map: maps.iter_map,
+            moduledata_text: release.moduledata.text,
+            moduledata_gofunc: release.moduledata.gofunc,
+        }
     }
 
     /// Replaces table values with those found in DWARF (`structs` maps a Go
@@ -162,6 +151,8 @@ impl RuntimeLayout {
         set("runtime.g", "m", &mut self.g_m);
         set("runtime.m", "procid", &mut self.m_procid);
         set("runtime.m", "id", &mut self.m_id);
+        set("runtime.moduledata", "text", &mut self.moduledata_text);
+        set("runtime.moduledata", "gofunc", &mut self.moduledata_gofunc);
         match &mut self.map {
             MapLayout::Classic(c) => {
                 set("runtime.hmap", "count", &mut c.count);
@@ -194,6 +185,7 @@ impl RuntimeLayout {
 pub const DWARF_STRUCTS: &[&str] = &[
     "runtime.g",
     "runtime.m",
+    "runtime.moduledata",
     "runtime.hmap",
     "runtime.hiter",
     "internal/runtime/maps.Map",
@@ -203,22 +195,26 @@ pub const DWARF_STRUCTS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::goelf::release;
+    use crate::goelf::version::GoVersion;
+
+    fn table(raw: &str) -> RuntimeLayout {
+        let (r, m) = release::lookup(&GoVersion::parse(raw).expect("v")).expect("supported");
+        RuntimeLayout::from_table(r, m)
+    }
 
     #[test]
-    fn table_covers_supported_versions_only() {
-        let l23 = RuntimeLayout::for_version(&GoVersion::parse("go1.23.5").expect("v"))
-            .expect("1.23 table");
-        assert_eq!(l23.map.writing_flag(), (8, 4));
-        let l24 = RuntimeLayout::for_version(&GoVersion::parse("go1.24.4").expect("v"))
-            .expect("1.24 table");
-        assert_eq!(l24.map.writing_flag(), (34, 1));
-        assert!(RuntimeLayout::for_version(&GoVersion::parse("go1.25.0").expect("v")).is_none());
+    fn table_gives_each_release_its_offsets() {
+        assert_eq!(table("go1.23.5").map.writing_flag(), (8, 4));
+        assert_eq!(table("go1.24.4").map.writing_flag(), (34, 1));
+        assert_eq!(table("go1.25.1 X:noswissmap").map.writing_flag(), (8, 4));
+        assert_eq!(table("go1.24.4").g_goid, 160);
+        assert_eq!(table("go1.27.4").g_goid, 152);
     }
 
     #[test]
     fn dwarf_values_override_and_are_reported() {
-        let mut l =
-            RuntimeLayout::for_version(&GoVersion::parse("go1.23.1").expect("v")).expect("table");
+        let mut l = table("go1.23.1");
         let mut g = HashMap::new();
         g.insert("goid".to_string(), 152u64);
         let structs = HashMap::from([("runtime.g".to_string(), g)]);

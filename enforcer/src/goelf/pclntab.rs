@@ -14,8 +14,6 @@ use super::version::read_uvarint;
 
 mod inline;
 
-pub use inline::MODULEDATA_GOFUNC;
-
 /// Magic of the Go 1.20+ table format (1.20 through 1.24 share it).
 pub const PCLNTAB_MAGIC_120: u32 = 0xFFFF_FFF1;
 const HEADER_LEN: usize = 8 + 8 * 8;
@@ -81,7 +79,8 @@ pub struct Symbolizer {
 
 impl Symbolizer {
     /// Parses the table. `data` starts at the magic; `text_start_hint`
-    /// replaces a zero `textStart` header field (never seen on amd64 here).
+    /// replaces a zero `textStart` header field (Go 1.26 on leaves it zero:
+    /// the runtime reads `moduledata.text` instead).
     pub fn parse(data: &[u8], text_start_hint: Option<u64>) -> Result<Symbolizer, PclntabError> {
         if data.len() < HEADER_LEN {
             return Err(PclntabError::Corrupt("shorter than its header"));

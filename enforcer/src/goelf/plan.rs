@@ -9,7 +9,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::disasm::{self, StepHandling};
-use super::{GoBinary, GoElfError, MapImpl};
+use super::release::{self, Backstop, BackstopVia, Candidate, MessageClass};
+use super::{GoBinary, GoElfError};
 
 /// What a probed function does to the map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -162,10 +163,34 @@ pub struct PlannedProbe {
     pub note: Option<String>,
 }
 
+/// A crash path probed at its entry (see [`Backstop`]), with the
+/// map-race messages located in the binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedBackstop {
+    pub symbol: &'static str,
+    pub via: BackstopVia,
+    /// ELF virtual address of the function's first instruction (the probe).
+    pub func_vaddr: u64,
+    pub file_offset: u64,
+    /// How the kernel runs the entry instruction (it does so once, as the
+    /// process dies: the cost does not matter).
+    pub handling: StepHandling,
+    pub messages: Vec<LocatedMessage>,
+}
+
+/// A copy of a runtime message in the binary's loaded data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocatedMessage {
+    pub text: &'static str,
+    pub class: MessageClass,
+    pub vaddr: u64,
+}
+
 /// Every probe for one binary, in table order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbePlan {
     pub probes: Vec<PlannedProbe>,
+    pub backstops: Vec<PlannedBackstop>,
 }
 
 impl ProbePlan {
@@ -180,140 +205,79 @@ impl ProbePlan {
 
 /// Where to find the map pointer of a candidate function.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum MapArg {
+pub enum MapArg {
     Reg(GoReg),
     ViaIter(GoReg),
 }
 
-/// A function worth probing if the binary has it.
-pub(super) struct Candidate {
-    pub symbol: &'static str,
-    pub op: MapOp,
-    pub arg: MapArg,
-}
-
-const fn c(symbol: &'static str, op: MapOp, arg: MapArg) -> Candidate {
-    Candidate { symbol, op, arg }
-}
-
-use GoReg::{Rax, Rbx, Rcx};
-use MapArg::{Reg, ViaIter};
-use MapOp::*;
-
-/// Entry points the compiler calls for map operations, same names and
-/// `(type, map, key...)` signature (map in RBX) in both implementations.
-const COMMON: &[Candidate] = &[
-    c("runtime.mapdelete", Delete, Reg(Rbx)),
-    c("runtime.mapdelete_fast32", Delete, Reg(Rbx)),
-    c("runtime.mapdelete_fast64", Delete, Reg(Rbx)),
-    c("runtime.mapdelete_faststr", Delete, Reg(Rbx)),
-    c("runtime.mapassign", Assign, Reg(Rbx)),
-    c("runtime.mapassign_fast32", Assign, Reg(Rbx)),
-    c("runtime.mapassign_fast32ptr", Assign, Reg(Rbx)),
-    c("runtime.mapassign_fast64", Assign, Reg(Rbx)),
-    c("runtime.mapassign_fast64ptr", Assign, Reg(Rbx)),
-    c("runtime.mapassign_faststr", Assign, Reg(Rbx)),
-    c("runtime.mapclear", Clear, Reg(Rbx)),
-    c("runtime.mapaccess1", Read, Reg(Rbx)),
-    c("runtime.mapaccess1_fast32", Read, Reg(Rbx)),
-    c("runtime.mapaccess1_fast64", Read, Reg(Rbx)),
-    c("runtime.mapaccess1_faststr", Read, Reg(Rbx)),
-    c("runtime.mapaccess1_fat", Read, Reg(Rbx)),
-    c("runtime.mapaccess2", Read, Reg(Rbx)),
-    c("runtime.mapaccess2_fast32", Read, Reg(Rbx)),
-    c("runtime.mapaccess2_fast64", Read, Reg(Rbx)),
-    c("runtime.mapaccess2_faststr", Read, Reg(Rbx)),
-    c("runtime.mapaccess2_fat", Read, Reg(Rbx)),
-];
-
-/// Go ≤ 1.23 (`runtime/map.go`).
-const CLASSIC: &[Candidate] = &[
-    c("runtime.mapaccessK", Read, Reg(Rbx)),
-    c("runtime.mapiterinit", IterStart, Reg(Rbx)),
-    c("runtime.mapiternext", IterNext, ViaIter(Rax)),
-    c("runtime.hashGrow", Grow, Reg(Rbx)),
-    c("runtime.growWork", Grow, Reg(Rbx)),
-    c("runtime.growWork_fast32", Grow, Reg(Rbx)),
-    c("runtime.growWork_fast64", Grow, Reg(Rbx)),
-    c("runtime.growWork_faststr", Grow, Reg(Rbx)),
-    c("runtime.evacuate", Grow, Reg(Rbx)),
-    c("runtime.evacuate_fast32", Grow, Reg(Rbx)),
-    c("runtime.evacuate_fast64", Grow, Reg(Rbx)),
-    c("runtime.evacuate_faststr", Grow, Reg(Rbx)),
-];
-
-/// Go ≥ 1.24 swiss maps (`runtime/map_swiss.go`, `internal/runtime/maps`).
-/// `(*table)` methods take `(t, typ, m, ...)`: the map is the third argument.
-const SWISS: &[Candidate] = &[
-    c("runtime.mapIterStart", IterStart, Reg(Rbx)),
-    c("runtime.mapIterNext", IterNext, ViaIter(Rax)),
-    c("internal/runtime/maps.(*table).rehash", Grow, Reg(Rcx)),
-    c("internal/runtime/maps.(*table).grow", Grow, Reg(Rcx)),
-    c("internal/runtime/maps.(*table).split", Grow, Reg(Rcx)),
-    c("internal/runtime/maps.(*Map).growToSmall", Grow, Reg(Rax)),
-    c("internal/runtime/maps.(*Map).growToTable", Grow, Reg(Rax)),
-    c(
-        "internal/runtime/maps.(*Map).installTableSplit",
-        Grow,
-        Reg(Rax),
-    ),
-];
-
-/// reflect's linknamed entry points (`reflect.Value.SetMapIndex`,
-/// `MapRange`, `Clear`, and so fmt and encoding/json on maps). Some call the
-/// runtime entry points above, some inline them (Go 1.24's
-/// `reflect.mapdelete` calls `(*Map).Delete` directly): one is planned only
-/// if it calls no planned function, so an operation is never counted twice.
-const REFLECT_COMMON: &[Candidate] = &[
-    c("reflect.mapdelete", Delete, Reg(Rbx)),
-    c("reflect.mapdelete_faststr", Delete, Reg(Rbx)),
-    c("reflect.mapassign0", Assign, Reg(Rbx)),
-    c("reflect.mapassign_faststr0", Assign, Reg(Rbx)),
-    c("reflect.mapclear", Clear, Reg(Rbx)),
-    c("reflect.mapaccess", Read, Reg(Rbx)),
-    c("reflect.mapaccess_faststr", Read, Reg(Rbx)),
-    c("reflect.mapiterinit", IterStart, Reg(Rbx)),
-];
-
-/// Iterator wrappers whose iterator layout is the runtime's own (`hiter` /
-/// `maps.Iter`); Go 1.24's `reflect.mapiternext` takes a different
-/// (linkname compatibility) iterator and is left out.
-const REFLECT_CLASSIC: &[Candidate] = &[c("reflect.mapiternext", IterNext, ViaIter(Rax))];
-const REFLECT_SWISS: &[Candidate] = &[
-    c("reflect.mapIterStart", IterStart, Reg(Rbx)),
-    c("reflect.mapIterNext", IterNext, ViaIter(Rax)),
-];
-
-/// Candidate functions for a map implementation.
-pub(super) fn candidates(imp: MapImpl) -> impl Iterator<Item = &'static Candidate> {
-    let specific = match imp {
-        MapImpl::Classic => CLASSIC,
-        MapImpl::Swiss => SWISS,
-    };
-    COMMON.iter().chain(specific.iter())
-}
-
-/// Disassembles every candidate function `bin` has and plans its probe.
+/// Disassembles every candidate function `bin` has and plans its probe,
+/// then locates its crash paths and their messages.
 pub(super) fn build(bin: &GoBinary) -> Result<ProbePlan, GoElfError> {
+    let maps = bin.maps();
     let mut probes = Vec::new();
-    for cand in candidates(bin.map_impl()) {
+    for cand in release::candidates(maps) {
         if let Some((probe, _)) = plan_one(bin, cand)? {
             probes.push(probe);
         }
     }
-    let reflect = match bin.map_impl() {
-        MapImpl::Classic => REFLECT_CLASSIC,
-        MapImpl::Swiss => REFLECT_SWISS,
-    };
     let planned: Vec<u64> = probes.iter().map(|p| p.func_vaddr).collect();
-    for cand in REFLECT_COMMON.iter().chain(reflect) {
+    for cand in release::REFLECT_COMMON.iter().chain(maps.reflect) {
         if let Some((probe, calls)) = plan_one(bin, cand)?
             && !calls.iter().any(|target| planned.contains(target))
         {
             probes.push(probe);
         }
     }
-    Ok(ProbePlan { probes })
+    let backstops = maps
+        .backstops
+        .iter()
+        .map(|b| plan_backstop(bin, b))
+        .collect::<Result<_, _>>()?;
+    Ok(ProbePlan { probes, backstops })
+}
+
+/// Locates a crash path and every copy of its messages. The linker may
+/// share one string's bytes with a longer one, so the search is over raw
+/// bytes, not symbols.
+fn plan_backstop(bin: &GoBinary, backstop: &Backstop) -> Result<PlannedBackstop, GoElfError> {
+    let func =
+        bin.symbolizer()
+            .function(backstop.symbol)
+            .ok_or_else(|| GoElfError::NoBackstop {
+                path: bin.path().to_path_buf(),
+                symbol: backstop.symbol,
+            })?;
+    let unmapped = || GoElfError::Unmapped {
+        path: bin.path().to_path_buf(),
+        symbol: backstop.symbol.to_string(),
+        vaddr: func.entry,
+    };
+    let file_offset = bin.file_offset(func.entry).ok_or_else(unmapped)?;
+    let code = bin.function_code(func).ok_or_else(unmapped)?;
+    let handling = disasm::decode(code, func.entry)
+        .first()
+        .map_or(StepHandling::Rejected, |i| i.handling);
+    let messages = backstop
+        .messages
+        .iter()
+        .flat_map(|m| {
+            bin.find_data(m.text.as_bytes())
+                .into_iter()
+                .map(|vaddr| LocatedMessage {
+                    text: m.text,
+                    class: m.class,
+                    vaddr,
+                })
+        })
+        .collect();
+    Ok(PlannedBackstop {
+        symbol: backstop.symbol,
+        via: backstop.via,
+        func_vaddr: func.entry,
+        file_offset,
+        handling,
+        messages,
+    })
 }
 
 /// Plans one candidate, if the binary has it; also returns the targets of

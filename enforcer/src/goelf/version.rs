@@ -1,5 +1,5 @@
-//! Go toolchain version: read from `.go.buildinfo` and checked against the
-//! versions whose runtime layouts mapguard has verified.
+//! Go toolchain version, read from `.go.buildinfo` (whether mapguard knows
+//! the release is the release table's business: [`super::release`]).
 //!
 //! `.go.buildinfo` survives `strip` and `-ldflags=-s -w`; when the section
 //! headers are gone too, the 16-byte-aligned magic is searched in the file.
@@ -8,18 +8,12 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::MapImpl;
-
 /// Magic at the start of the build-info blob (14 bytes, then pointer size and flags).
 const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
 /// Size of the build-info header before the inline strings start.
 const BUILDINFO_HEADER_LEN: usize = 32;
 /// Flag bit: version and module strings are stored inline (Go 1.18+).
 const FLAG_INLINE_STRINGS: u8 = 0x2;
-
-/// Go releases whose map and goroutine layouts were verified here, as
-/// `(major, minor)`: all patch releases of these are accepted.
-pub const SUPPORTED_GO_RELEASES: &[(u32, u32)] = &[(1, 23), (1, 24)];
 
 /// Why a version could not be read or is not supported.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,42 +69,12 @@ impl GoVersion {
         })
     }
 
-    /// Whether map/goroutine layouts for this build were verified here.
-    pub fn is_supported(&self) -> bool {
-        self.map_impl().is_some()
-    }
-
-    /// Human-readable list of supported releases.
-    pub fn supported_list() -> String {
-        let releases: Vec<String> = SUPPORTED_GO_RELEASES
-            .iter()
-            .map(|(a, b)| format!("{a}.{b}.x"))
-            .collect();
-        format!(
-            "{} (1.23: classic maps; 1.24: swiss maps, or classic with GOEXPERIMENT=noswissmap)",
-            releases.join(", ")
-        )
-    }
-
     /// `GOEXPERIMENT`s the toolchain records after ` X:` (e.g. `noswissmap`).
     pub fn experiments(&self) -> impl Iterator<Item = &str> {
         self.raw
             .split_whitespace()
             .filter_map(|w| w.strip_prefix("X:"))
             .flat_map(|list| list.split(','))
-    }
-
-    /// The map implementation of a supported build: Go 1.23 uses classic
-    /// maps (its experimental `swissmap` is refused), Go 1.24 swiss tables
-    /// unless built with `GOEXPERIMENT=noswissmap`. `None`: not supported.
-    pub fn map_impl(&self) -> Option<MapImpl> {
-        let has = |e: &str| self.experiments().any(|x| x == e);
-        match (self.major, self.minor) {
-            (1, 23) if !has("swissmap") => Some(MapImpl::Classic),
-            (1, 24) if has("noswissmap") => Some(MapImpl::Classic),
-            (1, 24) => Some(MapImpl::Swiss),
-            _ => None,
-        }
     }
 }
 
@@ -194,31 +158,19 @@ mod tests {
     fn parses_release_versions() {
         let v = GoVersion::parse("go1.23.5").expect("go1.23.5 parses");
         assert_eq!((v.major, v.minor, v.patch), (1, 23, 5));
-        assert_eq!(v.map_impl(), Some(MapImpl::Classic));
         let v = GoVersion::parse("go1.24.4 X:nocoverageredesign").expect("with experiments");
         assert_eq!((v.major, v.minor, v.patch), (1, 24, 4));
-        assert_eq!(v.map_impl(), Some(MapImpl::Swiss));
         assert_eq!(
             v.experiments().collect::<Vec<_>>(),
             vec!["nocoverageredesign"]
         );
         let v = GoVersion::parse("go1.24.4 X:noswissmap,boringcrypto").expect("noswissmap");
         assert_eq!(
-            v.map_impl(),
-            Some(MapImpl::Classic),
-            "GOEXPERIMENT=noswissmap"
+            v.experiments().collect::<Vec<_>>(),
+            vec!["noswissmap", "boringcrypto"]
         );
         let v = GoVersion::parse("go1.24rc1").expect("release candidate");
         assert_eq!((v.major, v.minor, v.patch), (1, 24, 0));
-    }
-
-    #[test]
-    fn unsupported_versions_are_detected() {
-        for raw in ["go1.22.12", "go1.25.0", "go1.17", "go1.23.5 X:swissmap"] {
-            let v = GoVersion::parse(raw).expect("parses");
-            assert!(!v.is_supported(), "{raw} must not be supported");
-        }
-        assert!(GoVersion::supported_list().starts_with("1.23.x, 1.24.x ("));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use mapguard_enforcer::goelf::{GoBinary, ProbePlan, StepHandling};
 
-use super::{VERSIONS, open, prog, source_line};
+use super::{open, prog, source_line, versions};
 
 fn check_symbolizer(v: &str, bin: &GoBinary) {
     let sym = bin.symbolizer();
@@ -65,14 +65,14 @@ fn check_symbolizer(v: &str, bin: &GoBinary) {
 
 #[test]
 fn symbolizer_maps_pcs_to_function_file_and_line() {
-    for v in VERSIONS {
+    for &v in versions() {
         check_symbolizer(v, &open(v, "racy/delete_assign"));
     }
 }
 
 #[test]
 fn stripped_and_pie_binaries_work() {
-    for v in VERSIONS {
+    for &v in versions() {
         let plain = open(v, "racy/delete_assign");
         let plain_plan = plain.probe_plan().expect("plan");
         for variant in ["stripped/delete_assign", "pie/delete_assign"] {
@@ -117,7 +117,7 @@ fn stripped_and_pie_binaries_work() {
 
 #[test]
 fn pie_load_bias_maps_elf_addresses_to_the_running_process() {
-    for v in VERSIONS {
+    for &v in versions() {
         let path = prog(v, "pie/mutex");
         let bin = GoBinary::open(&path).expect("open PIE");
         assert!(bin.is_pie());
@@ -160,7 +160,7 @@ fn pie_load_bias_maps_elf_addresses_to_the_running_process() {
 #[test]
 fn inlined_calls_symbolize_to_the_inlined_function_and_its_call_site() {
     let src = "clean/channel_handoff/main.go";
-    for v in VERSIONS {
+    for &v in versions() {
         for variant in ["clean/channel_handoff", "stripped/channel_handoff"] {
             let bin = open(v, variant);
             let sym = bin.symbolizer();

@@ -16,7 +16,64 @@ use std::{
 
 use serde_json::Value;
 
-pub const VERSIONS: [&str; 2] = ["go1.23", "go1.24"];
+/// `go1.23`, `go1.24`, ...: one tag per release of the enforcer's release
+/// table, the folders `tests/go/build.sh` builds into.
+pub fn versions() -> &'static [&'static str] {
+    static TAGS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        mapguard_enforcer::goelf::release::RELEASES
+            .iter()
+            .map(|r| &*format!("go{}", r.name()).leak())
+            .collect()
+    })
+}
+
+/// A toolchain of `tests/go/toolchains`.
+pub struct Toolchain {
+    pub tag: String,
+    pub go: PathBuf,
+    /// Extra builds (`noswiss`), or `refused`: a release the enforcer must refuse.
+    pub extra: Option<String>,
+}
+
+/// The toolchains the Go test programs are built with
+/// (`$MAPGUARD_GO_TOOLCHAINS` or `tests/go/toolchains`).
+pub fn toolchains() -> Vec<Toolchain> {
+    let path = std::env::var_os("MAPGUARD_GO_TOOLCHAINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("tests/go/toolchains"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let mut next = || words.next().map(str::to_string);
+            let (tag, go) = (next().expect("tag"), next().expect("go command"));
+            Toolchain {
+                tag,
+                go: go.into(),
+                extra: next(),
+            }
+        })
+        .collect()
+}
+
+/// `go env GOVERSION` of the toolchain tagged `tag`.
+pub fn toolchain_version(tag: &str) -> String {
+    let chain = toolchains()
+        .into_iter()
+        .find(|t| t.tag == tag)
+        .unwrap_or_else(|| panic!("{tag} is not in tests/go/toolchains"));
+    let out = Command::new(&chain.go)
+        .args(["env", "GOVERSION"])
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", chain.go.display()));
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
 
 pub const RACY: [&str; 9] = [
     "clear_writes",
@@ -88,13 +145,17 @@ pub fn require_bpf(test: &str) -> bool {
 }
 
 /// The Go test programs, built by `tests/go/build.sh` if needed (into
-/// `$MAPGUARD_GO_PROGS`, default `target/go-progs`).
+/// `$MAPGUARD_GO_PROGS`, default `target/go-progs`; incremental, and a file
+/// lock serializes test binaries that start it at once).
 pub fn go_progs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::var_os("MAPGUARD_GO_PROGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace().join("target/go-progs"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let lock = std::fs::File::create(dir.join(".build.lock")).expect("create the build lock");
+        lock.lock().expect("lock the Go programs' build");
         let status = Command::new("bash")
             .arg(workspace().join("tests/go/build.sh"))
             .arg(&dir)

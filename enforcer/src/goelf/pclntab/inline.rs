@@ -5,9 +5,9 @@
 //! then to its call site, as Go's own tracebacks do.
 //!
 //! Funcdata offsets are relative to `moduledata.gofunc`, found through the
-//! `runtime.firstmoduledata` record: its first word points at the pclntab
-//! header and its second at the function-name table, which is how it is
-//! located without symbols.
+//! `runtime.firstmoduledata` record ([`Symbolizer::find_moduledata`]): its
+//! first word points at the pclntab header and its second at the
+//! function-name table, which is how it is located without symbols.
 
 use super::{FuncInfo, Symbolizer};
 
@@ -17,9 +17,6 @@ const PCDATA_INL_TREE_INDEX: u32 = 2;
 const FUNCDATA_INL_TREE: u32 = 3;
 /// Size of `runtime.inlinedCall {funcID u8; _ [3]u8; nameOff i32; parentPc i32; startLine i32}`.
 const INLINED_CALL_LEN: usize = 16;
-/// Offset of `gofunc` in `runtime.moduledata` (Go 1.20 through 1.24; read
-/// from the DWARF of go1.23.5 and go1.24.4 binaries).
-pub const MODULEDATA_GOFUNC: usize = 320;
 /// Bytes of `_func` before its `pcdata` array.
 const FUNC_FIXED_LEN: usize = 44;
 
@@ -43,22 +40,24 @@ impl Symbolizer {
         self.gofunc.is_some()
     }
 
-    /// `moduledata.gofunc`, found by scanning the `segments`' bytes for
-    /// the module data record that points at this pclntab (at
-    /// `pclntab_vaddr`) and at its function-name table.
-    pub fn find_gofunc<'a>(
+    /// The `runtime.moduledata` record of this pclntab (at `pclntab_vaddr`):
+    /// the bytes from its start to the end of its segment, found by
+    /// scanning the `segments`' bytes for a record whose first word points
+    /// at the pclntab header and whose second at its function-name table.
+    /// Its field offsets are per release
+    /// (`super::super::release::ModuledataLayout`).
+    pub fn find_moduledata<'a>(
         &self,
         pclntab_vaddr: u64,
         segments: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Option<u64> {
+    ) -> Option<&'a [u8]> {
         let want_header = pclntab_vaddr.to_le_bytes();
         let want_names = (pclntab_vaddr + self.funcname_off as u64).to_le_bytes();
         for bytes in segments {
             let mut at = 0;
-            while at + MODULEDATA_GOFUNC + 8 <= bytes.len() {
+            while at + 16 <= bytes.len() {
                 if bytes[at..at + 8] == want_header && bytes[at + 8..at + 16] == want_names {
-                    let b = &bytes[at + MODULEDATA_GOFUNC..at + MODULEDATA_GOFUNC + 8];
-                    return Some(u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                    return Some(&bytes[at..]);
                 }
                 at += 8;
             }
