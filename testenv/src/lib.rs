@@ -27,7 +27,7 @@
 //! # }
 //! ```
 //!
-//! A start costs 3–6 s and about 350 MB: share one per test binary.
+//! A start costs 2–6 s and about 320 MB: share one per test binary.
 
 pub mod binaries;
 mod certs;
