@@ -167,6 +167,9 @@ impl Default for Options {
     }
 }
 
+/// Bound of one request while waiting for readiness.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Starts with free ports are retried this many times when a port was taken
 /// in between.
 const START_ATTEMPTS: u32 = 3;
@@ -412,14 +415,24 @@ async fn wait_ready(
         let readyz = http::Request::get("/readyz")
             .body(Vec::new())
             .expect("a GET request builds");
-        let last = match client.request_text(readyz).await {
-            Ok(text) if text.trim() == "ok" => match namespaces.get_opt("default").await {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => "ready, no default namespace yet".to_owned(),
-                Err(e) => format!("GET namespace default: {e}"),
-            },
-            Ok(text) => text,
-            Err(e) => e.to_string(),
+        // Each request bounded too: a server that accepts and never answers
+        // would otherwise hold the loop for the client's read timeout.
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            match client.request_text(readyz).await {
+                Ok(text) if text.trim() == "ok" => match namespaces.get_opt("default").await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("ready, no default namespace yet".to_owned()),
+                    Err(e) => Err(format!("GET namespace default: {e}")),
+                },
+                Ok(text) => Err(text),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        let last = match answer {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(last)) => last,
+            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
         };
         if started.elapsed() > options.ready_timeout {
             return Err(TestEnvError::NotReady {

@@ -133,27 +133,25 @@ impl Process {
     }
 
     /// SIGTERM, then SIGKILL if still running after `grace`; waits for the
-    /// exit. Signals only a child not yet reaped, so never a reused pid.
-    pub fn stop(&mut self, grace: Duration) -> ExitStatus {
+    /// exit (`None` only if waiting itself failed). Signals only a child not
+    /// yet reaped, so never a reused pid.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         if let Some(status) = self.exited() {
-            return status;
+            return Some(status);
         }
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.exited() {
-                return status;
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = kill(pid, Signal::SIGKILL);
-        let status = self
-            .child
-            .wait()
-            .unwrap_or_else(|e| panic!("waiting for {} (pid {pid}) after SIGKILL: {e}", self.name));
-        self.status = Some(status);
-        status
+        // Called from Drop, maybe while unwinding: no panic here.
+        self.status = self.child.wait().ok();
+        self.status
     }
 }
 
