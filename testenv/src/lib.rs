@@ -151,7 +151,7 @@ impl TestEnvError {
 pub struct Options {
     /// Extra kube-apiserver flags, after the defaults (a later flag wins).
     pub apiserver_args: Vec<String>,
-    /// How long to wait for `/readyz` (3–6 s is usual here).
+    /// How long to wait for `/readyz` (2–6 s is usual here).
     pub ready_timeout: Duration,
     /// How long each process may take to exit after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
@@ -238,20 +238,7 @@ impl TestEnv {
         loop {
             match Self::launch(dir, &binaries, options, &certs, &files).await {
                 Err(e) if e.is_port_conflict() && attempt < START_ATTEMPTS => attempt += 1,
-                Ok((apiserver, etcd, url, kubeconfig, config)) => {
-                    return Ok(Self {
-                        apiserver,
-                        etcd,
-                        dir: dir.to_owned(),
-                        url,
-                        kubeconfig,
-                        config,
-                        ca_cert: certs.ca_cert,
-                        binaries,
-                        stop_grace: options.stop_grace,
-                    });
-                }
-                Err(e) => return Err(e),
+                result => return result,
             }
         }
     }
@@ -263,7 +250,7 @@ impl TestEnv {
         options: &Options,
         certs: &ControlPlaneCerts,
         files: &CertFiles,
-    ) -> Result<(Process, Process, String, PathBuf, kube::Config), TestEnvError> {
+    ) -> Result<Self, TestEnvError> {
         let data = dir.join("etcd-data");
         let _ = std::fs::remove_dir_all(&data);
         let (client_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);
@@ -330,7 +317,17 @@ impl TestEnv {
         let config = write_kubeconfig(&kubeconfig, &url, certs).await?;
         let client = new_client(&config)?;
         wait_ready(&client, &mut apiserver, &mut etcd, options).await?;
-        Ok((apiserver, etcd, url, kubeconfig, config))
+        Ok(Self {
+            apiserver,
+            etcd,
+            dir: dir.to_owned(),
+            url,
+            kubeconfig,
+            config,
+            ca_cert: certs.ca_cert.clone(),
+            binaries: binaries.clone(),
+            stop_grace: options.stop_grace,
+        })
     }
 
     /// A new client for the admin. Call it on the runtime that uses it: a

@@ -1,8 +1,9 @@
-//! A start that fails reports the API server's own words and leaves no
-//! process and no folder behind. (A test binary of its own: it counts this
+//! A start that fails (the API server exits, or is not ready in time)
+//! reports the API server's log and leaves no process and no folder behind. (A test binary of its own: it counts this
 //! process's children, which a parallel test would disturb.)
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use mapguard_testenv::{Options, TestEnv, TestEnvError, require_control_plane};
 
@@ -17,7 +18,7 @@ async fn a_failed_start_reports_the_log_and_cleans_up() {
         apiserver_args: vec!["--no-such-flag=1".to_owned()],
         ..Options::default()
     };
-    let error = TestEnv::start_with(binaries, options)
+    let error = TestEnv::start_with(binaries.clone(), options)
         .await
         .expect_err("an unknown flag must stop the start");
     match &error {
@@ -28,6 +29,22 @@ async fn a_failed_start_reports_the_log_and_cleans_up() {
         other => panic!("expected Exited, got {other}"),
     }
     assert_eq!(children(), Vec::<String>::new(), "etcd must be stopped");
+    assert_eq!(folders(), before, "the folder must be removed");
+
+    // Not ready in time: both processes are running and must be stopped.
+    let options = Options {
+        ready_timeout: Duration::from_millis(1),
+        ..Options::default()
+    };
+    let error = TestEnv::start_with(binaries, options)
+        .await
+        .expect_err("1 ms is too short to get ready");
+    assert!(
+        matches!(error, TestEnvError::NotReady { .. }),
+        "expected NotReady, got {error}"
+    );
+    assert!(error.to_string().contains("kube-apiserver.log"), "{error}");
+    assert_eq!(children(), Vec::<String>::new(), "both must be stopped");
     assert_eq!(folders(), before, "the folder must be removed");
 }
 
