@@ -31,120 +31,27 @@
 
 pub mod binaries;
 mod certs;
+mod error;
+mod files;
 mod objects;
 mod process;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub use binaries::{Binaries, install_dir, kube_version, require_control_plane};
 pub use certs::{ADMIN_GROUP, ADMIN_USER};
+pub use error::TestEnvError;
 pub use objects::url_client_config;
 
 use certs::ControlPlaneCerts;
+use files::{CertFiles, make_dir, write_kubeconfig};
 use process::{Process, free_port};
-
-/// Why a control plane could not be started or used.
-#[derive(Debug, thiserror::Error)]
-pub enum TestEnvError {
-    /// A binary is not installed.
-    #[error("no executable {path} (install with `sudo bash .ci/install-cluster.sh`, or set {var})")]
-    MissingBinary {
-        /// Where it was looked for.
-        path: PathBuf,
-        /// The environment variable that names another one.
-        var: &'static str,
-    },
-    /// A file-system or socket operation failed.
-    #[error("cannot {what} ({path}): {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file, folder or address.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// rcgen failed.
-    #[error("cannot generate the {what}: {source}")]
-    Certs {
-        /// Which certificate or key.
-        what: &'static str,
-        /// The rcgen error.
-        #[source]
-        source: rcgen::Error,
-    },
-    /// A process could not be started.
-    #[error("cannot start {program}: {source}")]
-    Spawn {
-        /// The binary.
-        program: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A process ended before the API server was ready.
-    #[error("{name} exited ({status}) before the API server was ready; end of {log_path}:\n{log}")]
-    Exited {
-        /// `etcd` or `kube-apiserver`.
-        name: &'static str,
-        /// Its exit status.
-        status: ExitStatus,
-        /// Its log file (removed with the folder).
-        log_path: PathBuf,
-        /// The last lines of its log.
-        log: String,
-    },
-    /// `/readyz` did not answer `ok` in time.
-    #[error(
-        "the API server was not ready after {waited:?} (last answer: {last}); end of {log_path}:\n{log}"
-    )]
-    NotReady {
-        /// How long it was given.
-        waited: Duration,
-        /// The last error or answer.
-        last: String,
-        /// Its log file (removed with the folder).
-        log_path: PathBuf,
-        /// The last lines of its log.
-        log: String,
-    },
-    /// The kubeconfig written for the admin does not load.
-    #[error("the kubeconfig {path} does not load: {source}")]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// kube's error.
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    /// An API request failed.
-    #[error("cannot {what}: {source}")]
-    Kube {
-        /// What was being done.
-        what: String,
-        /// kube's error.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl TestEnvError {
-    /// A child could not bind its port: another process took it between
-    /// [`free_port`] and the bind.
-    fn is_port_conflict(&self) -> bool {
-        matches!(self, TestEnvError::Exited { log, .. } if log.contains("address already in use"))
-    }
-}
 
 /// Settings of a start.
 #[derive(Debug, Clone)]
@@ -448,108 +355,4 @@ fn new_client(config: &kube::Config) -> Result<kube::Client, TestEnvError> {
         what: "build a client".to_owned(),
         source,
     })
-}
-
-/// A fresh folder `$TMPDIR/mapguard-testenv-PID-N`.
-fn make_dir() -> Result<PathBuf, TestEnvError> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mapguard-testenv-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(source) => {
-                return Err(TestEnvError::Io {
-                    what: "create the test folder",
-                    path: dir,
-                    source,
-                });
-            }
-        }
-    }
-}
-
-/// The credential files the API server reads.
-struct CertFiles {
-    dir: PathBuf,
-    ca_cert: PathBuf,
-    serving_cert: PathBuf,
-    serving_key: PathBuf,
-    service_account_key: PathBuf,
-    service_account_public_key: PathBuf,
-}
-
-impl CertFiles {
-    fn write(dir: &Path, certs: &ControlPlaneCerts) -> Result<Self, TestEnvError> {
-        let dir = dir.join("pki");
-        let files = Self {
-            ca_cert: dir.join("ca.crt"),
-            serving_cert: dir.join("apiserver.crt"),
-            serving_key: dir.join("apiserver.key"),
-            service_account_key: dir.join("sa.key"),
-            service_account_public_key: dir.join("sa.pub"),
-            dir,
-        };
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| TestEnvError::Io {
-                what: "write a credential file",
-                path,
-                source,
-            }
-        };
-        std::fs::create_dir(&files.dir).map_err(io(&files.dir))?;
-        for (path, text) in [
-            (&files.ca_cert, &certs.ca_cert),
-            (&files.serving_cert, &certs.serving_cert),
-            (&files.serving_key, &certs.serving_key),
-            (&files.service_account_key, &certs.service_account_key),
-            (
-                &files.service_account_public_key,
-                &certs.service_account_public_key,
-            ),
-        ] {
-            std::fs::write(path, text).map_err(io(path))?;
-        }
-        Ok(files)
-    }
-}
-
-/// Writes a kubeconfig for the admin at `path` (certificates inline) and
-/// loads it back the way kubectl users' files are loaded.
-async fn write_kubeconfig(
-    path: &Path,
-    url: &str,
-    certs: &ControlPlaneCerts,
-) -> Result<kube::Config, TestEnvError> {
-    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
-    let doc = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {
-            "server": url,
-            "certificate-authority-data": b64(&certs.ca_cert),
-        }}],
-        "users": [{"name": ADMIN_USER, "user": {
-            "client-certificate-data": b64(&certs.admin_cert),
-            "client-key-data": b64(&certs.admin_key),
-        }}],
-        "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": ADMIN_USER}}],
-        "current-context": "testenv",
-    });
-    let text = serde_yaml::to_string(&doc).expect("a JSON value serializes to YAML");
-    std::fs::write(path, &text).map_err(|source| TestEnvError::Io {
-        what: "write the kubeconfig",
-        path: path.to_owned(),
-        source,
-    })?;
-    let kubeconfig_err = |source| TestEnvError::Kubeconfig {
-        path: path.to_owned(),
-        source,
-    };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_err)?;
-    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(kubeconfig_err)
 }
