@@ -109,6 +109,10 @@ pub struct Config {
     /// changes). Without it, namespaces are watched through the API server.
     #[arg(long, env = "MAPGUARD_NAMESPACES_FILE")]
     pub namespaces_file: Option<PathBuf>,
+    /// Kubeconfig file for the namespace watch (its current context). Default:
+    /// the in-cluster service account, else `KUBECONFIG` or `~/.kube/config`.
+    #[arg(long, env = "MAPGUARD_KUBECONFIG", conflicts_with = "namespaces_file")]
+    pub kubeconfig: Option<PathBuf>,
     /// Namespace whose requests are allowed without evaluation; repeatable.
     #[arg(
         long = "exempt-namespace",
@@ -194,6 +198,7 @@ mod tests {
         assert_eq!(config.max_body_bytes, 3 * 1024 * 1024);
         assert_eq!(config.exempt_namespaces, ["mapguard-system", "kube-system"]);
         assert!(config.policies.is_none());
+        assert!(config.kubeconfig.is_none());
     }
 
     #[test]
@@ -215,5 +220,9 @@ mod tests {
         assert_eq!(config.exempt_namespaces, ["a", "b"]);
         assert_eq!(config.failure_policy, FailurePolicy::FailOpen);
         assert!(Config::try_parse_from(["x", "--enforcement", "p=block"]).is_err());
+        assert!(
+            Config::try_parse_from(["x", "--kubeconfig=k", "--namespaces-file=n"]).is_err(),
+            "a kubeconfig is useless in offline mode"
+        );
     }
 }

@@ -10,7 +10,7 @@
 //!     --data @tests/data/admission/pod-privileged-create.json https://localhost:8443/validate
 //! ```
 //! Without `--namespaces-file` it watches Namespaces through the API server
-//! (in-cluster config or `KUBECONFIG`); without `--policies` it serves the
+//! (`--kubeconfig`, else in-cluster config or `KUBECONFIG`); without `--policies` it serves the
 //! policies compiled in. `--help` lists every flag and its `MAPGUARD_*`
 //! environment variable.
 

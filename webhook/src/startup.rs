@@ -3,9 +3,10 @@
 //! [`Webhook::start`]; tests do the same with `127.0.0.1:0` addresses.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use mapguard_policy::{EngineConfig, LoadError, NamespaceError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +38,15 @@ pub enum StartupError {
     /// No namespaces file and no cluster to watch.
     #[error("no --namespaces-file given and no Kubernetes API reachable: {0}")]
     Kube(#[source] kube::Error),
+    /// The `--kubeconfig` file is unusable.
+    #[error("cannot use kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// kube's error.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -112,9 +122,7 @@ impl Webhook {
                 (file.clone(), Some(file), None)
             }
             None => {
-                let client = kube::Client::try_default()
-                    .await
-                    .map_err(StartupError::Kube)?;
+                let client = kube_client(config.kubeconfig.as_deref()).await?;
                 let cache = Arc::new(NamespaceCache::unsynced());
                 (cache.clone(), None, Some((client, cache)))
             }
@@ -268,6 +276,25 @@ impl Webhook {
             tasks,
         })
     }
+}
+
+/// A client from `kubeconfig` (its current context), or kube's default
+/// (in-cluster, then `KUBECONFIG` / `~/.kube/config`).
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, StartupError> {
+    let Some(path) = kubeconfig else {
+        return kube::Client::try_default()
+            .await
+            .map_err(StartupError::Kube);
+    };
+    let err = |source| StartupError::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    };
+    let file = Kubeconfig::read_from(path).map_err(err)?;
+    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(err)?;
+    kube::Client::try_from(config).map_err(StartupError::Kube)
 }
 
 impl Running {

@@ -249,7 +249,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Starts the real webhook on 127.0.0.1 (ports chosen by the OS) with the
 /// certificate pair in `cert_dir`, `flags`, and the test namespaces file
-/// unless `flags` name another.
+/// unless `flags` name another or a `--kubeconfig` to watch.
 pub async fn start_webhook(cert_dir: &Path, flags: &[String]) -> Running {
     let mut args = vec![
         "mapguard-webhook".to_owned(),
@@ -258,7 +258,10 @@ pub async fn start_webhook(cert_dir: &Path, flags: &[String]) -> Running {
         format!("--tls-cert={}", cert_dir.join("tls.crt").display()),
         format!("--tls-key={}", cert_dir.join("tls.key").display()),
     ];
-    if !flags.iter().any(|f| f.starts_with("--namespaces-file")) {
+    if !flags
+        .iter()
+        .any(|f| f.starts_with("--namespaces-file") || f.starts_with("--kubeconfig"))
+    {
         args.push(format!("--namespaces-file={}", namespaces_file().display()));
     }
     args.extend(flags.iter().cloned());

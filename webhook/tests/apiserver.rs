@@ -1,0 +1,395 @@
+//! The webhook behind a real kube-apiserver (mapguard-testenv): registered
+//! with the project's own manifests (only `clientConfig` turned into the URL
+//! form), watching Namespaces through the API server, and judging what the
+//! API server sends it. Every check goes through the API server as a client
+//! would see it.
+//!
+//! One API server serves every check (a start costs seconds), so they run
+//! in order in one test; each check is a function named after what it shows.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use mapguard_certs_gen::{CertRequest, generate, write_dir};
+use mapguard_testenv::TestEnv;
+use mapguard_webhook::startup::Running;
+use serde_json::json;
+use support::{ops_get, start_webhook, temp_dir};
+
+const MODE: &str = "mapguard.io/mode";
+const VALIDATE_DENIED: &str = r#"admission webhook "validate.mapguard.io" denied the request"#;
+const PRIVILEGED: &str = r#"[mapguard.privileged] container "app" is privileged"#;
+/// How long the API server and the webhook's watch may take to see a change.
+const PROPAGATION: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_enforces_the_webhooks_decisions() {
+    let test = "the_api_server_enforces_the_webhooks_decisions";
+    let Some(env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let client = env.client();
+    // Present before the webhook starts: its initial list must carry them.
+    create_namespace(&client, "payments", Some("kill")).await;
+    create_namespace(&client, "shop", None).await;
+
+    let base = temp_dir("apiserver");
+    let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system"))
+        .expect("generate the webhook's certificates");
+    write_dir(&certs, &base.join("certs"), false).expect("write the webhook's certificates");
+    let webhook = start_watching_webhook(&base.join("certs"), env.kubeconfig()).await;
+    register(&env, &webhook, &certs.ca_cert_pem).await;
+    wait_until_the_api_server_calls_the_webhook(&client).await;
+
+    privileged_pod_is_denied_with_the_policys_reason(&client).await;
+    pod_in_a_kill_namespace_is_annotated_by_mutation(&client).await;
+    deployment_with_a_privileged_template_is_denied(&client).await;
+    server_side_dry_run_is_judged_and_stores_nothing(&client).await;
+    kubectl_dry_run_shows_the_denial(&env).await;
+    exempt_namespaces_are_not_sent_to_the_webhook(&client, &webhook).await;
+    namespace_label_change_reaches_the_webhook_through_its_watch(&client).await;
+
+    webhook.shutdown().await;
+    drop(env);
+    std::fs::remove_dir_all(&base).expect("remove the test folder");
+}
+
+/// Starts the webhook without a namespaces file, watching Namespaces through
+/// the API server of `kubeconfig`, and waits for its `/readyz` (which waits
+/// for the watch's initial list).
+async fn start_watching_webhook(cert_dir: &Path, kubeconfig: &Path) -> Running {
+    let webhook = start_webhook(
+        cert_dir,
+        &[format!("--kubeconfig={}", kubeconfig.display())],
+    )
+    .await;
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let (status, body) = ops_get(webhook.metrics_addr, "/readyz").await;
+        if status.is_success() {
+            return webhook;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhook not ready within {PROPAGATION:?} (namespace watch never synced?): {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers both webhooks from `manifests/webhook/` as the README says
+/// (the CA bundle substituted), with `clientConfig` pointing at `webhook`.
+async fn register(env: &TestEnv, webhook: &Running, ca_pem: &str) {
+    use base64::Engine as _;
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook");
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let read = |name: &str| {
+        let path = manifests.join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .replace("CA_BUNDLE_BASE64", &bundle)
+    };
+    let validating: ValidatingWebhookConfiguration =
+        serde_yaml::from_str(&read("validatingwebhookconfiguration.yaml"))
+            .expect("validatingwebhookconfiguration.yaml is a ValidatingWebhookConfiguration");
+    let mutating: MutatingWebhookConfiguration =
+        serde_yaml::from_str(&read("mutatingwebhookconfiguration.yaml"))
+            .expect("mutatingwebhookconfiguration.yaml is a MutatingWebhookConfiguration");
+    let url = format!("https://{}", webhook.addr);
+    let applied = env
+        .register_validating_webhook(&validating, &url, ca_pem)
+        .await
+        .expect("register the validating webhook");
+    let webhooks = applied
+        .webhooks
+        .expect("applied configuration has webhooks");
+    assert_eq!(
+        webhooks[0].client_config.url.as_deref(),
+        Some(format!("{url}/validate").as_str()),
+        "clientConfig is the only change"
+    );
+    assert_eq!(webhooks[0].failure_policy.as_deref(), Some("Fail"));
+    env.register_mutating_webhook(&mutating, &url, ca_pem)
+        .await
+        .expect("register the mutating webhook");
+}
+
+/// The API server loads webhook configurations from its own watch: until a
+/// dry-run privileged Pod is denied and a dry-run Pod in `payments` comes
+/// back annotated, neither webhook is in use yet.
+async fn wait_until_the_api_server_calls_the_webhook(client: &Client) {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let denied = create(client, "shop", &pod("probe", true), true)
+            .await
+            .is_err_and(|m| m.contains(VALIDATE_DENIED));
+        let mutated = create(client, "payments", &pod("probe", false), true)
+            .await
+            .is_ok_and(|p| mode_annotation(&p).is_some());
+        if denied && mutated {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API server did not call both webhooks within {PROPAGATION:?} (denied: {denied}, mutated: {mutated})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn privileged_pod_is_denied_with_the_policys_reason(client: &Client) {
+    let message = create(client, "shop", &pod("privileged", true), false)
+        .await
+        .expect_err("a privileged Pod must be denied");
+    assert!(message.contains(VALIDATE_DENIED), "{message}");
+    assert!(message.contains(PRIVILEGED), "{message}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    assert!(
+        pods.get_opt("privileged").await.expect("GET pod").is_none(),
+        "a denied Pod must not be stored"
+    );
+}
+
+async fn pod_in_a_kill_namespace_is_annotated_by_mutation(client: &Client) {
+    let created = create(client, "payments", &pod("api", false), false)
+        .await
+        .unwrap_or_else(|m| panic!("a plain Pod in payments must be admitted: {m}"));
+    assert_eq!(mode_annotation(&created).as_deref(), Some("kill"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "payments");
+    let stored = pods.get("api").await.expect("GET the created Pod");
+    assert_eq!(
+        mode_annotation(&stored).as_deref(),
+        Some("kill"),
+        "the annotation is stored, not only returned"
+    );
+
+    // A Pod in a namespace without the label is admitted unchanged.
+    let plain = create(client, "shop", &pod("web", false), false)
+        .await
+        .unwrap_or_else(|m| panic!("a plain Pod in shop must be admitted: {m}"));
+    assert_eq!(mode_annotation(&plain), None);
+}
+
+async fn deployment_with_a_privileged_template_is_denied(client: &Client) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let error = deployments
+        .create(&PostParams::default(), &deployment("web", true))
+        .await
+        .expect_err("a Deployment with a privileged template must be denied");
+    let message = api_message(error);
+    assert!(message.contains(VALIDATE_DENIED), "{message}");
+    assert!(
+        message.contains(r#"Deployment shop/web: container "app" is privileged"#),
+        "{message}"
+    );
+
+    // The mutation is re-rooted onto a controller's Pod template.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "payments");
+    let created = deployments
+        .create(&PostParams::default(), &deployment("api", false))
+        .await
+        .unwrap_or_else(|e| panic!("a plain Deployment in payments must be admitted: {e}"));
+    let annotations = created
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get(MODE).map(String::as_str),
+        Some("kill"),
+        "{annotations:?}"
+    );
+}
+
+async fn server_side_dry_run_is_judged_and_stores_nothing(client: &Client) {
+    let message = create(client, "shop", &pod("dry-privileged", true), true)
+        .await
+        .expect_err("a dry-run privileged Pod must be denied too (sideEffects: None)");
+    assert!(message.contains(PRIVILEGED), "{message}");
+
+    let answered = create(client, "payments", &pod("dry-plain", false), true)
+        .await
+        .unwrap_or_else(|m| panic!("a dry-run plain Pod must be admitted: {m}"));
+    assert_eq!(mode_annotation(&answered).as_deref(), Some("kill"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "payments");
+    assert!(
+        pods.get_opt("dry-plain").await.expect("GET pod").is_none(),
+        "a dry-run create must not store the Pod"
+    );
+}
+
+/// kubectl with the test environment's kubeconfig, as a user would run it.
+async fn kubectl_dry_run_shows_the_denial(env: &TestEnv) {
+    let Some(mut kubectl) = env.kubectl() else {
+        eprintln!("kubectl not installed: kubectl check left out");
+        return;
+    };
+    let manifest = serde_json::to_vec(&pod("kubectl-privileged", true)).expect("Pod serializes");
+    let path = env.dir().join("kubectl-privileged.json");
+    std::fs::write(&path, manifest).expect("write the Pod manifest");
+    let output = tokio::task::spawn_blocking(move || {
+        kubectl
+            .args(["create", "--dry-run=server", "--namespace=shop", "-f"])
+            .arg(&path)
+            .output()
+            .expect("run kubectl")
+    })
+    .await
+    .expect("kubectl task");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "kubectl must fail: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains(VALIDATE_DENIED), "{stderr}");
+    assert!(stderr.contains(PRIVILEGED), "{stderr}");
+}
+
+/// The manifests' namespaceSelector keeps kube-system away from the webhook:
+/// admitted, and the webhook counts no request.
+async fn exempt_namespaces_are_not_sent_to_the_webhook(client: &Client, webhook: &Running) {
+    let before = requests_seen(webhook).await;
+    let admitted = create(client, "kube-system", &pod("privileged", true), true).await;
+    assert!(
+        admitted.is_ok(),
+        "a privileged Pod in kube-system is not judged: {admitted:?}"
+    );
+    assert_eq!(
+        requests_seen(webhook).await,
+        before,
+        "kube-system reached the webhook"
+    );
+    create(client, "shop", &pod("counted", false), true)
+        .await
+        .unwrap_or_else(|m| panic!("dry-run Pod in shop: {m}"));
+    assert_eq!(
+        requests_seen(webhook).await,
+        before + 2.0,
+        "a Pod in shop goes through both webhooks"
+    );
+}
+
+/// Sum of `mapguard_admission_requests_total` over all its labels.
+async fn requests_seen(webhook: &Running) -> f64 {
+    let (status, text) = ops_get(webhook.metrics_addr, "/metrics").await;
+    assert!(status.is_success(), "/metrics: {status}");
+    text.lines()
+        .filter(|l| l.starts_with("mapguard_admission_requests_total{"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unparsable metric line {l:?}"))
+        })
+        .sum()
+}
+
+async fn namespace_label_change_reaches_the_webhook_through_its_watch(client: &Client) {
+    let probe = pod("label-probe", false);
+    let before = create(client, "shop", &probe, true)
+        .await
+        .unwrap_or_else(|m| panic!("dry-run Pod in shop: {m}"));
+    assert_eq!(mode_annotation(&before), None, "shop has no mode yet");
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {MODE: "stop"}}})),
+        )
+        .await
+        .expect("label namespace shop");
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let answered = create(client, "shop", &probe, true)
+            .await
+            .unwrap_or_else(|m| panic!("dry-run Pod in shop: {m}"));
+        if mode_annotation(&answered).as_deref() == Some("stop") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the webhook did not see shop's new label within {PROPAGATION:?}: {answered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str, mode: Option<&str>) {
+    let labels = mode.map(|m| json!({MODE: m})).unwrap_or_else(|| json!({}));
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+            .expect("a Namespace literal deserializes");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+}
+
+/// Creates `pod` in `namespace` (server-side dry run if `dry_run`): the
+/// object the API server returns, or the message of its refusal.
+async fn create(client: &Client, namespace: &str, pod: &Pod, dry_run: bool) -> Result<Pod, String> {
+    let params = PostParams {
+        dry_run,
+        ..PostParams::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .create(&params, pod)
+        .await
+        .map_err(api_message)
+}
+
+/// The API server's message of a refused request; other errors fail the test.
+fn api_message(error: kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message,
+        other => panic!("expected a refusal from the API server, got {other}"),
+    }
+}
+
+fn container(privileged: bool) -> serde_json::Value {
+    let mut c = json!({"name": "app", "image": "registry.example/app:1"});
+    if privileged {
+        c["securityContext"] = json!({"privileged": true});
+    }
+    c
+}
+
+fn pod(name: &str, privileged: bool) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [container(privileged)]},
+    }))
+    .expect("a Pod literal deserializes")
+}
+
+fn deployment(name: &str, privileged: bool) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container(privileged)]},
+            },
+        },
+    }))
+    .expect("a Deployment literal deserializes")
+}
+
+fn mode_annotation(pod: &Pod) -> Option<String> {
+    pod.metadata.annotations.as_ref()?.get(MODE).cloned()
+}
