@@ -9,6 +9,7 @@
 #   - the pinned nightly Rust with rust-src, and bpf-linker built against
 #     its own LLVM, for enforcer-ebpf
 #   - curl and procps for the demo and tests
+#   - kube-apiserver, kubectl and etcd for the cluster tests (install-cluster.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 shared=${MAPGUARD_SHARED:-$here/../../shared}
@@ -79,4 +80,7 @@ if [ ! -x "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "lib$llvm.so"; th
     cargo "+$NIGHTLY" install --force --locked bpf-linker --version '^0.13' \
       --no-default-features --features "llvm-$ver,no-llvm-linking"
 fi
+# kube-apiserver, kubectl and etcd for the tests against a real API server
+# (tests/cluster/README.md): built once, cached under /opt/mapguard/kube.
+bash "$here/install-cluster.sh"
 log "dependencies ready"
