@@ -282,17 +282,26 @@ pub fn summary(r: &ViolationRecord) -> String {
             None => frame.to_string(),
         }
     };
+    // A crash-path report where no other writer of the map is on record
+    // (the runtime noticed the damage after the fact) has one side only.
+    let other = if r.conflicting_stack.is_empty() {
+        "the other writer is not on record".to_string()
+    } else {
+        format!(
+            "while goroutine {} {} at {}",
+            r.conflicting_goroutine,
+            r.conflicting_op,
+            short(user_frame(&r.conflicting_stack))
+        )
+    };
     format!(
-        "mapguard: {} on map {} in pid {}: goroutine {} {} at {} while goroutine {} {} at {} — {}",
+        "mapguard: {} on map {} in pid {}: goroutine {} {} at {} {other} — {}",
         r.kind,
         r.map,
         r.pid,
         r.goroutine,
         r.op,
         short(user_frame(&r.stack)),
-        r.conflicting_goroutine,
-        r.conflicting_op,
-        short(user_frame(&r.conflicting_stack)),
         r.action
     )
 }

@@ -9,7 +9,9 @@ mod support;
 use std::io::Write as _;
 
 use serde_json::Value;
-use support::{CLEAN, RACY, exec, markers, parallel, proc_state, program, require_bpf, versions};
+use support::{
+    CLEAN, RACY, exec, markers, markers_of, parallel, proc_state, program, require_bpf, versions,
+};
 
 /// Kinds a racy program may legitimately be reported with: a write racing a
 /// write may be classified as racing a grow, and a reader may be caught
@@ -312,5 +314,96 @@ fn pie_programs_killed_are_reported_with_symbolized_stacks() {
         let violations = run.violations();
         assert!(!violations.is_empty(), "{version}: {}", run.stderr());
         check_report(violations[0], version, "delete_assign", "killed");
+    }
+}
+
+/// Every classic-map build of `corrupt/bad_map_state`: the releases whose
+/// default maps are classic, and the `GOEXPERIMENT=noswissmap` builds.
+fn classic_corruption_builds() -> Vec<(String, std::path::PathBuf)> {
+    use mapguard_enforcer::goelf::{MapImpl, release::RELEASES};
+    let mut builds: Vec<_> = RELEASES
+        .iter()
+        .filter(|r| r.maps.imp == MapImpl::Classic)
+        .map(|r| {
+            let tag = format!("go{}", r.name());
+            let path = program(&tag, "corrupt", "bad_map_state");
+            (tag, path)
+        })
+        .collect();
+    for t in support::toolchains() {
+        if t.extra.as_deref() == Some("noswiss") {
+            let path = program(&t.tag, "noswiss", "bad_map_state");
+            builds.push((format!("{} noswissmap", t.tag), path));
+        }
+    }
+    builds
+}
+
+/// The race the writing-flag check cannot see — both writers passed the
+/// runtime's check, and the damage is found later by a grow — ends in
+/// `runtime.throw("bad map state")`. The program leaves that damage
+/// deterministically; mapguard's probe on runtime.throw reports it and
+/// kills (or stops) the process before the runtime prints anything.
+#[test]
+fn a_corrupted_classic_map_is_caught_on_the_runtime_throw_path() {
+    if !require_bpf("a_corrupted_classic_map_is_caught_on_the_runtime_throw_path") {
+        return;
+    }
+    let builds = classic_corruption_builds();
+    assert!(builds.len() >= 2, "classic builds: {builds:?}");
+    let modes = ["kill", "stop", "audit"];
+    let cases: Vec<(&(String, std::path::PathBuf), &str)> = builds
+        .iter()
+        .flat_map(|b| modes.iter().map(move |m| (b, *m)))
+        .collect();
+    let runs = parallel(&cases, |((_, path), mode)| exec(mode, path, &[]));
+    // End stopped programs before asserting.
+    for run in &runs {
+        if let Some(pid) = run.violations().first().and_then(|v| v["pid"].as_u64())
+            && proc_state(pid as u32) == Some('T')
+        {
+            // SAFETY: ends the stopped test program.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    for (((build, _), mode), run) in cases.iter().zip(&runs) {
+        let stderr = run.stderr();
+        let ctx = format!("{build} {mode}: status {}; stderr:\n{stderr}", run.code());
+        let violations = run.violations();
+        assert_eq!(violations.len(), 1, "{ctx}");
+        let v = violations[0];
+        assert_eq!(v["detected_by"], "runtime_throw", "{ctx}");
+        assert_eq!(v["kind"], "released_bucket_write", "{ctx}");
+        assert_eq!(v["op"], "assign", "{ctx}");
+        assert!(has_frame(&v["stack"], "runtime.throw "), "{ctx}");
+        assert!(has_frame(&v["stack"], "runtime.evacuate"), "{ctx}");
+        let marks = markers_of("corrupt", "bad_map_state");
+        let grow = marks.iter().find(|(t, _)| t == "grow").expect("marked").1;
+        assert!(
+            has_frame(&v["stack"], &format!("bad_map_state/main.go:{grow}")),
+            "{ctx}"
+        );
+        assert!(
+            stderr.contains("the other writer is not on record"),
+            "{ctx}"
+        );
+        match *mode {
+            "kill" => {
+                assert_eq!(run.code(), 137, "{ctx}");
+                assert!(!stderr.contains("fatal error"), "{ctx}");
+                assert_eq!(v["action"], "killed");
+            }
+            "stop" => {
+                assert_eq!(run.code(), 147, "{ctx}");
+                assert!(!stderr.contains("fatal error"), "{ctx}");
+                assert_eq!(v["action"], "stopped");
+            }
+            _ => {
+                // Audit only reports: the runtime then aborts as it would.
+                assert_eq!(run.code(), 2, "{ctx}");
+                assert!(stderr.contains("fatal error: bad map state"), "{ctx}");
+                assert_eq!(v["action"], "audit");
+            }
+        }
     }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every Go test program with every toolchain of tests/go/toolchains:
-#   OUTDIR/<tag>/{racy,clean,bench}/<name>
+#   OUTDIR/<tag>/{racy,clean,bench,corrupt}/<name>
 # plus variants for the scan and enforcement tests:
 #   OUTDIR/<tag>/stripped/delete_assign        -ldflags="-s -w" (no DWARF, no symtab)
 #   OUTDIR/<tag>/stripped/channel_handoff      the same, for inline-aware symbolization
@@ -8,6 +8,7 @@
 #   OUTDIR/<tag>/pie/<racy>                    every racy program -buildmode=pie (and pie/mutex)
 #   OUTDIR/<tag>/arm64/delete_assign           GOARCH=arm64 (a non-x86-64 ELF)
 #   OUTDIR/<tag>/noswiss/delete_assign         GOEXPERIMENT=noswissmap, where the row says so
+#   OUTDIR/<tag>/noswiss/bad_map_state         the same, of corrupt/bad_map_state
 #   OUTDIR/<tag>/race/mapheavy                 -race, the benchmark's baseline (needs gcc)
 # A toolchain marked `refused` (a release the enforcer must refuse) builds
 # only OUTDIR/<tag>/racy/delete_assign.
@@ -68,7 +69,7 @@ while read -r tag go extra; do
 		wait_builds
 		continue
 	fi
-	for dir in "$src"/racy/*/ "$src"/clean/*/ "$src"/bench/*/; do
+	for dir in "$src"/racy/*/ "$src"/clean/*/ "$src"/bench/*/ "$src"/corrupt/*/; do
 		[[ -f $dir/main.go ]] || continue
 		rel=${dir#"$src"/}
 		rel=${rel%/}
@@ -90,6 +91,7 @@ while read -r tag go extra; do
 	GOARCH=arm64 build "$go" "$tag" "$out/$tag/arm64/delete_assign" racy/delete_assign
 	if [[ ${extra:-} == noswiss ]]; then
 		GOEXPERIMENT=noswissmap build "$go" "$tag" "$out/$tag/noswiss/delete_assign" racy/delete_assign
+		GOEXPERIMENT=noswissmap build "$go" "$tag" "$out/$tag/noswiss/bad_map_state" corrupt/bad_map_state
 	fi
 	# The race detector needs cgo (a C compiler); only the benchmark baseline uses it.
 	if [[ $have_cc == 1 ]]; then

@@ -172,7 +172,16 @@ pub fn program(version: &str, class: &str, name: &str) -> PathBuf {
 
 /// `// LINE:<tag>` markers of a racy program's source: (tag, line).
 pub fn markers(name: &str) -> Vec<(String, u32)> {
-    let src = workspace().join("tests/go/racy").join(name).join("main.go");
+    markers_of("racy", name)
+}
+
+/// `// LINE:<tag>` markers of `tests/go/CLASS/NAME/main.go`: (tag, line).
+pub fn markers_of(class: &str, name: &str) -> Vec<(String, u32)> {
+    let src = workspace()
+        .join("tests/go")
+        .join(class)
+        .join(name)
+        .join("main.go");
     let text = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
     text.lines()
         .enumerate()

@@ -2,14 +2,18 @@
 // int keys (runtime.mapdelete_fast64 vs runtime.mapassign_fast64).
 // Without mapguard the Go runtime usually dies with
 // "fatal error: concurrent map writes"; if the race never shows, it exits 0
-// after -duration.
+// after -duration. With -wait-signal it races only once it receives
+// SIGUSR1 (for enforcers that attach to a process already running).
 package main
 
 import (
 	"flag"
 	"fmt"
+	"os"
+	"os/signal"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -41,8 +45,15 @@ func assigner(m map[int]int, stop <-chan struct{}) {
 
 func main() {
 	duration := flag.Duration("duration", 10*time.Second, "give up after this long")
+	waitSignal := flag.Bool("wait-signal", false, "start racing on SIGUSR1")
 	flag.Parse()
 	runtime.GOMAXPROCS(2)
+	if *waitSignal {
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		fmt.Println("delete_assign: waiting for SIGUSR1")
+		<-usr1
+	}
 
 	m := make(map[int]int)
 	stop := make(chan struct{})
