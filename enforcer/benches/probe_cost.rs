@@ -2,8 +2,8 @@
 //!
 //! Runs `tests/go/bench/mapheavy` (one goroutine; every iteration is one
 //! `mapassign_fast64`, one `mapaccess2_fast64` and one `mapdelete_fast64`,
-//! so 3 probe hits; the program times its own loop) built by Go 1.23 and
-//! Go 1.24, in one run:
+//! so 3 probe hits; the program times its own loop) built by every Go
+//! release of the release table, in one run:
 //!
 //! - plain, and built with `-race` (the usual alternative),
 //! - under `mapguard-enforcer exec --probe-program bare` (a BPF program that
@@ -29,7 +29,7 @@
 //! ```text
 //! make bench-enforcer                       # or:
 //! cargo bench -p mapguard-enforcer --bench probe_cost
-//! MAPGUARD_BENCH_RUNS=5 MAPGUARD_BENCH_GO=go1.24 cargo bench -p mapguard-enforcer --bench probe_cost
+//! MAPGUARD_BENCH_RUNS=5 MAPGUARD_BENCH_GO=go1.24,go1.27 cargo bench -p mapguard-enforcer --bench probe_cost
 //! ```
 
 use std::path::Path;
@@ -204,7 +204,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<bool> {
+/// One release's figures, for the closing table.
+struct Figures {
+    go: String,
+    bare: f64,
+    enforce: f64,
+    kernel: f64,
+    met: bool,
+}
+
+fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
     let events = std::env::temp_dir().join(format!(
         "mapguard-bench-events-{}.jsonl",
         std::process::id()
@@ -325,7 +334,13 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<bool> {
     if violations != 0 {
         bail!("{go}: the enforcer reported {violations} violations on a race-free program");
     }
-    Ok(met)
+    Ok(Figures {
+        go: go.to_string(),
+        bare,
+        enforce,
+        kernel,
+        met,
+    })
 }
 
 fn main() -> Result<()> {
@@ -335,14 +350,33 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let versions = std::env::var("MAPGUARD_BENCH_GO").unwrap_or_else(|_| "go1.23,go1.24".into());
+    let versions =
+        std::env::var("MAPGUARD_BENCH_GO").unwrap_or_else(|_| support::versions().join(","));
     let progs = support::go_progs();
-    let mut all_met = true;
+    let mut figures = Vec::new();
     for go in versions.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-        all_met &= bench_version(progs, go, runs)?;
+        figures.push(bench_version(progs, go, runs)?);
     }
+    println!("\nper probe hit, every release (median of {runs} runs):");
     println!(
-        "\nprobe_cost: enforcer overhead target (<= +{:.0}% over a bare probe) {}",
+        "  {:<8} {:>10} {:>20} {:>22} {:>8}",
+        "release", "bare hit", "mapguard end to end", "mapguard BPF run time", "target"
+    );
+    for f in &figures {
+        println!(
+            "  {:<8} {:>7.0} ns {:>10.0} ns ({:+3.0}%) {:>12.0} ns ({:3.0}%) {:>8}",
+            f.go,
+            f.bare,
+            f.enforce,
+            (f.enforce / f.bare - 1.0) * 100.0,
+            f.kernel,
+            f.kernel / f.bare * 100.0,
+            if f.met { "met" } else { "MISSED" }
+        );
+    }
+    let all_met = figures.iter().all(|f| f.met);
+    println!(
+        "\nprobe_cost: enforcer overhead target (<= +{:.0}% over a bare probe, every release) {}",
         TARGET_OVERHEAD * 100.0,
         if all_met { "met" } else { "MISSED" }
     );

@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::loader::{ProbeAt, ProbeProgram};
+use crate::loader::{AttachKind, ProbeAt, ProbeProgram};
 
 /// mapguard-enforcer: halts Go processes at the moment they race on a map.
 #[derive(Debug, Parser)]
@@ -62,6 +62,11 @@ pub struct EnforceArgs {
     /// (appended to) or `-` for stdout.
     #[arg(long, env = "MAPGUARD_EVENTS", default_value = "-")]
     pub events: String,
+    /// How probes are attached: one uprobe_multi link per binary (Linux
+    /// 6.6+; quick to attach and remove), one perf-event uprobe per probe,
+    /// or the first of these the kernel supports.
+    #[arg(long, value_enum, env = "MAPGUARD_ATTACH", default_value_t = AttachKind::Auto)]
+    pub attach: AttachKind,
     /// Benchmark hook: which BPF program the probes run.
     #[arg(long, value_enum, hide = true, env = "MAPGUARD_PROBE_PROGRAM", default_value_t = ProbeProgram::Enforce)]
     pub probe_program: ProbeProgram,

@@ -76,7 +76,11 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
         path: path.clone(),
         source,
     })?;
-    let mut enforcer = Enforcer::load(args.enforce.probe_program, args.enforce.probe_at)?;
+    let mut enforcer = Enforcer::load(
+        args.enforce.probe_program,
+        args.enforce.probe_at,
+        args.enforce.attach,
+    )?;
     let probes = enforcer.attach(&mut target, 0)?;
     tracing::info!(program = %path.display(), probes, go = target.go_version(), "probes attached");
     let ring = enforcer

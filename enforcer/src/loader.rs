@@ -1,12 +1,18 @@
-//! Loads the BPF program, fills its configuration maps and attaches one
-//! uprobe per planned probe to a binary's inode.
+//! Loads the BPF program, fills its configuration maps and attaches a
+//! binary's planned probes to its inode: as one uprobe_multi link
+//! ([`multi`], Linux 6.6+: one syscall to attach, one kernel grace period
+//! to remove them all), or, on older kernels, one perf-event uprobe each.
 //!
-//! Probes are attached for all processes (no pid filter at perf level: a Go
-//! process's threads are separate tasks and processes started later must be
-//! covered too); the BPF program filters by tgid through [`MAP_PROCS`] or,
-//! for `watch --exe`, applies the probe's own all-processes mode. All links
-//! belong to the [`Enforcer`]: dropping it detaches every probe, on success
-//! and error paths alike.
+//! Probes are attached for all processes (a Go process's threads are
+//! separate tasks and processes started later must be covered too); the
+//! BPF program filters by tgid through [`MAP_PROCS`] or, for `watch --exe`,
+//! applies the probe's own all-processes mode. All links belong to the
+//! [`Enforcer`]: dropping it detaches every probe, on success and error
+//! paths alike.
+
+mod multi;
+
+pub use multi::{MultiError, MultiLink, MultiProgram};
 
 use std::path::PathBuf;
 
@@ -36,6 +42,19 @@ pub enum ProbeProgram {
     Enforce,
     /// A program that returns at once: the cost of the uprobe hit alone.
     Bare,
+}
+
+/// How probes are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AttachKind {
+    /// uprobe_multi links where the kernel has them (6.6+), else perf events.
+    #[default]
+    Auto,
+    /// One uprobe_multi link per binary (fails on kernels without them).
+    Multi,
+    /// One perf-event uprobe per probe (every kernel with uprobes; each
+    /// costs a kernel grace period, ~0.08 s, to remove).
+    Perf,
 }
 
 /// Where in each function the probes sit (benchmark hook).
@@ -83,12 +102,16 @@ pub enum LoaderError {
     },
     #[error("too many probes: at most {MAX_PROBES} across all binaries")]
     TooManyProbes,
+    #[error(transparent)]
+    Multi(#[from] MultiError),
 }
 
 /// Loaded BPF state: programs, configuration maps and attached probes.
 pub struct Enforcer {
     ebpf: Ebpf,
     program: &'static str,
+    /// The program loaded for uprobe_multi links; `None`: perf events.
+    multi: Option<MultiProgram>,
     probe_at: ProbeAt,
     next_probe_id: u32,
     probes: Array<MapData, ProbeConfig>,
@@ -96,12 +119,27 @@ pub struct Enforcer {
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     fatal_messages: HashMap<MapData, FatalMessage, u8>,
-    links: Vec<UProbeLink>,
+    links: Vec<Link>,
+}
+
+/// Attached probes (held for their `Drop`, which detaches them).
+#[allow(dead_code)]
+enum Link {
+    /// A binary's probes, all in one link.
+    Multi(MultiLink),
+    /// One probe.
+    Perf(UProbeLink),
 }
 
 impl Enforcer {
-    /// Loads the BPF object and the chosen program.
-    pub fn load(program: ProbeProgram, probe_at: ProbeAt) -> Result<Enforcer, LoaderError> {
+    /// Loads the BPF object and the chosen program, for the attach kind
+    /// asked for (`Auto`: uprobe_multi links where the kernel loads such a
+    /// program).
+    pub fn load(
+        program: ProbeProgram,
+        probe_at: ProbeAt,
+        attach: AttachKind,
+    ) -> Result<Enforcer, LoaderError> {
         let uid = nix::unistd::geteuid().as_raw();
         if uid != 0 {
             return Err(LoaderError::NotRoot { uid });
@@ -111,9 +149,22 @@ impl Enforcer {
             ProbeProgram::Enforce => PROG_MAP_OP,
             ProbeProgram::Bare => PROG_BARE,
         };
-        uprobe(&mut ebpf, name)?
-            .load()
-            .map_err(|e| program_error(name, e))?;
+        let multi = match attach {
+            AttachKind::Perf => None,
+            AttachKind::Multi => Some(MultiProgram::load(BPF_OBJECT, name, &map_fds(&ebpf))?),
+            AttachKind::Auto => match MultiProgram::load(BPF_OBJECT, name, &map_fds(&ebpf)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no uprobe_multi links (Linux 6.6+): one perf-event uprobe per probe instead");
+                    None
+                }
+            },
+        };
+        if multi.is_none() {
+            uprobe(&mut ebpf, name)?
+                .load()
+                .map_err(|e| program_error(name, e))?;
+        }
         let probes = take_map(&mut ebpf, MAP_PROBES)?;
         let probes = Array::try_from(probes).map_err(|e| map_error(MAP_PROBES, e))?;
         let procs = take_map(&mut ebpf, MAP_PROCS)?;
@@ -128,6 +179,7 @@ impl Enforcer {
         Ok(Enforcer {
             ebpf,
             program: name,
+            multi,
             probe_at,
             next_probe_id: 0,
             probes,
@@ -175,26 +227,46 @@ impl Enforcer {
                 ProbeAt::Planned => point.file_offset,
                 ProbeAt::Entry => point.entry_file_offset,
             };
-            let attach_point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
-                cookie: Some(u64::from(probe_id)),
-            };
-            let program = uprobe(&mut self.ebpf, self.program)?;
-            let link = program
-                .attach(attach_point, &target.path, UProbeScope::AllProcesses)
-                .and_then(|id| program.take_link(id))
-                .map_err(|e| LoaderError::Attach {
-                    path: target.path.clone(),
-                    symbol: point.symbol.clone(),
-                    file_offset,
-                    source: Box::new(e),
-                })?;
-            self.links.push(link);
             attached.push((probe_id, file_offset));
-            tracing::debug!(symbol = %point.symbol, file_offset, probe_id, "attached");
+        }
+        match &self.multi {
+            Some(program) => {
+                let (offsets, cookies): (Vec<u64>, Vec<u64>) = attached
+                    .iter()
+                    .map(|(id, offset)| (*offset, u64::from(*id)))
+                    .unzip();
+                let link = program.attach(&target.path, &offsets, &cookies, None)?;
+                self.links.push(Link::Multi(link));
+                tracing::debug!(path = %target.path.display(), probes = offsets.len(), "attached as one uprobe_multi link");
+            }
+            None => {
+                for (point, (probe_id, file_offset)) in target.points.iter().zip(&attached) {
+                    let attach_point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(*file_offset),
+                        cookie: Some(u64::from(*probe_id)),
+                    };
+                    let program = uprobe(&mut self.ebpf, self.program)?;
+                    let link = program
+                        .attach(attach_point, &target.path, UProbeScope::AllProcesses)
+                        .and_then(|id| program.take_link(id))
+                        .map_err(|e| LoaderError::Attach {
+                            path: target.path.clone(),
+                            symbol: point.symbol.clone(),
+                            file_offset: *file_offset,
+                            source: Box::new(e),
+                        })?;
+                    self.links.push(Link::Perf(link));
+                    tracing::debug!(symbol = %point.symbol, file_offset, probe_id, "attached");
+                }
+            }
         }
         target.attached.extend(attached);
         Ok(target.points.len())
+    }
+
+    /// Whether probes are attached as uprobe_multi links.
+    pub fn uses_multi_links(&self) -> bool {
+        self.multi.is_some()
     }
 
     /// Puts process `pid` under enforcement with `mode` (one of
@@ -299,9 +371,9 @@ impl Enforcer {
 }
 
 impl Drop for Enforcer {
-    /// Detaches every probe. Each uprobe removal waits for a kernel grace
+    /// Detaches every probe. Each link's removal waits for a kernel grace
     /// period (~0.1 s here); removing them from parallel threads lets those
-    /// waits overlap instead of adding up to seconds.
+    /// waits overlap where the kernel allows.
     fn drop(&mut self) {
         let links = std::mem::take(&mut self.links);
         let started = std::time::Instant::now();
@@ -320,6 +392,27 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
         .ok_or(LoaderError::MissingProgram { name })?
         .try_into()
         .map_err(|e| program_error(name, e))
+}
+
+/// Descriptors of the object's maps by name, for the uprobe_multi program
+/// (linked against the same maps). Only the map types the object uses.
+fn map_fds(ebpf: &Ebpf) -> Vec<(String, std::os::fd::RawFd)> {
+    use aya::maps::Map;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    ebpf.maps()
+        .filter_map(|(name, map)| {
+            let data = match map {
+                Map::Array(d)
+                | Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuArray(d)
+                | Map::PerCpuHashMap(d)
+                | Map::RingBuf(d) => d,
+                _ => return None,
+            };
+            Some((name.to_string(), data.fd().as_fd().as_raw_fd()))
+        })
+        .collect()
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoaderError> {

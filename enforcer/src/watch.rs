@@ -55,7 +55,11 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
         });
     }
     let mode = args.enforce.mode.action();
-    let mut enforcer = Enforcer::load(args.enforce.probe_program, args.enforce.probe_at)?;
+    let mut enforcer = Enforcer::load(
+        args.enforce.probe_program,
+        args.enforce.probe_at,
+        args.enforce.attach,
+    )?;
     let ring = enforcer
         .take_events()
         .expect("a freshly loaded enforcer has its ring buffer");

@@ -407,3 +407,50 @@ fn a_corrupted_classic_map_is_caught_on_the_runtime_throw_path() {
         }
     }
 }
+
+/// Kernels without uprobe_multi links (before 6.6) get one perf-event
+/// uprobe per probe: the same detection, slower to attach and remove.
+#[test]
+fn perf_event_uprobes_catch_the_races_too() {
+    if !require_bpf("perf_event_uprobes_catch_the_races_too") {
+        return;
+    }
+    let runs = parallel(versions(), |version| {
+        support::exec_with(
+            "kill",
+            &["--attach", "perf"],
+            &program(version, "racy", "delete_assign"),
+            &["-duration", "20s"],
+        )
+    });
+    for (version, run) in versions().iter().zip(&runs) {
+        assert_eq!(run.code(), 137, "{version}: stderr:\n{}", run.stderr());
+        let violations = run.violations();
+        assert!(!violations.is_empty(), "{version}: {}", run.stderr());
+        check_report(violations[0], version, "delete_assign", "killed");
+    }
+}
+
+/// On this kernel (6.18) the default attaches each binary's probes as one
+/// uprobe_multi link, and `--attach multi` insists on it.
+#[test]
+fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
+    if !require_bpf("probes_are_attached_as_one_uprobe_multi_link_by_default") {
+        return;
+    }
+    use mapguard_enforcer::loader::{AttachKind, Enforcer, ProbeAt, ProbeProgram};
+    let auto = Enforcer::load(ProbeProgram::Enforce, ProbeAt::Planned, AttachKind::Auto)
+        .expect("load the enforcer");
+    assert!(auto.uses_multi_links(), "uprobe_multi links on Linux 6.18");
+    drop(auto);
+    let mut perf = Enforcer::load(ProbeProgram::Enforce, ProbeAt::Planned, AttachKind::Perf)
+        .expect("load for perf events");
+    assert!(!perf.uses_multi_links());
+    let mut target = mapguard_enforcer::target::BinaryTarget::analyse(
+        &program(versions()[0], "clean", "mutex"),
+        0,
+    )
+    .expect("analyse");
+    let count = perf.attach(&mut target, 0).expect("attach perf events");
+    assert_eq!(count, target.points.len());
+}

@@ -218,6 +218,11 @@ impl Run {
 
 /// Runs `mapguard-enforcer exec --mode MODE --events FILE -- PROGRAM ARGS`.
 pub fn exec(mode: &str, program: &Path, args: &[&str]) -> Run {
+    exec_with(mode, &[], program, args)
+}
+
+/// [`exec`] with more `exec` options (`--attach perf`).
+pub fn exec_with(mode: &str, options: &[&str], program: &Path, args: &[&str]) -> Run {
     let tag = program
         .iter()
         .rev()
@@ -226,8 +231,9 @@ pub fn exec(mode: &str, program: &Path, args: &[&str]) -> Run {
         .collect::<Vec<_>>()
         .join("-");
     let events = std::env::temp_dir().join(format!(
-        "mapguard-test-{}-{mode}-{tag}.jsonl",
-        std::process::id()
+        "mapguard-test-{}-{mode}{}-{tag}.jsonl",
+        std::process::id(),
+        options.join("")
     ));
     let _ = std::fs::remove_file(&events);
     // Output goes to files, not pipes: a program left stopped (stop mode)
@@ -243,7 +249,9 @@ pub fn exec(mode: &str, program: &Path, args: &[&str]) -> Run {
     // it).
     let status = Command::new(enforcer())
         .process_group(0)
-        .args(["exec", "--mode", mode, "--events"])
+        .args(["exec", "--mode", mode])
+        .args(options)
+        .arg("--events")
         .arg(&events)
         .arg("--")
         .arg(program)
