@@ -38,8 +38,13 @@ pub const PROG_MAP_OP: &str = "mapguard_map_op";
 /// A uprobe program that does nothing (benchmark baseline).
 pub const PROG_BARE: &str = "mapguard_bare";
 
-/// Capacity of [`MAP_PROBES`].
-pub const MAX_PROBES: u32 = 1024;
+/// Capacity of [`MAP_PROBES`] and [`MAP_HITS`]: attached probes across
+/// all binaries and processes (a process probed on its own has its own
+/// probe ids; a binary has about 25 probes).
+pub const MAX_PROBES: u32 = 16384;
+/// `PerCpuArray<u64>` indexed like [`MAP_PROBES`]: how often each probe
+/// fired (what sampled coverage budgets by).
+pub const MAP_HITS: &str = "MG_HITS";
 /// Capacity of [`MAP_PROCS`].
 pub const MAX_PROCS: u32 = 4096;
 /// Capacity of [`MAP_RECENT`].
@@ -203,9 +208,11 @@ pub struct ProbeConfig {
     /// Mask applied to the byte at `writing_offset` (classic
     /// `hashWriting` = 4; swiss `writing` != 0 → 0xff).
     pub writing_mask: u8,
-    /// 0: only processes in [`MAP_PROCS`]; otherwise one of [`action`]
-    /// applied to every process that runs this binary (`watch --exe`).
-    pub all_processes_mode: u8,
+    /// One of [`action`] for every hit of this probe (the probes of one
+    /// process, or of every process of a binary for `watch --exe`); 0: the
+    /// process's own mode from [`MAP_PROCS`] (probes shared by the
+    /// processes of a binary), and no action for a process not there.
+    pub mode: u8,
     pub _pad: [u8; 3],
     /// Byte offset of the map pointer inside the struct `arg_reg` points at.
     pub arg_offset: u32,
@@ -215,8 +222,12 @@ pub struct ProbeConfig {
     pub goid_offset: u32,
     /// Binary this probe belongs to (index into user space's binary table).
     pub binary_id: u32,
+    /// Index of this probe in its binary's probe list (reports carry it:
+    /// the probed instruction's address gives a PIE's load bias).
+    pub point: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 32);
 
 /// Key of [`MAP_FATAL_MESSAGES`]: a map-race message of binary
 /// `binary_id`, `len` bytes long, at `delta` bytes from the entry of the
@@ -358,7 +369,8 @@ pub struct Violation {
     pub pid: u32,
     pub tid: u32,
     pub binary_id: u32,
-    pub probe_id: u32,
+    /// [`ProbeConfig::point`] of the probe that reported.
+    pub point: u32,
     /// `bpf_ktime_get_ns`.
     pub ts: u64,
     /// Address of the map header.

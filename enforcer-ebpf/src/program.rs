@@ -36,6 +36,10 @@ use crate::{
 #[map(name = "MG_PROBES")]
 static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
 
+/// Hits per probe (per CPU: no shared cache line on the hot path).
+#[map(name = "MG_HITS")]
+static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
+
 #[map(name = "MG_PROCS")]
 static PROCS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
 
@@ -81,7 +85,6 @@ pub fn mapguard_map_op(ctx: ProbeContext) -> u32 {
 pub(crate) struct Hit {
     pub(crate) regs: *const pt_regs,
     pub(crate) cfg: ProbeConfig,
-    pub(crate) probe_id: u32,
     pub(crate) mode: u8,
     pub(crate) pid: u32,
     pub(crate) tid: u32,
@@ -98,12 +101,15 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     // SAFETY: the helper only reads the perf link's cookie.
     let probe_id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let cfg = *PROBES.get(probe_id)?;
-    // SAFETY: PROCS values are plain data; a concurrent update can at worst
-    // give a stale mode.
-    let mode = match unsafe { PROCS.get(pid) } {
-        Some(proc) => proc.mode,
-        None if cfg.all_processes_mode != 0 => cfg.all_processes_mode,
-        None => return None,
+    if let Some(hits) = HITS.get_ptr_mut(probe_id) {
+        // SAFETY: per-CPU value pointer, valid for this program run.
+        unsafe { *hits += 1 };
+    }
+    let mode = match cfg.mode {
+        // SAFETY: PROCS values are plain data; a concurrent update can at
+        // worst give a stale mode.
+        0 => unsafe { PROCS.get(pid) }?.mode,
+        mode => mode,
     };
     let regs = ctx.regs as *const pt_regs;
     // SAFETY: `regs` is the probe context; the verifier checks the offsets.
@@ -111,7 +117,6 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     let hit = Hit {
         regs,
         cfg,
-        probe_id,
         mode,
         pid,
         tid: pid_tgid as u32,

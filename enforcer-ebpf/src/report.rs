@@ -50,7 +50,7 @@ pub(crate) fn report(
     event.pid = hit.pid;
     event.tid = hit.tid;
     event.binary_id = hit.cfg.binary_id;
-    event.probe_id = hit.probe_id;
+    event.point = hit.cfg.point;
     // SAFETY: no arguments.
     event.ts = unsafe { bpf_ktime_get_ns() };
     event.map = map;

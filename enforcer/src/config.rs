@@ -1,10 +1,13 @@
 //! Command line and environment configuration of `mapguard-enforcer`.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::loader::{AttachKind, ProbeAt, ProbeProgram};
+use crate::{
+    coverage::{Coverage, SampleSettings, parse_budget, parse_duration},
+    loader::{AttachKind, ProbeAt, ProbeProgram},
+};
 
 /// mapguard-enforcer: halts Go processes at the moment they race on a map.
 #[derive(Debug, Parser)]
@@ -58,6 +61,29 @@ pub struct EnforceArgs {
     /// Action on a violation.
     #[arg(long, value_enum, env = "MAPGUARD_MODE", default_value_t = Mode::Audit)]
     pub mode: Mode,
+    /// What is probed: `full` (every map operation; ~1 µs per map call),
+    /// `sampled` (every map operation during on-windows sized to
+    /// --cost-budget; catches a recurring race within one period), `light`
+    /// (only the runtime's crash paths; no cost; catches the races the Go
+    /// runtime itself detects, before it aborts).
+    #[arg(long, value_enum, env = "MAPGUARD_COVERAGE", default_value_t = Coverage::Full)]
+    pub coverage: Coverage,
+    /// `sampled`: what the probes may cost, as a share of the process's CPU
+    /// time (e.g. 2% or 0.02).
+    #[arg(long, env = "MAPGUARD_COST_BUDGET", default_value = "2%", value_parser = parse_budget)]
+    pub cost_budget: f64,
+    /// `sampled`: length of each on-window (a race recurring at least this
+    /// often is caught in every window).
+    #[arg(long, env = "MAPGUARD_SAMPLE_ON", default_value = "1s", value_parser = parse_duration)]
+    pub sample_on: Duration,
+    /// `sampled`: a fixed period (window start to window start) instead of
+    /// one derived from --cost-budget.
+    #[arg(long, env = "MAPGUARD_SAMPLE_PERIOD", value_parser = parse_duration)]
+    pub sample_period: Option<Duration>,
+    /// `sampled`: the estimated cost of one probe hit (`make bench-enforcer`
+    /// measures it).
+    #[arg(long, env = "MAPGUARD_HIT_COST", default_value = "1us", value_parser = parse_duration)]
+    pub hit_cost: Duration,
     /// Where violation events go, one JSON object per line: a file path
     /// (appended to) or `-` for stdout.
     #[arg(long, env = "MAPGUARD_EVENTS", default_value = "-")]
@@ -73,6 +99,18 @@ pub struct EnforceArgs {
     /// Benchmark hook: probe the planned instruction or the function entry.
     #[arg(long, value_enum, hide = true, env = "MAPGUARD_PROBE_AT", default_value_t = ProbeAt::Planned)]
     pub probe_at: ProbeAt,
+}
+
+impl EnforceArgs {
+    /// The `sampled` coverage settings.
+    pub fn sample_settings(&self) -> SampleSettings {
+        SampleSettings {
+            on: self.sample_on,
+            budget: self.cost_budget,
+            period: self.sample_period,
+            hit_cost: self.hit_cost,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

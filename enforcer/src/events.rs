@@ -1,12 +1,12 @@
 //! Violation events: decoding the kernel's records, symbolizing both stacks,
 //! the JSON line contract, the stderr summary and audit-mode deduplication.
 
-use std::{collections::HashMap, io::Write, time::SystemTime};
+use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
 
 use mapguard_common::{MAX_FRAMES, Violation, action, detector, kind, op};
 use serde::Serialize;
 
-use crate::{cgroup::PodInfo, target::BinaryTarget};
+use crate::{cgroup::PodInfo, sampler::Estimate, target::BinaryTarget};
 
 mod time;
 
@@ -42,7 +42,9 @@ pub struct ViolationRecord {
     pub pid: u32,
     pub tid: u32,
     pub binary: String,
-    pub map: String,
+    /// Address of the map; `None` when the probes did not see which map (a
+    /// crash-path report under `light` coverage).
+    pub map: Option<String>,
     pub op: &'static str,
     pub conflicting_op: &'static str,
     pub goroutine: u64,
@@ -100,7 +102,7 @@ fn detector_name(detected_by: u8) -> &'static str {
 
 /// Turns kernel records into JSON lines and stderr summaries.
 pub struct Reporter {
-    binaries: Vec<BinaryTarget>,
+    binaries: Vec<Arc<BinaryTarget>>,
     out: Box<dyn Write + Send>,
     pods: HashMap<u32, PodInfo>,
     seen: HashMap<DedupKey, u64>,
@@ -130,12 +132,38 @@ impl Reporter {
     }
 
     /// Adds a binary; its index is the `binary_id` the probes carry.
-    pub fn add_binary(&mut self, target: BinaryTarget) {
+    pub fn add_binary(&mut self, target: Arc<BinaryTarget>) {
         self.binaries.push(target);
     }
 
-    pub fn binaries(&self) -> &[BinaryTarget] {
+    pub fn binaries(&self) -> &[Arc<BinaryTarget>] {
         &self.binaries
+    }
+
+    /// Writes a `sampling` line: the duty cycle sampled coverage chose for
+    /// a process (or binary), and the detection bound it gives.
+    pub fn sampling(
+        &mut self,
+        target: &str,
+        pid: Option<u32>,
+        estimate: &Estimate,
+        budget: f64,
+    ) -> Result<(), EventError> {
+        let line = serde_json::json!({
+            "event": "sampling",
+            "timestamp": time::rfc3339(SystemTime::now()),
+            "target": target,
+            "pid": pid,
+            "budget": budget,
+            "hits_per_second": estimate.hits_per_second,
+            "cost_while_on": estimate.cost_while_on,
+            "duty_cycle": estimate.duty_cycle,
+            "on_seconds": estimate.on.as_secs_f64(),
+            "period_seconds": estimate.period.as_secs_f64(),
+            "estimated_cost": estimate.estimated_cost,
+        });
+        writeln!(self.out, "{line}").map_err(EventError::Write)?;
+        self.out.flush().map_err(EventError::Write)
     }
 
     /// Remembers a process's Kubernetes identity while it still exists.
@@ -218,7 +246,7 @@ impl Reporter {
 
     fn record(&self, v: &Violation) -> ViolationRecord {
         let binary = self.binaries.get(v.binary_id as usize);
-        let bias = binary.map_or(0, |b| b.load_bias(v.pid, v.probe_id, v.stack[0]));
+        let bias = binary.map_or(0, |b| b.load_bias(v.pid, v.point, v.stack[0]));
         let symbolize = |stack: &[u64; MAX_FRAMES], depth: u8| -> Vec<String> {
             let depth = usize::from(depth).min(MAX_FRAMES);
             stack[..depth]
@@ -232,6 +260,7 @@ impl Reporter {
                 .collect()
         };
         let pod = self.pods.get(&v.pid).cloned().unwrap_or_default();
+        let stack = symbolize(&v.stack, v.depth);
         ViolationRecord {
             event: "violation",
             kind: kind_name(v.kind),
@@ -241,12 +270,17 @@ impl Reporter {
             binary: binary
                 .map(|b| b.path.display().to_string())
                 .unwrap_or_default(),
-            map: format!("{:#x}", v.map),
-            op: op_name(v.op),
+            map: (v.map != 0).then(|| format!("{:#x}", v.map)),
+            op: match v.op {
+                // No map operation on record (light coverage): the one the
+                // reporting goroutine's stack is in.
+                0 => binary.map_or("unknown", |b| op_in_stack(b, &stack)),
+                op => op_name(op),
+            },
             conflicting_op: op_name(v.conflicting_op),
             goroutine: v.goid,
             conflicting_goroutine: v.conflicting_goid,
-            stack: symbolize(&v.stack, v.depth),
+            stack,
             conflicting_stack: symbolize(&v.conflicting_stack, v.conflicting_depth),
             action: action_name(v.action),
             detected_by: detector_name(v.detected_by),
@@ -256,6 +290,21 @@ impl Reporter {
             container: pod.container,
         }
     }
+}
+
+/// The operation of the innermost probed map function in a symbolized
+/// stack (`function file:line` frames), or `unknown`.
+fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> &'static str {
+    stack
+        .iter()
+        .filter_map(|frame| frame.split(' ').next())
+        .find_map(|function| {
+            binary
+                .points
+                .iter()
+                .find(|p| !p.is_backstop() && p.symbol == function)
+        })
+        .map_or("unknown", |p| op_name(p.cfg.op))
 }
 
 /// First frame of a symbolized stack outside the Go runtime (the user's
@@ -294,10 +343,13 @@ pub fn summary(r: &ViolationRecord) -> String {
             short(user_frame(&r.conflicting_stack))
         )
     };
+    let map = match &r.map {
+        Some(address) => format!("map {address}"),
+        None => "a map".to_string(),
+    };
     format!(
-        "mapguard: {} on map {} in pid {}: goroutine {} {} at {} {other} — {}",
+        "mapguard: {} on {map} in pid {}: goroutine {} {} at {} {other} — {}",
         r.kind,
-        r.map,
         r.pid,
         r.goroutine,
         r.op,

@@ -30,11 +30,8 @@ use nix::{
 
 use crate::{
     config::{ExecArgs, Mode},
-    events::Reporter,
-    loader::{Enforcer, LoaderError},
-    monitor::Monitor,
-    output, signals,
-    target::{BinaryTarget, TargetError},
+    session::{Session, SessionError},
+    signals,
 };
 
 /// Exit status of `exec` when the program was stopped by mapguard.
@@ -45,16 +42,8 @@ pub const STOPPED_EXIT_STATUS: i32 = 128 + libc::SIGSTOP;
 pub enum ExecError {
     #[error("{program}: not found in PATH")]
     NotFound { program: String },
-    #[error("{path}: {source}")]
-    Target {
-        path: PathBuf,
-        #[source]
-        source: TargetError,
-    },
     #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    Output(#[from] output::OutputError),
+    Session(#[from] SessionError),
     #[error("argument contains a NUL byte: {arg:?}")]
     NulInArgument { arg: OsString },
     #[error("cannot {what}: {source}")]
@@ -72,23 +61,9 @@ fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ExecError {
 /// Runs the program and returns the exit status `exec` should exit with.
 pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let path = resolve(&args.program)?;
-    let mut target = BinaryTarget::analyse(&path, 0).map_err(|source| ExecError::Target {
-        path: path.clone(),
-        source,
-    })?;
-    let mut enforcer = Enforcer::load(
-        args.enforce.probe_program,
-        args.enforce.probe_at,
-        args.enforce.attach,
-    )?;
-    let probes = enforcer.attach(&mut target, 0)?;
-    tracing::info!(program = %path.display(), probes, go = target.go_version(), "probes attached");
-    let ring = enforcer
-        .take_events()
-        .expect("a freshly loaded enforcer has its ring buffer");
-    let mut reporter = Reporter::new(output::open(&args.enforce.events)?);
-    reporter.add_binary(target);
-    let mut monitor = Monitor::new(ring, reporter);
+    let mut session = Session::start(&args.enforce)?;
+    let target = session.binary(&path, 0)?;
+    tracing::info!(program = %path.display(), go = target.go_version(), "analysed");
 
     let (exe, argv) = c_args(&path, &args.program, &args.args)?;
     signals::install().map_err(sys("install signal handlers"))?;
@@ -117,9 +92,13 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     drop(ready_rx);
     signals::forward_to(child.as_raw());
     let pid = child.as_raw() as u32;
-    monitor.reporter.remember_pod(pid);
-    let registered = enforcer.register(pid, 0, args.enforce.mode.action());
-    if let Err(e) = registered {
+    let guarded = session.guard_process(
+        pid,
+        &target,
+        args.enforce.mode.action(),
+        args.enforce.coverage,
+    );
+    if let Err(e) = guarded {
         // Never let the program run unenforced.
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(child, None);
@@ -128,24 +107,20 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     write(&ready_tx, &[1]).map_err(sys("release the child"))?;
     drop(ready_tx);
 
-    let status = wait_child(child, args.enforce.mode, &mut monitor)?;
-    monitor.drain();
-    enforcer.release();
-    if let Err(e) = monitor.reporter.finish() {
-        tracing::error!(error = %e, "cannot write the summary");
-    }
+    let status = wait_child(child, args.enforce.mode, &mut session)?;
+    session.finish();
     Ok(status)
 }
 
 /// Waits for the child to exit (or to be stopped by mapguard in stop mode),
 /// reporting events as they come.
-fn wait_child(child: Pid, mode: Mode, monitor: &mut Monitor) -> Result<i32, ExecError> {
+fn wait_child(child: Pid, mode: Mode, session: &mut Session) -> Result<i32, ExecError> {
     let mut stopped_by_us = false;
     // waitpid reports a stop once: remember it until the child continues,
     // in case mapguard's event is read after the stop is.
     let mut stopped = false;
     loop {
-        for record in monitor.wait(Duration::from_millis(20)) {
+        for record in session.poll(Duration::from_millis(20)) {
             stopped_by_us |= record.action == "stopped";
         }
         signals::take_pending();
@@ -155,7 +130,7 @@ fn wait_child(child: Pid, mode: Mode, monitor: &mut Monitor) -> Result<i32, Exec
             Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
             Ok(WaitStatus::Stopped(_, signal)) => {
                 stopped = true;
-                for record in monitor.drain() {
+                for record in session.drain() {
                     stopped_by_us |= record.action == "stopped";
                 }
                 if !(mode == Mode::Stop && stopped_by_us) {

@@ -1,20 +1,26 @@
-//! Loads the BPF program, fills its configuration maps and attaches a
-//! binary's planned probes to its inode: as one uprobe_multi link
-//! ([`multi`], Linux 6.6+: one syscall to attach, one kernel grace period
-//! to remove them all), or, on older kernels, one perf-event uprobe each.
+//! Loads the BPF program, fills its configuration maps and attaches probe
+//! sets to binaries: as one uprobe_multi link per set ([`multi`], Linux
+//! 6.6+: one syscall to attach, one kernel grace period to remove them
+//! all), or, on older kernels, one perf-event uprobe per probe.
 //!
-//! Probes are attached for all processes (a Go process's threads are
-//! separate tasks and processes started later must be covered too); the
-//! BPF program filters by tgid through [`MAP_PROCS`] or, for `watch --exe`,
-//! applies the probe's own all-processes mode. All links belong to the
-//! [`Enforcer`]: dropping it detaches every probe, on success and error
-//! paths alike.
+//! A probe set is some of a binary's planned probes ([`Probes`]) for one
+//! process or for every process running the binary ([`Scope`]); a set can
+//! be switched off and on (sampled coverage) and counts its hits. The
+//! probes of one process fire only in that process (the kernel does not
+//! even place their breakpoints in other processes); shared probes fire in
+//! every process of the binary and the BPF program looks the process up
+//! in [`MAP_PROCS`]. All links belong to the [`Enforcer`]: dropping it
+//! detaches every probe, on success and error paths alike.
 
 mod multi;
+mod sets;
 
 pub use multi::{MultiError, MultiLink, MultiProgram};
+pub use sets::{ProbeSetId, Probes, Scope};
 
-use std::path::PathBuf;
+use sets::{IdPool, ProbeSet};
+
+use std::{num::NonZeroU32, path::PathBuf};
 
 use aya::{
     Ebpf,
@@ -25,8 +31,8 @@ use aya::{
     },
 };
 use mapguard_common::{
-    FatalMessage, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES,
-    PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig, stat,
+    FatalMessage, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS, MAP_PROBES, MAP_PROCS, MAP_STATS,
+    MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -100,10 +106,12 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("too many probes: at most {MAX_PROBES} across all binaries")]
+    #[error("too many probes: at most {MAX_PROBES} across all binaries and processes")]
     TooManyProbes,
     #[error(transparent)]
     Multi(#[from] MultiError),
+    #[error("cannot count the possible CPUs for the per-CPU hit counters: {0}")]
+    Cpus(#[source] std::io::Error),
 }
 
 /// Loaded BPF state: programs, configuration maps and attached probes.
@@ -113,18 +121,19 @@ pub struct Enforcer {
     /// The program loaded for uprobe_multi links; `None`: perf events.
     multi: Option<MultiProgram>,
     probe_at: ProbeAt,
-    next_probe_id: u32,
+    ids: IdPool,
     probes: Array<MapData, ProbeConfig>,
+    hits: PerCpuArray<MapData, u64>,
     procs: HashMap<MapData, u32, ProcConfig>,
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     fatal_messages: HashMap<MapData, FatalMessage, u8>,
-    links: Vec<Link>,
+    sets: Vec<Option<ProbeSet>>,
 }
 
 /// Attached probes (held for their `Drop`, which detaches them).
 #[allow(dead_code)]
-enum Link {
+pub(crate) enum Link {
     /// A binary's probes, all in one link.
     Multi(MultiLink),
     /// One probe.
@@ -167,6 +176,8 @@ impl Enforcer {
         }
         let probes = take_map(&mut ebpf, MAP_PROBES)?;
         let probes = Array::try_from(probes).map_err(|e| map_error(MAP_PROBES, e))?;
+        let hits = take_map(&mut ebpf, MAP_HITS)?;
+        let hits = PerCpuArray::try_from(hits).map_err(|e| map_error(MAP_HITS, e))?;
         let procs = take_map(&mut ebpf, MAP_PROCS)?;
         let procs = HashMap::try_from(procs).map_err(|e| map_error(MAP_PROCS, e))?;
         let events = take_map(&mut ebpf, MAP_EVENTS)?;
@@ -181,87 +192,194 @@ impl Enforcer {
             program: name,
             multi,
             probe_at,
-            next_probe_id: 0,
+            ids: IdPool::new(MAX_PROBES),
             probes,
+            hits,
             procs,
             events: Some(events),
             stats,
             fatal_messages,
-            links: Vec::new(),
+            sets: Vec::new(),
         })
     }
 
-    /// Attaches every planned probe of `target` to its binary's inode, for
-    /// all processes. `all_processes_mode` (one of `mapguard_common::action`,
-    /// or 0) makes every process running the binary enforced without
-    /// registration (`watch --exe`). Returns how many probes were attached.
-    pub fn attach(
+    /// Configures and attaches a probe set: `which` of `target`'s probes
+    /// for `scope`. The set starts switched on.
+    pub fn add_probes(
         &mut self,
-        target: &mut BinaryTarget,
-        all_processes_mode: u8,
-    ) -> Result<usize, LoaderError> {
-        for (key, class) in &target.fatal_messages {
-            let key = FatalMessage {
-                binary_id: target.id,
-                ..*key
-            };
-            if let Err(e) = self.fatal_messages.insert(key, class, 0) {
-                // The probe on runtime.fatal then reads the message instead.
-                tracing::warn!(error = %e, "cannot record a runtime message location");
-            }
-        }
-        let mut attached = Vec::with_capacity(target.points.len());
-        for point in &target.points {
-            let probe_id = self.next_probe_id;
-            if probe_id >= MAX_PROBES {
-                return Err(LoaderError::TooManyProbes);
-            }
-            let mut cfg = point.cfg;
-            cfg.binary_id = target.id;
-            cfg.all_processes_mode = all_processes_mode;
-            self.probes
-                .set(probe_id, cfg, 0)
-                .map_err(|e| map_error(MAP_PROBES, e))?;
-            self.next_probe_id += 1;
-            let file_offset = match self.probe_at {
-                ProbeAt::Planned => point.file_offset,
-                ProbeAt::Entry => point.entry_file_offset,
-            };
-            attached.push((probe_id, file_offset));
-        }
-        match &self.multi {
-            Some(program) => {
-                let (offsets, cookies): (Vec<u64>, Vec<u64>) = attached
-                    .iter()
-                    .map(|(id, offset)| (*offset, u64::from(*id)))
-                    .unzip();
-                let link = program.attach(&target.path, &offsets, &cookies, None)?;
-                self.links.push(Link::Multi(link));
-                tracing::debug!(path = %target.path.display(), probes = offsets.len(), "attached as one uprobe_multi link");
-            }
-            None => {
-                for (point, (probe_id, file_offset)) in target.points.iter().zip(&attached) {
-                    let attach_point = UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(*file_offset),
-                        cookie: Some(u64::from(*probe_id)),
-                    };
-                    let program = uprobe(&mut self.ebpf, self.program)?;
-                    let link = program
-                        .attach(attach_point, &target.path, UProbeScope::AllProcesses)
-                        .and_then(|id| program.take_link(id))
-                        .map_err(|e| LoaderError::Attach {
-                            path: target.path.clone(),
-                            symbol: point.symbol.clone(),
-                            file_offset: *file_offset,
-                            source: Box::new(e),
-                        })?;
-                    self.links.push(Link::Perf(link));
-                    tracing::debug!(symbol = %point.symbol, file_offset, probe_id, "attached");
+        target: &BinaryTarget,
+        which: Probes,
+        scope: Scope,
+    ) -> Result<ProbeSetId, LoaderError> {
+        let points: Vec<(u32, &crate::target::AttachPoint)> = target
+            .points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| which.includes(p))
+            .map(|(i, p)| (i as u32, p))
+            .collect();
+        if which == Probes::Backstops {
+            for (key, class) in &target.fatal_messages {
+                let key = FatalMessage {
+                    binary_id: target.id,
+                    ..*key
+                };
+                if let Err(e) = self.fatal_messages.insert(key, class, 0) {
+                    // The probe on the crash path then reads the message instead.
+                    tracing::warn!(error = %e, "cannot record a runtime message location");
                 }
             }
         }
-        target.attached.extend(attached);
-        Ok(target.points.len())
+        let count = u32::try_from(points.len()).map_err(|_| LoaderError::TooManyProbes)?;
+        let ids = self.ids.take(count).ok_or(LoaderError::TooManyProbes)?;
+        let mut offsets = Vec::with_capacity(points.len());
+        let configured = points
+            .iter()
+            .zip(ids.clone())
+            .try_for_each(|((index, point), id)| {
+                let mut cfg = point.cfg;
+                cfg.binary_id = target.id;
+                cfg.point = *index;
+                cfg.mode = scope.mode();
+                offsets.push(match self.probe_at {
+                    ProbeAt::Planned => point.file_offset,
+                    ProbeAt::Entry => point.entry_file_offset,
+                });
+                self.probes
+                    .set(id, cfg, 0)
+                    .map_err(|e| map_error(MAP_PROBES, e))?;
+                self.reset_hits(id)
+            });
+        if let Err(e) = configured {
+            self.ids.give_back(ids);
+            return Err(e);
+        }
+        let mut set = ProbeSet {
+            path: target.path.clone(),
+            symbols: points.iter().map(|(_, p)| p.symbol.clone()).collect(),
+            ids,
+            offsets,
+            pid: scope.pid(),
+            links: Vec::new(),
+        };
+        if let Err(e) = self.link(&mut set) {
+            self.ids.give_back(set.ids);
+            return Err(e);
+        }
+        tracing::debug!(path = %set.path.display(), probes = count, ?scope, ?which, "probes attached");
+        let slot = self.sets.iter().position(Option::is_none);
+        let id = match slot {
+            Some(i) => {
+                self.sets[i] = Some(set);
+                i
+            }
+            None => {
+                self.sets.push(Some(set));
+                self.sets.len() - 1
+            }
+        };
+        Ok(ProbeSetId(id))
+    }
+
+    /// Attaches a configured set's probes.
+    fn link(&mut self, set: &mut ProbeSet) -> Result<(), LoaderError> {
+        match &self.multi {
+            Some(program) => {
+                let cookies: Vec<u64> = set.ids.clone().map(u64::from).collect();
+                let link = program.attach(&set.path, &set.offsets, &cookies, set.pid)?;
+                set.links.push(Link::Multi(link));
+            }
+            None => {
+                let scope = match set.pid.and_then(NonZeroU32::new) {
+                    Some(pid) => UProbeScope::OneProcess(pid),
+                    None => UProbeScope::AllProcesses,
+                };
+                let mut links = Vec::with_capacity(set.offsets.len());
+                for ((offset, id), symbol) in
+                    set.offsets.iter().zip(set.ids.clone()).zip(&set.symbols)
+                {
+                    let attach_point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                        cookie: Some(u64::from(id)),
+                    };
+                    let program = uprobe(&mut self.ebpf, self.program)?;
+                    let link = program
+                        .attach(attach_point, &set.path, scope)
+                        .and_then(|id| program.take_link(id))
+                        .map_err(|e| LoaderError::Attach {
+                            path: set.path.clone(),
+                            symbol: symbol.clone(),
+                            file_offset: *offset,
+                            source: Box::new(e),
+                        })?;
+                    links.push(Link::Perf(link));
+                }
+                set.links = links;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches a set's probes on (attaching them again) or off (detaching
+    /// them: the process runs untrapped). Detaching waits for a kernel
+    /// grace period, which a background thread does; the probes act on
+    /// nothing new meanwhile only in the sense that they still report.
+    pub fn set_enabled(&mut self, id: ProbeSetId, on: bool) -> Result<(), LoaderError> {
+        let Some(mut set) = self.sets.get_mut(id.0).and_then(Option::take) else {
+            return Ok(());
+        };
+        let result = match (on, set.links.is_empty()) {
+            (true, true) => self.link(&mut set),
+            (false, false) => {
+                let links = std::mem::take(&mut set.links);
+                std::thread::spawn(move || drop(links));
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        self.sets[id.0] = Some(set);
+        result
+    }
+
+    /// Whether a set's probes are attached now.
+    pub fn is_enabled(&self, id: ProbeSetId) -> bool {
+        self.sets
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| !s.links.is_empty())
+    }
+
+    /// Detaches a set for good and frees its probe ids.
+    pub fn remove_probes(&mut self, id: ProbeSetId) {
+        if let Some(set) = self.sets.get_mut(id.0).and_then(Option::take) {
+            for probe in set.ids.clone() {
+                let _ = self.probes.set(probe, ProbeConfig::default(), 0);
+            }
+            self.ids.give_back(set.ids);
+            std::thread::spawn(move || drop(set.links));
+        }
+    }
+
+    /// How often a set's probes fired since it was added (summed over CPUs).
+    pub fn hits(&self, id: ProbeSetId) -> u64 {
+        let Some(set) = self.sets.get(id.0).and_then(Option::as_ref) else {
+            return 0;
+        };
+        set.ids
+            .clone()
+            .filter_map(|probe| self.hits.get(&probe, 0).ok())
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .sum()
+    }
+
+    /// Zeroes a probe id's hit counters (ids are reused).
+    fn reset_hits(&mut self, id: u32) -> Result<(), LoaderError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoaderError::Cpus(e))?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).map_err(LoaderError::Cpus)?;
+        self.hits
+            .set(id, zeros, 0)
+            .map_err(|e| map_error(MAP_HITS, e))
     }
 
     /// Whether probes are attached as uprobe_multi links.
@@ -323,18 +441,24 @@ impl Enforcer {
     }
 
     /// Makes every probe a no-op: no process is registered any more and no
-    /// probe applies to all processes, so nothing is reported or signalled
+    /// probe carries a mode of its own, so nothing is reported or signalled
     /// while the probes are being removed.
     fn disarm(&mut self) {
         let pids: Vec<u32> = self.procs.keys().filter_map(Result::ok).collect();
         for pid in pids {
             let _ = self.procs.remove(&pid);
         }
-        for id in 0..self.next_probe_id {
+        let ids: Vec<u32> = self
+            .sets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.ids.clone())
+            .collect();
+        for id in ids {
             if let Ok(mut cfg) = self.probes.get(&id, 0)
-                && cfg.all_processes_mode != 0
+                && cfg.mode != 0
             {
-                cfg.all_processes_mode = 0;
+                cfg.mode = 0;
                 let _ = self.probes.set(id, cfg, 0);
             }
         }
@@ -375,7 +499,12 @@ impl Drop for Enforcer {
     /// period (~0.1 s here); removing them from parallel threads lets those
     /// waits overlap where the kernel allows.
     fn drop(&mut self) {
-        let links = std::mem::take(&mut self.links);
+        let links: Vec<Link> = self
+            .sets
+            .iter_mut()
+            .flatten()
+            .flat_map(|s| std::mem::take(&mut s.links))
+            .collect();
         let started = std::time::Instant::now();
         let count = links.len();
         std::thread::scope(|scope| {

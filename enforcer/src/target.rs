@@ -30,6 +30,14 @@ pub struct AttachPoint {
     pub cfg: ProbeConfig,
 }
 
+impl AttachPoint {
+    /// Whether this probe is on a crash path (`runtime.fatal`,
+    /// `runtime.throw`) rather than a map function.
+    pub fn is_backstop(&self) -> bool {
+        matches!(self.cfg.op, op::FATAL | op::THROW)
+    }
+}
+
 /// An analysed binary and its compiled probes.
 #[derive(Debug)]
 pub struct BinaryTarget {
@@ -42,9 +50,6 @@ pub struct BinaryTarget {
     /// that prints them (see `mapguard_common::FatalMessage`): (key, class,
     /// one of `mapguard_common::message`).
     pub fatal_messages: Vec<(FatalMessage, u8)>,
-    /// (probe id, file offset) of every probe attached for this binary,
-    /// filled by the loader.
-    pub attached: Vec<(u32, u64)>,
     binary: GoBinary,
 }
 
@@ -108,7 +113,6 @@ impl BinaryTarget {
             path: path.to_path_buf(),
             points,
             fatal_messages,
-            attached: Vec::new(),
             binary,
         })
     }
@@ -123,18 +127,21 @@ impl BinaryTarget {
 
     /// Load bias of the process an event came from. For a PIE binary it
     /// follows from the event itself: its first PC (`probe_pc`) is the
-    /// instruction probe `probe_id` sits on, whose file offset is known; so
-    /// it holds even when the process is gone (kill mode). `/proc/PID/maps`
-    /// is the fallback.
-    pub fn load_bias(&self, pid: u32, probe_id: u32, probe_pc: u64) -> u64 {
+    /// instruction of probe `point` (the planned one, or the function entry
+    /// for `--probe-at entry`: the load bias is page-aligned, which tells
+    /// them apart); so it holds even when the process is gone (kill mode).
+    /// `/proc/PID/maps` is the fallback.
+    pub fn load_bias(&self, pid: u32, point: u32, probe_pc: u64) -> u64 {
         if !self.binary.is_pie() {
             return 0;
         }
-        self.attached
-            .iter()
-            .find(|(id, _)| *id == probe_id)
-            .and_then(|(_, offset)| self.binary.vaddr_of(*offset))
+        self.points
+            .get(point as usize)
+            .into_iter()
+            .flat_map(|p| [p.file_offset, p.entry_file_offset])
+            .filter_map(|offset| self.binary.vaddr_of(offset))
             .map(|vaddr| probe_pc.wrapping_sub(vaddr))
+            .find(|bias| bias % 4096 == 0)
             .or_else(|| self.binary.load_bias_of(pid, &self.path))
             .unwrap_or(0)
     }

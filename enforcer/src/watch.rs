@@ -3,19 +3,16 @@
 //! interrupted (or, for `--pid`, until all of them have exited).
 
 use std::{
-    collections::HashMap,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use crate::{
     config::WatchArgs,
-    events::Reporter,
-    loader::{Enforcer, LoaderError},
-    monitor::Monitor,
-    output, signals,
-    target::{BinaryTarget, TargetError},
+    coverage::Coverage,
+    procfs::alive,
+    session::{Session, SessionError},
+    signals,
 };
 
 /// Why `watch` could not start.
@@ -25,16 +22,8 @@ pub enum WatchError {
     NoProcess { pid: u32 },
     #[error("none of the processes is left to watch")]
     AllGone,
-    #[error("{path}: {source}")]
-    Target {
-        path: PathBuf,
-        #[source]
-        source: TargetError,
-    },
     #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    Output(#[from] output::OutputError),
+    Session(#[from] SessionError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] nix::Error),
 }
@@ -55,41 +44,18 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
         });
     }
     let mode = args.enforce.mode.action();
-    let mut enforcer = Enforcer::load(
-        args.enforce.probe_program,
-        args.enforce.probe_at,
-        args.enforce.attach,
-    )?;
-    let ring = enforcer
-        .take_events()
-        .expect("a freshly loaded enforcer has its ring buffer");
-    let mut reporter = Reporter::new(output::open(&args.enforce.events)?);
-    let mut next_id = 0u32;
+    let coverage = args.enforce.coverage;
+    let mut session = Session::start(&args.enforce)?;
 
     for exe in &args.exe {
-        let mut target =
-            BinaryTarget::analyse(exe, next_id).map_err(|source| WatchError::Target {
-                path: exe.clone(),
-                source,
-            })?;
-        enforcer.attach(&mut target, mode)?;
+        let target = session.binary(exe, mode)?;
+        session.guard_binary(&target, mode, coverage)?;
         tracing::info!(exe = %exe.display(), "watching every process of this binary");
-        reporter.add_binary(target);
-        next_id += 1;
     }
 
     let mut pids = Vec::new();
-    // Binaries by (device, inode): one set of probes per file.
-    let mut by_inode: HashMap<(u64, u64), u32> = HashMap::new();
     for &pid in &args.pid {
-        match watch_pid(
-            pid,
-            &mut enforcer,
-            &mut reporter,
-            &mut by_inode,
-            &mut next_id,
-            mode,
-        ) {
+        match watch_pid(pid, &mut session, mode, coverage) {
             Ok(()) => pids.push(pid),
             Err(WatchError::NoProcess { pid }) if args.pid.len() > 1 => {
                 tracing::warn!(pid, "process is gone; not watching it");
@@ -101,71 +67,60 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
         return Err(WatchError::AllGone);
     }
 
-    let mut monitor = Monitor::new(ring, reporter);
     let status = loop {
-        monitor.wait(Duration::from_millis(100));
+        session.poll(Duration::from_millis(100));
         if let Some(signal) = signals::take_pending() {
             break 128 + signal;
         }
         if args.exe.is_empty() {
-            pids.retain(|pid| alive(*pid));
+            let (live, gone): (Vec<u32>, Vec<u32>) = pids.iter().partition(|pid| alive(**pid));
+            for pid in gone {
+                session.forget_process(pid);
+            }
+            pids = live;
             if pids.is_empty() {
                 tracing::info!("every watched process has exited");
                 break 0;
             }
         }
     };
-    monitor.drain();
-    enforcer.release();
-    if let Err(e) = monitor.reporter.finish() {
-        tracing::error!(error = %e, "cannot write the summary");
-    }
+    session.finish();
     Ok(status)
 }
 
-/// Attaches to `pid`'s binary (once per inode) and registers the process.
+/// Analyses `pid`'s binary (once per file) and puts the process under
+/// enforcement.
 fn watch_pid(
     pid: u32,
-    enforcer: &mut Enforcer,
-    reporter: &mut Reporter,
-    by_inode: &mut HashMap<(u64, u64), u32>,
-    next_id: &mut u32,
+    session: &mut Session,
     mode: u8,
+    coverage: Coverage,
 ) -> Result<(), WatchError> {
     // /proc/PID/exe reaches the inode even if the file was replaced.
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let meta = exe.metadata().map_err(|_| WatchError::NoProcess { pid })?;
-    let key = (meta.dev(), meta.ino());
-    let id = match by_inode.get(&key) {
-        Some(id) => *id,
-        None => {
-            let mut target = BinaryTarget::analyse(&exe, *next_id).map_err(|source| {
-                if alive(pid) {
-                    WatchError::Target {
-                        path: exe_name(pid, &exe),
-                        source,
-                    }
-                } else {
-                    WatchError::NoProcess { pid }
-                }
-            })?;
-            // Attaching through /proc/PID/exe fails once the process has
-            // exited: that is the process being gone, not a loader fault.
-            enforcer.attach(&mut target, 0).map_err(|e| {
-                if alive(pid) {
-                    WatchError::Loader(e)
-                } else {
-                    WatchError::NoProcess { pid }
-                }
-            })?;
-            reporter.add_binary(target);
-            by_inode.insert(key, *next_id);
-            *next_id += 1;
-            *next_id - 1
+    if !alive(pid) {
+        return Err(WatchError::NoProcess { pid });
+    }
+    // A failure once the process has exited is the process being gone
+    // (attaching through /proc/PID/exe fails then), not a fault.
+    let gone_or = |e: SessionError| {
+        if alive(pid) {
+            WatchError::Session(e)
+        } else {
+            WatchError::NoProcess { pid }
         }
     };
-    reporter.remember_pod(pid);
-    enforcer.register(pid, id, mode)?;
+    let target = session.binary(&exe, 0).map_err(|e| match e {
+        SessionError::Target { source, .. } if alive(pid) => SessionError::Target {
+            path: exe_name(pid, &exe),
+            source,
+        }
+        .into(),
+        e => gone_or(e),
+    })?;
+    session
+        .guard_process(pid, &target, mode, coverage)
+        .map_err(gone_or)?;
     if !alive(pid) {
         return Err(WatchError::NoProcess { pid });
     }
@@ -176,13 +131,4 @@ fn watch_pid(
 /// The binary's real path for messages.
 fn exe_name(pid: u32, exe: &Path) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_else(|_| exe.to_path_buf())
-}
-
-/// Whether `pid` still exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
 }

@@ -438,7 +438,7 @@ fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
     if !require_bpf("probes_are_attached_as_one_uprobe_multi_link_by_default") {
         return;
     }
-    use mapguard_enforcer::loader::{AttachKind, Enforcer, ProbeAt, ProbeProgram};
+    use mapguard_enforcer::loader::{AttachKind, Enforcer, ProbeAt, ProbeProgram, Probes, Scope};
     let auto = Enforcer::load(ProbeProgram::Enforce, ProbeAt::Planned, AttachKind::Auto)
         .expect("load the enforcer");
     assert!(auto.uses_multi_links(), "uprobe_multi links on Linux 6.18");
@@ -446,11 +446,17 @@ fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
     let mut perf = Enforcer::load(ProbeProgram::Enforce, ProbeAt::Planned, AttachKind::Perf)
         .expect("load for perf events");
     assert!(!perf.uses_multi_links());
-    let mut target = mapguard_enforcer::target::BinaryTarget::analyse(
+    let target = mapguard_enforcer::target::BinaryTarget::analyse(
         &program(versions()[0], "clean", "mutex"),
         0,
     )
     .expect("analyse");
-    let count = perf.attach(&mut target, 0).expect("attach perf events");
-    assert_eq!(count, target.points.len());
+    let set = perf
+        .add_probes(&target, Probes::MapOps, Scope::AllProcesses { mode: 0 })
+        .expect("attach perf events");
+    assert!(perf.is_enabled(set));
+    perf.set_enabled(set, false).expect("switch off");
+    assert!(!perf.is_enabled(set));
+    perf.set_enabled(set, true).expect("switch on again");
+    assert!(perf.is_enabled(set));
 }

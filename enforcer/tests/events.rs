@@ -68,7 +68,7 @@ fn violation(binary: &GoBinary, action: u8) -> Violation {
         pid: std::process::id(),
         tid: 1,
         binary_id: 0,
-        probe_id: 0,
+        point: 0,
         ts: 0,
         map: 0x00c0_0001_2000,
         g: 0x00c0_0000_7000,
@@ -87,7 +87,7 @@ fn records_are_symbolized_deduplicated_and_summarized() {
     let target = BinaryTarget::analyse(&path, 0).expect("analyse test binary");
     let sink = Sink::default();
     let mut reporter = Reporter::new(Box::new(sink.clone()));
-    reporter.add_binary(target);
+    reporter.add_binary(std::sync::Arc::new(target));
 
     let record = bytes_of(&violation(&binary, action::AUDIT));
     assert!(
@@ -101,7 +101,7 @@ fn records_are_symbolized_deduplicated_and_summarized() {
     assert_eq!(first.kind, "concurrent_write");
     assert_eq!((first.op, first.conflicting_op), ("delete", "assign"));
     assert_eq!((first.goroutine, first.conflicting_goroutine), (7, 6));
-    assert_eq!(first.map, "0xc000012000");
+    assert_eq!(first.map.as_deref(), Some("0xc000012000"));
     assert!(
         first.stack[0].starts_with("runtime.mapdelete_fast64 "),
         "{:?}",

@@ -1,0 +1,68 @@
+//! What `/proc` says about a process: whether it is alive, its CPU time,
+//! the file it runs.
+
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
+
+/// Fields of `/proc/PID/stat` after the command name (`state` is field 0).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether `pid` still exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// User plus system CPU time `pid` has used (all its threads).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let fields = stat_fields(pid)?;
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12
+    // after the state.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// `(device, inode)` of the file a process runs, or of a path.
+pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Every live process running the file `(device, inode)`.
+pub fn pids_running(file: (u64, u64)) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| file_id(std::path::Path::new(&format!("/proc/{pid}/exe"))) == Some(file))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_uses_cpu() {
+        let me = std::process::id();
+        assert!(alive(me));
+        let spent = cpu_time(me).expect("own CPU time");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(100) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_time(me).expect("again") > spent, "CPU time grows");
+        let exe = file_id(std::path::Path::new("/proc/self/exe")).expect("own exe");
+        assert!(pids_running(exe).contains(&me));
+    }
+}

@@ -1,0 +1,321 @@
+//! One enforcement session, shared by `exec` and `watch`: the loaded BPF
+//! program, the binaries analysed (each once per file), what is under
+//! enforcement — single processes, or every process of a binary — with
+//! its action and coverage, and the loop that turns kernel records into
+//! reports and moves sampled coverage's windows.
+//!
+//! Per binary, the crash paths are probed once for all its processes (a
+//! healthy process never reaches them). The map functions are probed per
+//! process (the kernel places those breakpoints in that process only), so
+//! each process pays for its own coverage and no other's: nothing for
+//! `light`, part of the time for `sampled`.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration, time::Instant};
+
+use crate::{
+    config::EnforceArgs,
+    coverage::{Coverage, SampleSettings},
+    events::{Reporter, ViolationRecord},
+    loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
+    monitor::Monitor,
+    output, procfs,
+    sampler::{Estimate, Sampled, Sampler},
+    target::{BinaryTarget, TargetError},
+};
+
+/// Why a session could not start or take on a target.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error("{path}: {source}")]
+    Target {
+        path: std::path::PathBuf,
+        #[source]
+        source: TargetError,
+    },
+}
+
+/// Whose CPU time a sampled set is measured against.
+#[derive(Debug, Clone, Copy)]
+enum Cpu {
+    Process(u32),
+    /// Every process running this file.
+    Binary((u64, u64)),
+}
+
+impl Cpu {
+    fn time(self) -> Option<Duration> {
+        match self {
+            Cpu::Process(pid) => procfs::cpu_time(pid),
+            Cpu::Binary(file) => procfs::pids_running(file)
+                .into_iter()
+                .filter_map(procfs::cpu_time)
+                .reduce(|a, b| a + b),
+        }
+    }
+}
+
+/// One enforced process, or every process of a binary.
+struct Guarded {
+    /// `pid 123` or the binary's path, for logs and sampling events.
+    label: String,
+    pid: Option<u32>,
+    map_ops: Option<ProbeSetId>,
+    sampler: Option<Sampler>,
+    cpu: Cpu,
+    /// Duty cycle last reported (sampling events are written on change).
+    reported_duty: Option<f64>,
+}
+
+/// A set seen by its sampler.
+struct SampledSet<'a> {
+    enforcer: &'a mut Enforcer,
+    id: ProbeSetId,
+    cpu: Cpu,
+}
+
+impl Sampled for SampledSet<'_> {
+    type Error = LoaderError;
+    fn set_enabled(&mut self, on: bool) -> Result<(), LoaderError> {
+        self.enforcer.set_enabled(self.id, on)
+    }
+    fn hits(&self) -> u64 {
+        self.enforcer.hits(self.id)
+    }
+    fn cpu_time(&self) -> Option<Duration> {
+        self.cpu.time()
+    }
+}
+
+/// The enforcer, the reports and everything under enforcement.
+pub struct Session {
+    enforcer: Enforcer,
+    monitor: Monitor,
+    settings: SampleSettings,
+    /// Analysed binaries by `(device, inode)`, with their crash-path probes.
+    binaries: HashMap<(u64, u64), (Arc<BinaryTarget>, ProbeSetId)>,
+    guarded: Vec<Guarded>,
+}
+
+impl Session {
+    /// Loads the BPF program and opens the event output.
+    pub fn start(args: &EnforceArgs) -> Result<Session, SessionError> {
+        let mut enforcer = Enforcer::load(args.probe_program, args.probe_at, args.attach)?;
+        let ring = enforcer
+            .take_events()
+            .expect("a freshly loaded enforcer has its ring buffer");
+        let reporter = Reporter::new(output::open(&args.events)?);
+        Ok(Session {
+            enforcer,
+            monitor: Monitor::new(ring, reporter),
+            settings: args.sample_settings(),
+            binaries: HashMap::new(),
+            guarded: Vec::new(),
+        })
+    }
+
+    /// Analyses the binary at `path` (once per file) and probes its crash
+    /// paths for every process running it: each with its own mode from the
+    /// process table, or all with `mode` (non-zero).
+    pub fn binary(&mut self, path: &Path, mode: u8) -> Result<Arc<BinaryTarget>, SessionError> {
+        let target_error = |source| SessionError::Target {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = procfs::file_id(path).ok_or_else(|| {
+            target_error(TargetError::GoElf(crate::goelf::GoElfError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }))
+        })?;
+        if let Some((target, _)) = self.binaries.get(&file) {
+            return Ok(Arc::clone(target));
+        }
+        let id = self.monitor.reporter.binaries().len() as u32;
+        let target = Arc::new(BinaryTarget::analyse(path, id).map_err(target_error)?);
+        let backstops =
+            self.enforcer
+                .add_probes(&target, Probes::Backstops, Scope::AllProcesses { mode })?;
+        self.monitor.reporter.add_binary(Arc::clone(&target));
+        self.binaries.insert(file, (Arc::clone(&target), backstops));
+        Ok(target)
+    }
+
+    /// Puts process `pid` (running `binary`) under enforcement with `mode`
+    /// (`mapguard_common::action`) and `coverage`.
+    pub fn guard_process(
+        &mut self,
+        pid: u32,
+        binary: &BinaryTarget,
+        mode: u8,
+        coverage: Coverage,
+    ) -> Result<(), SessionError> {
+        self.monitor.reporter.remember_pod(pid);
+        self.enforcer.register(pid, binary.id, mode)?;
+        self.guard(
+            binary,
+            Scope::Process { pid, mode },
+            coverage,
+            format!("pid {pid}"),
+            Some(pid),
+            Cpu::Process(pid),
+        )
+    }
+
+    /// Puts every process running `binary`, now or later, under
+    /// enforcement with `mode` and `coverage` (sampled as one).
+    pub fn guard_binary(
+        &mut self,
+        binary: &BinaryTarget,
+        mode: u8,
+        coverage: Coverage,
+    ) -> Result<(), SessionError> {
+        let file = procfs::file_id(&binary.path).unwrap_or_default();
+        self.guard(
+            binary,
+            Scope::AllProcesses { mode },
+            coverage,
+            binary.path.display().to_string(),
+            None,
+            Cpu::Binary(file),
+        )
+    }
+
+    fn guard(
+        &mut self,
+        binary: &BinaryTarget,
+        scope: Scope,
+        coverage: Coverage,
+        label: String,
+        pid: Option<u32>,
+        cpu: Cpu,
+    ) -> Result<(), SessionError> {
+        let map_ops = if coverage.probes_map_ops() {
+            Some(self.enforcer.add_probes(binary, Probes::MapOps, scope)?)
+        } else {
+            None
+        };
+        let sampler = match (coverage, map_ops) {
+            (Coverage::Sampled, Some(id)) => {
+                let set = SampledSet {
+                    enforcer: &mut self.enforcer,
+                    id,
+                    cpu,
+                };
+                Some(Sampler::new(self.settings, Instant::now(), &set))
+            }
+            _ => None,
+        };
+        tracing::info!(target = %label, %coverage, "enforcing");
+        self.guarded.push(Guarded {
+            label,
+            pid,
+            map_ops,
+            sampler,
+            cpu,
+            reported_duty: None,
+        });
+        Ok(())
+    }
+
+    /// Stops probing the map functions of process `pid` (gone, or no longer
+    /// enforced) and frees its probes.
+    pub fn forget_process(&mut self, pid: u32) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded)
+            .into_iter()
+            .partition(|g| g.pid == Some(pid));
+        self.guarded = kept;
+        for g in gone {
+            if let Some(id) = g.map_ops {
+                self.enforcer.remove_probes(id);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for kernel records and reports them, then
+    /// moves the sampled sets' windows.
+    pub fn poll(&mut self, timeout: Duration) -> Vec<ViolationRecord> {
+        let records = self.monitor.wait(timeout);
+        self.tick_samplers();
+        records
+    }
+
+    /// Reports the records already waiting.
+    pub fn drain(&mut self) -> Vec<ViolationRecord> {
+        self.monitor.drain()
+    }
+
+    fn tick_samplers(&mut self) {
+        let now = Instant::now();
+        for g in &mut self.guarded {
+            let (Some(sampler), Some(id)) = (g.sampler.as_mut(), g.map_ops) else {
+                continue;
+            };
+            let mut set = SampledSet {
+                enforcer: &mut self.enforcer,
+                id,
+                cpu: g.cpu,
+            };
+            match sampler.tick(now, &mut set) {
+                Ok(Some(estimate)) => {
+                    let changed = g.reported_duty.is_none_or(|d| {
+                        (estimate.duty_cycle - d).abs() > 0.2 * d.max(estimate.duty_cycle)
+                    });
+                    if changed {
+                        g.reported_duty = Some(estimate.duty_cycle);
+                        log_estimate(&g.label, &estimate, self.settings.budget);
+                        if let Err(e) = self.monitor.reporter.sampling(
+                            &g.label,
+                            g.pid,
+                            &estimate,
+                            self.settings.budget,
+                        ) {
+                            tracing::error!(error = %e, "cannot write a sampling event");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(target = %g.label, error = %e, "cannot switch sampled probes")
+                }
+            }
+        }
+    }
+
+    /// Reports what is left, detaches every probe (in the background) and
+    /// writes the summary.
+    pub fn finish(mut self) {
+        let now = Instant::now();
+        for g in &self.guarded {
+            if let Some(s) = &g.sampler {
+                tracing::info!(
+                    target = %g.label,
+                    windows = s.windows(),
+                    duty = format!("{:.1}%", s.measured_duty(now) * 100.0),
+                    "sampled coverage"
+                );
+            }
+        }
+        self.monitor.drain();
+        self.enforcer.release();
+        if let Err(e) = self.monitor.reporter.finish() {
+            tracing::error!(error = %e, "cannot write the summary");
+        }
+    }
+}
+
+fn log_estimate(label: &str, e: &Estimate, budget: f64) {
+    tracing::info!(
+        target = %label,
+        hits_per_second = format!("{:.0}", e.hits_per_second),
+        cost_while_on = format!("{:.1}%", e.cost_while_on * 100.0),
+        duty_cycle = format!("{:.1}%", e.duty_cycle * 100.0),
+        on = ?e.on,
+        period = ?e.period,
+        budget = format!("{:.1}%", budget * 100.0),
+        "sampling: a race recurring within every on-window is caught within one period"
+    );
+}
