@@ -7,7 +7,8 @@
 //!
 //! - plain, and built with `-race` (the usual alternative),
 //! - under `mapguard-enforcer exec --probe-program bare` (a BPF program that
-//!   returns at once) at the planned `push rbp` and at the function entry,
+//!   returns at once) at the planned `push rbp` (as a uprobe_multi link, and
+//!   as perf-event uprobes) and at the function entry,
 //! - under `mapguard-enforcer exec --mode audit` (the real detector), on
 //!   the goroutine-private map and, with `-shared`, on a map a second
 //!   goroutine wrote first (then every write records its stack too).
@@ -78,6 +79,20 @@ const SETUPS: &[Setup] = &[
         name: "bare probe @ push rbp",
         binary: "bench/mapheavy",
         enforcer: Some(&["--probe-program", "bare", "--probe-at", "planned"]),
+        program_args: &[],
+        iterations: 300_000,
+    },
+    Setup {
+        name: "bare probe @ push rbp, perf",
+        binary: "bench/mapheavy",
+        enforcer: Some(&[
+            "--probe-program",
+            "bare",
+            "--probe-at",
+            "planned",
+            "--attach",
+            "perf",
+        ]),
         program_args: &[],
         iterations: 300_000,
     },
@@ -285,6 +300,11 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
         );
     }
     let (bare, bare_entry) = (hit("bare probe @ push rbp"), hit("bare probe @ entry"));
+    println!(
+        "  uprobe_multi link vs perf event, bare hit at push rbp: {:.0} vs {:.0} ns",
+        bare,
+        hit("bare probe @ push rbp, perf")
+    );
     let (enforce, enforce_entry) = (
         hit("mapguard audit @ push rbp"),
         hit("mapguard audit @ entry"),

@@ -3,10 +3,15 @@
 
 use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
 
-use mapguard_common::{MAX_FRAMES, Violation, action, detector, kind, op};
+use mapguard_common::{MAX_FRAMES, Violation, action};
 use serde::Serialize;
 
-use crate::{cgroup::PodInfo, sampler::Estimate, target::BinaryTarget};
+use crate::{
+    cgroup::PodInfo,
+    sampler::Estimate,
+    target::BinaryTarget,
+    vocab::{Action, Detector, Kind, Op},
+};
 
 mod time;
 
@@ -37,7 +42,7 @@ pub fn decode(bytes: &[u8]) -> Result<Violation, EventError> {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ViolationRecord {
     pub event: &'static str,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub timestamp: String,
     pub pid: u32,
     pub tid: u32,
@@ -45,59 +50,18 @@ pub struct ViolationRecord {
     /// Address of the map; `None` when the probes did not see which map (a
     /// crash-path report under `light` coverage).
     pub map: Option<String>,
-    pub op: &'static str,
-    pub conflicting_op: &'static str,
+    pub op: Op,
+    pub conflicting_op: Op,
     pub goroutine: u64,
     pub conflicting_goroutine: u64,
     pub stack: Vec<String>,
     pub conflicting_stack: Vec<String>,
-    pub action: &'static str,
-    pub detected_by: &'static str,
+    pub action: Action,
+    pub detected_by: Detector,
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub pod_uid: Option<String>,
     pub container: Option<String>,
-}
-
-pub fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        kind::CONCURRENT_WRITE => "concurrent_write",
-        kind::DELETE_DURING_READ => "delete_during_read",
-        kind::DELETE_DURING_ITERATION => "delete_during_iteration",
-        kind::RELEASED_BUCKET_WRITE => "released_bucket_write",
-        kind::WRITE_DURING_READ => "write_during_read",
-        kind::WRITE_DURING_ITERATION => "write_during_iteration",
-        _ => "unknown",
-    }
-}
-
-pub fn op_name(op: u8) -> &'static str {
-    match op {
-        op::DELETE => "delete",
-        op::ASSIGN => "assign",
-        op::CLEAR => "clear",
-        op::READ => "read",
-        op::ITER_START => "iterate",
-        op::ITER_NEXT => "iterate",
-        op::GROW => "grow",
-        _ => "unknown",
-    }
-}
-
-pub fn action_name(action: u8) -> &'static str {
-    match action {
-        action::STOP => "stopped",
-        action::KILL => "killed",
-        _ => "audit",
-    }
-}
-
-fn detector_name(detected_by: u8) -> &'static str {
-    match detected_by {
-        detector::RUNTIME_FATAL => "runtime_fatal",
-        detector::RUNTIME_THROW => "runtime_throw",
-        _ => "writing_flag",
-    }
 }
 
 /// Turns kernel records into JSON lines and stderr summaries.
@@ -113,9 +77,9 @@ pub struct Reporter {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DedupKey {
     pid: u32,
-    kind: &'static str,
-    op: &'static str,
-    conflicting_op: &'static str,
+    kind: Kind,
+    op: Op,
+    conflicting_op: Op,
     site: String,
     conflicting_site: String,
 }
@@ -263,7 +227,7 @@ impl Reporter {
         let stack = symbolize(&v.stack, v.depth);
         ViolationRecord {
             event: "violation",
-            kind: kind_name(v.kind),
+            kind: Kind::from_kernel(v.kind),
             timestamp: time::rfc3339(time::from_ktime(v.ts)),
             pid: v.pid,
             tid: v.tid,
@@ -271,19 +235,19 @@ impl Reporter {
                 .map(|b| b.path.display().to_string())
                 .unwrap_or_default(),
             map: (v.map != 0).then(|| format!("{:#x}", v.map)),
-            op: match v.op {
+            op: match Op::from_kernel(v.op) {
                 // No map operation on record (light coverage): the one the
                 // reporting goroutine's stack is in.
-                0 => binary.map_or("unknown", |b| op_in_stack(b, &stack)),
-                op => op_name(op),
+                Op::Unknown => binary.map_or(Op::Unknown, |b| op_in_stack(b, &stack)),
+                op => op,
             },
-            conflicting_op: op_name(v.conflicting_op),
+            conflicting_op: Op::from_kernel(v.conflicting_op),
             goroutine: v.goid,
             conflicting_goroutine: v.conflicting_goid,
             stack,
             conflicting_stack: symbolize(&v.conflicting_stack, v.conflicting_depth),
-            action: action_name(v.action),
-            detected_by: detector_name(v.detected_by),
+            action: Action::from_kernel(v.action),
+            detected_by: Detector::from_kernel(v.detected_by),
             namespace: pod.namespace,
             pod: pod.pod,
             pod_uid: pod.pod_uid,
@@ -293,8 +257,8 @@ impl Reporter {
 }
 
 /// The operation of the innermost probed map function in a symbolized
-/// stack (`function file:line` frames), or `unknown`.
-fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> &'static str {
+/// stack (`function file:line` frames), or `Unknown`.
+fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> Op {
     stack
         .iter()
         .filter_map(|frame| frame.split(' ').next())
@@ -304,7 +268,7 @@ fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> &'static str {
                 .iter()
                 .find(|p| !p.is_backstop() && p.symbol == function)
         })
-        .map_or("unknown", |p| op_name(p.cfg.op))
+        .map_or(Op::Unknown, |p| Op::from_kernel(p.cfg.op))
 }
 
 /// First frame of a symbolized stack outside the Go runtime (the user's

@@ -32,6 +32,7 @@ use crate::{
     config::{ExecArgs, Mode},
     session::{Session, SessionError},
     signals,
+    vocab::Action,
 };
 
 /// Exit status of `exec` when the program was stopped by mapguard.
@@ -121,7 +122,7 @@ fn wait_child(child: Pid, mode: Mode, session: &mut Session) -> Result<i32, Exec
     let mut stopped = false;
     loop {
         for record in session.poll(Duration::from_millis(20)) {
-            stopped_by_us |= record.action == "stopped";
+            stopped_by_us |= record.action == Action::Stopped;
         }
         signals::take_pending();
         let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED | WaitPidFlag::WCONTINUED;
@@ -131,7 +132,7 @@ fn wait_child(child: Pid, mode: Mode, session: &mut Session) -> Result<i32, Exec
             Ok(WaitStatus::Stopped(_, signal)) => {
                 stopped = true;
                 for record in session.drain() {
-                    stopped_by_us |= record.action == "stopped";
+                    stopped_by_us |= record.action == Action::Stopped;
                 }
                 if !(mode == Mode::Stop && stopped_by_us) {
                     tracing::info!(

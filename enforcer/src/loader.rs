@@ -362,14 +362,25 @@ impl Enforcer {
 
     /// How often a set's probes fired since it was added (summed over CPUs).
     pub fn hits(&self, id: ProbeSetId) -> u64 {
+        self.hits_by_function(id).iter().map(|(_, n)| n).sum()
+    }
+
+    /// How often each of a set's probes fired, by probed function.
+    pub fn hits_by_function(&self, id: ProbeSetId) -> Vec<(&str, u64)> {
         let Some(set) = self.sets.get(id.0).and_then(Option::as_ref) else {
-            return 0;
+            return Vec::new();
         };
         set.ids
             .clone()
-            .filter_map(|probe| self.hits.get(&probe, 0).ok())
-            .map(|per_cpu| per_cpu.iter().sum::<u64>())
-            .sum()
+            .zip(&set.symbols)
+            .map(|(probe, symbol)| {
+                let hits = self
+                    .hits
+                    .get(&probe, 0)
+                    .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
+                (symbol.as_str(), hits)
+            })
+            .collect()
     }
 
     /// Zeroes a probe id's hit counters (ids are reused).

@@ -290,6 +290,17 @@ impl Session {
     pub fn finish(mut self) {
         let now = Instant::now();
         for g in &self.guarded {
+            if let Some(id) = g.map_ops {
+                let mut hits = self.enforcer.hits_by_function(id);
+                hits.retain(|(_, n)| *n > 0);
+                hits.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+                let top: Vec<String> = hits
+                    .iter()
+                    .take(8)
+                    .map(|(f, n)| format!("{f}={n}"))
+                    .collect();
+                tracing::info!(target = %g.label, hits = %top.join(" "), "probe hits by map function");
+            }
             if let Some(s) = &g.sampler {
                 tracing::info!(
                     target = %g.label,

@@ -98,8 +98,11 @@ fn records_are_symbolized_deduplicated_and_summarized() {
         .handle(&record)
         .expect("handle")
         .expect("first is reported");
-    assert_eq!(first.kind, "concurrent_write");
-    assert_eq!((first.op, first.conflicting_op), ("delete", "assign"));
+    assert_eq!(first.kind.as_str(), "concurrent_write");
+    assert_eq!(
+        (first.op.as_str(), first.conflicting_op.as_str()),
+        ("delete", "assign")
+    );
     assert_eq!((first.goroutine, first.conflicting_goroutine), (7, 6));
     assert_eq!(first.map.as_deref(), Some("0xc000012000"));
     assert!(
@@ -128,7 +131,8 @@ fn records_are_symbolized_deduplicated_and_summarized() {
             .handle(&stopped)
             .expect("handle")
             .expect("reported")
-            .action,
+            .action
+            .as_str(),
         "stopped"
     );
     reporter.finish().expect("finish");
