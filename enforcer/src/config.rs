@@ -62,10 +62,11 @@ pub struct EnforceArgs {
     #[arg(long, value_enum, env = "MAPGUARD_MODE", default_value_t = Mode::Audit)]
     pub mode: Mode,
     /// What is probed: `full` (every map operation; ~1 µs per map call),
-    /// `sampled` (every map operation during on-windows sized to
-    /// --cost-budget; catches a recurring race within one period), `light`
-    /// (only the runtime's crash paths; no cost; catches the races the Go
-    /// runtime itself detects, before it aborts).
+    /// `writes` (map writes only: concurrent writes with both call sites;
+    /// a fraction of full's cost), `sampled` (every map operation during
+    /// on-windows sized to --cost-budget; catches a recurring race within
+    /// one period), `light` (only the runtime's crash paths; no cost;
+    /// catches the races the Go runtime itself detects, before it aborts).
     #[arg(long, value_enum, env = "MAPGUARD_COVERAGE", default_value_t = Coverage::Full)]
     pub coverage: Coverage,
     /// `sampled`: what the probes may cost, as a share of the process's CPU

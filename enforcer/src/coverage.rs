@@ -3,6 +3,8 @@
 //! independent of the action taken (`audit|stop|kill`).
 //!
 //! - `full`: every map operation, all the time.
+//! - `writes`: the map writes (assign, delete, clear, grow), all the time:
+//!   most real services read maps far more often than they write them.
 //! - `sampled`: every map operation during on-windows, nothing in between;
 //!   the off time is chosen per process so that the probes' estimated cost
 //!   stays within a budget ([`crate::sampler`]).
@@ -24,6 +26,13 @@ pub enum Coverage {
     /// a microsecond per map call.
     #[default]
     Full,
+    /// Map writes only (assign, delete, clear, grow), all the time: catches
+    /// concurrent writes at the moment the second one starts, with both
+    /// call sites, at a fraction of `full`'s cost (real services read maps
+    /// far more than they write them); a read or iteration racing a write
+    /// is caught only as the runtime detects it, with the reader's call
+    /// site.
+    Writes,
     /// Every map operation during on-windows sized to a cost budget:
     /// catches a race that recurs at least once per window within one
     /// sampling period; misses a one-off race outside the windows.
@@ -39,14 +48,20 @@ impl Coverage {
     pub fn as_str(self) -> &'static str {
         match self {
             Coverage::Full => "full",
+            Coverage::Writes => "writes",
             Coverage::Sampled => "sampled",
             Coverage::Light => "light",
         }
     }
 
-    /// Whether the map functions are probed (all or part of the time).
-    pub fn probes_map_ops(self) -> bool {
-        self != Coverage::Light
+    /// Which map functions are probed (all or part of the time), if any.
+    pub fn map_probes(self) -> Option<crate::loader::Probes> {
+        use crate::loader::Probes;
+        match self {
+            Coverage::Full | Coverage::Sampled => Some(Probes::MapOps),
+            Coverage::Writes => Some(Probes::Writes),
+            Coverage::Light => None,
+        }
     }
 
     /// Parses an annotation value (`mapguard.io/coverage`).
@@ -157,6 +172,7 @@ mod tests {
         assert_eq!(Coverage::parse("light"), Some(Coverage::Light));
         assert_eq!(Coverage::parse("sampled"), Some(Coverage::Sampled));
         assert_eq!(Coverage::parse("everything"), None);
-        assert!(!Coverage::Light.probes_map_ops());
+        assert_eq!(Coverage::Light.map_probes(), None);
+        assert_eq!(Coverage::parse("writes"), Some(Coverage::Writes));
     }
 }

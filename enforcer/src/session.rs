@@ -193,10 +193,9 @@ impl Session {
         pid: Option<u32>,
         cpu: Cpu,
     ) -> Result<(), SessionError> {
-        let map_ops = if coverage.probes_map_ops() {
-            Some(self.enforcer.add_probes(binary, Probes::MapOps, scope)?)
-        } else {
-            None
+        let map_ops = match coverage.map_probes() {
+            Some(which) => Some(self.enforcer.add_probes(binary, which, scope)?),
+            None => None,
         };
         let sampler = match (coverage, map_ops) {
             (Coverage::Sampled, Some(id)) => {

@@ -3,6 +3,8 @@
 
 use std::{ops::Range, path::PathBuf};
 
+use mapguard_common::op;
+
 use super::Link;
 use crate::target::AttachPoint;
 
@@ -15,6 +17,8 @@ pub struct ProbeSetId(pub(super) usize);
 pub enum Probes {
     /// The map functions: the hot path, where detection happens.
     MapOps,
+    /// The map functions that write (assign, delete, clear) or grow a map.
+    Writes,
     /// The runtime's crash paths (`runtime.fatal`, `runtime.throw`): hit
     /// only as a process dies, so they cost nothing.
     Backstops,
@@ -22,7 +26,11 @@ pub enum Probes {
 
 impl Probes {
     pub(super) fn includes(self, point: &AttachPoint) -> bool {
-        point.is_backstop() == (self == Probes::Backstops)
+        match self {
+            Probes::Backstops => point.is_backstop(),
+            Probes::MapOps => !point.is_backstop(),
+            Probes::Writes => op::is_write(point.cfg.op) || point.cfg.op == op::GROW,
+        }
     }
 }
 
