@@ -30,6 +30,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// Print what mapguard would probe in a Go binary.
     Scan(ScanArgs),
+    /// The node agent: enforce on the Go processes of this node's Pods as
+    /// their `mapguard.io/mode` and `mapguard.io/coverage` annotations say.
+    Daemon(DaemonArgs),
 }
 
 /// What happens to a process when a violation is detected.
@@ -55,9 +58,9 @@ impl Mode {
     }
 }
 
-/// Options shared by `exec` and `watch`.
+/// What `exec` and `watch` do to the processes they enforce on.
 #[derive(Debug, Args)]
-pub struct EnforceArgs {
+pub struct PolicyArgs {
     /// Action on a violation.
     #[arg(long, value_enum, env = "MAPGUARD_MODE", default_value_t = Mode::Audit)]
     pub mode: Mode,
@@ -69,6 +72,34 @@ pub struct EnforceArgs {
     /// catches the races the Go runtime itself detects, before it aborts).
     #[arg(long, value_enum, env = "MAPGUARD_COVERAGE", default_value_t = Coverage::Full)]
     pub coverage: Coverage,
+}
+
+/// A Pod's action as the node agent knows it: a [`Mode`], or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum PodMode {
+    /// Not enforced: never probed on the hot path, never signalled.
+    #[default]
+    Off,
+    Audit,
+    Stop,
+    Kill,
+}
+
+impl PodMode {
+    /// The action, or `None` for `off`.
+    pub fn mode(self) -> Option<Mode> {
+        match self {
+            PodMode::Off => None,
+            PodMode::Audit => Some(Mode::Audit),
+            PodMode::Stop => Some(Mode::Stop),
+            PodMode::Kill => Some(Mode::Kill),
+        }
+    }
+}
+
+/// Options of every enforcing command (`exec`, `watch`, `daemon`).
+#[derive(Debug, Args)]
+pub struct EnforceArgs {
     /// `sampled`: what the probes may cost, as a share of the process's CPU
     /// time (e.g. 2% or 0.02).
     #[arg(long, env = "MAPGUARD_COST_BUDGET", default_value = "2%", value_parser = parse_budget)]
@@ -117,6 +148,8 @@ impl EnforceArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
     pub enforce: EnforceArgs,
     /// The Go program (looked up in PATH when it has no `/`).
     #[arg(required = true)]
@@ -129,6 +162,8 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("targets").required(true).args(["pid", "exe"])))]
 pub struct WatchArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub enforce: EnforceArgs,
     /// Process ids to enforce on (ends when all have exited).
@@ -146,4 +181,34 @@ pub struct ScanArgs {
     /// Print JSON instead of a table.
     #[arg(long, env = "MAPGUARD_SCAN_JSON")]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// This node's name (set from the downward API `spec.nodeName` in the
+    /// DaemonSet): only Pods bound to it are watched.
+    #[arg(long, env = "MAPGUARD_NODE_NAME")]
+    pub node: String,
+    /// A kubeconfig file; without it, `KUBECONFIG` or the in-cluster
+    /// service account.
+    #[arg(long, env = "MAPGUARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the ops port (`/metrics`, `/healthz`, `/readyz`,
+    /// `/events`), plain HTTP.
+    #[arg(long, env = "MAPGUARD_OPS_LISTEN", default_value = "0.0.0.0:9091")]
+    pub ops_listen: std::net::SocketAddr,
+    /// Action for Pods without a valid `mapguard.io/mode` annotation.
+    #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_MODE", default_value_t = PodMode::Off)]
+    pub default_mode: PodMode,
+    /// Coverage for Pods without a valid `mapguard.io/coverage` annotation.
+    #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_COVERAGE", default_value_t = Coverage::Sampled)]
+    pub default_coverage: Coverage,
+    /// How often the node's processes are placed in their Pods.
+    #[arg(long, env = "MAPGUARD_SCAN_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub scan_interval: Duration,
+    /// Where the host's /proc is (the agent may see it mounted elsewhere).
+    #[arg(long, env = "MAPGUARD_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+    #[command(flatten)]
+    pub enforce: EnforceArgs,
 }

@@ -137,6 +137,12 @@ impl Reporter {
         }
     }
 
+    /// Names a process's Kubernetes identity (what the caller knows beats
+    /// what its cgroup says).
+    pub fn set_pod(&mut self, pid: u32, pod: PodInfo) {
+        self.pods.insert(pid, pod);
+    }
+
     /// Violations seen so far (including suppressed repeats).
     pub fn total(&self) -> u64 {
         self.total

@@ -69,7 +69,7 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let (exe, argv) = c_args(&path, &args.program, &args.args)?;
     signals::install().map_err(sys("install signal handlers"))?;
     let (ready_rx, ready_tx) = pipe().map_err(sys("create a pipe"))?;
-    let own_session = args.enforce.mode == Mode::Stop;
+    let own_session = args.policy.mode == Mode::Stop;
     // SAFETY: the child only calls async-signal-safe functions (setsid,
     // read, execv, _exit) before exec.
     let child = match unsafe { fork() }.map_err(sys("fork"))? {
@@ -96,8 +96,8 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let guarded = session.guard_process(
         pid,
         &target,
-        args.enforce.mode.action(),
-        args.enforce.coverage,
+        args.policy.mode.action(),
+        args.policy.coverage,
     );
     if let Err(e) = guarded {
         // Never let the program run unenforced.
@@ -108,7 +108,7 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     write(&ready_tx, &[1]).map_err(sys("release the child"))?;
     drop(ready_tx);
 
-    let status = wait_child(child, args.enforce.mode, &mut session)?;
+    let status = wait_child(child, args.policy.mode, &mut session)?;
     session.finish();
     Ok(status)
 }

@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod coverage;
+pub mod daemon;
 pub mod events;
 pub mod exec;
 pub mod goelf;

@@ -411,6 +411,11 @@ impl Enforcer {
             .map_err(|e| map_error(MAP_PROCS, e))
     }
 
+    /// Takes process `pid` out of enforcement (shared probes then ignore it).
+    pub fn unregister(&mut self, pid: u32) {
+        let _ = self.procs.remove(&pid);
+    }
+
     /// Detaches every probe without making the caller wait: removing a
     /// uprobe costs a kernel grace period (~0.1 s each here, serialized
     /// kernel-wide), so a forked helper process holding copies of the

@@ -9,12 +9,13 @@
 //! mapguard-enforcer watch --mode audit --pid 1234,5678
 //! mapguard-enforcer watch --mode kill --exe /usr/local/bin/server
 //! mapguard-enforcer scan ./server
+//! mapguard-enforcer daemon --node "$NODE_NAME" --ops-listen 0.0.0.0:9091
 //! ```
 
 use clap::Parser as _;
 use mapguard_enforcer::{
     config::{Command, Config},
-    exec, target, watch,
+    daemon, exec, target, watch,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -29,6 +30,7 @@ fn main() {
         Command::Exec(args) => exec::run(args).map_err(Into::into),
         Command::Watch(args) => watch::run(args).map_err(Into::into),
         Command::Scan(args) => target::scan(&args.binary, args.json).map_err(Into::into),
+        Command::Daemon(args) => daemon::run(args).map_err(Into::into),
     };
     match result {
         Ok(status) => std::process::exit(status),

@@ -29,6 +29,12 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
 }
 
+/// When `pid` started, in clock ticks since boot (field 22 of its stat):
+/// with the pid, a process's identity.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
 /// `(device, inode)` of the file a process runs, or of a path.
 pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
@@ -62,6 +68,7 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_time(me).expect("again") > spent, "CPU time grows");
+        assert!(start_time(me).is_some_and(|t| t > 0));
         let exe = file_id(std::path::Path::new("/proc/self/exe")).expect("own exe");
         assert!(pids_running(exe).contains(&me));
     }

@@ -103,11 +103,19 @@ pub struct Session {
 impl Session {
     /// Loads the BPF program and opens the event output.
     pub fn start(args: &EnforceArgs) -> Result<Session, SessionError> {
+        Session::start_with_output(args, output::open(&args.events)?)
+    }
+
+    /// [`Session::start`] writing events to `out`.
+    pub fn start_with_output(
+        args: &EnforceArgs,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> Result<Session, SessionError> {
         let mut enforcer = Enforcer::load(args.probe_program, args.probe_at, args.attach)?;
         let ring = enforcer
             .take_events()
             .expect("a freshly loaded enforcer has its ring buffer");
-        let reporter = Reporter::new(output::open(&args.events)?);
+        let reporter = Reporter::new(out);
         Ok(Session {
             enforcer,
             monitor: Monitor::new(ring, reporter),
@@ -220,9 +228,27 @@ impl Session {
         Ok(())
     }
 
-    /// Stops probing the map functions of process `pid` (gone, or no longer
-    /// enforced) and frees its probes.
+    /// Names the Pod of process `pid` in its reports (the node agent knows
+    /// more than the process's cgroup says).
+    pub fn set_pod(&mut self, pid: u32, pod: crate::cgroup::PodInfo) {
+        self.monitor.reporter.set_pod(pid, pod);
+    }
+
+    /// Binaries analysed and probed so far.
+    pub fn binary_count(&self) -> usize {
+        self.binaries.len()
+    }
+
+    /// Checks the probes could not complete so far (see
+    /// `mapguard_common::stat`).
+    pub fn incomplete_checks(&self) -> Vec<(&'static str, u64)> {
+        self.enforcer.incomplete_checks()
+    }
+
+    /// Stops enforcing on process `pid` (gone, or no longer enforced): it
+    /// leaves the process table and its map-function probes are freed.
     pub fn forget_process(&mut self, pid: u32) {
+        self.enforcer.unregister(pid);
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded)
             .into_iter()
             .partition(|g| g.pid == Some(pid));

@@ -43,8 +43,8 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
             WatchError::AllGone
         });
     }
-    let mode = args.enforce.mode.action();
-    let coverage = args.enforce.coverage;
+    let mode = args.policy.mode.action();
+    let coverage = args.policy.coverage;
     let mut session = Session::start(&args.enforce)?;
 
     for exe in &args.exe {

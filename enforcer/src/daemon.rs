@@ -1,0 +1,154 @@
+//! `daemon`: the node agent. Runs on every node (a DaemonSet), watches the
+//! Pods bound to its node, places every process of the node in its Pod
+//! through its cgroup, and enforces on the Go processes of Pods annotated
+//! `mapguard.io/mode` with the Pod's action and `mapguard.io/coverage`.
+//! Its ops port serves `/metrics`, `/healthz`, `/readyz` and `/events`.
+//!
+//! Two halves: the Kubernetes side (Pod watch, ops server) on a tokio
+//! runtime, and the enforcement loop (BPF, process placement, reports) on
+//! a thread of its own, which never waits on the API server: while it is
+//! unreachable, the Pods last known stay enforced and `/readyz` says so.
+
+pub mod metrics;
+pub mod ops;
+pub mod pods;
+pub mod reconcile;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use crate::{
+    config::DaemonArgs,
+    output,
+    session::{Session, SessionError},
+    signals,
+};
+
+use metrics::Metrics;
+use ops::{Broadcast, OpsState, Tee};
+use pods::{NodeDefaults, PodTable};
+use reconcile::Enforcement;
+
+/// Why the node agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot configure access to the API server: {0}")]
+    Kubeconfig(String),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen on {addr} for the ops port: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] nix::Error),
+    #[error("the enforcement thread failed: {0}")]
+    Thread(String),
+}
+
+/// Runs until SIGTERM or SIGINT; returns the exit status (128+N).
+pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
+    signals::install().map_err(DaemonError::Signals)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let defaults = NodeDefaults {
+        mode: args.default_mode.mode(),
+        coverage: args.default_coverage,
+    };
+    let pods = Arc::new(PodTable::new(defaults));
+    let metrics = Arc::new(Metrics::new());
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let ops = Arc::new(OpsState {
+        metrics: Arc::clone(&metrics),
+        pods: Arc::clone(&pods),
+        events: events.clone(),
+        bpf_ready: AtomicBool::new(false),
+    });
+
+    let client = runtime.block_on(client(args))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.ops_listen))
+        .map_err(|source| DaemonError::Listen {
+            addr: args.ops_listen,
+            source,
+        })?;
+    tracing::info!(node = %args.node, ops = %args.ops_listen, "node agent starting");
+    runtime.spawn(pods::watch(client, args.node.clone(), Arc::clone(&pods)));
+    let app = ops::app(Arc::clone(&ops));
+    runtime.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "ops server failed");
+        }
+    });
+
+    // The enforcement loop on a thread of its own.
+    let out = Box::new(Tee(
+        output::open(&args.enforce.events)?,
+        Broadcast::new(events),
+    ));
+    let session = Session::start_with_output(&args.enforce, out)?;
+    ops.bpf_ready.store(true, Ordering::SeqCst);
+    tracing::info!("BPF program loaded; enforcing");
+    let stop = Arc::new(AtomicBool::new(false));
+    let enforcement = Enforcement::new(
+        session,
+        Arc::clone(&pods),
+        Arc::clone(&metrics),
+        args.proc_root.clone(),
+    );
+    let interval = args.scan_interval;
+    let thread_stop = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("enforce".into())
+        .spawn(move || enforcement.run(interval, || thread_stop.load(Ordering::SeqCst), |_| {}))
+        .map_err(|e| DaemonError::Thread(e.to_string()))?;
+
+    let status = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(signal) = signals::take_pending() {
+            tracing::info!(signal, "stopping");
+            break 128 + signal;
+        }
+        if thread.is_finished() {
+            break 1;
+        }
+    };
+    stop.store(true, Ordering::SeqCst);
+    thread
+        .join()
+        .map_err(|_| DaemonError::Thread("it panicked".into()))?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(status)
+}
+
+/// The API server client: `--kubeconfig`, else `KUBECONFIG` or the
+/// in-cluster service account (kube's inference).
+async fn client(args: &DaemonArgs) -> Result<kube::Client, DaemonError> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| DaemonError::Kubeconfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| DaemonError::Kubeconfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| DaemonError::Kubeconfig(e.to_string()))
+}

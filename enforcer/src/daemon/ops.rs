@@ -1,0 +1,221 @@
+//! The node agent's ops port (plain HTTP): `/metrics`, `/healthz`,
+//! `/readyz` and `/events`, a live stream of the JSON lines the agent
+//! writes (violations, sampling choices).
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::broadcast;
+
+use super::{metrics::Metrics, pods::PodTable};
+
+/// What the ops endpoints read.
+pub struct OpsState {
+    pub metrics: Arc<Metrics>,
+    pub pods: Arc<PodTable>,
+    /// JSON lines as the agent writes them.
+    pub events: broadcast::Sender<Bytes>,
+    /// Set once the BPF program is loaded.
+    pub bpf_ready: AtomicBool,
+}
+
+/// The ops router.
+pub fn app(state: Arc<OpsState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/events", get(events))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<Arc<OpsState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Ready once the BPF program is loaded and the node's Pods are listed;
+/// unready (with the reason) while the API server is unreachable — the
+/// agent still enforces the Pods it knows then.
+async fn readyz(State(s): State<Arc<OpsState>>) -> Response {
+    let mut problems = Vec::new();
+    if !s.bpf_ready.load(Ordering::SeqCst) {
+        problems.push("BPF program not loaded".to_string());
+    }
+    if !s.pods.is_synced() {
+        problems.push("pods of this node not listed yet".to_string());
+    }
+    if let Err(e) = s.pods.connection() {
+        problems.push(format!(
+            "API server unreachable ({e}); enforcing the pods last known"
+        ));
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
+}
+
+/// Streams every JSON line from now on; a client too slow to keep up
+/// misses lines rather than holding the agent back.
+async fn events(State(s): State<Arc<OpsState>>) -> Response {
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = match rx.recv().await {
+            Ok(line) => line,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                Bytes::from(format!("{{\"event\":\"lagged\",\"missed\":{n}}}\n"))
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<Bytes, Infallible>(line), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A `Write` that publishes each complete line to the `/events` stream.
+pub struct Broadcast {
+    tx: broadcast::Sender<Bytes>,
+    partial: Vec<u8>,
+}
+
+impl Broadcast {
+    pub fn new(tx: broadcast::Sender<Bytes>) -> Broadcast {
+        Broadcast {
+            tx,
+            partial: Vec::new(),
+        }
+    }
+}
+
+impl std::io::Write for Broadcast {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(buf);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            // No subscriber is not an error.
+            let _ = self.tx.send(Bytes::from(line));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes to two sinks (the configured events output and the stream).
+pub struct Tee<A, B>(pub A, pub B);
+
+impl<A: std::io::Write, B: std::io::Write> std::io::Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{coverage::Coverage, daemon::pods::NodeDefaults};
+
+    fn state() -> Arc<OpsState> {
+        Arc::new(OpsState {
+            metrics: Arc::new(Metrics::new()),
+            pods: Arc::new(PodTable::new(NodeDefaults {
+                mode: None,
+                coverage: Coverage::Light,
+            })),
+            events: broadcast::channel(16).0,
+            bpf_ready: AtomicBool::new(false),
+        })
+    }
+
+    async fn get_text(app: Router, path: &str) -> (StatusCode, String) {
+        let resp = app
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readiness_names_what_is_missing() {
+        let s = state();
+        let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("BPF program not loaded") && text.contains("not listed"),
+            "{text}"
+        );
+        s.bpf_ready.store(true, Ordering::SeqCst);
+        s.pods.apply(kube::runtime::watcher::Event::Init);
+        s.pods.apply(kube::runtime::watcher::Event::InitDone);
+        let (status, _) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        s.pods.failed("connection refused".into());
+        let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("API server unreachable (connection refused)"),
+            "{text}"
+        );
+        let (status, text) = get_text(app(s), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.contains("mapguard_api_server_connected"), "{text}");
+    }
+
+    #[test]
+    fn the_broadcast_writer_publishes_whole_lines() {
+        let (tx, mut rx) = broadcast::channel(4);
+        let mut w = Broadcast::new(tx);
+        w.write_all(b"{\"a\":1}\n{\"b\"").expect("write");
+        assert_eq!(rx.try_recv().expect("one line"), Bytes::from("{\"a\":1}\n"));
+        assert!(rx.try_recv().is_err(), "half a line is held back");
+        w.write_all(b":2}\n").expect("write");
+        assert_eq!(rx.try_recv().expect("the rest"), Bytes::from("{\"b\":2}\n"));
+    }
+}
