@@ -223,7 +223,9 @@ struct Probes {
     bpf_ns_per_request: f64,
 }
 
-/// mapguard's BPF programs now loaded: (run count, run time) summed.
+/// mapguard's BPF programs now loaded: (run count, run time) summed. The
+/// count is kernel-wide: runs start when no mapguard program is loaded, but
+/// a mapguard started by someone else during a warm-up would count too.
 fn mapguard_program_stats() -> (u64, Duration) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -231,6 +233,59 @@ fn mapguard_program_stats() -> (u64, Duration) {
         .fold((0, Duration::ZERO), |(n, t), p| {
             (n + p.run_count(), t + p.run_time())
         })
+}
+
+/// The warm-up load; for a mapguard run, with the kernel's BPF run-time
+/// statistics on (never during the measurement: they cost two clock reads
+/// per hit), to count what the probes did. A mapguard run whose probes did
+/// not run at all fails: the service was not enforced.
+fn warm_up(opts: &Options, load: &wrk::Load, config: &Config) -> Result<Option<Probes>> {
+    if config.enforcer.is_none() {
+        wrk::run(load, opts.pressure, opts.warmup_secs).context("warm-up")?;
+        return Ok(None);
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enable the kernel's BPF run-time statistics")?;
+    let (hits0, time0) = mapguard_program_stats();
+    let warm = wrk::run(load, opts.pressure, opts.warmup_secs).context("warm-up")?;
+    let (hits1, time1) = mapguard_program_stats();
+    let hits = hits1.saturating_sub(hits0);
+    if hits == 0 {
+        bail!(
+            "{}: no mapguard probe ran during the warm-up: the service was not enforced",
+            config.name
+        );
+    }
+    let requests = warm.requests as f64;
+    Ok(Some(Probes {
+        hits_per_request: hits as f64 / requests,
+        bpf_ns_per_request: time1.saturating_sub(time0).as_nanos() as f64 / requests,
+    }))
+}
+
+/// What the enforcer of a finished run reported: (violations, warnings
+/// that a probe check could not be completed).
+fn enforcer_findings(scratch: &Path) -> (usize, usize) {
+    let events = std::fs::read_to_string(scratch.join("events.jsonl")).unwrap_or_default();
+    let violations = events
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|e| e["event"] == "violation")
+        })
+        .count();
+    let stderr = std::fs::read_to_string(scratch.join("stderr")).unwrap_or_default();
+    // Each reported violation also has a one-line summary on stderr
+    // (`mapguard: KIND on map ADDR in pid ...`): counted too, so that the
+    // check does not rest on the events file alone.
+    let summaries = stderr
+        .lines()
+        .filter(|l| l.starts_with("mapguard: ") && l.contains(" on map "))
+        .count();
+    let violations = violations.max(summaries);
+    if violations > 0 {
+        eprintln!("{stderr}");
+    }
+    (violations, stderr.matches("could not be completed").count())
 }
 
 fn run_once(
@@ -254,28 +309,7 @@ fn run_once(
         .with_context(|| format!("{} under {}", service.name, config.name))?;
     let load = service.load(&support::workspace(), instance.port, opts.keys);
 
-    let probes = if config.enforcer.is_some() {
-        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("enable the kernel's BPF run-time statistics")?;
-        let (hits0, time0) = mapguard_program_stats();
-        let warm = wrk::run(&load, opts.pressure, opts.warmup_secs).context("warm-up")?;
-        let (hits1, time1) = mapguard_program_stats();
-        let hits = hits1.saturating_sub(hits0);
-        if hits == 0 {
-            bail!(
-                "{}: no mapguard probe ran during the warm-up: the service was not enforced",
-                config.name
-            );
-        }
-        let requests = warm.requests as f64;
-        Some(Probes {
-            hits_per_request: hits as f64 / requests,
-            bpf_ns_per_request: time1.saturating_sub(time0).as_nanos() as f64 / requests,
-        })
-    } else {
-        wrk::run(&load, opts.pressure, opts.warmup_secs).context("warm-up")?;
-        None
-    };
+    let probes = warm_up(opts, &load, config)?;
     let report = wrk::run(&load, opts.pressure, opts.secs)?;
     let evidence = service.check(instance.port)?;
 
@@ -284,28 +318,7 @@ fn run_once(
         .stop()
         .with_context(|| format!("{} under {}", service.name, config.name))?;
     let (violations, incomplete) = if config.enforcer.is_some() {
-        let events = std::fs::read_to_string(scratch.join("events.jsonl")).unwrap_or_default();
-        let violations = events
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .is_ok_and(|e| e["event"] == "violation")
-            })
-            .count();
-        let stderr = std::fs::read_to_string(scratch.join("stderr")).unwrap_or_default();
-        // Each reported violation also has a one-line summary on stderr
-        // (`mapguard: KIND on map ADDR in pid ...`): counted too, so that
-        // the check does not rest on the events file alone.
-        let summaries = stderr
-            .lines()
-            .filter(|l| l.starts_with("mapguard: ") && l.contains(" on map "))
-            .count();
-        let violations = violations.max(summaries);
-        let incomplete = stderr.matches("could not be completed").count();
-        if violations > 0 {
-            eprintln!("{stderr}");
-        }
-        (violations, incomplete)
+        enforcer_findings(&scratch)
     } else {
         (0, 0)
     };
