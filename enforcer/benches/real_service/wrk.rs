@@ -51,12 +51,15 @@ pub fn run(load: &Load, pressure: Pressure, secs: u64) -> Result<Report> {
         .output()
         .context("run wrk (install it with .ci/install-bench.sh)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
+    let errors = String::from_utf8_lossy(&out.stderr);
+    // A script that does not load is reported on stderr, and wrk then goes
+    // on with plain GETs of the URL: any message there fails the run.
+    if !out.status.success() || !errors.trim().is_empty() {
         bail!(
-            "wrk failed with {}: {}{}",
+            "wrk ended with {}: {}\n{}",
             out.status,
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            errors.trim(),
+            text.trim()
         );
     }
     parse(&text).with_context(|| format!("wrk's report:\n{text}"))
