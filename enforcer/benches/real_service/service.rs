@@ -225,6 +225,13 @@ impl Instance {
             None => Command::new(binary),
             Some(args) => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_mapguard-enforcer"));
+                // Every exec flag also reads a MAPGUARD_* variable: none
+                // leaks in from the benchmark's environment.
+                for (key, _) in std::env::vars_os() {
+                    if key.to_string_lossy().starts_with("MAPGUARD_") {
+                        c.env_remove(key);
+                    }
+                }
                 c.arg("exec")
                     .args(args)
                     .arg("--events")
