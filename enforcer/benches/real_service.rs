@@ -83,6 +83,12 @@ const TARGETS: &[(&str, Bound)] = &[
     ("mapguard light", Bound::AtMost(1.0)),
 ];
 
+/// Spread of a configuration's throughput between rounds ((max − min) /
+/// median, %) above which its row gets a note: with the machine otherwise
+/// quiet it stayed within 15% here; runs that other builds disturbed moved
+/// by 35-65%.
+const NOISY_SPREAD: f64 = 20.0;
+
 /// One configuration to measure.
 struct Config {
     name: String,
@@ -395,15 +401,26 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
 
     let rps = |s: &[Sample]| median(s.iter().map(|s| s.report.requests_per_sec).collect());
     let p99 = |s: &[Sample]| median(s.iter().map(|s| s.report.p99_ms).collect());
+    // How far a configuration's throughput moved between rounds, as a share
+    // of its median: the machine is shared, and a busy spell in one round
+    // shows here rather than passing for a cost or a gain.
+    let spread = |s: &[Sample]| {
+        let v: Vec<f64> = s.iter().map(|s| s.report.requests_per_sec).collect();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        (hi - lo) / median(v) * 100.0
+    };
     let (plain_rps, plain_p99) = (rps(&samples[0]), p99(&samples[0]));
     println!(
         "\n  {} {}: median of {} runs",
         service.name, installed.version, opts.runs
     );
     println!(
-        "  {:<18} {:>8} {:>9} {:>8} {:>9} {:>15} {:>11} {:>11}",
+        "  {:<18} {:>8} {:>7} {:>9} {:>8} {:>9} {:>15} {:>11} {:>11}",
         "configuration",
         "req/s",
+        "spread",
         "vs plain",
         "p99 ms",
         "vs plain",
@@ -417,6 +434,14 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
     let mut violations = 0;
     for (config, s) in opts.configs.iter().zip(&samples) {
         let (r, p) = (rps(s), p99(s));
+        let moved = spread(s);
+        if moved > NOISY_SPREAD {
+            notes.push(format!(
+                "  note: {}: throughput moved by {moved:.0}% between rounds (a busy machine?): \
+                 read its figures with care, or raise MAPGUARD_BENCH_RUNS",
+                config.name
+            ));
+        }
         let probes: Vec<Probes> = s.iter().filter_map(|s| s.probes).collect();
         let probes = if probes.is_empty() {
             ["-".to_string(), "-".to_string(), "-".to_string()]
@@ -447,9 +472,10 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
             ]
         };
         println!(
-            "  {:<18} {:>8.0} {:>+8.1}% {:>8.2} {:>8.2}x {:>15} {:>11} {:>11}",
+            "  {:<18} {:>8.0} {:>6.0}% {:>+8.1}% {:>8.2} {:>8.2}x {:>15} {:>11} {:>11}",
             config.name,
             r,
+            moved,
             (r / plain_rps - 1.0) * 100.0,
             p,
             p / plain_p99,
