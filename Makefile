@@ -3,7 +3,8 @@
 #   make demo    prerequisites + build + the enforcer catching racy Go programs
 #                and the webhook judging sample Pods (needs root for BPF)
 #   make test    prerequisites + lint + every test (what CI runs)
-#   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy)
+#   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
+#                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
@@ -12,7 +13,7 @@ export GO_PROGS
 export MAPGUARD_GO_PROGS := $(GO_PROGS)
 
 .PHONY: all deps build release go-progs lint test test-rust policy-test demo \
-        bench bench-enforcer bench-webhook bench-policy clean
+        bench bench-deps bench-enforcer bench-webhook bench-policy clean
 
 all: build
 
@@ -45,8 +46,14 @@ demo: release go-progs
 
 bench: bench-enforcer bench-webhook bench-policy
 
-bench-enforcer: release go-progs
-	$(CARGO) bench -p mapguard-enforcer
+# wrk and the real Go services of the real_service benchmark (not needed by
+# `make test`): etcd and Caddy built from their Go modules, plain and -race.
+bench-deps:
+	bash .ci/install-bench.sh
+
+bench-enforcer: release go-progs bench-deps
+	$(CARGO) bench -p mapguard-enforcer --bench probe_cost
+	$(CARGO) bench -p mapguard-enforcer --bench real_service
 
 bench-webhook: release
 	$(CARGO) bench -p mapguard-webhook --bench load
