@@ -18,9 +18,11 @@ pub const MAP_PROCS: &str = "MG_PROCS";
 /// `LruHashMap<ProcAddr of a map, RecentWriters>`: which goroutines wrote a
 /// map recently.
 pub const MAP_RECENT: &str = "MG_RECENT";
-/// `LruHashMap<ProcAddr of a runtime.g, Goroutine>`: per goroutine, the map operation
-/// it entered last and its latest write (only ever written by that
-/// goroutine, so never torn by a racing one).
+/// `LruHashMap<ProcAddr of a runtime.g, Goroutine>`: per goroutine that
+/// writes maps, the write it entered last and its latest write record
+/// (only ever written by that goroutine, so never torn by a racing one).
+/// Goroutines that only read have no entry: the hot path of a read does no
+/// hash lookup.
 pub const MAP_GOROUTINES: &str = "MG_GOROUTINES";
 /// Per-CPU scratch space for records too large for the BPF stack.
 pub const MAP_SCRATCH: &str = "MG_SCRATCH";
@@ -316,24 +318,27 @@ const _: () = assert!(core::mem::size_of::<ProcAddr>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecentWriters {
     pub next: u32,
-    /// Set (and never cleared) once a second goroutine wrote or read the
-    /// map: from then on every write records its stack.
+    /// Set (and never cleared) once a second goroutine wrote the map: from
+    /// then on every write records its stack. (Before that, a report walks
+    /// the writer's stack from its saved registers: the writer is still
+    /// inside its write while its flag is set, so those frames are intact.)
     pub shared: u32,
     pub g: [u64; RECENT_WRITERS],
 }
 const _: () = assert!(core::mem::size_of::<RecentWriters>() == 8 + 8 * RECENT_WRITERS);
 
-/// One goroutine's state ([`MAP_GOROUTINES`] value): the map operation it
-/// entered last (any operation; used when the runtime itself detects a
-/// race) and its latest write (the other side of a later report).
+/// One writing goroutine's state ([`MAP_GOROUTINES`] value): the write it
+/// entered last (used when the runtime itself detects a race and the
+/// goroutine has moved CPUs since) and its latest write (the other side of
+/// a later report).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Goroutine {
-    /// Map of the operation entered last.
+    /// Map of the write entered last.
     pub map: u64,
     /// Map of `write` (0: no write recorded yet).
     pub write_map: u64,
-    /// One of [`op`]: the operation entered last.
+    /// One of [`op`]: the write entered last.
     pub op: u8,
     pub _pad: [u8; 7],
     pub write: Writer,

@@ -64,6 +64,30 @@ pub(crate) fn count(which: u32) {
     }
 }
 
+/// The map operation each thread entered last: what the crash path needs
+/// to know (which map, which operation) when the runtime aborts inside that
+/// operation. A goroutine stays on its thread from the map function's
+/// entry to its `fatal` (runtime code is not preempted), so the thread's
+/// slot names it. Slots are indexed by thread id modulo their number (an
+/// array lookup, no hash: readers keep no per-goroutine record at all); a
+/// slot another thread took over is recognised by its ids.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entered {
+    g: u64,
+    map: u64,
+    pid: u32,
+    tid: u32,
+    op: u8,
+    _pad: [u8; 7],
+}
+
+/// Slots of [`ENTERED`] (a power of two).
+const THREAD_SLOTS: u32 = 65536;
+
+#[map(name = "MG_ENTERED")]
+static ENTERED: Array<Entered> = Array::with_max_entries(THREAD_SLOTS, 0);
+
 /// A zeroed goroutine used as the initial value of new [`GOROUTINES`]
 /// entries (kept off the BPF stack). Never written.
 #[map(name = "MG_ZERO")]
@@ -154,13 +178,30 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         return None;
     };
     let writing = flag & cfg.writing_mask != 0;
-    // The check below does not depend on this goroutine's own entry: a
-    // failed insert must not hide a race.
-    let own = enter(hit.pid, hit.g, map, cfg.op);
-    if own.is_none() {
-        count(stat::UNTRACKED);
+    if let Some(entered) = ENTERED.get_ptr_mut(hit.tid & (THREAD_SLOTS - 1)) {
+        // SAFETY: array value pointer, valid for this program run; a thread
+        // sharing the slot can at worst leave it naming itself.
+        unsafe {
+            (*entered).g = hit.g;
+            (*entered).map = map;
+            (*entered).pid = hit.pid;
+            (*entered).tid = hit.tid;
+            (*entered).op = cfg.op;
+        }
     }
     let write = op::is_write(cfg.op);
+    // Only writers keep a per-goroutine record (the other side of a later
+    // report). The check below does not depend on it: a failed insert must
+    // not hide a race.
+    let own = if write {
+        let own = enter(hit.pid, hit.g, map, cfg.op);
+        if own.is_none() {
+            count(stat::UNTRACKED);
+        }
+        own
+    } else {
+        None
+    };
     if writing {
         match conflicting(hit.pid, map, hit.g) {
             Some(other) => {
@@ -174,17 +215,15 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
             None => count(stat::WRITER_UNKNOWN),
         }
     }
-    if !write {
-        note_reader(hit.pid, map, hit.g);
-    } else if let Some(own) = own {
+    if let Some(own) = own {
         record_writer(&hit, map, own);
     }
     Some(())
 }
 
-/// Remember that goroutine `g` entered `op` on `map` and return its entry,
-/// updated in place; the (costly) LRU insert happens only for a goroutine
-/// seen for the first time.
+/// Remember that goroutine `g` entered write `op` on `map` and return its
+/// entry, updated in place; the (costly) LRU insert happens only for a
+/// goroutine seen writing for the first time.
 fn enter(pid: u32, g: u64, map: u64, op: u8) -> Option<&'static mut Goroutine> {
     let key = key(pid, g);
     let own = match GOROUTINES.get_ptr_mut(key) {
@@ -229,9 +268,14 @@ fn on_crash(hit: &Hit, detected_by: u8) -> Option<()> {
         None => read_message_class(ptr, len)?,
     };
     // From here on always report (and act): the runtime is about to abort.
+    // The operation this goroutine is in: the one its thread entered last
+    // (unless another thread took the slot since), else its write on
+    // record.
     // SAFETY: plain data.
-    let (map, entered_op) =
-        unsafe { GOROUTINES.get(key(hit.pid, hit.g)) }.map_or((0, 0), |e| (e.map, e.op));
+    let (map, entered_op) = match ENTERED.get(hit.tid & (THREAD_SLOTS - 1)) {
+        Some(e) if e.g == hit.g && e.pid == hit.pid && e.tid == hit.tid => (e.map, e.op),
+        _ => unsafe { GOROUTINES.get(key(hit.pid, hit.g)) }.map_or((0, 0), |e| (e.map, e.op)),
+    };
     let other = conflicting(hit.pid, map, hit.g);
     let growing = other.is_some_and(|o| o.growing != 0);
     let other_op = other.map_or(0, |o| o.op);
@@ -347,15 +391,6 @@ fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
         1
     };
     Some(())
-}
-
-/// A read of `map` by goroutine `g`: marks the map shared when another
-/// goroutine writes it, so that its writers record their stacks.
-fn note_reader(pid: u32, map: u64, g: u64) {
-    if let Some(recent) = RECENT.get_ptr_mut(key(pid, map)) {
-        // SAFETY: map value pointer; see `record_writer`.
-        mark_shared(unsafe { &mut *recent }, g);
-    }
 }
 
 /// Whether `recent`'s map is shared, setting the mark when the ring names

@@ -65,7 +65,12 @@ use service::{Installed, Instance, SERVICES, Service};
 /// The mapguard configurations measured besides `plain` and `go -race`:
 /// a name and the arguments of `mapguard-enforcer exec` before `--`.
 /// `MAPGUARD_BENCH_MAPGUARD` replaces this list.
-const MAPGUARD: &[(&str, &[&str])] = &[("mapguard full", &["--mode", "audit"])];
+const MAPGUARD: &[(&str, &[&str])] = &[
+    ("mapguard full", &["--mode", "audit", "--coverage", "full"]),
+    ("mapguard writes", &["--mode", "audit", "--coverage", "writes"]),
+    ("mapguard sampled", &["--mode", "audit", "--coverage", "sampled"]),
+    ("mapguard light", &["--mode", "audit", "--coverage", "light"]),
+];
 
 /// How much throughput a configuration may lose against `plain`.
 enum Bound {
