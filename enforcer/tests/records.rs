@@ -19,6 +19,8 @@ use mapguard_enforcer::records::{
 };
 use mapguard_enforcer::vocab::{Kind, Op};
 use mapguard_testenv::TestEnv;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -74,6 +76,7 @@ async fn records_and_events_in_a_real_api_server() {
     a_deleted_record_is_recreated(&client, &writer).await;
     rbac_forbidding_create_is_a_clear_counted_failure(&env, &client, logs).await;
     the_agents_rbac_manifest_is_enough(&env, &client).await;
+    a_hung_api_server_costs_a_timeout_and_a_retry(&env, &client).await;
     an_outage_is_ridden_out_by_the_queue(&mut env, &client, logs).await;
     eprintln!("{test}: checks took {:.1?}", started.elapsed());
 }
@@ -714,6 +717,49 @@ async fn the_agents_rbac_manifest_is_enough(env: &TestEnv, client: &Client) {
         3.0,
         "{text}"
     );
+}
+
+async fn a_hung_api_server_costs_a_timeout_and_a_retry(env: &TestEnv, client: &Client) {
+    let mut registry = Registry::default();
+    let config = RecordsConfig {
+        write_timeout: Duration::from_secs(1),
+        ..config(8)
+    };
+    let writer = RecordWriter::spawn(client.clone(), config, &mut registry);
+    let pod = create_pod(client, "hang", "svc-1").await;
+    let v = violation(
+        Kind::ConcurrentWrite,
+        Op::Assign,
+        Op::Delete,
+        "main.w /src/h/main.go:1",
+        Some("main.d /src/h/main.go:2"),
+        "2026-11-25T00:30:00Z",
+    );
+    // Stopped, the API server still accepts connections (the kernel does)
+    // but answers nothing.
+    let apiserver = Pid::from_raw(i32::try_from(env.pids().0).expect("a pid"));
+    kill(apiserver, Signal::SIGSTOP).expect("SIGSTOP the API server");
+    writer.submit(&v, origin(&pod));
+    let unavailable =
+        r#"mapguard_violation_write_failures_total{target="record",reason="unavailable"}"#;
+    let waited = Instant::now();
+    let timed_out = async {
+        while metric(&registry, unavailable) < 1.0 && waited.elapsed() < PATIENCE {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    timed_out.await;
+    kill(apiserver, Signal::SIGCONT).expect("SIGCONT the API server");
+    assert!(
+        metric(&registry, unavailable) >= 1.0,
+        "a write to a hung API server must time out"
+    );
+    flush(&writer).await;
+    let record = Api::<MapViolation>::namespaced(client.clone(), "hang")
+        .get(&CallSitePair::of(&v).object_name())
+        .await
+        .expect("the record is written once the API server answers");
+    assert_eq!(record.status.expect("status").count, 1);
 }
 
 async fn an_outage_is_ridden_out_by_the_queue(env: &mut TestEnv, client: &Client, logs: &Logs) {

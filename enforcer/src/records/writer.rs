@@ -36,6 +36,10 @@ pub struct RecordsConfig {
     pub min_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Longest wait for one record or Event write (all its requests); a
+    /// write that takes longer is retried. Bounds what a hung API server
+    /// (accepting connections, never answering) costs.
+    pub write_timeout: Duration,
 }
 
 impl RecordsConfig {
@@ -48,6 +52,7 @@ impl RecordsConfig {
             events: true,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -119,6 +124,7 @@ impl RecordWriter {
                 .events
                 .then(|| PodEvents::new(client, config.node.clone())),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
+            write_timeout: config.write_timeout,
             failing_since: None,
         };
         let task = tokio::spawn(worker.run());
@@ -226,6 +232,7 @@ struct Worker {
     store: Store,
     events: Option<PodEvents>,
     backoff: Backoff,
+    write_timeout: Duration,
     /// Set while writes keep failing with retryable errors.
     failing_since: Option<std::time::Instant>,
 }
@@ -278,7 +285,12 @@ impl Worker {
     async fn process(&mut self, key: &RecordKey, pending: &mut Pending) -> Result<(), RecordError> {
         let metrics = self.shared.metrics.clone();
         if pending.unrecorded > 0 {
-            match self.store.write(key, pending).await {
+            let write = self.store.write(key, pending);
+            // A write cut off here is tried again whole; if its last request
+            // had reached etcd, that occurrence is counted twice.
+            let timed = tokio::time::timeout(self.write_timeout, write).await;
+            let what = || format!("MapViolation {}/{}", key.namespace, key.name);
+            match timed.unwrap_or_else(|_| Err(timed_out("write", what(), self.write_timeout))) {
                 Ok(written) => match written {
                     Written::Created => metrics.written(WriteOperation::created),
                     Written::Updated => metrics.written(WriteOperation::updated),
@@ -304,7 +316,10 @@ impl Worker {
             return Ok(());
         };
         while let Some(event) = pending.events.first() {
-            match events.publish(key, &pending.pair, event).await {
+            let publish = events.publish(key, &pending.pair, event);
+            let what = || format!("Event on Pod {}/{}", event.pod.namespace, event.pod.name);
+            let timed = tokio::time::timeout(self.write_timeout, publish).await;
+            match timed.unwrap_or_else(|_| Err(timed_out("create", what(), self.write_timeout))) {
                 Ok(()) => metrics.event_published(),
                 Err(e) => {
                     metrics.failed(Target::event, e.reason());
@@ -317,6 +332,15 @@ impl Worker {
             pending.events.remove(0);
         }
         Ok(())
+    }
+}
+
+/// A write that got no answer in time (retried like an unreachable server).
+fn timed_out(verb: &'static str, what: String, limit: Duration) -> RecordError {
+    RecordError::Unavailable {
+        verb,
+        what,
+        message: format!("no answer within {limit:?}"),
     }
 }
 
