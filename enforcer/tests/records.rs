@@ -13,6 +13,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use mapguard_enforcer::events::ViolationRecord;
 use mapguard_enforcer::records::{
     Admission, CallSitePair, EVENT_REASON, MapViolation, Origin, PodRef, RecordWriter,
     RecordsConfig, crd_yaml,
@@ -69,6 +70,7 @@ async fn records_and_events_in_a_real_api_server() {
     a_violation_creates_a_record_with_both_call_sites(&client, &writer).await;
     kubectl_get_prints_the_columns(&env);
     repeats_update_the_count_of_one_record(&client, &writer).await;
+    two_agents_count_one_record_without_losing_updates(&client).await;
     events_appear_on_the_pod_and_repeats_aggregate(&env, &client, &writer, &registry).await;
     the_namespace_bound_drops_and_counts(&client, &writer, &registry).await;
     a_record_edited_into_another_pair_is_repaired(&client, &writer, &registry, logs).await;
@@ -273,6 +275,50 @@ async fn repeats_update_the_count_of_one_record(client: &Client, writer: &Record
     assert_eq!(status.last_seen.0.to_string(), "2026-11-24T21:25:00Z");
 }
 
+async fn two_agents_count_one_record_without_losing_updates(client: &Client) {
+    // A Deployment's replicas on two nodes race at the same call sites.
+    let (mut registry_a, mut registry_b) = (Registry::default(), Registry::default());
+    let a = RecordWriter::spawn(client.clone(), config(8), &mut registry_a);
+    let b = RecordWriter::spawn(
+        client.clone(),
+        RecordsConfig {
+            node: "node-b".to_owned(),
+            ..config(8)
+        },
+        &mut registry_b,
+    );
+    let pod_a = create_pod(client, "shared", "web-a").await;
+    let pod_b = create_pod(client, "shared", "web-b").await;
+    let v = violation(
+        Kind::ConcurrentWrite,
+        Op::Assign,
+        Op::Assign,
+        "main.store /src/web/cache.go:17",
+        Some("main.store /src/web/cache.go:17"),
+        "2026-11-24T21:40:00Z",
+    );
+    // Each agent writes each repeat as it comes, at the same time as the other.
+    tokio::join!(agent(&a, &pod_a, &v), agent(&b, &pod_b, &v));
+    let record = Api::<MapViolation>::namespaced(client.clone(), "shared")
+        .get(&CallSitePair::of(&v).object_name())
+        .await
+        .expect("the shared record");
+    assert_eq!(record.status.expect("status").count, 10, "no update lost");
+    let created = r#"mapguard_violation_record_writes_total{operation="created"}"#;
+    assert_eq!(
+        metric(&registry_a, created) + metric(&registry_b, created),
+        1.0
+    );
+}
+
+/// One agent writing five repeats of `v` from `pod`, each as it comes.
+async fn agent(writer: &RecordWriter, pod: &PodRef, v: &ViolationRecord) {
+    for _ in 0..5 {
+        writer.submit(v, origin(pod));
+        flush(writer).await;
+    }
+}
+
 async fn events_appear_on_the_pod_and_repeats_aggregate(
     env: &TestEnv,
     client: &Client,
@@ -406,6 +452,21 @@ async fn the_namespace_bound_drops_and_counts(
         BOUND
     );
     assert_eq!(metric(registry, dropped), 3.0);
+    // The Pod's Event says so for a dropped pair, and names the record of
+    // a recorded one.
+    let notes: Vec<String> = pod_events(client, "flood", "crashloop")
+        .await
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(notes.len(), BOUND + 2, "one Event per pair: {notes:#?}");
+    let unrecorded = notes
+        .iter()
+        .filter(|n| {
+            n.ends_with("(not recorded: the namespace holds its bound of MapViolation records)")
+        })
+        .count();
+    assert_eq!(unrecorded, 2, "{notes:#?}");
     // Other namespaces have bounds of their own.
     assert_eq!(
         Api::<MapViolation>::namespaced(client.clone(), "shop")

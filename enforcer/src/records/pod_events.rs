@@ -6,7 +6,9 @@
 //! The Recorder tells series apart by type, reason, action, reporter, the
 //! Pod and the related object; the related object is the pair's record, so
 //! two different races in one Pod are two series, each with its own
-//! message.
+//! message. A series counts publications: repeats that merged in the queue
+//! while the API server was away count once there (the record's `count`
+//! has them all).
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -52,6 +54,7 @@ impl PodEvents {
         key: &RecordKey,
         pair: &CallSitePair,
         event: &PendingEvent,
+        recorded: bool,
     ) -> Result<(), RecordError> {
         let what = format!("Event on Pod {}/{}", event.pod.namespace, event.pod.name);
         let regarding = ObjectReference {
@@ -73,7 +76,8 @@ impl PodEvents {
             name: Some(key.name.clone()),
             ..ObjectReference::default()
         };
-        let note = message(pair, event.action, event.container.as_deref(), &key.name);
+        let record = recorded.then_some(key.name.as_str());
+        let note = message(pair, event.action, event.container.as_deref(), record);
         let ev = Event {
             type_: EventType::Warning,
             reason: REASON.to_owned(),
@@ -125,12 +129,13 @@ fn action_word(action: Action) -> &'static str {
 
 /// `concurrent_write in container app: assign at main.assigner main.go:38
 /// while delete at main.deleter main.go:26; process killed (record
-/// mapviolation/concurrent-write-…)`, at most 1 kB.
+/// mapviolation/concurrent-write-…)`, at most 1 kB. `record` is `None`
+/// when the namespace was at its record bound.
 pub fn message(
     pair: &CallSitePair,
     action: Action,
     container: Option<&str>,
-    record: &str,
+    record: Option<&str>,
 ) -> String {
     let other = match pair.conflicting_site() {
         Some(site) => format!("while {} at {site}", pair.conflicting_op),
@@ -143,8 +148,12 @@ pub fn message(
         Action::Killed => "process killed (SIGKILL)".to_owned(),
         Action::Unknown => "action unknown".to_owned(),
     };
+    let record = match record {
+        Some(name) => format!("record mapviolation/{name}"),
+        None => "not recorded: the namespace holds its bound of MapViolation records".to_owned(),
+    };
     let mut text = format!(
-        "{}{container}: {} at {} {other}; {done} (record mapviolation/{record})",
+        "{}{container}: {} at {} {other}; {done} ({record})",
         pair.kind,
         pair.op,
         pair.site()
@@ -175,7 +184,12 @@ mod tests {
             conflicting_frame: Some("main.deleter /src/main.go:26".to_owned()),
         };
         assert_eq!(
-            message(&pair, Action::Killed, Some("app"), "concurrent-write-1"),
+            message(
+                &pair,
+                Action::Killed,
+                Some("app"),
+                Some("concurrent-write-1")
+            ),
             "concurrent_write in container app: assign at main.assigner main.go:38 while delete \
              at main.deleter main.go:26; process killed (SIGKILL) (record \
              mapviolation/concurrent-write-1)"
@@ -185,23 +199,27 @@ mod tests {
             frame: "x".repeat(2000),
             ..pair
         };
-        let text = message(&one_sided, Action::Audit, None, "r");
+        let text = message(&one_sided, Action::Audit, None, Some("r"));
         assert!(
             text.len() <= MAX_NOTE && text.ends_with("..."),
             "{}",
             text.len()
         );
+        let unrecorded = message(
+            &CallSitePair {
+                frame: "f a.go:1".to_owned(),
+                ..one_sided
+            },
+            Action::Audit,
+            None,
+            None,
+        );
         assert!(
-            message(
-                &CallSitePair {
-                    frame: "f a.go:1".to_owned(),
-                    ..one_sided
-                },
-                Action::Audit,
-                None,
-                "r"
-            )
-            .contains("(the other writer is not on record); process left running (audit)")
+            unrecorded.ends_with(
+                "(the other writer is not on record); process left running (audit) (not \
+                 recorded: the namespace holds its bound of MapViolation records)"
+            ),
+            "{unrecorded}"
         );
     }
 }

@@ -70,6 +70,9 @@ pub(crate) struct Pending {
     pub latest: Observation,
     /// Events to publish, at most one per Pod and action.
     pub events: Vec<PendingEvent>,
+    /// The last write found the namespace at its record bound (the
+    /// Events say the race was not recorded).
+    pub over_bound: bool,
 }
 
 impl Pending {
@@ -86,6 +89,7 @@ impl Pending {
             first: latest.at,
             latest,
             events: vec![event],
+            over_bound: false,
         }
     }
 

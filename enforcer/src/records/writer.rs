@@ -295,11 +295,14 @@ impl Worker {
                     Written::Created => metrics.written(WriteOperation::created),
                     Written::Updated => metrics.written(WriteOperation::updated),
                     Written::Repaired => metrics.written(WriteOperation::repaired),
-                    Written::OverBound => metrics.dropped(
-                        Target::record,
-                        DropReason::namespace_bound,
-                        pending.unrecorded,
-                    ),
+                    Written::OverBound => {
+                        pending.over_bound = true;
+                        metrics.dropped(
+                            Target::record,
+                            DropReason::namespace_bound,
+                            pending.unrecorded,
+                        );
+                    }
                 },
                 Err(e) => {
                     metrics.failed(Target::record, e.reason());
@@ -316,7 +319,7 @@ impl Worker {
             return Ok(());
         };
         while let Some(event) = pending.events.first() {
-            let publish = events.publish(key, &pending.pair, event);
+            let publish = events.publish(key, &pending.pair, event, !pending.over_bound);
             let what = || format!("Event on Pod {}/{}", event.pod.namespace, event.pod.name);
             let timed = tokio::time::timeout(self.write_timeout, publish).await;
             match timed.unwrap_or_else(|_| Err(timed_out("create", what(), self.write_timeout))) {
