@@ -136,28 +136,56 @@ pub enum Admission {
 struct Inner {
     order: VecDeque<RecordKey>,
     items: HashMap<RecordKey, Pending>,
-    in_flight: bool,
+    /// The record being written: it holds one place in the bound, shared
+    /// with the entry of what arrived for it meanwhile.
+    in_flight: Option<RecordKey>,
 }
 
 impl Inner {
     fn len(&self) -> usize {
-        self.items.len() + usize::from(self.in_flight)
+        let apart = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|k| !self.items.contains_key(k));
+        self.items.len() + usize::from(apart)
     }
 }
 
+/// Told each new length, under the queue's lock (so that two threads
+/// cannot publish their lengths out of order).
+pub(crate) type LengthObserver = Box<dyn Fn(usize) + Send + Sync>;
+
 /// The queue; every method takes the lock for a few map operations only.
-#[derive(Debug)]
 pub(crate) struct Queue {
     inner: Mutex<Inner>,
     capacity: usize,
+    observer: LengthObserver,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("inner", &self.inner)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Queue {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, observer: LengthObserver) -> Self {
         Queue {
             inner: Mutex::new(Inner::default()),
             capacity,
+            observer,
         }
+    }
+
+    /// The length after a change, told to the observer before the lock
+    /// is released.
+    fn changed(&self, inner: &Inner) -> usize {
+        let length = inner.len();
+        (self.observer)(length);
+        length
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -173,12 +201,19 @@ impl Queue {
             let lost = entry.absorb(pending);
             return (Admission::Merged, lost, inner.len());
         }
+        if inner.in_flight.as_ref() == Some(&key) {
+            // A repeat of the record being written: waits in an entry of
+            // its own (merged back on a retry), in the same place.
+            inner.order.push_back(key.clone());
+            inner.items.insert(key, pending);
+            return (Admission::Merged, 0, self.changed(&inner));
+        }
         if inner.len() >= self.capacity {
             return (Admission::Dropped, 0, inner.len());
         }
         inner.order.push_back(key.clone());
         inner.items.insert(key, pending);
-        (Admission::Queued, 0, inner.len())
+        (Admission::Queued, 0, self.changed(&inner))
     }
 
     /// Takes the oldest entry to write; it counts against the bound until
@@ -187,7 +222,7 @@ impl Queue {
         let mut inner = self.lock();
         while let Some(key) = inner.order.pop_front() {
             if let Some(pending) = inner.items.remove(&key) {
-                inner.in_flight = true;
+                inner.in_flight = Some(key.clone());
                 return Some((key, pending));
             }
         }
@@ -197,8 +232,8 @@ impl Queue {
     /// The entry taken by `pop` is written; returns the new length.
     pub fn done(&self) -> usize {
         let mut inner = self.lock();
-        inner.in_flight = false;
-        inner.len()
+        inner.in_flight = None;
+        self.changed(&inner)
     }
 
     /// Puts what is left of the entry taken by `pop` back in front, merged
@@ -206,7 +241,7 @@ impl Queue {
     /// length.
     pub fn requeue(&self, key: RecordKey, mut rest: Pending) -> (u64, usize) {
         let mut inner = self.lock();
-        inner.in_flight = false;
+        inner.in_flight = None;
         let mut lost = 0;
         if let Some(newer) = inner.items.remove(&key) {
             lost = rest.absorb(newer);
@@ -214,7 +249,7 @@ impl Queue {
         }
         inner.order.push_front(key.clone());
         inner.items.insert(key, rest);
-        (lost, inner.len())
+        (lost, self.changed(&inner))
     }
 
     /// Entries waiting, plus the one being written.
@@ -265,7 +300,7 @@ mod tests {
 
     #[test]
     fn repeats_merge_and_new_pairs_beyond_the_bound_are_dropped() {
-        let queue = Queue::new(2);
+        let queue = Queue::new(2, Box::new(|_| {}));
         assert_eq!(
             queue.push(key("a"), occurrence("p1", 10)).0,
             Admission::Queued
@@ -309,14 +344,14 @@ mod tests {
 
     #[test]
     fn a_requeued_entry_goes_first_and_keeps_what_arrived_meanwhile() {
-        let queue = Queue::new(4);
+        let queue = Queue::new(4, Box::new(|_| {}));
         queue.push(key("a"), occurrence("p1", 10));
         queue.push(key("b"), occurrence("p1", 11));
         let (k, mut a) = queue.pop().expect("an entry");
         // Arrives while `a` is being written.
         assert_eq!(
             queue.push(key("a"), occurrence("p3", 20)).0,
-            Admission::Queued
+            Admission::Merged
         );
         a.events.clear();
         assert_eq!(queue.requeue(k, a), (0, 2));
@@ -332,8 +367,35 @@ mod tests {
     }
 
     #[test]
+    fn repeats_of_the_record_in_flight_take_no_place_of_their_own() {
+        let queue = Queue::new(2, Box::new(|_| {}));
+        queue.push(key("a"), occurrence("p1", 1));
+        let (k, a) = queue.pop().expect("an entry");
+        assert_eq!(
+            queue.push(key("a"), occurrence("p1", 2)),
+            (Admission::Merged, 0, 1)
+        );
+        assert_eq!(
+            queue.push(key("a"), occurrence("p1", 3)).0,
+            Admission::Merged
+        );
+        assert_eq!(
+            queue.push(key("b"), occurrence("p1", 4)).0,
+            Admission::Queued
+        );
+        assert_eq!(
+            queue.push(key("c"), occurrence("p1", 5)).0,
+            Admission::Dropped
+        );
+        // A failed write merges back with its repeats: three occurrences.
+        assert_eq!(queue.requeue(k, a), (0, 2));
+        let (_, a) = queue.pop().expect("an entry");
+        assert_eq!(a.unrecorded, 3);
+    }
+
+    #[test]
     fn events_beyond_the_per_entry_bound_are_counted_as_lost() {
-        let queue = Queue::new(1);
+        let queue = Queue::new(1, Box::new(|_| {}));
         let mut lost = 0;
         for i in 0..MAX_EVENT_PODS + 3 {
             lost += queue.push(key("a"), occurrence(&format!("p{i}"), 1)).1;

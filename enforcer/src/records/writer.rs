@@ -78,13 +78,6 @@ struct Shared {
     events: bool,
 }
 
-impl Shared {
-    fn set_length(&self, length: usize) {
-        self.metrics.set_queue_length(length);
-        self.length.send_replace(length);
-    }
-}
-
 /// Handle of the writer task; dropping it stops the task (pending writes
 /// are lost: call [`RecordWriter::shutdown`] first to drain).
 pub struct RecordWriter {
@@ -106,10 +99,18 @@ impl RecordWriter {
     /// `manifests/enforcer/rbac-records.yaml`.
     pub fn spawn(client: kube::Client, config: RecordsConfig, registry: &mut Registry) -> Self {
         let metrics = RecordMetrics::register(registry);
+        let length = watch::Sender::new(0);
+        let observer = {
+            let (length, metrics) = (length.clone(), metrics.clone());
+            Box::new(move |n: usize| {
+                metrics.set_queue_length(n);
+                length.send_replace(n);
+            })
+        };
         let shared = Arc::new(Shared {
-            queue: Queue::new(config.queue_capacity.max(1)),
+            queue: Queue::new(config.queue_capacity.max(1), observer),
             wake: Notify::new(),
-            length: watch::Sender::new(0),
+            length,
             metrics,
             events: config.events,
         });
@@ -156,7 +157,7 @@ impl RecordWriter {
             stack: violation.stack.clone(),
             conflicting_stack: violation.conflicting_stack.clone(),
         };
-        let (admission, events_lost, length) = self
+        let (admission, events_lost, _) = self
             .shared
             .queue
             .push(key.clone(), Pending::new(pair, observation));
@@ -174,7 +175,6 @@ impl RecordWriter {
             }
             Admission::Queued | Admission::Merged => {}
         }
-        self.shared.set_length(length);
         self.shared.wake.notify_one();
         admission
     }
@@ -254,15 +254,13 @@ impl Worker {
                         );
                     }
                     self.backoff.reset();
-                    let length = self.shared.queue.done();
-                    self.shared.set_length(length);
+                    self.shared.queue.done();
                 }
                 Err(e) => {
                     let (lost, length) = self.shared.queue.requeue(key, pending);
                     self.shared
                         .metrics
                         .dropped(Target::event, DropReason::queue_full, lost);
-                    self.shared.set_length(length);
                     let delay = self.backoff.next();
                     if self.failing_since.is_none() {
                         self.failing_since = Some(std::time::Instant::now());
