@@ -15,6 +15,28 @@
 //! slow or away (below it nothing is lost: repeats merge into their entry's
 //! count). RBAC the agent needs: `manifests/enforcer/rbac-records.yaml`;
 //! the CRD: `manifests/crd/mapviolations.yaml`.
+//!
+//! ```no_run
+//! # async fn wire(client: kube::Client, report: mapguard_enforcer::events::ViolationRecord) {
+//! use mapguard_enforcer::records::{Origin, PodRef, RecordWriter, RecordsConfig};
+//!
+//! // On the agent's tokio runtime, once; the registry is the one /metrics serves.
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let writer = RecordWriter::spawn(client, RecordsConfig::new("node-a"), &mut registry);
+//! // For every violation, from any thread; never waits.
+//! let pod = PodRef {
+//!     namespace: "shop".into(),
+//!     name: "cart-7d9f".into(),
+//!     uid: "6f1c…".into(),
+//! };
+//! writer.submit(
+//!     &report,
+//!     Origin { pod: &pod, container: Some("app"), go_version: Some("go1.24.4") },
+//! );
+//! // On SIGTERM: drain what the grace period allows.
+//! writer.shutdown(std::time::Duration::from_secs(5)).await;
+//! # }
+//! ```
 
 mod crd;
 mod error;

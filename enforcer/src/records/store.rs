@@ -80,7 +80,10 @@ impl Store {
         let what = format!("MapViolation {}/{}", key.namespace, key.name);
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &key.namespace, &self.resource);
-        let mut repaired = false;
+        // What earlier attempts did, which the final one may not see: the
+        // object was created (its status write then lost a race) or
+        // replaced.
+        let (mut created, mut repaired) = (false, false);
         for _ in 0..ATTEMPTS {
             let stored = match api.get(&key.name).await {
                 Ok(object) => Some(object),
@@ -91,7 +94,7 @@ impl Store {
                 },
             };
             let step = match stored {
-                None => self.create(&api, key, pending, &what).await?,
+                None => self.create(&api, key, pending, &what, &mut created).await?,
                 Some(object) => {
                     self.update(&api, key, pending, &what, object, &mut repaired)
                         .await?
@@ -100,6 +103,7 @@ impl Store {
             if let Step::Done(written) = step {
                 return Ok(match written {
                     Written::Created | Written::Updated if repaired => Written::Repaired,
+                    Written::Updated if created => Written::Created,
                     w => w,
                 });
             }
@@ -116,13 +120,14 @@ impl Store {
         key: &RecordKey,
         pending: &Pending,
         what: &str,
+        created: &mut bool,
     ) -> Result<Step, RecordError> {
         if self.namespace_full(api, &key.namespace, what).await? {
             return Ok(Step::Done(Written::OverBound));
         }
         let record = fresh(key, pending);
-        let created = match api.create(&PostParams::default(), &dynamic(&record)).await {
-            Ok(created) => created,
+        let object = match api.create(&PostParams::default(), &dynamic(&record)).await {
+            Ok(object) => object,
             Err(e) => {
                 return match classify("create", what, e) {
                     // Another agent created it first: add to theirs.
@@ -139,8 +144,9 @@ impl Store {
         // at the version just created. If this fails, the next attempt
         // finds a record without status and counts from zero: no occurrence
         // is counted twice.
+        *created = true;
         let mut record = record;
-        record.metadata = created.metadata;
+        record.metadata = object.metadata;
         record.status = Some(status(None, pending, &self.node));
         self.replace_status(api, &key.name, &record, what, Written::Created)
             .await
