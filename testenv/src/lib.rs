@@ -94,6 +94,9 @@ pub struct TestEnv {
     ca_cert: String,
     binaries: Binaries,
     stop_grace: Duration,
+    /// What restarts the API server on the same port ([`TestEnv::restart_apiserver`]).
+    apiserver_args: Vec<OsString>,
+    ready_timeout: Duration,
 }
 
 impl TestEnv {
@@ -234,7 +237,38 @@ impl TestEnv {
             ca_cert: certs.ca_cert.clone(),
             binaries: binaries.clone(),
             stop_grace: options.stop_grace,
+            apiserver_args,
+            ready_timeout: options.ready_timeout,
         })
+    }
+
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after the grace period) and
+    /// keeps etcd with its data: clients get "connection refused" until
+    /// [`TestEnv::restart_apiserver`]. For tests of what a client does
+    /// while the API server is away.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(self.stop_grace);
+    }
+
+    /// Starts kube-apiserver again with the same flags, port and
+    /// certificates over the same etcd, and waits for `/readyz`. Clients
+    /// made before reconnect by themselves.
+    pub async fn restart_apiserver(&mut self) -> Result<(), TestEnvError> {
+        self.stop_apiserver();
+        let log = self.apiserver.log().to_owned();
+        self.apiserver = Process::spawn(
+            "kube-apiserver",
+            &self.binaries.kube_apiserver,
+            &self.apiserver_args,
+            &log,
+        )?;
+        let client = new_client(&self.config)?;
+        let options = Options {
+            apiserver_args: Vec::new(),
+            ready_timeout: self.ready_timeout,
+            stop_grace: self.stop_grace,
+        };
+        wait_ready(&client, &mut self.apiserver, &mut self.etcd, &options).await
     }
 
     /// A new client for the admin. Call it on the runtime that uses it: a

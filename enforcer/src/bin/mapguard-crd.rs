@@ -1,0 +1,11 @@
+//! Prints the `MapViolation` CustomResourceDefinition as YAML.
+//!
+//! Run with:
+//!
+//! ```sh
+//! cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml
+//! ```
+
+fn main() {
+    print!("{}", mapguard_enforcer::records::crd_yaml());
+}
