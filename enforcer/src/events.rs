@@ -160,8 +160,10 @@ impl Reporter {
             kind: record.kind,
             op: record.op,
             conflicting_op: record.conflicting_op,
-            site: user_frame(&record.stack).to_string(),
-            conflicting_site: user_frame(&record.conflicting_stack).to_string(),
+            site: user_frame(&record.stack).unwrap_or("?").to_string(),
+            conflicting_site: user_frame(&record.conflicting_stack)
+                .unwrap_or("?")
+                .to_string(),
         };
         let count = self.seen.entry(key).or_insert(0);
         *count += 1;
@@ -278,29 +280,32 @@ fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> Op {
 }
 
 /// First frame of a symbolized stack outside the Go runtime (the user's
-/// call site), or the innermost one.
-fn user_frame(stack: &[String]) -> &str {
+/// call site), or the innermost one; `None` for an empty stack. Reports'
+/// deduplication and violation records agree on it.
+pub fn user_frame(stack: &[String]) -> Option<&str> {
     stack
         .iter()
         .find(|f| !f.starts_with("runtime.") && !f.starts_with("internal/"))
         .or(stack.first())
-        .map_or("?", String::as_str)
+        .map(String::as_str)
+}
+
+/// `function /abs/path/file.go:12` → `function file.go:12`.
+pub fn short_frame(frame: &str) -> String {
+    match frame.rsplit_once(' ') {
+        Some((function, location)) => {
+            let file = location.rsplit('/').next().unwrap_or(location);
+            format!("{function} {file}")
+        }
+        None => frame.to_owned(),
+    }
 }
 
 /// `mapguard: concurrent_write on map 0xc000.. in pid 123: goroutine 7
 /// delete at main.worker main.go:31 while goroutine 6 assign at main.main.func1
 /// main.go:22 — killed`
 pub fn summary(r: &ViolationRecord) -> String {
-    let short = |frame: &str| -> String {
-        // "func /abs/path/file.go:12" → "func file.go:12"
-        match frame.rsplit_once(' ') {
-            Some((func, loc)) => {
-                let file = loc.rsplit('/').next().unwrap_or(loc);
-                format!("{func} {file}")
-            }
-            None => frame.to_string(),
-        }
-    };
+    let short = |stack: &[String]| short_frame(user_frame(stack).unwrap_or("?"));
     // A crash-path report where no other writer of the map is on record
     // (the runtime noticed the damage after the fact) has one side only.
     let other = if r.conflicting_stack.is_empty() {
@@ -310,7 +315,7 @@ pub fn summary(r: &ViolationRecord) -> String {
             "while goroutine {} {} at {}",
             r.conflicting_goroutine,
             r.conflicting_op,
-            short(user_frame(&r.conflicting_stack))
+            short(&r.conflicting_stack)
         )
     };
     let map = match &r.map {
@@ -323,7 +328,7 @@ pub fn summary(r: &ViolationRecord) -> String {
         r.pid,
         r.goroutine,
         r.op,
-        short(user_frame(&r.stack)),
+        short(&r.stack),
         r.action
     )
 }

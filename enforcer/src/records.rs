@@ -50,7 +50,7 @@ mod writer;
 pub use crd::{MapViolation, MapViolationSpec, MapViolationStatus, crd, crd_yaml};
 pub use error::RecordError;
 pub use metrics::{DropReason, FailureReason, RecordMetrics, Target, WriteOperation};
-pub use pair::{CallSitePair, short_frame, user_frame};
+pub use pair::CallSitePair;
 pub use pod_events::{REASON as EVENT_REASON, REPORTING_CONTROLLER, message as event_message};
 pub use queue::{Admission, PodRef};
 pub use store::MANAGED_BY;

@@ -132,7 +132,7 @@ impl MapViolationSpec {
     /// Whether this spec stands for `pair` (what the object's name says):
     /// the words and both user frames. A record edited by hand fails this.
     pub fn is_of(&self, pair: &CallSitePair) -> bool {
-        use super::pair::user_frame;
+        use crate::events::user_frame;
         self.kind == pair.kind.as_str()
             && self.op == pair.op.as_str()
             && self.conflicting_op == pair.conflicting_op.as_str()

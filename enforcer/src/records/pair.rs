@@ -6,7 +6,7 @@
 //! same namespace, whichever Pod, process or goroutines they came from: a
 //! crash-looping Pod or a Deployment's replicas add to one record's count.
 
-use crate::events::ViolationRecord;
+use crate::events::{ViolationRecord, short_frame, user_frame};
 use crate::vocab::{Kind, Op};
 
 /// Kind, operations and user call sites of a violation.
@@ -73,27 +73,6 @@ impl CallSitePair {
 /// First frame of a symbolized stack outside the Go runtime (the user's
 /// call site), or the innermost one; `None` for an empty stack.
 ///
-/// The same rule as the JSON reports' deduplication (`events.rs`), so a
-/// record and a report line agree on what "the call site" is.
-pub fn user_frame(stack: &[String]) -> Option<&str> {
-    stack
-        .iter()
-        .find(|f| !f.starts_with("runtime.") && !f.starts_with("internal/"))
-        .or(stack.first())
-        .map(String::as_str)
-}
-
-/// `function /abs/path/file.go:12` → `function file.go:12`.
-pub fn short_frame(frame: &str) -> String {
-    match frame.rsplit_once(' ') {
-        Some((function, location)) => {
-            let file = location.rsplit('/').next().unwrap_or(location);
-            format!("{function} {file}")
-        }
-        None => frame.to_owned(),
-    }
-}
-
 /// FNV-1a, 64 bits: stable across Rust releases and platforms (std's
 /// hashers promise neither), which object names must be.
 struct Fnv1a(u64);
