@@ -51,7 +51,17 @@ pub(super) fn classify(path: &str) -> PathClass {
             _ => PathClass::Unplaceable(Reason::Deleted),
         };
     }
-    let levels: Vec<&str> = path.split('/').filter(|l| !l.is_empty()).collect();
+    let mut levels = path.split('/').filter(|l| !l.is_empty());
+    if !path.contains(KUBEPODS) {
+        // Most processes of a node: no anchor, nothing to allocate.
+        let leaves_namespace = levels.next() == Some("..");
+        return if leaves_namespace && levels.any(cgroupfs_pod_level) {
+            PathClass::Unplaceable(Reason::OutsideCgroupNamespace)
+        } else {
+            PathClass::Outside
+        };
+    }
+    let levels: Vec<&str> = levels.collect();
     let Some(anchor) = levels
         .iter()
         .position(|l| *l == KUBEPODS || is_kubepods_slice(l))

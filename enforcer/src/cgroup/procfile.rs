@@ -24,22 +24,24 @@ use super::{
 
 /// Places a process from the text of its `/proc/PID/cgroup`.
 pub fn placement(text: &str) -> Placement {
+    let lines = text.lines().filter(|l| !l.is_empty());
+    if !text.contains("kubepods") && !text.contains("/..") {
+        // Most processes of a node: no line can place them.
+        return match lines.clone().find(|l| path_of(l).is_none()) {
+            Some(line) => unplaceable(Reason::Malformed, line),
+            None => Placement::Outside,
+        };
+    }
     // The v2 line first: where it places the process, it speaks for the
     // unified hierarchy every current node uses.
-    let mut lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    lines.sort_by_key(|l| !l.starts_with("0::"));
+    let v2 = lines.clone().filter(|l| l.starts_with("0::"));
+    let v1 = lines.filter(|l| !l.starts_with("0::"));
 
     let mut found: Option<(Role, Container, &str)> = None;
-    for line in lines {
-        let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(_controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
+    for line in v2.chain(v1) {
+        let Some(path) = path_of(line) else {
             return unplaceable(Reason::Malformed, line);
         };
-        if id.parse::<u32>().is_err() {
-            return unplaceable(Reason::Malformed, line);
-        }
         let (role, here) = match classify(path) {
             PathClass::Outside => continue,
             PathClass::Unplaceable(reason) => return unplaceable(reason, path),
@@ -64,6 +66,13 @@ pub fn placement(text: &str) -> Placement {
         Some((Role::Container, c, _)) => Placement::Container(c),
         Some((Role::Monitor, c, _)) => Placement::Monitor(c),
     }
+}
+
+/// The path of an `ID:CONTROLLERS:PATH` line.
+fn path_of(line: &str) -> Option<&str> {
+    let (id, rest) = line.split_once(':')?;
+    let (_controllers, path) = rest.split_once(':')?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(path)
 }
 
 fn unplaceable(reason: Reason, path: &str) -> Placement {
