@@ -10,6 +10,7 @@ pub mod loader;
 pub mod monitor;
 pub mod output;
 pub mod procfs;
+pub mod procscan;
 pub mod sampler;
 pub mod scan;
 pub mod session;
