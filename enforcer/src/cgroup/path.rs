@@ -20,7 +20,8 @@
 //! (`kubepods-burstable-pod<uid>.slice` lives in `kubepods-burstable.slice`
 //! in `kubepods.slice`), so a reader that sees only the pod's slice still
 //! knows where it is; the cgroupfs names do not, and without their root
-//! they are refused.
+//! they are refused. A path that names `kubepods` in no level of the
+//! kubelet's making is refused too, never taken for a host process.
 
 use super::{
     ids::{Driver, PodUid, QosClass},
@@ -66,12 +67,13 @@ pub(super) fn classify(path: &str) -> PathClass {
         .iter()
         .position(|l| *l == KUBEPODS || is_kubepods_slice(l))
     else {
-        let leaves_namespace = levels.first() == Some(&"..");
-        return if leaves_namespace && levels.iter().any(|l| cgroupfs_pod_level(l)) {
-            PathClass::Unplaceable(Reason::OutsideCgroupNamespace)
-        } else {
-            PathClass::Outside
-        };
+        // Named after the kubelet's root but no level of it (a runtime
+        // told the systemd driver's parent while using cgroupfs writes
+        // `kubepods-burstable-pod<uid>.slice:cri-containerd:<id>`).
+        let name = levels.iter().find(|l| l.contains(KUBEPODS)).unwrap_or(&"");
+        return PathClass::Unplaceable(Reason::UnexpectedLevel {
+            name: name.to_string(),
+        });
     };
     let result = if levels[anchor] == KUBEPODS {
         cgroupfs(&levels[anchor + 1..])

@@ -374,6 +374,16 @@ fn half_matches_are_unplaceable_with_the_reason() {
             format!("0::{pod_slice}/cri-containerd-{ID}.scope (deleted)\n"),
             Reason::Deleted,
         ),
+        (
+            format!("0::/kubepods-burstable-pod{UID_}.slice:cri-containerd:{ID}\n"),
+            Reason::UnexpectedLevel {
+                name: format!("kubepods-burstable-pod{UID_}.slice:cri-containerd:{ID}"),
+            },
+        ),
+        (
+            format!("0::/system.slice/docker-{ID}.scope/kubepods\n"),
+            Reason::NotInContainer,
+        ),
         ("garbage\n".into(), Reason::Malformed),
         ("x::/kubepods\n".into(), Reason::Malformed),
     ];
