@@ -59,11 +59,12 @@ impl From<(u64, u64)> for FileId {
     }
 }
 
-/// Which processes get their executable identified.
+/// Which processes' executables a scan reports (it stats every process's
+/// to notice an exec either way).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ExeFor {
-    /// Container processes (and unplaceable ones, to tell the live from
-    /// zombies): what the daemon attaches to. The rest cost one file each.
+    /// Container and unplaceable processes: what the daemon attaches to,
+    /// or logs. A read error of another process's `exe` is no issue.
     #[default]
     Containers,
     /// Every process, host processes too.

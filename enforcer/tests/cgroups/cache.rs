@@ -216,8 +216,11 @@ impl MountPoint {
 
 impl Drop for MountPoint {
     fn drop(&mut self) {
+        // Lazily: a child forked by a parallel test holds this process's
+        // descriptors (the scanner's, of the mount) until it executes.
         // Mounted by a process that may be gone: unmount whatever is there.
         while Command::new("umount")
+            .arg("--lazy")
             .arg(&self.0)
             .stderr(Stdio::null())
             .status()
