@@ -29,7 +29,7 @@ use mapguard_enforcer::{
 struct Kid(Child);
 
 impl Kid {
-    fn sleep(cmd: &mut Command) -> Kid {
+    fn spawn(cmd: &mut Command) -> Kid {
         Kid(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")))
     }
 
@@ -163,7 +163,7 @@ fn systemd_names_in_the_v2_hierarchy() {
         ),
     ] {
         let cg = KubeCgroup::create(Spec::new(Driver::Systemd, qos, name));
-        let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+        let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
         assert_kernel_shows(kid.pid(), &cg);
         let c = assert_placed(&scan(), kid.pid(), &cg, runtime, want_qos);
         assert_eq!((c.driver, c.nested), (cgroup::Driver::Systemd, false));
@@ -196,7 +196,7 @@ fn cgroupfs_names_in_a_v1_controller() {
     ] {
         let cg = KubeCgroup::create(Spec::new(Driver::Cgroupfs, qos, name).hierarchies(&[pids]));
         // A process already running, moved in as a runtime moves its init.
-        let kid = Kid::sleep(&mut sleep_cmd());
+        let kid = Kid::spawn(&mut sleep_cmd());
         cg.add(kid.pid());
         assert_eq!(cg.pids(), vec![kid.pid()]);
         assert_kernel_shows(kid.pid(), &cg);
@@ -214,7 +214,7 @@ fn hybrid_v1_and_v2_together() {
     let cg = KubeCgroup::create(
         Spec::new(Driver::Systemd, Qos::Burstable, Name::Containerd).hierarchies(&both),
     );
-    let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+    let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
     assert_placed(
         &scan(),
         kid.pid(),
@@ -259,7 +259,7 @@ fn an_unknown_runtime_is_unplaceable() {
             ..spec
         };
         let cg = KubeCgroup::create(spec.hierarchies(&[hierarchy]));
-        let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+        let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
         let scan = scan();
         match placement_in(&scan, kid.pid()) {
             Placement::Unplaceable(u) => {
@@ -283,7 +283,7 @@ fn crio_conmon_is_a_monitor_not_the_container() {
         return;
     }
     let cg = KubeCgroup::create(Spec::new(Driver::Systemd, Qos::Burstable, Name::CriOConmon));
-    let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+    let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
     match placement_in(&scan(), kid.pid()) {
         Placement::Monitor(c) => {
             assert_eq!(c.id.as_str(), cg.spec().container_id);
@@ -301,7 +301,7 @@ fn a_containers_own_nested_cgroup() {
     let cg = KubeCgroup::create(
         Spec::new(Driver::Systemd, Qos::BestEffort, Name::Containerd).nested("init.scope"),
     );
-    let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+    let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
     assert!(cg.path().ends_with(".scope/init.scope"), "{}", cg.path());
     let c = assert_placed(
         &scan(),
@@ -350,7 +350,7 @@ fn a_proc_root_mounted_elsewhere() {
         return;
     }
     let cg = KubeCgroup::create(Spec::new(Driver::Cgroupfs, Qos::Burstable, Name::Docker));
-    let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+    let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
     let host_proc = ProcMount::new();
     let mut scanner = ProcScanner::new(&host_proc.0.0).expect("the other proc root");
     assert_eq!(scanner.proc_root(), host_proc.0.0);
@@ -462,7 +462,7 @@ fn a_scan_of_a_thousand_processes_is_cheap() {
         if i % 3 == 0 {
             containers[i % containers.len()].command(&mut cmd);
         }
-        kids.push(Kid::sleep(&mut cmd));
+        kids.push(Kid::spawn(&mut cmd));
     }
     let ours: std::collections::HashSet<u32> = kids.iter().map(Kid::pid).collect();
     let mut scanner = ProcScanner::new(DEFAULT_PROC_ROOT).expect("/proc");
@@ -514,7 +514,7 @@ fn the_helper_removes_what_it_created() {
         Spec::new(Driver::Cgroupfs, Qos::Burstable, Name::CriO).hierarchies(&both),
     );
     let top = cg.path().split('/').nth(1).expect("test root").to_string();
-    let kid = Kid::sleep(cg.command(&mut sleep_cmd()));
+    let kid = Kid::spawn(cg.command(&mut sleep_cmd()));
     assert!(unified.join(&top).is_dir() && pids.join(&top).is_dir());
     // A panicking test drops its cgroups with the process still inside.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {

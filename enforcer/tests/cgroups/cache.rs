@@ -41,7 +41,7 @@ fn a_process_that_joins_a_container_then_execs_is_read_again() {
     // As a runtime starts a container's process: created outside, moved
     // into the container's cgroup, then exec'ing the container's program.
     let cg = KubeCgroup::create(Spec::new(Driver::Systemd, Qos::Burstable, Name::Containerd));
-    let mut kid = Kid::sleep(&mut waiting_shell("exec sleep 600"));
+    let mut kid = Kid::spawn(&mut waiting_shell("exec sleep 600"));
     let mut scanner = remembering(Path::new(DEFAULT_PROC_ROOT));
     let (before, _) = placement_now(&mut scanner, kid.pid());
     assert!(
@@ -78,7 +78,7 @@ fn a_move_without_exec_is_seen_at_the_next_full_read() {
         return;
     }
     let cg = KubeCgroup::create(Spec::new(Driver::Cgroupfs, Qos::BestEffort, Name::CriO));
-    let kid = Kid::sleep(&mut sleep_cmd());
+    let kid = Kid::spawn(&mut sleep_cmd());
     let mut scanner = ProcScanner::new(DEFAULT_PROC_ROOT)
         .expect("/proc")
         .with_reread_every(3);
@@ -107,7 +107,7 @@ fn a_container_process_that_exits_is_left_out_at_once() {
         return;
     }
     let cg = KubeCgroup::create(Spec::new(Driver::Systemd, Qos::BestEffort, Name::Docker));
-    let mut kid = Kid::sleep(cg.command(&mut waiting_shell("exit 0")));
+    let mut kid = Kid::spawn(cg.command(&mut waiting_shell("exit 0")));
     let mut scanner = remembering(Path::new(DEFAULT_PROC_ROOT));
     let (p, _) = placement_now(&mut scanner, kid.pid());
     assert!(p.container().is_some(), "{p:?}");
@@ -162,7 +162,7 @@ fn a_pid_given_to_a_new_process_is_read_again() {
         read _
         kill "$second"; wait "$second" 2>/dev/null
     "#;
-    let mut kid = Kid::sleep(
+    let mut kid = Kid::spawn(
         Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child", "sh", "-c", script, "sh"])
             .arg(&mount.0)
