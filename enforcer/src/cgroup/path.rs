@@ -38,8 +38,8 @@ pub(super) enum PathClass {
     Unplaceable(Reason),
 }
 
-/// The kubelet's name of its root level (`KUBEPODS` in cgroupfs, a
-/// component of the slice names in systemd).
+/// The kubelet's name of its root: a level of its own under cgroupfs, a
+/// dash-separated part of every slice name under systemd.
 const KUBEPODS: &str = "kubepods";
 const SLICE: &str = ".slice";
 const DELETED: &str = " (deleted)";
