@@ -11,6 +11,7 @@ pub mod loader;
 pub mod monitor;
 pub mod output;
 pub mod procfs;
+pub mod procscan;
 pub mod records;
 pub mod sampler;
 pub mod scan;
