@@ -67,9 +67,18 @@ use service::{Installed, Instance, SERVICES, Service};
 /// `MAPGUARD_BENCH_MAPGUARD` replaces this list.
 const MAPGUARD: &[(&str, &[&str])] = &[
     ("mapguard full", &["--mode", "audit", "--coverage", "full"]),
-    ("mapguard writes", &["--mode", "audit", "--coverage", "writes"]),
-    ("mapguard sampled", &["--mode", "audit", "--coverage", "sampled"]),
-    ("mapguard light", &["--mode", "audit", "--coverage", "light"]),
+    (
+        "mapguard writes",
+        &["--mode", "audit", "--coverage", "writes"],
+    ),
+    (
+        "mapguard sampled",
+        &["--mode", "audit", "--coverage", "sampled"],
+    ),
+    (
+        "mapguard light",
+        &["--mode", "audit", "--coverage", "light"],
+    ),
 ];
 
 /// How much throughput a configuration may lose against `plain`.

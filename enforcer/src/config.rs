@@ -209,6 +209,24 @@ pub struct DaemonArgs {
     /// Where the host's /proc is (the agent may see it mounted elsewhere).
     #[arg(long, env = "MAPGUARD_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// MapViolation records kept per namespace (call-site pairs); more are
+    /// dropped and counted, so a crash-looping Pod cannot flood etcd.
+    #[arg(
+        long,
+        env = "MAPGUARD_MAX_RECORDS_PER_NAMESPACE",
+        default_value_t = 100
+    )]
+    pub max_records_per_namespace: usize,
+    /// Violation records waiting for the API server (kept while it is
+    /// unreachable); more are dropped and counted.
+    #[arg(long, env = "MAPGUARD_RECORD_QUEUE", default_value_t = 1000)]
+    pub record_queue: usize,
+    /// Publish a Warning Event on the Pod for each race.
+    #[arg(long, env = "MAPGUARD_POD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_events: bool,
+    /// Time to write pending records on SIGTERM.
+    #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }

@@ -24,7 +24,10 @@ use std::{
 
 use crate::{
     config::DaemonArgs,
+    events::ViolationRecord,
     output,
+    procscan::ProcScanner,
+    records::{Origin, PodRef, RecordWriter, RecordsConfig},
     session::{Session, SessionError},
     signals,
 };
@@ -55,6 +58,8 @@ pub enum DaemonError {
     Signals(#[source] nix::Error),
     #[error("the enforcement thread failed: {0}")]
     Thread(String),
+    #[error("cannot read the node's processes: {0}")]
+    Scan(#[source] crate::procscan::ScanError),
 }
 
 /// Runs until SIGTERM or SIGINT; returns the exit status (128+N).
@@ -80,6 +85,18 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     });
 
     let client = runtime.block_on(client(args))?;
+    let records = {
+        let _runtime = runtime.enter();
+        let config = RecordsConfig {
+            max_records_per_namespace: args.max_records_per_namespace,
+            queue_capacity: args.record_queue,
+            events: args.pod_events,
+            ..RecordsConfig::new(args.node.clone())
+        };
+        let mut writer = None;
+        metrics.register(|r| writer = Some(RecordWriter::spawn(client.clone(), config, r)));
+        Arc::new(writer.expect("registered"))
+    };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.ops_listen))
         .map_err(|source| DaemonError::Listen {
@@ -104,17 +121,20 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     ops.bpf_ready.store(true, Ordering::SeqCst);
     tracing::info!("BPF program loaded; enforcing");
     let stop = Arc::new(AtomicBool::new(false));
-    let enforcement = Enforcement::new(
-        session,
-        Arc::clone(&pods),
-        Arc::clone(&metrics),
-        args.proc_root.clone(),
-    );
+    let scanner = ProcScanner::new(&args.proc_root).map_err(DaemonError::Scan)?;
+    let enforcement = Enforcement::new(session, Arc::clone(&pods), Arc::clone(&metrics), scanner);
     let interval = args.scan_interval;
     let thread_stop = Arc::clone(&stop);
+    let thread_records = Arc::clone(&records);
     let thread = std::thread::Builder::new()
         .name("enforce".into())
-        .spawn(move || enforcement.run(interval, || thread_stop.load(Ordering::SeqCst), |_| {}))
+        .spawn(move || {
+            enforcement.run(
+                interval,
+                || thread_stop.load(Ordering::SeqCst),
+                |record| submit(&thread_records, record),
+            )
+        })
         .map_err(|e| DaemonError::Thread(e.to_string()))?;
 
     let status = loop {
@@ -131,8 +151,37 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     thread
         .join()
         .map_err(|_| DaemonError::Thread("it panicked".into()))?;
+    if let Ok(records) = Arc::try_unwrap(records) {
+        let left = runtime.block_on(records.shutdown(args.shutdown_grace));
+        if left > 0 {
+            tracing::warn!(left, "violation records not written before stopping");
+        }
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(status)
+}
+
+/// Hands a violation of a placed process to the records writer (every
+/// occurrence: repeats count).
+fn submit(records: &RecordWriter, record: &ViolationRecord) {
+    let (Some(namespace), Some(name), Some(uid)) =
+        (&record.namespace, &record.pod, &record.pod_uid)
+    else {
+        return;
+    };
+    let pod = PodRef {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        uid: uid.clone(),
+    };
+    records.submit(
+        record,
+        Origin {
+            pod: &pod,
+            container: record.container.as_deref(),
+            go_version: record.go_version.as_deref(),
+        },
+    );
 }
 
 /// The API server client: `--kubeconfig`, else `KUBECONFIG` or the

@@ -62,6 +62,12 @@ pub struct ViolationRecord {
     pub pod: Option<String>,
     pub pod_uid: Option<String>,
     pub container: Option<String>,
+    /// The Go release that built the binary (`go1.26.11`).
+    pub go_version: Option<String>,
+    /// An audit-mode repeat of a violation already reported: counted, not
+    /// written again.
+    #[serde(skip)]
+    pub repeat: bool,
 }
 
 /// Turns kernel records into JSON lines and stderr summaries.
@@ -149,12 +155,13 @@ impl Reporter {
     }
 
     /// Handles one kernel record: writes the JSON line and the stderr
-    /// summary, unless it repeats an audit-mode violation already reported.
-    pub fn handle(&mut self, bytes: &[u8]) -> Result<Option<ViolationRecord>, EventError> {
+    /// summary, unless it repeats an audit-mode violation already reported
+    /// (then the record comes back marked `repeat`, for counting).
+    pub fn handle(&mut self, bytes: &[u8]) -> Result<ViolationRecord, EventError> {
         let v = decode(bytes)?;
         self.total += 1;
         self.remember_pod(v.pid);
-        let record = self.record(&v);
+        let mut record = self.record(&v);
         let key = DedupKey {
             pid: record.pid,
             kind: record.kind,
@@ -168,14 +175,15 @@ impl Reporter {
         let count = self.seen.entry(key).or_insert(0);
         *count += 1;
         if *count > 1 && v.action == action::AUDIT {
-            return Ok(None);
+            record.repeat = true;
+            return Ok(record);
         }
         let mut line = serde_json::to_vec(&record).map_err(|e| EventError::Write(e.into()))?;
         line.push(b'\n');
         self.out.write_all(&line).map_err(EventError::Write)?;
         self.out.flush().map_err(EventError::Write)?;
         eprintln!("{}", summary(&record));
-        Ok(Some(record))
+        Ok(record)
     }
 
     /// Writes a final `summary` line with the repeat counts.
@@ -240,7 +248,7 @@ impl Reporter {
             pid: v.pid,
             tid: v.tid,
             binary: binary
-                .map(|b| b.path.display().to_string())
+                .map(|b| b.name.display().to_string())
                 .unwrap_or_default(),
             map: (v.map != 0).then(|| format!("{:#x}", v.map)),
             op: match Op::from_kernel(v.op) {
@@ -260,6 +268,8 @@ impl Reporter {
             pod: pod.pod,
             pod_uid: pod.pod_uid,
             container: pod.container,
+            go_version: binary.map(|b| b.go_version().to_string()),
+            repeat: false,
         }
     }
 }

@@ -211,6 +211,19 @@ impl Enforcer {
         which: Probes,
         scope: Scope,
     ) -> Result<ProbeSetId, LoaderError> {
+        self.add_probes_at(target, &target.path, which, scope)
+    }
+
+    /// [`Enforcer::add_probes`] attaching through `path`, another name of
+    /// `target`'s file (`/proc/PID/exe` of a process running it: the name
+    /// the target was analysed under may be gone with its process).
+    pub fn add_probes_at(
+        &mut self,
+        target: &BinaryTarget,
+        path: &std::path::Path,
+        which: Probes,
+        scope: Scope,
+    ) -> Result<ProbeSetId, LoaderError> {
         let points: Vec<(u32, &crate::target::AttachPoint)> = target
             .points
             .iter()
@@ -255,7 +268,7 @@ impl Enforcer {
             return Err(e);
         }
         let mut set = ProbeSet {
-            path: target.path.clone(),
+            path: path.to_path_buf(),
             symbols: points.iter().map(|(_, p)| p.symbol.clone()).collect(),
             ids,
             offsets,

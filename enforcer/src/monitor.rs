@@ -18,13 +18,13 @@ impl Monitor {
         Monitor { ring, reporter }
     }
 
-    /// Handles every record already in the ring buffer.
+    /// Handles every record already in the ring buffer; returns them all,
+    /// audit-mode repeats (not written again) included.
     pub fn drain(&mut self) -> Vec<ViolationRecord> {
         let mut reported = Vec::new();
         while let Some(item) = self.ring.next() {
             match self.reporter.handle(&item) {
-                Ok(Some(record)) => reported.push(record),
-                Ok(None) => {}
+                Ok(record) => reported.push(record),
                 Err(e) => tracing::error!(error = %e, "dropping event"),
             }
         }

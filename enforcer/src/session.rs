@@ -30,11 +30,11 @@ pub enum SessionError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Output(#[from] output::OutputError),
-    #[error("{path}: {source}")]
+    /// The binary at `path` cannot be enforced on (the error names it).
+    #[error("{error}")]
     Target {
         path: std::path::PathBuf,
-        #[source]
-        source: TargetError,
+        error: TargetError,
     },
 }
 
@@ -129,9 +129,9 @@ impl Session {
     /// paths for every process running it: each with its own mode from the
     /// process table, or all with `mode` (non-zero).
     pub fn binary(&mut self, path: &Path, mode: u8) -> Result<Arc<BinaryTarget>, SessionError> {
-        let target_error = |source| SessionError::Target {
+        let target_error = |error| SessionError::Target {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let file = procfs::file_id(path).ok_or_else(|| {
             target_error(TargetError::GoElf(crate::goelf::GoElfError::Io {
@@ -153,11 +153,15 @@ impl Session {
     }
 
     /// Puts process `pid` (running `binary`) under enforcement with `mode`
-    /// (`mapguard_common::action`) and `coverage`.
+    /// (`mapguard_common::action`) and `coverage`. Its probes attach
+    /// through `exe` (its `/proc/PID/exe`: the name `binary` was analysed
+    /// under may be another process's, gone since), or `binary`'s own path
+    /// for a process that has not `execve`d it yet (`exec`).
     pub fn guard_process(
         &mut self,
         pid: u32,
         binary: &BinaryTarget,
+        exe: Option<&Path>,
         mode: u8,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
@@ -165,11 +169,9 @@ impl Session {
         self.enforcer.register(pid, binary.id, mode)?;
         self.guard(
             binary,
+            exe.unwrap_or(&binary.path),
             Scope::Process { pid, mode },
             coverage,
-            format!("pid {pid}"),
-            Some(pid),
-            Cpu::Process(pid),
         )
     }
 
@@ -181,28 +183,26 @@ impl Session {
         mode: u8,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
-        let file = procfs::file_id(&binary.path).unwrap_or_default();
-        self.guard(
-            binary,
-            Scope::AllProcesses { mode },
-            coverage,
-            binary.path.display().to_string(),
-            None,
-            Cpu::Binary(file),
-        )
+        self.guard(binary, &binary.path, Scope::AllProcesses { mode }, coverage)
     }
 
     fn guard(
         &mut self,
         binary: &BinaryTarget,
+        path: &Path,
         scope: Scope,
         coverage: Coverage,
-        label: String,
-        pid: Option<u32>,
-        cpu: Cpu,
     ) -> Result<(), SessionError> {
+        let (label, pid, cpu) = match scope {
+            Scope::Process { pid, .. } => (format!("pid {pid}"), Some(pid), Cpu::Process(pid)),
+            Scope::AllProcesses { .. } => (
+                binary.name.display().to_string(),
+                None,
+                Cpu::Binary(procfs::file_id(&binary.path).unwrap_or_default()),
+            ),
+        };
         let map_ops = match coverage.map_probes() {
-            Some(which) => Some(self.enforcer.add_probes(binary, which, scope)?),
+            Some(which) => Some(self.enforcer.add_probes_at(binary, path, which, scope)?),
             None => None,
         };
         let sampler = match (coverage, map_ops) {

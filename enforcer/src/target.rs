@@ -45,6 +45,8 @@ pub struct BinaryTarget {
     pub id: u32,
     /// What the uprobes attach to (may be `/proc/PID/exe`).
     pub path: PathBuf,
+    /// The binary's own path, for reports (`/proc/PID/exe` resolved).
+    pub name: PathBuf,
     pub points: Vec<AttachPoint>,
     /// The runtime's map-race messages, located relative to the crash path
     /// that prints them (see `mapguard_common::FatalMessage`): (key, class,
@@ -57,7 +59,14 @@ impl BinaryTarget {
     /// Analyses `path` and compiles its probe plan. `id` is the index the
     /// loader's binary table will give it.
     pub fn analyse(path: &Path, id: u32) -> Result<BinaryTarget, TargetError> {
-        let binary = GoBinary::open(path)?;
+        // Read through `path` (which may be `/proc/PID/exe`), analysed and
+        // named as the file it is.
+        let name = std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf());
+        let data = std::fs::read(path).map_err(|source| GoElfError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        let binary = GoBinary::from_bytes(&name, data)?;
         let plan = binary.probe_plan()?;
         let layout = binary.layout();
         let (writing_offset, writing_mask) = layout.map.writing_flag();
@@ -111,6 +120,7 @@ impl BinaryTarget {
         Ok(BinaryTarget {
             id,
             path: path.to_path_buf(),
+            name,
             points,
             fatal_messages,
             binary,

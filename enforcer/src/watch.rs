@@ -2,10 +2,7 @@
 //! process of some binaries, including ones started later (`--exe`), until
 //! interrupted (or, for `--pid`, until all of them have exited).
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use crate::{
     config::WatchArgs,
@@ -111,24 +108,15 @@ fn watch_pid(
         }
     };
     let target = session.binary(&exe, 0).map_err(|e| match e {
-        SessionError::Target { source, .. } if alive(pid) => SessionError::Target {
-            path: exe_name(pid, &exe),
-            source,
-        }
-        .into(),
+        SessionError::Target { .. } if alive(pid) => WatchError::Session(e),
         e => gone_or(e),
     })?;
     session
-        .guard_process(pid, &target, mode, coverage)
+        .guard_process(pid, &target, Some(&exe), mode, coverage)
         .map_err(gone_or)?;
     if !alive(pid) {
         return Err(WatchError::NoProcess { pid });
     }
     tracing::info!(pid, "watching");
     Ok(())
-}
-
-/// The binary's real path for messages.
-fn exe_name(pid: u32, exe: &Path) -> PathBuf {
-    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_else(|_| exe.to_path_buf())
 }

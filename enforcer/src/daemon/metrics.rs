@@ -58,60 +58,62 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
-        let mut r = Registry::with_prefix("mapguard");
+        // Unprefixed: every name is written out (violation records register
+        // theirs, `mapguard_...` too, into the same registry).
+        let mut r = Registry::default();
         let violations = Family::<ViolationLabels, Counter>::default();
         r.register(
-            "violations",
+            "mapguard_violations",
             "Map races reported, by kind and action taken",
             violations.clone(),
         );
         let processes = Gauge::default();
         r.register(
-            "enforced_processes",
+            "mapguard_enforced_processes",
             "Processes under enforcement on this node",
             processes.clone(),
         );
         let binaries = Gauge::default();
         r.register(
-            "enforced_binaries",
+            "mapguard_enforced_binaries",
             "Go binaries analysed and probed on this node",
             binaries.clone(),
         );
         let attach_failures = Family::<ReasonLabels, Counter>::default();
         r.register(
-            "attach_failures",
+            "mapguard_attach_failures",
             "Processes of enforced Pods that could not be put under enforcement, by reason",
             attach_failures.clone(),
         );
         let unplaced = Counter::default();
         r.register(
-            "unplaced_processes",
+            "mapguard_unplaced_processes",
             "Processes in a Pod-shaped cgroup that could not be placed in a known Pod (never signalled)",
             unplaced.clone(),
         );
         let incomplete_checks = Family::<CheckLabels, Gauge>::default();
         r.register(
-            "probe_incomplete_checks",
+            "mapguard_probe_incomplete_checks",
             "Checks the probes could not complete, by check (a race may have gone unreported)",
             incomplete_checks.clone(),
         );
         let api_connected = Gauge::default();
         r.register(
-            "api_server_connected",
+            "mapguard_api_server_connected",
             "1 while the Pod watch on the API server is up",
             api_connected.clone(),
         );
         let api_disconnects = Counter::default();
         r.register(
-            "api_server_disconnects",
+            "mapguard_api_server_disconnects",
             "Times the Pod watch lost the API server",
             api_disconnects.clone(),
         );
         let pods = Gauge::default();
-        r.register("pods", "Pods bound to this node", pods.clone());
+        r.register("mapguard_pods", "Pods bound to this node", pods.clone());
         let enforced_pods = Gauge::default();
         r.register(
-            "enforced_pods",
+            "mapguard_enforced_pods",
             "Pods of this node with an enforcing mode",
             enforced_pods.clone(),
         );
@@ -173,6 +175,11 @@ impl Metrics {
     pub fn set_pods(&self, pods: usize, enforced: usize) {
         self.pods.set(pods as i64);
         self.enforced_pods.set(enforced as i64);
+    }
+
+    /// Lets another part of the agent register its metrics (full names).
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Renders every metric in the OpenMetrics text format.

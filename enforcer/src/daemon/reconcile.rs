@@ -9,7 +9,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,6 +19,7 @@ use crate::{
     coverage::Coverage,
     events::ViolationRecord,
     procfs,
+    procscan::ProcScanner,
     session::{Session, SessionError},
     target::TargetError,
 };
@@ -29,35 +29,15 @@ use super::{
     pods::{PodMap, PodTable},
 };
 
-/// A process of the node as placed by its cgroup.
+/// A process of an enforced Pod, as placed by its cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placed {
-    pub pid: u32,
+struct Placed {
+    pid: u32,
     /// Start time in clock ticks since boot: with the pid, the process's
     /// identity (pids are reused).
-    pub start: u64,
-    pub pod_uid: String,
-    pub container: Option<String>,
-}
-
-/// Every process on the node whose cgroup is a Pod's.
-pub fn scan(proc_root: &std::path::Path) -> Vec<Placed> {
-    let Ok(dir) = std::fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let cgroup = std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))).ok()?;
-            let info = PodInfo::from_cgroup(&cgroup);
-            Some(Placed {
-                pid,
-                start: procfs::start_time(pid)?,
-                pod_uid: info.pod_uid?,
-                container: info.container,
-            })
-        })
-        .collect()
+    start: u64,
+    pod_uid: String,
+    container: String,
 }
 
 /// How one process is enforced now.
@@ -74,7 +54,9 @@ pub struct Enforcement {
     session: Session,
     pods: Arc<PodTable>,
     metrics: Arc<Metrics>,
-    proc_root: PathBuf,
+    scanner: ProcScanner,
+    /// Unplaceable cgroups already logged (each is logged once).
+    unplaced_logged: HashSet<String>,
     enforced: HashMap<u32, Enforced>,
     /// Files that cannot be enforced (not Go, unsupported release), by
     /// `(device, inode)`, so they are analysed once.
@@ -88,13 +70,19 @@ impl Enforcement {
         session: Session,
         pods: Arc<PodTable>,
         metrics: Arc<Metrics>,
-        proc_root: PathBuf,
+        mut scanner: ProcScanner,
     ) -> Enforcement {
+        if scanner.in_host_cgroup_namespace() == Some(false) {
+            tracing::warn!(
+                "the agent runs in a cgroup namespace of its own: processes of cgroupfs-driver pods cannot be placed; run it in the host's (hostPID and the host cgroup namespace)"
+            );
+        }
         Enforcement {
             session,
             pods,
             metrics,
-            proc_root,
+            scanner,
+            unplaced_logged: HashSet::new(),
             enforced: HashMap::new(),
             refused: HashMap::new(),
             failed: HashSet::new(),
@@ -127,7 +115,7 @@ impl Enforcement {
     /// Brings enforcement in line with the node's Pods and processes.
     pub fn reconcile(&mut self) {
         let pods = self.pods.snapshot();
-        let placed = scan(&self.proc_root);
+        let placed = self.place(&pods);
         self.metrics
             .set_api_connected(self.pods.connection().is_ok());
         self.metrics.set_pods(
@@ -172,8 +160,44 @@ impl Enforcement {
             .set_incomplete_checks(&self.session.incomplete_checks());
     }
 
+    /// The processes of the node's known Pods, placed by their cgroups;
+    /// unplaceable ones are counted and logged once, never enforced.
+    fn place(&mut self, pods: &PodMap) -> Vec<Placed> {
+        let scan = match self.scanner.scan() {
+            Ok(scan) => scan,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the node's processes");
+                return Vec::new();
+            }
+        };
+        for issue in &scan.issues {
+            tracing::debug!(?issue, "process scan");
+        }
+        for (process, unplaceable) in scan.unplaceable() {
+            if self.unplaced_logged.insert(unplaceable.path.clone()) {
+                self.metrics.unplaced();
+                tracing::warn!(
+                    pid = process.pid,
+                    reason = unplaceable.reason.label(),
+                    "{unplaceable}; never enforced"
+                );
+            }
+        }
+        scan.containers()
+            .filter(|(_, c)| pods.contains_key(c.pod_uid.as_str()))
+            .filter_map(|(process, c)| {
+                Some(Placed {
+                    pid: process.pid,
+                    start: procfs::start_time(process.pid)?,
+                    pod_uid: c.pod_uid.as_str().to_string(),
+                    container: c.id.as_str().to_string(),
+                })
+            })
+            .collect()
+    }
+
     fn enforce(&mut self, p: &Placed, pods: &PodMap, want: &Enforced) -> Result<(), Failure> {
-        let exe = self.proc_root.join(format!("{}/exe", p.pid));
+        let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
         let file = procfs::file_id(&exe).ok_or(Failure::gone())?;
         if let Some(reason) = self.refused.get(&file) {
             return Err(Failure {
@@ -183,7 +207,7 @@ impl Enforcement {
         }
         let target = match self.session.binary(&exe, 0) {
             Ok(t) => t,
-            Err(SessionError::Target { source, .. }) if procfs::alive(p.pid) => {
+            Err(SessionError::Target { error: source, .. }) if procfs::alive(p.pid) => {
                 let binary = std::fs::read_link(&exe).unwrap_or(exe);
                 let message = format!("{}: {source}", binary.display());
                 self.refused.insert(file, message.clone());
@@ -207,12 +231,12 @@ impl Enforcement {
             Err(_) => return Err(Failure::gone()),
         };
         let pod = &pods[&p.pod_uid];
-        let container = p.container.as_ref().map(|id| {
+        let container = Some(
             pod.containers
-                .get(id)
+                .get(&p.container)
                 .cloned()
-                .unwrap_or_else(|| id.clone())
-        });
+                .unwrap_or_else(|| p.container.clone()),
+        );
         self.session.set_pod(
             p.pid,
             PodInfo {
@@ -223,7 +247,13 @@ impl Enforcement {
             },
         );
         self.session
-            .guard_process(p.pid, &target, want.mode.action(), want.coverage)
+            .guard_process(
+                p.pid,
+                &target,
+                Some(&self.scanner.proc_root().join(format!("{}/exe", p.pid))),
+                want.mode.action(),
+                want.coverage,
+            )
             .map_err(|e| {
                 if procfs::alive(p.pid) {
                     Failure {

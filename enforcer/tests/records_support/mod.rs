@@ -90,6 +90,8 @@ pub fn violation(
         pod: None,
         pod_uid: None,
         container: None,
+        go_version: Some("go1.26.11".to_owned()),
+        repeat: false,
     }
 }
 

@@ -340,7 +340,10 @@ pub fn unavailable() -> Option<String> {
     let Some(unified) = mount_point(Hierarchy::Unified) else {
         return Some("no cgroup v2 hierarchy mounted".into());
     };
-    let probe = unified.join(format!("mapguard-test-{}-probe", std::process::id()));
+    // One probe per call: tests of one process check at the same time.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let probe = unified.join(format!("mapguard-test-{}-probe-{n}", std::process::id()));
     if let Err(e) = std::fs::create_dir(&probe) {
         return Some(format!(
             "cannot create cgroups in {}: {e}",

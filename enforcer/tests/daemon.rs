@@ -1,0 +1,543 @@
+//! The whole flow on one node, for real: a real kube-apiserver and etcd
+//! (mapguard-testenv), the admission webhook registered with it, the node
+//! agent (`mapguard-enforcer daemon`) for a Node object, Pods created
+//! through the API server (mutated with `mapguard.io/mode` from their
+//! namespace's label) and bound to that Node, and real Go programs started
+//! in kubelet-shaped cgroups of those Pods.
+//!
+//! One API server serves every stage (a start costs seconds), in order:
+//! a racing program in a `kill` Pod is killed before the Go runtime's fatal
+//! error, a MapViolation record names both call sites, `kubectl get
+//! mapviolations` lists it and the Pod has the Warning Event; the same
+//! program in a Pod without the annotation and in an `off` Pod is left
+//! alone; with the API server stopped the agent keeps enforcing the Pods it
+//! knows, says so on `/readyz`, and writes the records it queued once the
+//! API server is back.
+
+#[path = "support/kube_cgroup.rs"]
+mod kube_cgroup;
+mod support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+    core::v1::{Namespace, Pod},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
+use mapguard_enforcer::records::MapViolation;
+use mapguard_testenv::TestEnv;
+use serde_json::json;
+
+const NODE: &str = "mapguard-node-1";
+const MODE: &str = "mapguard.io/mode";
+/// How long the API server, the watches and the agent may take to follow.
+const PROPAGATION: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
+    let test = "the_node_agent_enforces_the_pods_of_its_node_end_to_end";
+    if !support::require_bpf(test) || !kube_cgroup::require(test) {
+        return;
+    }
+    let Some(mut env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let client = env.client();
+    env.create_node(NODE).await.expect("create the Node");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.create(&PostParams::default(), &mapguard_enforcer::records::crd())
+        .await
+        .expect("install the MapViolation CRD");
+    namespace(&client, "payments", Some("kill")).await;
+    namespace(&client, "shop", None).await;
+
+    let dir = temp_dir();
+    let webhook = start_webhook(&env, &dir).await;
+    let go = support::versions().last().copied().expect("a Go release");
+    let racy = support::program(go, "racy", "delete_assign");
+
+    // A Pod in the kill namespace, mutated with the annotation, bound to the node.
+    let killed = create_pod(&client, "payments", "checkout", &[]).await;
+    assert_eq!(
+        annotation(&killed).as_deref(),
+        Some("kill"),
+        "the webhook annotated the Pod"
+    );
+    // A Pod that says nothing and one that opts out: never signalled.
+    let plain = create_pod(&client, "shop", "catalog", &[]).await;
+    assert_eq!(annotation(&plain), None);
+    let off = create_pod(&client, "shop", "opted-out", &[(MODE, "off")]).await;
+    let kill_cg = container_of(&client, &killed).await;
+    let plain_cg = container_of(&client, &plain).await;
+    let off_cg = container_of(&client, &off).await;
+
+    let events_file = dir.join("events.jsonl");
+    let mut agent = Agent::start(&env, &events_file);
+    agent.wait_ready().await;
+
+    // 1. The racing program in the kill Pod is killed before the runtime
+    //    reports, with a record and an Event.
+    let mut program = start_in(&kill_cg, &racy);
+    agent.wait_enforced(1).await;
+    signal(&program, libc::SIGUSR1);
+    let out = wait(&mut program, Duration::from_secs(30));
+    assert_eq!(
+        out.0, None,
+        "the racing program was not killed (status {:?}): {}",
+        out.0, out.1
+    );
+    assert!(
+        !out.1.contains("fatal error"),
+        "the runtime reported before mapguard acted: {}",
+        out.1
+    );
+    let record = wait_for_record(&client, "payments", 1).await;
+    let spec = &record.spec;
+    assert!(
+        spec.stack
+            .iter()
+            .any(|f| f.contains("delete_assign/main.go:")),
+        "{spec:?}"
+    );
+    assert!(
+        spec.conflicting_stack
+            .iter()
+            .any(|f| f.contains("delete_assign/main.go:")),
+        "both call sites: {spec:?}"
+    );
+    let status = record.status.as_ref().expect("record status");
+    assert_eq!(status.node, NODE, "{status:?}");
+    assert_eq!(status.pod, "checkout", "{status:?}");
+    assert_eq!(status.action, "killed", "{status:?}");
+    assert!(
+        status
+            .go_version
+            .as_deref()
+            .is_some_and(|v| v.starts_with("go1.")),
+        "{status:?}"
+    );
+    let listed = kubectl(&env, &["get", "mapviolations", "-n", "payments"]);
+    assert!(
+        listed.contains("concurrent") || listed.contains("released"),
+        "kubectl get mapviolations:\n{listed}"
+    );
+    wait_for_event(&client, "payments", "checkout").await;
+    let line = std::fs::read_to_string(&events_file).unwrap_or_default();
+    assert!(
+        line.contains("\"pod\":\"checkout\"") && line.contains("\"namespace\":\"payments\""),
+        "the report names the Pod: {line}"
+    );
+
+    // 2. The same program in Pods that are not enforced: the agent leaves
+    //    them alone (the Go runtime aborts them itself).
+    for (cg, what) in [(&plain_cg, "unannotated"), (&off_cg, "off")] {
+        let mut p = start_in(cg, &racy);
+        std::thread::sleep(Duration::from_secs(2));
+        signal(&p, libc::SIGUSR1);
+        let (status, stderr) = wait(&mut p, Duration::from_secs(30));
+        assert_ne!(
+            status, None,
+            "the {what} Pod's process was signalled: {stderr}"
+        );
+    }
+    assert_eq!(
+        count_records(&client, "shop").await,
+        0,
+        "no record for Pods that are not enforced"
+    );
+    assert_eq!(agent.metric("mapguard_enforced_processes").await, 0.0);
+
+    // 3. The API server goes away: readiness says so, enforcement goes on,
+    //    the record is queued and written once it is back.
+    env.stop_apiserver();
+    agent.wait_unready().await;
+    let mut program = start_in(&kill_cg, &racy);
+    agent.wait_enforced(1).await;
+    signal(&program, libc::SIGUSR1);
+    let (status, stderr) = wait(&mut program, Duration::from_secs(30));
+    assert_eq!(
+        status, None,
+        "killed while the API server is away: {stderr}"
+    );
+    env.restart_apiserver()
+        .await
+        .expect("restart the API server");
+    agent.wait_ready().await;
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let records = list_records(&client, "payments").await;
+        let count: i64 = records
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .map(|s| s.count)
+            .sum();
+        if count >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the violation of the outage was not written after it: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(agent.metric("mapguard_api_server_disconnects_total").await >= 1.0);
+
+    agent.stop();
+    webhook.shutdown().await;
+    drop(env);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mapguard-daemon-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test folder");
+    dir
+}
+
+async fn namespace(client: &Client, name: &str, mode: Option<&str>) {
+    let labels = mode.map(|m| json!({ MODE: m })).unwrap_or(json!({}));
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+            .expect("Namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+}
+
+/// Creates a Pod bound to the node (retrying while the webhook's watch
+/// catches up with the namespaces) and returns it as stored.
+async fn create_pod(client: &Client, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Pod {
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "app", "image": "registry.example/app:1"}],
+        },
+    }))
+    .expect("Pod");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(created) => return created,
+            Err(e) if Instant::now() < deadline => {
+                tracing_free_note(&format!("create {ns}/{name}: {e}; retrying"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("create {ns}/{name}: {e}"),
+        }
+    }
+}
+
+fn tracing_free_note(note: &str) {
+    let _ = writeln!(std::io::stderr(), "{note}");
+}
+
+fn annotation(pod: &Pod) -> Option<String> {
+    pod.metadata.annotations.as_ref()?.get(MODE).cloned()
+}
+
+/// Gives the Pod a running container (as the kubelet would report it) and
+/// creates its kubelet-shaped cgroup.
+async fn container_of(client: &Client, pod: &Pod) -> KubeCgroup {
+    let uid = pod.metadata.uid.clone().expect("uid");
+    let cgroup = KubeCgroup::create(
+        Spec::new(Driver::Systemd, Qos::Burstable, Name::Containerd).pod_uid(&uid),
+    );
+    let id = cgroup.spec().container_id.clone();
+    let pods: Api<Pod> = Api::namespaced(
+        client.clone(),
+        pod.metadata.namespace.as_deref().expect("namespace"),
+    );
+    let status = json!({"status": {
+        "phase": "Running",
+        "containerStatuses": [{
+            "name": "app", "image": "registry.example/app:1", "imageID": "",
+            "ready": true, "restartCount": 0,
+            "containerID": format!("containerd://{id}"),
+            "state": {"running": {}},
+        }],
+    }});
+    pods.patch_status(
+        pod.metadata.name.as_deref().expect("name"),
+        &PatchParams::default(),
+        &Patch::Merge(status),
+    )
+    .await
+    .expect("report the Pod's container");
+    cgroup
+}
+
+/// Starts `program` (waiting for SIGUSR1 to race) inside `cgroup` from its
+/// first instruction.
+fn start_in(cgroup: &KubeCgroup, program: &Path) -> Child {
+    let mut cmd = Command::new(program);
+    cmd.args(["-duration", "30s", "-wait-signal"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cgroup
+        .command(&mut cmd)
+        .spawn()
+        .expect("start the Go program")
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: signals the test's own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Waits for a child (bounded): its exit code (`None`: a signal ended it)
+/// and stderr.
+fn wait(child: &mut Child, timeout: Duration) -> (Option<i32>, String) {
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the Go program did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (status.code(), stderr)
+}
+
+async fn list_records(client: &Client, ns: &str) -> Vec<MapViolation> {
+    Api::<MapViolation>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+async fn count_records(client: &Client, ns: &str) -> usize {
+    list_records(client, ns).await.len()
+}
+
+async fn wait_for_record(client: &Client, ns: &str, at_least: i64) -> MapViolation {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        if let Some(r) = list_records(client, ns)
+            .await
+            .into_iter()
+            .find(|r| r.status.as_ref().is_some_and(|s| s.count >= at_least))
+        {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no MapViolation record in {ns}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_event(client: &Client, ns: &str, pod: &str) {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let found = events
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items.into_iter().any(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+                        && e.reason.as_deref() == Some(mapguard_enforcer::records::EVENT_REASON)
+                })
+            })
+            .unwrap_or(false);
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no Warning Event on {ns}/{pod}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn kubectl(env: &TestEnv, args: &[&str]) -> String {
+    let Some(mut cmd) = env.kubectl() else {
+        panic!("kubectl is not installed (.ci/install-cluster.sh installs it)");
+    };
+    let out = cmd.args(args).output().expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The webhook, in process, watching Namespaces through the API server and
+/// registered from the project's manifests (only `clientConfig` changed).
+async fn start_webhook(env: &TestEnv, dir: &Path) -> mapguard_webhook::startup::Running {
+    use base64::Engine as _;
+    use clap::Parser as _;
+    let certs = mapguard_certs_gen::generate(&mapguard_certs_gen::CertRequest::new(
+        "mapguard-webhook",
+        "mapguard-system",
+    ))
+    .expect("generate the webhook's certificates");
+    let cert_dir = dir.join("certs");
+    mapguard_certs_gen::write_dir(&certs, &cert_dir, false).expect("write the certificates");
+    let config = mapguard_webhook::config::Config::try_parse_from([
+        "mapguard-webhook".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        "--metrics-listen=127.0.0.1:0".into(),
+        format!("--tls-cert={}", cert_dir.join("tls.crt").display()),
+        format!("--tls-key={}", cert_dir.join("tls.key").display()),
+        format!("--kubeconfig={}", env.kubeconfig().display()),
+    ])
+    .expect("webhook config");
+    let running = mapguard_webhook::startup::Webhook::build(&config)
+        .await
+        .expect("webhook builds")
+        .start(&config)
+        .await
+        .expect("webhook starts");
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook");
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&certs.ca_cert_pem);
+    let read = |name: &str| {
+        std::fs::read_to_string(manifests.join(name))
+            .expect("read a webhook manifest")
+            .replace("CA_BUNDLE_BASE64", &bundle)
+    };
+    let validating: ValidatingWebhookConfiguration =
+        serde_yaml::from_str(&read("validatingwebhookconfiguration.yaml")).expect("validating");
+    let mutating: MutatingWebhookConfiguration =
+        serde_yaml::from_str(&read("mutatingwebhookconfiguration.yaml")).expect("mutating");
+    let url = format!("https://{}", running.addr);
+    env.register_validating_webhook(&validating, &url, &certs.ca_cert_pem)
+        .await
+        .expect("register the validating webhook");
+    env.register_mutating_webhook(&mutating, &url, &certs.ca_cert_pem)
+        .await
+        .expect("register the mutating webhook");
+    running
+}
+
+/// The node agent as a process of its own.
+struct Agent {
+    child: Child,
+    ops: SocketAddr,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(env: &TestEnv, events: &Path) -> Agent {
+        let ops = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            l.local_addr().expect("its address")
+        };
+        let log = events.with_extension("log");
+        let child = Command::new(support::enforcer())
+            .args(["daemon", "--node", NODE, "--scan-interval", "200ms"])
+            .arg(format!("--kubeconfig={}", env.kubeconfig().display()))
+            .arg(format!("--ops-listen={ops}"))
+            .arg(format!("--events={}", events.display()))
+            .env("MAPGUARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .spawn()
+            .expect("start mapguard-enforcer daemon");
+        Agent { child, ops, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&self.ops, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    async fn wait_ready(&mut self) {
+        self.wait_readiness(200, "ready").await;
+    }
+
+    async fn wait_unready(&mut self) {
+        self.wait_readiness(503, "API server unreachable").await;
+    }
+
+    async fn wait_readiness(&mut self, want: u16, text: &str) {
+        let deadline = Instant::now() + PROPAGATION;
+        loop {
+            if let Some((status, body)) = self.get("/readyz")
+                && status == want
+                && body.contains(text)
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never answered {want} ({text}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").expect("/metrics answers");
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn wait_enforced(&self, processes: usize) {
+        let deadline = Instant::now() + PROPAGATION;
+        while self.metric("mapguard_enforced_processes").await < processes as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "the agent never enforced {processes} process(es):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signals the test's own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().expect("wait agent").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
