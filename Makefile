@@ -2,6 +2,7 @@
 #
 #   make demo    prerequisites + build + the enforcer catching racy Go programs
 #                and the webhook judging sample Pods (needs root for BPF)
+#   make demo-cluster  the node agent against a real API server (root)
 #   make test    prerequisites + lint + every test (what CI runs)
 #   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
 #                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
@@ -12,7 +13,7 @@ GO_PROGS ?= $(CURDIR)/target/go-progs
 export GO_PROGS
 export MAPGUARD_GO_PROGS := $(GO_PROGS)
 
-.PHONY: all deps build release go-progs lint test test-rust policy-test demo \
+.PHONY: all deps build release go-progs lint test test-rust policy-test demo demo-cluster \
         bench bench-deps bench-enforcer bench-webhook bench-policy clean
 
 all: build
@@ -43,6 +44,12 @@ test: deps lint test-rust policy-test
 
 demo: release go-progs
 	bash scripts/demo.sh
+
+# The node agent in a (one-node) cluster: a real kube-apiserver and etcd,
+# the webhook, a Pod, a racing Go program in its cgroup, the kill, the
+# MapViolation record and the Event (enforcer/tests/daemon.rs, narrated).
+demo-cluster: go-progs
+	CI=true $(CARGO) test -p mapguard-enforcer --test daemon -- --nocapture
 
 bench: bench-enforcer bench-webhook bench-policy
 

@@ -55,6 +55,10 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         return;
     };
     let client = env.client();
+    say(&format!(
+        "a real kube-apiserver and etcd on 127.0.0.1 ({}); a Node {NODE}",
+        env.url()
+    ));
     env.create_node(NODE).await.expect("create the Node");
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
@@ -64,6 +68,9 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     namespace(&client, "payments", Some("kill")).await;
     namespace(&client, "shop", None).await;
 
+    say(
+        "Namespaces payments (labelled mapguard.io/mode=kill) and shop; the admission webhook registered from manifests/webhook/",
+    );
     let dir = temp_dir();
     let webhook = start_webhook(&env, &dir).await;
     let go = support::versions().last().copied().expect("a Go release");
@@ -80,20 +87,39 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     let plain = create_pod(&client, "shop", "catalog", &[]).await;
     assert_eq!(annotation(&plain), None);
     let off = create_pod(&client, "shop", "opted-out", &[(MODE, "off")]).await;
+    say(
+        "Pods created through the API server, bound to the node: payments/checkout (mutated: mapguard.io/mode=kill), shop/catalog (no annotation), shop/opted-out (mode off)",
+    );
     let kill_cg = container_of(&client, &killed).await;
     let plain_cg = container_of(&client, &plain).await;
     let off_cg = container_of(&client, &off).await;
 
     let events_file = dir.join("events.jsonl");
+    say(&format!(
+        "mapguard-enforcer daemon --node {NODE} (ops port: /readyz, /metrics, /events)"
+    ));
     let mut agent = Agent::start(&env, &events_file);
     agent.wait_ready().await;
 
     // 1. The racing program in the kill Pod is killed before the runtime
     //    reports, with a record and an Event.
+    say(&format!(
+        "a racing Go program ({go} delete_assign) started in checkout's container cgroup {}",
+        kill_cg.path()
+    ));
     let mut program = start_in(&kill_cg, &racy);
     agent.wait_enforced(1).await;
     signal(&program, libc::SIGUSR1);
     let out = wait(&mut program, Duration::from_secs(30));
+    say(&format!(
+        "it raced and was killed by SIGKILL before the Go runtime printed anything: {}",
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.starts_with("mapguard: "))
+            .last()
+            .unwrap_or("")
+    ));
     assert_eq!(
         out.0, None,
         "the racing program was not killed (status {:?}): {}",
@@ -130,11 +156,13 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "{status:?}"
     );
     let listed = kubectl(&env, &["get", "mapviolations", "-n", "payments"]);
+    say(&format!("kubectl get mapviolations -n payments\n{listed}"));
     assert!(
         listed.contains("concurrent") || listed.contains("released"),
         "kubectl get mapviolations:\n{listed}"
     );
     wait_for_event(&client, "payments", "checkout").await;
+    say("the Pod payments/checkout has a Warning Event (reason MapRace)");
     let line = std::fs::read_to_string(&events_file).unwrap_or_default();
     assert!(
         line.contains("\"pod\":\"checkout\"") && line.contains("\"namespace\":\"payments\""),
@@ -143,6 +171,9 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
 
     // 2. The same program in Pods that are not enforced: the agent leaves
     //    them alone (the Go runtime aborts them itself).
+    say(
+        "the same program in shop/catalog (no annotation) and shop/opted-out (off): left alone; the Go runtime aborts them itself",
+    );
     for (cg, what) in [(&plain_cg, "unannotated"), (&off_cg, "off")] {
         let mut p = start_in(cg, &racy);
         std::thread::sleep(Duration::from_secs(2));
@@ -162,6 +193,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
 
     // 3. The API server goes away: readiness says so, enforcement goes on,
     //    the record is queued and written once it is back.
+    say("the API server stops: /readyz says so; the agent keeps enforcing the Pods it knows");
     env.stop_apiserver();
     agent.wait_unready().await;
     let mut program = start_in(&kill_cg, &racy);
@@ -172,6 +204,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         status, None,
         "killed while the API server is away: {stderr}"
     );
+    say("killed again while the API server was away; the API server comes back");
     env.restart_apiserver()
         .await
         .expect("restart the API server");
@@ -194,6 +227,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(agent.metric("mapguard_api_server_disconnects_total").await >= 1.0);
+    say("the record queued during the outage is written: its count is 2");
 
     agent.stop();
     webhook.shutdown().await;
@@ -240,7 +274,7 @@ async fn create_pod(client: &Client, ns: &str, name: &str, annotations: &[(&str,
         match pods.create(&PostParams::default(), &pod).await {
             Ok(created) => return created,
             Err(e) if Instant::now() < deadline => {
-                tracing_free_note(&format!("create {ns}/{name}: {e}; retrying"));
+                eprintln!("create {ns}/{name}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("create {ns}/{name}: {e}"),
@@ -248,8 +282,9 @@ async fn create_pod(client: &Client, ns: &str, name: &str, annotations: &[(&str,
     }
 }
 
-fn tracing_free_note(note: &str) {
-    let _ = writeln!(std::io::stderr(), "{note}");
+/// A line of the narration `make demo-cluster` shows (`--nocapture`).
+fn say(line: &str) {
+    println!("\n==> {line}");
 }
 
 fn annotation(pod: &Pod) -> Option<String> {

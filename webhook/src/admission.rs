@@ -152,6 +152,14 @@ fn respond(
         response.warnings = Some(decision.warnings.iter().map(finding_text).collect());
         label = DecisionLabel::warned;
     }
+    if endpoint == Endpoint::validate
+        && let Some(since) = state.namespaces().stale_since()
+    {
+        let secs = since.elapsed().map_or(0, |d| d.as_secs());
+        response.warnings.get_or_insert_with(Vec::new).push(format!(
+            "mapguard judged this request with namespace labels that may be stale: its watch on the API server has been failing for {secs} s"
+        ));
+    }
     if endpoint == Endpoint::mutate && !decision.patch.is_empty() {
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(decision.patch.clone()))
             .map_err(|e| {

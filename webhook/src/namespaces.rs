@@ -22,6 +22,11 @@ pub trait NamespaceSource: Send + Sync + std::fmt::Debug + 'static {
     fn snapshot(&self) -> Arc<NamespaceData>;
     /// Whether the data is complete (initial list done); `/readyz` waits for it.
     fn is_synced(&self) -> bool;
+    /// Since when the data may be out of date (its source is failing), if
+    /// it may be: requests judged meanwhile say so in a warning.
+    fn stale_since(&self) -> Option<std::time::SystemTime> {
+        None
+    }
 }
 
 /// In-memory namespace data, swapped as a whole.
@@ -29,6 +34,7 @@ pub trait NamespaceSource: Send + Sync + std::fmt::Debug + 'static {
 pub struct NamespaceCache {
     data: RwLock<Arc<NamespaceData>>,
     synced: AtomicBool,
+    stale_since: RwLock<Option<std::time::SystemTime>>,
 }
 
 impl NamespaceCache {
@@ -37,7 +43,20 @@ impl NamespaceCache {
         Self {
             data: RwLock::new(Arc::new(data)),
             synced: AtomicBool::new(true),
+            stale_since: RwLock::new(None),
         }
+    }
+
+    /// The source is failing: from now on the data may be out of date
+    /// (the first failure's time is kept).
+    pub fn mark_stale(&self) {
+        let mut since = self.stale_since.write().unwrap_or_else(|e| e.into_inner());
+        since.get_or_insert_with(std::time::SystemTime::now);
+    }
+
+    /// The source is back.
+    pub fn mark_fresh(&self) {
+        *self.stale_since.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// An empty cache that reports not synced until [`Self::replace`].
@@ -67,6 +86,10 @@ impl NamespaceSource for NamespaceCache {
 
     fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    fn stale_since(&self) -> Option<std::time::SystemTime> {
+        *self.stale_since.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -261,9 +261,10 @@ impl Webhook {
         }
         if let Some((client, cache)) = self.kube {
             let mut stop = rx.clone();
+            let metrics = state.metrics().clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
-                    _ = namespaces::kube::watch(client, cache) => {}
+                    _ = namespaces::kube::watch(client, cache, metrics) => {}
                     _ = crate::server::wait_for(&mut stop) => {}
                 }
             }));

@@ -366,3 +366,43 @@ async fn ops_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(text.contains("TLS"), "{text}");
 }
+
+/// While the namespace watch fails, requests are still judged (with the
+/// labels last seen) but never silently: the answer says the labels may be
+/// stale; once the watch is back the warning goes.
+#[tokio::test]
+async fn requests_judged_with_stale_namespace_labels_say_so() {
+    use std::sync::Arc;
+
+    use mapguard_webhook::metrics::Metrics;
+    use mapguard_webhook::namespaces::NamespaceCache;
+    use mapguard_webhook::policies::PolicyStore;
+
+    let cache = Arc::new(NamespaceCache::new(namespace_data()));
+    let state = mapguard_webhook::AppState::new(
+        Arc::new(PolicyStore::fixed(
+            PolicySet::embedded(&EngineConfig::default()),
+            EngineConfig::default(),
+        )),
+        cache.clone(),
+        Evaluator::new(2, Duration::from_millis(250), Duration::from_secs(2)),
+        Arc::new(Metrics::new()),
+        Settings::default(),
+    );
+    state.set_tls_ready(true);
+    let stale = |review: &Value| {
+        warnings(review)
+            .iter()
+            .any(|w| w.contains("namespace labels that may be stale"))
+    };
+
+    let (_, review) = post(app(state.clone()), "/validate", fixture("pod-plain-create")).await;
+    assert!(allowed(&review) && !stale(&review), "{review}");
+    cache.mark_stale();
+    let (_, review) = post(app(state.clone()), "/validate", fixture("pod-plain-create")).await;
+    assert!(allowed(&review), "still judged: {review}");
+    assert!(stale(&review), "the answer says so: {review}");
+    cache.mark_fresh();
+    let (_, review) = post(app(state), "/validate", fixture("pod-plain-create")).await;
+    assert!(!stale(&review), "{review}");
+}

@@ -16,18 +16,32 @@ use kube::runtime::watcher::{self, Event};
 use mapguard_policy::NamespaceData;
 
 use super::NamespaceCache;
+use crate::metrics::{Metrics, ReloadResult};
 
 /// Watches Namespaces until the stream ends (it only ends when the task is
-/// dropped; errors are retried with backoff).
-pub async fn watch(client: kube::Client, cache: Arc<NamespaceCache>) {
+/// dropped; errors are retried with backoff). While the watch fails, the
+/// cache is marked stale (requests judged meanwhile carry a warning) and
+/// each failure counts as a failed reload; the re-list when it is back
+/// replaces everything.
+pub async fn watch(client: kube::Client, cache: Arc<NamespaceCache>, metrics: Arc<Metrics>) {
     let api: Api<Namespace> = Api::all(client);
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(stream);
     let mut buffer: Option<NamespaceData> = None;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(event) => apply(&cache, &mut buffer, event),
-            Err(error) => tracing::warn!(%error, "namespace watch failed; retrying"),
+            Ok(event) => {
+                if matches!(event, Event::InitDone) {
+                    metrics.namespace_reload(ReloadResult::success);
+                }
+                cache.mark_fresh();
+                apply(&cache, &mut buffer, event);
+            }
+            Err(error) => {
+                metrics.namespace_reload(ReloadResult::failure);
+                cache.mark_stale();
+                tracing::warn!(%error, "namespace watch failed; namespace labels may be stale until it is back; retrying");
+            }
         }
     }
 }
