@@ -15,7 +15,8 @@
 //! configurations are `plain`, `go -race` (what the usual alternative
 //! costs) and one per entry of [`MAPGUARD`], each under
 //! `mapguard-enforcer exec ARGS --`, measured round-robin (one run of each,
-//! then the next round) so that a change in machine load shifts them all
+//! then the next round, each round starting one configuration later) so
+//! that a change in machine load shifts them all
 //! alike. Figures are medians; throughput and p99 are compared with `plain`
 //! of the same run. During the warm-up of a mapguard run the kernel's BPF
 //! run-time statistics are on (they cost two clock reads per hit, so never
@@ -406,10 +407,15 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
     let mut n = 0;
     for round in 1..=opts.runs {
         println!("  round {round}/{}", opts.runs);
-        for (config, samples) in opts.configs.iter().zip(&mut samples) {
+        // Each round starts one configuration later, so that no
+        // configuration always runs first or last (right after the
+        // costliest one, or as the machine's busy spells come and go).
+        let count = opts.configs.len();
+        for k in 0..count {
+            let i = (k + round - 1) % count;
             n += 1;
             let scratch = scratch_root.join(format!("{}-{n}", service.name));
-            samples.push(run_once(opts, service, &installed, config, scratch)?);
+            samples[i].push(run_once(opts, service, &installed, &opts.configs[i], scratch)?);
         }
     }
 

@@ -116,8 +116,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         agent
             .log()
             .lines()
-            .filter(|l| l.starts_with("mapguard: "))
-            .last()
+            .rfind(|l| l.starts_with("mapguard: "))
             .unwrap_or("")
     ));
     assert_eq!(
