@@ -55,7 +55,7 @@ bench: bench-enforcer bench-webhook bench-policy
 
 # wrk and the real Go services of the real_service benchmark (not needed by
 # `make test`): etcd and Caddy built from their Go modules, plain and -race.
-bench-deps:
+bench-deps: deps
 	bash .ci/install-bench.sh
 
 bench-enforcer: release go-progs bench-deps

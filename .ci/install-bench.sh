@@ -17,7 +17,6 @@
 # go.sum. The -race builds need cgo (gcc).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-shared=${MAPGUARD_SHARED:-$here/../../shared}
 modules=$here/../tests/bench
 root=${MAPGUARD_BENCH_ROOT:-/opt/mapguard/bench}
 
@@ -65,19 +64,9 @@ if [ "$missing" = 1 ]; then
   is_go126() { "$1" env GOVERSION 2> /dev/null | grep -qE '^go1\.26(\.|$)'; }
   GO=$(command -v go || true)
   if [ -z "$GO" ] || ! is_go126 "$GO"; then
+    # Debian's 1.26, which .ci/install-deps.sh unpacks (make bench-deps runs it first).
     GO=/opt/mapguard/go-1.26/usr/lib/go-1.26/bin/go
-    if [ ! -x "$GO" ]; then
-      if ! apt-cache policy 2> /dev/null | grep -q " trixie-backports/main "; then
-        log "adding Debian bookworm-backports, trixie and trixie-backports (pinned low) suites"
-        bash "$shared/ci/debian-suites.sh" --trixie-backports
-      fi
-      log "unpacking Go 1.26 from trixie-backports into /opt/mapguard/go-1.26"
-      tmp=$(mktemp -d)
-      (cd "$tmp" && apt-get download -qq golang-1.26-go/trixie-backports golang-1.26-src/trixie-backports)
-      mkdir -p /opt/mapguard/go-1.26
-      for deb in "$tmp"/*.deb; do dpkg -x "$deb" /opt/mapguard/go-1.26; done
-      rm -rf "$tmp"
-    fi
+    [ -x "$GO" ] || { echo "no Go 1.26: run .ci/install-deps.sh (it installs $GO)" >&2; exit 1; }
   fi
   "$GO" version
 fi

@@ -10,7 +10,8 @@
 # <version> is the k8s.io/kubernetes release required in
 # tests/cluster/apiserver/go.mod (e.g. 1.37.2); testenv reads the same line.
 # The build needs Go >= 1.26: `go` on PATH if it is new enough, else Debian's
-# golang-1.26-go from trixie-backports unpacked into /opt/mapguard/go-1.26.
+# golang-1.26-go that .ci/install-deps.sh unpacks into /opt/mapguard/go-1.26
+# (install-deps runs this script last).
 # A cold build takes about 8 minutes on 2 cores and fills the Go module and
 # build caches (~0.6 GB and ~3 GB); the installed folder is about 200 MB.
 set -euo pipefail
@@ -31,7 +32,7 @@ if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ]; 
   exit 0
 fi
 
-# apt suites: trixie for etcd-server, trixie-backports for the Go fallback.
+# apt suites: trixie for etcd-server.
 has_suite() { apt-cache policy 2>/dev/null | grep -q " $1/main "; }
 ensure_suites() {
   if ! has_suite trixie || ! has_suite trixie-backports; then
@@ -49,16 +50,9 @@ go_new_enough() {
 }
 GO=$(command -v go || true)
 if [ -z "$GO" ] || ! go_new_enough "$GO"; then
+  # Debian's 1.26, which .ci/install-deps.sh unpacks (it runs this script last).
   GO=/opt/mapguard/go-1.26/usr/lib/go-1.26/bin/go
-  if [ ! -x "$GO" ]; then
-    ensure_suites
-    log "unpacking Go 1.26 from trixie-backports into /opt/mapguard/go-1.26"
-    tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download -qq golang-1.26-go/trixie-backports golang-1.26-src/trixie-backports)
-    mkdir -p /opt/mapguard/go-1.26
-    for deb in "$tmp"/*.deb; do dpkg -x "$deb" /opt/mapguard/go-1.26; done
-    rm -rf "$tmp"
-  fi
+  [ -x "$GO" ] || { echo "no Go >= 1.26: run .ci/install-deps.sh (it installs $GO)" >&2; exit 1; }
 fi
 "$GO" version
 
