@@ -40,7 +40,7 @@
 //!     cargo bench -p mapguard-enforcer --bench real_service
 //! ```
 //!
-//! Knobs: `MAPGUARD_BENCH_RUNS` (rounds, 3), `MAPGUARD_BENCH_SECS` (load
+//! Knobs: `MAPGUARD_BENCH_RUNS` (rounds, 5), `MAPGUARD_BENCH_SECS` (load
 //! per run, 10), `MAPGUARD_BENCH_WARMUP_SECS` (3), `MAPGUARD_BENCH_THREADS`
 //! (2), `MAPGUARD_BENCH_CONNECTIONS` (8), `MAPGUARD_BENCH_KEYS` (etcd key
 //! space, 10000), `MAPGUARD_BENCH_SERVICES` (`etcd,caddy`),
@@ -193,7 +193,7 @@ impl Options {
             bail!("wrk needs at least one thread and as many connections as threads");
         }
         Ok(Options {
-            runs: knob("MAPGUARD_BENCH_RUNS", 3usize)?.max(1),
+            runs: knob("MAPGUARD_BENCH_RUNS", 5usize)?.max(1),
             secs: knob("MAPGUARD_BENCH_SECS", 10u64)?.max(1),
             warmup_secs: knob("MAPGUARD_BENCH_WARMUP_SECS", 3u64)?.max(1),
             pressure,
