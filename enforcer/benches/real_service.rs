@@ -415,7 +415,13 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
             let i = (k + round - 1) % count;
             n += 1;
             let scratch = scratch_root.join(format!("{}-{n}", service.name));
-            samples[i].push(run_once(opts, service, &installed, &opts.configs[i], scratch)?);
+            samples[i].push(run_once(
+                opts,
+                service,
+                &installed,
+                &opts.configs[i],
+                scratch,
+            )?);
         }
     }
 
