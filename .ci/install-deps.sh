@@ -73,7 +73,8 @@ llvm=$(basename "$(ls "$S"/libLLVM-*-rust-*.so | head -n1)" .so)
 llvm=${llvm#lib}
 linker=$(command -v bpf-linker || true)
 [ -n "$linker" ] || linker=$HOME/.cargo/bin/bpf-linker
-if [ ! -x "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "lib$llvm.so"; then
+# Built against this nightly: it loads LLVM from the nightly's own lib folder.
+if [ ! -x "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "libLLVM.* => $S/"; then
   log "building bpf-linker 0.13 against $NIGHTLY's own LLVM ($llvm, about 75 s)"
   ver=$(echo "$llvm" | sed -E 's/^LLVM-([0-9]+)-.*/\1/')
   RUSTFLAGS="-L native=$S -l dylib=$llvm -C link-arg=-Wl,-rpath,$S" \
