@@ -1,0 +1,267 @@
+//! `trace`: each Go map race as it happens, in every context and namespace
+//! read, until interrupted.
+//!
+//! The source is the `MapViolation` records: the node agent adds every
+//! violation to its call-site pair's record (`status.count`, with the
+//! latest Pod, container, node, action and time), so a count that grows is
+//! a race that happened, and nothing is lost while the API server was slow
+//! (repeats that the agent merged show as `N times`). What existed when
+//! `trace` started is the baseline and is not printed; a ready line on
+//! stderr says when the baseline of every context is read.
+//!
+//! The agent's `MapRace` Warning Events say the same per Pod; they are not
+//! read here because the records keep every count, while Events can be
+//! switched off and, during an outage, those of more than a few Pods of
+//! one pair are dropped. The one race records miss: a new pair in a
+//! namespace already at the agent's record bound is only an Event
+//! (`kubectl get events --field-selector reason=MapRace`).
+
+use std::io::Write;
+
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use crate::clusters::{Scope, Target};
+use crate::config::{TraceArgs, TraceOutput};
+use crate::error::PluginError;
+use crate::follow::{Change, Follower, fatal, interrupted, watch_all};
+
+/// One or more races of one call-site pair, as `-o json` prints them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Occurrence {
+    /// When the latest of them happened (RFC 3339).
+    pub time: String,
+    pub context: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub node: String,
+    pub kind: String,
+    pub op: String,
+    pub site: String,
+    pub conflicting_op: String,
+    /// `None` when the other side is not on record.
+    pub conflicting_site: Option<String>,
+    /// `audit`, `stopped` or `killed`.
+    pub action: String,
+    /// How many happened since the last line of this record.
+    pub occurrences: i64,
+    /// The record's count after them.
+    pub count: i64,
+    /// The record's name.
+    pub record: String,
+}
+
+impl Occurrence {
+    /// The races `change` shows, if any: a new record's count, or what a
+    /// record's count grew by.
+    pub fn of(change: &Change) -> Option<Occurrence> {
+        let (record, before) = match change {
+            Change::Added(new) => (new, 0),
+            Change::Modified { old, new } => (new, old.count()),
+            Change::Initial(_) | Change::Deleted(_) => return None,
+        };
+        let occurrences = record.count() - before;
+        if occurrences <= 0 {
+            return None;
+        }
+        let status = record.status.clone().unwrap_or_default();
+        Some(Occurrence {
+            time: record
+                .last_seen()
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            context: record.context.clone(),
+            namespace: record.namespace().to_owned(),
+            pod: status.pod,
+            container: status.container,
+            node: status.node,
+            kind: record.spec.kind.clone(),
+            op: record.spec.op.clone(),
+            site: record.spec.site.clone(),
+            conflicting_op: record.spec.conflicting_op.clone(),
+            conflicting_site: record.spec.conflicting_site.clone(),
+            action: status.action,
+            occurrences,
+            count: record.count(),
+            record: record.name().to_owned(),
+        })
+    }
+
+    /// `2026-11-25T19:20:16Z shop/cart-1 (app): concurrent_write: assign at
+    /// main.assigner main.go:38 while delete at main.deleter main.go:26;
+    /// process killed (record concurrent-write-…, node node-a)`, with the
+    /// context in brackets when several are read.
+    pub fn line(&self, name_context: bool) -> String {
+        let context = if name_context {
+            format!("[{}] ", self.context)
+        } else {
+            String::new()
+        };
+        let container = self
+            .container
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" ({c})"));
+        let other = match &self.conflicting_site {
+            Some(site) => format!("while {} at {site}", self.conflicting_op),
+            None => "(the other side is not on record)".to_owned(),
+        };
+        let action = match self.action.as_str() {
+            "audit" => "process left running (audit)".to_owned(),
+            "stopped" => "process stopped (SIGSTOP)".to_owned(),
+            "killed" => "process killed (SIGKILL)".to_owned(),
+            other => format!("action {other}"),
+        };
+        let times = if self.occurrences > 1 {
+            format!(", {} times", self.occurrences)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} {context}{}/{}{container}: {}: {} at {} {other}; {action}{times} (record {}, node {})",
+            self.time,
+            self.namespace,
+            self.pod,
+            self.kind,
+            self.op,
+            self.site,
+            self.record,
+            self.node
+        )
+    }
+}
+
+/// Runs `trace` until Ctrl-C or SIGTERM.
+pub async fn run(
+    args: &TraceArgs,
+    targets: &[Target],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<bool, PluginError> {
+    let several = targets.len() > 1;
+    let mut followers: Vec<Follower> = targets.iter().map(|t| Follower::new(&t.context)).collect();
+    let mut changes = watch_all(targets, args.cluster.selector.as_deref());
+    let mut ready = false;
+    let stop = interrupted();
+    tokio::pin!(stop);
+    loop {
+        let (i, event) = tokio::select! {
+            () = &mut stop => return Ok(true),
+            next = changes.next() => match next {
+                Some(item) => item,
+                None => return Ok(true),
+            },
+        };
+        let target = &targets[i];
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => match fatal(target, &e) {
+                Some(fatal) => return Err(fatal),
+                None => {
+                    writeln!(err, "warning: context {:?}: {e}; retrying", target.context)?;
+                    continue;
+                }
+            },
+        };
+        for change in followers[i].on(event) {
+            if let Some(occurrence) = Occurrence::of(&change) {
+                match args.output {
+                    TraceOutput::Text => writeln!(out, "{}", occurrence.line(several))?,
+                    TraceOutput::Json => {
+                        serde_json::to_writer(&mut *out, &occurrence)
+                            .map_err(std::io::Error::from)?;
+                        writeln!(out)?;
+                    }
+                }
+                out.flush()?;
+            }
+        }
+        if !ready && followers.iter().all(Follower::synced) {
+            ready = true;
+            writeln!(err, "{}", ready_line(targets))?;
+            err.flush()?;
+        }
+    }
+}
+
+/// `Tracing Go map races in all namespaces of contexts east, west; Ctrl-C to stop.`
+fn ready_line(targets: &[Target]) -> String {
+    let scopes: Vec<String> = targets
+        .iter()
+        .map(|t| match &t.scope {
+            Scope::All => format!("all namespaces of {}", t.context),
+            Scope::Namespace(ns) => format!("namespace {ns} of {}", t.context),
+        })
+        .collect();
+    format!(
+        "Tracing Go map races in {} (from now on); Ctrl-C to stop.",
+        scopes.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Record;
+    use serde_json::json;
+
+    fn record(rv: &str, count: i64, conflicting: Option<&str>) -> Record {
+        Record::new(
+            "east",
+            serde_json::from_value(json!({
+                "metadata": {"name": "concurrent-write-1", "namespace": "shop", "resourceVersion": rv},
+                "spec": {"kind": "concurrent_write", "op": "assign", "conflictingOp": "delete",
+                         "site": "main.assigner main.go:38", "conflictingSite": conflicting},
+                "status": {"count": count, "lastSeen": "2026-11-25T19:20:16Z", "action": "killed",
+                           "pod": "cart-1", "container": "app", "node": "node-a"},
+            }))
+            .expect("a DynamicObject"),
+        )
+    }
+
+    #[test]
+    fn a_grown_count_is_a_line_with_both_sites_and_the_action() {
+        let old = record("1", 2, Some("main.deleter main.go:26"));
+        let new = record("2", 5, Some("main.deleter main.go:26"));
+        let o = Occurrence::of(&Change::Modified { old, new }).expect("3 races");
+        assert_eq!(o.occurrences, 3);
+        assert_eq!(
+            o.line(false),
+            "2026-11-25T19:20:16Z shop/cart-1 (app): concurrent_write: assign at main.assigner \
+             main.go:38 while delete at main.deleter main.go:26; process killed (SIGKILL), 3 times \
+             (record concurrent-write-1, node node-a)"
+        );
+        let one_sided = Occurrence::of(&Change::Added(record("3", 1, None))).expect("1 race");
+        assert_eq!(one_sided.occurrences, 1);
+        assert!(
+            one_sided.line(true).starts_with(
+                "2026-11-25T19:20:16Z [east] shop/cart-1 (app): concurrent_write: assign at \
+                 main.assigner main.go:38 (the other side is not on record); process killed (SIGKILL) (record"
+            ),
+            "{}",
+            one_sided.line(true)
+        );
+    }
+
+    #[test]
+    fn records_without_new_races_print_nothing() {
+        let same = record("1", 2, None);
+        assert_eq!(
+            Occurrence::of(&Change::Modified {
+                old: same.clone(),
+                new: record("2", 2, None)
+            }),
+            None,
+            "a status rewrite without a new race"
+        );
+        let mut fresh = same.clone();
+        fresh.status = None;
+        assert_eq!(
+            Occurrence::of(&Change::Added(fresh)),
+            None,
+            "created, no status yet"
+        );
+        assert_eq!(Occurrence::of(&Change::Deleted(same.clone())), None);
+        assert_eq!(Occurrence::of(&Change::Initial(vec![same])), None);
+    }
+}
