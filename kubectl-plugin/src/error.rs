@@ -111,7 +111,10 @@ impl PluginError {
         where_: &str,
         status: &kube::core::Status,
     ) -> Option<Self> {
-        if status.is_forbidden() {
+        // By code: a path the API server does not serve answers a plain
+        // "404 page not found", which kube reads into a Status whose reason
+        // is not NotFound.
+        if status.code == 403 || status.is_forbidden() {
             Some(PluginError::Forbidden {
                 context: context.to_owned(),
                 who: user_in(&status.message).unwrap_or_else(|| "you".to_owned()),
@@ -119,7 +122,7 @@ impl PluginError {
                 where_: where_.to_owned(),
                 detail: format!("; the API server said: {}", status.message),
             })
-        } else if status.is_not_found() && verb != "delete" {
+        } else if (status.code == 404 || status.is_not_found()) && verb != "delete" {
             Some(PluginError::NoCrd {
                 context: context.to_owned(),
             })
