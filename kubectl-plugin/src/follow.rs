@@ -28,8 +28,9 @@ pub enum Change {
     /// seen first).
     Initial(Vec<Record>),
     Added(Record),
+    /// A record changed; `old_count` is its count before the change.
     Modified {
-        old: Record,
+        old_count: i64,
         new: Record,
     },
     Deleted(Record),
@@ -94,7 +95,10 @@ impl Follower {
         match self.known.insert(key(&record), record.clone()) {
             None => Some(Change::Added(record)),
             Some(old) if same_version(&old, &record) => None,
-            Some(old) => Some(Change::Modified { old, new: record }),
+            Some(old) => Some(Change::Modified {
+                old_count: old.count(),
+                new: record,
+            }),
         }
     }
 
@@ -196,8 +200,8 @@ mod tests {
                     rs.iter().map(Record::name).collect::<Vec<_>>().join(",")
                 ),
                 Change::Added(r) => format!("added {}", r.name()),
-                Change::Modified { old, new } => {
-                    format!("modified {} {}->{}", new.name(), old.count(), new.count())
+                Change::Modified { old_count, new } => {
+                    format!("modified {} {}->{}", new.name(), old_count, new.count())
                 }
                 Change::Deleted(r) => format!("deleted {}", r.name()),
             })
