@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use crate::diagnostic::one_line;
 use crate::subject::{self, ReviewError, Subject};
-use crate::{Action, NamespaceData, PolicyInfo, PolicySet, patch};
+use crate::{Action, NamespaceData, PolicyInfo, PolicySet, gatekeeper, patch};
 
 /// One message of one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,6 +66,9 @@ pub enum EvalError {
         policy: String,
         source: patch::PatchError,
     },
+    /// A Gatekeeper constraint could not tell whether it applies.
+    #[error("constraint {constraint}: {message}")]
+    Constraint { constraint: String, message: String },
     #[error("the policy engine failed internally: {0}")]
     Internal(String),
     #[error("namespace data cannot be loaded into the engine: {0}")]
@@ -79,6 +82,8 @@ struct Cached {
     set_id: u64,
     ns_version: u64,
     engine: Engine,
+    /// One engine per Gatekeeper template of the set.
+    templates: Vec<Engine>,
 }
 
 const CACHED_ENGINES_PER_THREAD: usize = 4;
@@ -121,6 +126,15 @@ impl PolicySet {
         let deadline = timeout.map(|t| (Instant::now() + t, t));
         let input = <regorus::Value as serde::Deserialize>::deserialize(&*unpacked.input)
             .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e.to_string())))?;
+        // Gatekeeper constraints judge the request as sent (not the Pod of
+        // a controller's template).
+        let gatekeeper_review = match review.get("request") {
+            Some(request) if !self.inner.gatekeeper.constraints.is_empty() => {
+                gatekeeper::Review::new(request)
+                    .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e)))?
+            }
+            _ => None,
+        };
         let mut collector = Collector {
             label: unpacked
                 .template_pointer
@@ -132,7 +146,7 @@ impl PolicySet {
         };
 
         let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.with_engine(ns, |engine| -> Result<(), EvalError> {
+            self.with_engine(ns, |engine, templates| -> Result<(), EvalError> {
                 engine.set_input(input);
                 for policy in &self.inner.policies {
                     for (rule, rule_path) in &policy.rules {
@@ -142,11 +156,20 @@ impl PolicySet {
                                 e.downcast_ref::<LimitError>(),
                                 Some(LimitError::TimeLimitExceeded { .. })
                             );
-                            rule_error(&e, timed_out, policy, rule_path, deadline)
+                            rule_error(&e, timed_out, &policy.package, rule_path, deadline)
                         })?;
                         let items = set_items(&value, &policy.package, rule_path)?;
                         collector.record(policy, rule, items)?;
                     }
+                }
+                if let Some(review) = &gatekeeper_review {
+                    self.judge_constraints(
+                        templates,
+                        review,
+                        ns,
+                        deadline,
+                        &mut *collector.decision,
+                    )?;
                 }
                 Ok(())
             })
@@ -168,11 +191,61 @@ impl PolicySet {
         Ok(decision)
     }
 
+    /// Every Gatekeeper constraint that selects the review, on its
+    /// template's engine; findings are named `Kind name`.
+    fn judge_constraints(
+        &self,
+        templates: &mut [Engine],
+        review: &gatekeeper::Review,
+        ns: &NamespaceData,
+        deadline: Option<(Instant, Duration)>,
+        decision: &mut Decision,
+    ) -> Result<(), EvalError> {
+        let gatekeeper = &self.inner.gatekeeper;
+        for constraint in &gatekeeper.constraints {
+            let label = constraint.info.label();
+            let selected =
+                constraint
+                    .selects(review, ns)
+                    .map_err(|message| EvalError::Constraint {
+                        constraint: label.clone(),
+                        message,
+                    })?;
+            if !selected {
+                continue;
+            }
+            let rule = &gatekeeper.templates[constraint.template].rule;
+            let engine = &mut templates[constraint.template];
+            set_budget(engine, deadline, &label)?;
+            engine.set_input(constraint.input(review));
+            let value = engine.eval_rule(rule.clone()).map_err(|e| {
+                let timed_out = matches!(
+                    e.downcast_ref::<LimitError>(),
+                    Some(LimitError::TimeLimitExceeded { .. })
+                );
+                rule_error(&e, timed_out, &label, rule, deadline)
+            })?;
+            for item in set_items(&value, &label, rule)? {
+                let finding = Finding {
+                    policy: label.clone(),
+                    message: message_of(&item),
+                    action: constraint.info.action,
+                };
+                match constraint.info.action {
+                    Action::Deny => decision.denials.push(finding),
+                    Action::Warn => decision.warnings.push(finding),
+                    Action::DryRun => decision.dry_run.push(finding),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on this thread's engine for this set and namespace data.
     fn with_engine<R>(
         &self,
         ns: &NamespaceData,
-        f: impl FnOnce(&mut Engine) -> R,
+        f: impl FnOnce(&mut Engine, &mut [Engine]) -> R,
     ) -> Result<R, EvalError> {
         ENGINES.with(|cell| {
             let mut engines = cell.borrow_mut();
@@ -186,6 +259,7 @@ impl PolicySet {
                         set_id: self.inner.id,
                         ns_version: 0,
                         engine: self.inner.engine.clone(),
+                        templates: self.inner.gatekeeper.engines(),
                     });
                     engines.len() - 1
                 }
@@ -201,7 +275,7 @@ impl PolicySet {
                 cached.engine = engine;
                 cached.ns_version = ns.version();
             }
-            Ok(f(&mut cached.engine))
+            Ok(f(&mut cached.engine, &mut cached.templates))
         })
     }
 }
@@ -292,17 +366,17 @@ impl Collector<'_> {
 fn rule_error(
     error: &dyn std::fmt::Display,
     timed_out: bool,
-    policy: &PolicyInfo,
+    policy: &str,
     rule_path: &str,
     deadline: Option<(Instant, Duration)>,
 ) -> EvalError {
     match deadline {
         Some((_, limit)) if timed_out => EvalError::Timeout {
-            policy: policy.package.clone(),
+            policy: policy.to_string(),
             limit,
         },
         _ => EvalError::Rego {
-            policy: policy.package.clone(),
+            policy: policy.to_string(),
             rule: rule_path.to_string(),
             message: one_line(&format!("{error:#}")),
         },

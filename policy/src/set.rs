@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use regorus::Engine;
 
 use crate::diagnostic::one_line;
+use crate::gatekeeper::{self, ConstraintInfo, Gatekeeper, GatekeeperError, Unsupported};
 use crate::{Action, EngineConfig};
-use compile::{collect_rego, compile, is_test_file, test_rule_names};
+use compile::{collect_sources, compile, is_test_file, test_rule_names};
 
 /// The decision rules a policy package may declare.
 pub(crate) const DECISION_RULES: [&str; 3] = ["deny", "warn", "patch"];
@@ -85,6 +86,8 @@ pub(crate) struct Inner {
     pub policies: Vec<PolicyInfo>,
     pub tests: Vec<TestCase>,
     pub config: EngineConfig,
+    /// ConstraintTemplates and Constraints.
+    pub gatekeeper: Gatekeeper,
 }
 
 /// A compiled, immutable set of policies; cloning is cheap.
@@ -115,8 +118,12 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no *.rego files found in {0}")]
+    #[error("no *.rego files or Gatekeeper ConstraintTemplates found in {0}")]
     Empty(PathBuf),
+    #[error("invalid YAML in {path}: {message}")]
+    Yaml { path: String, message: String },
+    #[error(transparent)]
+    Gatekeeper(#[from] GatekeeperError),
     /// `message` is one line, starting with `path:line:col:` when regorus
     /// gives a location.
     #[error("invalid policy file {path}: {message}")]
@@ -138,23 +145,31 @@ pub enum LoadError {
 }
 
 impl PolicySet {
-    /// Compiles every `*.rego` file under `dir` (recursively, in path order).
+    /// Compiles every `*.rego` file under `dir` (recursively, in path order)
+    /// and the Gatekeeper ConstraintTemplates and Constraints of its
+    /// `*.yaml`/`*.yml` files (other YAML documents are ignored).
     pub fn load_dir(dir: &Path, config: &EngineConfig) -> Result<PolicySet, LoadError> {
         let mut files = Vec::new();
-        collect_rego(dir, &mut files)?;
-        if files.is_empty() {
-            return Err(LoadError::Empty(dir.to_path_buf()));
-        }
+        collect_sources(dir, &mut files)?;
         files.sort();
-        let mut sources = Vec::with_capacity(files.len());
+        let mut sources = Vec::new();
+        let mut documents = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFile {
                 path: file.clone(),
                 source,
             })?;
-            sources.push((file.display().to_string(), text));
+            let path = file.display().to_string();
+            if file.extension().is_some_and(|e| e == "rego") {
+                sources.push((path, text));
+            } else {
+                documents.extend(gatekeeper_documents(&path, &text)?);
+            }
         }
-        Self::from_sources(sources, config)
+        if sources.is_empty() && documents.is_empty() {
+            return Err(LoadError::Empty(dir.to_path_buf()));
+        }
+        Self::from_parts(sources, &documents, config)
     }
 
     /// The default policies (`policies/*.rego` of this repository, tests included).
@@ -172,6 +187,16 @@ impl PolicySet {
         sources: Vec<(String, String)>,
         config: &EngineConfig,
     ) -> Result<PolicySet, LoadError> {
+        Self::from_parts(sources, &[], config)
+    }
+
+    /// Compiles `(path, rego)` pairs and Gatekeeper `(path, document)` pairs.
+    pub fn from_parts(
+        sources: Vec<(String, String)>,
+        gatekeeper_documents: &[(String, serde_json::Value)],
+        config: &EngineConfig,
+    ) -> Result<PolicySet, LoadError> {
+        let gatekeeper = Gatekeeper::from_documents(gatekeeper_documents)?;
         // Everything, for the test runner; errors name their file.
         let (test_engine, packages) = compile(&sources)?;
         // Test files stay out of the evaluation engine: with regorus every
@@ -259,6 +284,7 @@ impl PolicySet {
                 policies,
                 tests,
                 config: config.clone(),
+                gatekeeper,
             }),
         })
     }
@@ -266,6 +292,16 @@ impl PolicySet {
     /// The policy packages, in load order.
     pub fn policies(&self) -> &[PolicyInfo] {
         &self.inner.policies
+    }
+
+    /// The Gatekeeper constraints, in load order.
+    pub fn constraints(&self) -> impl Iterator<Item = &ConstraintInfo> {
+        self.inner.gatekeeper.constraints.iter().map(|c| &c.info)
+    }
+
+    /// ConstraintTemplates read but not run (CEL only).
+    pub fn unsupported_templates(&self) -> &[Unsupported] {
+        &self.inner.gatekeeper.unsupported
     }
 
     /// The configuration the set was built with.
@@ -277,6 +313,28 @@ impl PolicySet {
     pub fn test_count(&self) -> usize {
         self.inner.tests.len()
     }
+}
+
+/// The Gatekeeper documents of one YAML file (every other document is
+/// ignored: a policies folder may hold other YAML).
+fn gatekeeper_documents(
+    path: &str,
+    text: &str,
+) -> Result<Vec<(String, serde_json::Value)>, LoadError> {
+    let mut out = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value =
+            <serde_json::Value as serde::Deserialize>::deserialize(document).map_err(|e| {
+                LoadError::Yaml {
+                    path: path.to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+        if gatekeeper::is_gatekeeper(&value) {
+            out.push((path.to_string(), value));
+        }
+    }
+    Ok(out)
 }
 
 /// The `enforcement` rule of a package, if it declares one.

@@ -81,7 +81,8 @@ pub(super) fn test_rule_names(rego: &str) -> Vec<String> {
     names
 }
 
-pub(super) fn collect_rego(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+/// Every `*.rego`, `*.yaml` and `*.yml` file under `dir`, hidden ones left out.
+pub(super) fn collect_sources(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|source| LoadError::ReadDir {
         path: dir.to_path_buf(),
         source,
@@ -96,8 +97,11 @@ pub(super) fn collect_rego(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Loa
             continue;
         }
         if path.is_dir() {
-            collect_rego(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "rego") {
+            collect_sources(&path, out)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "rego" || e == "yaml" || e == "yml")
+        {
             out.push(path);
         }
     }

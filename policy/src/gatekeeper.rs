@@ -1,0 +1,346 @@
+//! Gatekeeper policies, unchanged: ConstraintTemplates and their
+//! Constraints read from YAML in the policies folder, next to mapguard's
+//! own `*.rego`.
+//!
+//! Each template is compiled into an engine of its own ([`template`]), in
+//! the Rego version it is written in. Each constraint names its template by
+//! kind, carries parameters checked against the template's schema, a
+//! `spec.match` ([`matching`]) and an `enforcementAction`. A review is
+//! judged by every constraint whose match selects the reviewed object:
+//! `data.<package>.violation` is evaluated with
+//! `input = {"review": <AdmissionRequest>, "parameters": ...}`, and each
+//! element's `msg` is a finding named `<Kind> <constraint name>`.
+
+mod matching;
+mod template;
+
+use std::collections::BTreeMap;
+
+use regorus::Engine;
+use serde_json::Value as Json;
+
+use crate::Action;
+use crate::NamespaceData;
+use matching::{Match, MatchSpec, Target};
+pub use template::Syntax;
+use template::{Loaded, Template, TemplateError};
+
+const TEMPLATES_GROUP: &str = "templates.gatekeeper.sh/";
+const CONSTRAINTS_GROUP: &str = "constraints.gatekeeper.sh/";
+
+/// One constraint, as listed to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConstraintInfo {
+    /// Its kind, the template's (`K8sPSPPrivilegedContainer`).
+    pub kind: String,
+    pub name: String,
+    /// File it came from.
+    pub path: String,
+    pub action: Action,
+}
+
+impl ConstraintInfo {
+    /// How findings name it: `K8sPSPPrivilegedContainer psp-privileged`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.kind, self.name)
+    }
+}
+
+/// A template that was read but cannot run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub path: String,
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Constraint {
+    pub info: ConstraintInfo,
+    /// Index of its template.
+    pub template: usize,
+    matcher: Match,
+    parameters: regorus::Value,
+}
+
+/// Why the Gatekeeper documents of a folder cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatekeeperError {
+    #[error("{path}: {source}")]
+    Template {
+        path: String,
+        #[source]
+        source: TemplateErrorText,
+    },
+    #[error("{path}: {kind} {name}: {message}")]
+    Constraint {
+        path: String,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error("{path}: ConstraintTemplates {first_path} and {path} both define kind {kind}")]
+    DuplicateKind {
+        path: String,
+        first_path: String,
+        kind: String,
+    },
+}
+
+/// A template's error, as text (the compiled parts are not kept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateErrorText(String);
+
+impl From<TemplateError> for TemplateErrorText {
+    fn from(e: TemplateError) -> Self {
+        TemplateErrorText(e.to_string())
+    }
+}
+
+/// Whether a YAML document is Gatekeeper's, by its `apiVersion`.
+pub(crate) fn is_gatekeeper(doc: &Json) -> bool {
+    doc.get("apiVersion")
+        .and_then(Json::as_str)
+        .is_some_and(|v| v.starts_with(TEMPLATES_GROUP) || v.starts_with(CONSTRAINTS_GROUP))
+}
+
+/// The templates and constraints of one policy set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Gatekeeper {
+    pub templates: Vec<Template>,
+    pub constraints: Vec<Constraint>,
+    pub unsupported: Vec<Unsupported>,
+}
+
+impl Gatekeeper {
+    /// Builds the set from `(path, document)` pairs; templates first, then
+    /// the constraints that name them.
+    pub(crate) fn from_documents(docs: &[(String, Json)]) -> Result<Gatekeeper, GatekeeperError> {
+        let mut set = Gatekeeper::default();
+        let api_version = |d: &Json| {
+            d.get("apiVersion")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        for (path, doc) in docs {
+            if !api_version(doc).starts_with(TEMPLATES_GROUP) {
+                continue;
+            }
+            let loaded = template::load(path, doc).map_err(|e| GatekeeperError::Template {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            let kind = match &loaded {
+                Loaded::Template(t) => &t.kind,
+                Loaded::Unsupported { kind, .. } => kind,
+            };
+            let first = set
+                .templates
+                .iter()
+                .find(|t| &t.kind == kind)
+                .map(|t| t.path.clone())
+                .or_else(|| {
+                    set.unsupported
+                        .iter()
+                        .find(|u| &u.kind == kind)
+                        .map(|u| u.path.clone())
+                });
+            if let Some(first_path) = first {
+                return Err(GatekeeperError::DuplicateKind {
+                    path: path.clone(),
+                    first_path,
+                    kind: kind.clone(),
+                });
+            }
+            match loaded {
+                Loaded::Template(t) => set.templates.push(*t),
+                Loaded::Unsupported { kind, reason } => {
+                    tracing::warn!(%path, %kind, %reason, "ConstraintTemplate skipped");
+                    set.unsupported.push(Unsupported {
+                        path: path.clone(),
+                        kind,
+                        reason,
+                    });
+                }
+            }
+        }
+        for (path, doc) in docs {
+            if api_version(doc).starts_with(CONSTRAINTS_GROUP)
+                && let Some(constraint) = set.constraint(path, doc)?
+            {
+                set.constraints.push(constraint);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Reads one constraint; `None` for a constraint of a skipped template.
+    fn constraint(&self, path: &str, doc: &Json) -> Result<Option<Constraint>, GatekeeperError> {
+        let kind = doc.get("kind").and_then(Json::as_str).unwrap_or("");
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Json::as_str)
+            .unwrap_or("<unnamed>");
+        let err = |message: String| GatekeeperError::Constraint {
+            path: path.to_string(),
+            kind: kind.to_string(),
+            name: name.to_string(),
+            message,
+        };
+        if self.unsupported.iter().any(|u| u.kind == kind) {
+            tracing::warn!(%path, %kind, %name, "constraint skipped: its template is not supported");
+            return Ok(None);
+        }
+        let Some(template) = self.templates.iter().position(|t| t.kind == kind) else {
+            let known: Vec<&str> = self.templates.iter().map(|t| t.kind.as_str()).collect();
+            return Err(err(format!(
+                "no ConstraintTemplate defines kind {kind:?} (templates loaded: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let action = match doc
+            .pointer("/spec/enforcementAction")
+            .and_then(Json::as_str)
+        {
+            None | Some("") | Some("deny") => Action::Deny,
+            Some("dryrun") => Action::DryRun,
+            Some("warn") => Action::Warn,
+            Some("scoped") => {
+                return Err(err(
+                    "enforcementAction \"scoped\" (per enforcement point) is not supported; use deny, dryrun or warn".into(),
+                ));
+            }
+            Some(other) => {
+                return Err(err(format!(
+                    "enforcementAction must be deny, dryrun or warn, found {other:?}"
+                )));
+            }
+        };
+        let spec: MatchSpec = match doc.pointer("/spec/match") {
+            None | Some(Json::Null) => MatchSpec::default(),
+            Some(m) => {
+                serde_json::from_value(m.clone()).map_err(|e| err(format!("spec.match: {e}")))?
+            }
+        };
+        let matcher = Match::new(spec).map_err(|e| err(format!("spec.match: {e}")))?;
+        let parameters = doc
+            .pointer("/spec/parameters")
+            .cloned()
+            .unwrap_or(Json::Null);
+        if let Some(schema) = &self.templates[template].schema {
+            let problems: Vec<String> = schema
+                .iter_errors(&parameters)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
+                })
+                .collect();
+            if !problems.is_empty() && !parameters.is_null() {
+                return Err(err(format!(
+                    "spec.parameters do not match the template's schema: {}",
+                    problems.join("; ")
+                )));
+            }
+        }
+        let parameters = <regorus::Value as serde::Deserialize>::deserialize(&parameters)
+            .map_err(|e| err(format!("spec.parameters: {e}")))?;
+        Ok(Some(Constraint {
+            info: ConstraintInfo {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                path: path.to_string(),
+                action,
+            },
+            template,
+            matcher,
+            parameters,
+        }))
+    }
+
+    /// Fresh engines for one thread: one per template.
+    pub(crate) fn engines(&self) -> Vec<Engine> {
+        self.templates.iter().map(|t| t.engine.clone()).collect()
+    }
+}
+
+/// What the constraints are judged against, from one AdmissionRequest.
+pub(crate) struct Review<'a> {
+    group: &'a str,
+    kind: &'a str,
+    object: &'a Json,
+    namespace: &'a str,
+    /// `request` for the engines, converted once.
+    input: regorus::Value,
+}
+
+impl<'a> Review<'a> {
+    /// `None` when the request carries no object to match (nothing to judge).
+    pub(crate) fn new(request: &'a Json) -> Result<Option<Review<'a>>, String> {
+        let object = match request
+            .get("object")
+            .filter(|o| o.is_object())
+            .or_else(|| request.get("oldObject").filter(|o| o.is_object()))
+        {
+            Some(o) => o,
+            None => return Ok(None),
+        };
+        let str_at = |p: &str| request.pointer(p).and_then(Json::as_str).unwrap_or("");
+        let namespace = match str_at("/namespace") {
+            "" => object
+                .pointer("/metadata/namespace")
+                .and_then(Json::as_str)
+                .unwrap_or(""),
+            ns => ns,
+        };
+        // As Gatekeeper does: a DELETE's policies see the deleted object
+        // (the API server sends it as `oldObject`) as `object` too.
+        let deleted = request.get("operation").and_then(Json::as_str) == Some("DELETE")
+            && !request.get("object").is_some_and(Json::is_object);
+        let input = if deleted {
+            let mut request = request.clone();
+            request["object"] = object.clone();
+            <regorus::Value as serde::Deserialize>::deserialize(&request)
+        } else {
+            <regorus::Value as serde::Deserialize>::deserialize(request)
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Some(Review {
+            group: str_at("/kind/group"),
+            kind: str_at("/kind/kind"),
+            object,
+            namespace,
+            input,
+        }))
+    }
+}
+
+impl Constraint {
+    /// Whether this constraint selects the review.
+    pub(crate) fn selects(&self, review: &Review, ns: &NamespaceData) -> Result<bool, String> {
+        let target = Target {
+            group: review.group,
+            kind: review.kind,
+            object: review.object,
+            namespace: review.namespace,
+        };
+        self.matcher.matches(&target, ns).map_err(|e| e.to_string())
+    }
+
+    /// Gatekeeper's input: `{"review": <request>, "parameters": ...}`.
+    pub(crate) fn input(&self, review: &Review) -> regorus::Value {
+        let mut input = BTreeMap::new();
+        input.insert(regorus::Value::from("review"), review.input.clone());
+        input.insert(regorus::Value::from("parameters"), self.parameters.clone());
+        regorus::Value::from(input)
+    }
+}
