@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mapguard_policy::{Decision, EngineConfig, Finding, NamespaceData, PolicySet, Subject};
+use mapguard_policy::{
+    Decision, EngineConfig, Finding, Inventory, NamespaceData, PolicySet, Subject,
+};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -107,21 +109,31 @@ pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
         "checking"
     );
 
+    let reviews: Vec<Json> = manifests
+        .iter()
+        .enumerate()
+        .map(|(index, manifest)| {
+            create_review(
+                &manifest.object,
+                &args.namespace,
+                &format!("mapguard-ci-{index}"),
+            )
+        })
+        .collect();
+    // Referential Gatekeeper templates see the manifests being checked as
+    // the cluster's objects (`data.inventory`), namespaces filled in.
+    let inventory = Inventory::from_objects(reviews.iter().map(|r| &r["request"]["object"]));
+
     let mut results = Vec::with_capacity(manifests.len());
     let mut summary = Summary::default();
-    for (index, manifest) in manifests.into_iter().enumerate() {
-        let review = create_review(
-            &manifest.object,
-            &args.namespace,
-            &format!("mapguard-ci-{index}"),
-        );
-        let decision: Decision =
-            set.evaluate(&review, &namespaces)
-                .map_err(|source| CliError::Eval {
-                    file: manifest.file.clone(),
-                    document: manifest.document,
-                    source,
-                })?;
+    for (manifest, review) in manifests.into_iter().zip(&reviews) {
+        let decision: Decision = set
+            .evaluate_with(review, &namespaces, &inventory, set.config().eval_timeout)
+            .map_err(|source| CliError::Eval {
+                file: manifest.file.clone(),
+                document: manifest.document,
+                source,
+            })?;
         summary.objects += 1;
         summary.denied += usize::from(!decision.allowed);
         summary.warnings += decision.warnings.len();

@@ -12,7 +12,7 @@ pub mod check;
 pub mod config;
 pub mod manifests;
 pub mod policy_test;
-pub mod review;
+pub use mapguard_policy::review;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,6 +50,8 @@ pub enum CliError {
     },
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Suite(String),
 }
 
 /// Runs the command; errors are printed to `err` and give exit status 2.

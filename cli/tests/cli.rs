@@ -335,3 +335,63 @@ fn enforcement_and_exemption_flags_override() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(stdout(&out).contains("SKIP"), "{}", stdout(&out));
 }
+
+#[test]
+fn gatekeeper_constraints_judge_manifests_with_the_manifests_as_inventory() {
+    let dir = temp_dir("gatekeeper");
+    std::fs::write(
+        dir.join("ingresses.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  rules:\n    - host: a.example.com\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: api\nspec:\n  rules:\n    - host: a.example.com\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: other\n  namespace: shop\nspec:\n  rules:\n    - host: b.example.com\n",
+    )
+    .expect("write");
+    let manifests = dir.join("ingresses.yaml");
+    let out = mapguard(&[
+        "check",
+        "--policies",
+        "policy/tests/fixtures/gator/unique-host",
+        "-f",
+        manifests.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    let at = manifests.display();
+    assert!(
+        text.contains(&format!(
+            "DENY   {at}[0] Ingress shop/web (K8sUniqueIngressHostDemo unique-hosts): host a.example.com is already served by default/api\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "DENY   {at}[1] Ingress default/api (K8sUniqueIngressHostDemo unique-hosts): host a.example.com is already served by shop/web\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("OK     {at}[2] Ingress shop/other")),
+        "{text}"
+    );
+}
+
+#[test]
+fn policy_test_runs_gator_suites() {
+    let out = mapguard(&["policy", "test", "policy/tests/fixtures/gator"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).ends_with("7 passed, 0 failed, 2 skipped\n"),
+        "{}",
+        stdout(&out)
+    );
+}

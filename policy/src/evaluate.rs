@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use crate::diagnostic::one_line;
 use crate::subject::{self, ReviewError, Subject};
-use crate::{Action, NamespaceData, PolicyInfo, PolicySet, gatekeeper, patch};
+use crate::{Action, Inventory, NamespaceData, PolicyInfo, PolicySet, gatekeeper, patch};
 
 /// One message of one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,8 +82,10 @@ struct Cached {
     set_id: u64,
     ns_version: u64,
     engine: Engine,
-    /// One engine per Gatekeeper template of the set.
+    /// One engine per Gatekeeper template of the set, holding the
+    /// inventory of `inventory_version`.
     templates: Vec<Engine>,
+    inventory_version: u64,
 }
 
 const CACHED_ENGINES_PER_THREAD: usize = 4;
@@ -107,6 +109,18 @@ impl PolicySet {
         &self,
         review: &Json,
         ns: &NamespaceData,
+        timeout: Option<Duration>,
+    ) -> Result<Decision, EvalError> {
+        self.evaluate_with(review, ns, &Inventory::default(), timeout)
+    }
+
+    /// As [`PolicySet::evaluate_with_timeout`], with `inventory` as
+    /// `data.inventory` for the Gatekeeper templates.
+    pub fn evaluate_with(
+        &self,
+        review: &Json,
+        ns: &NamespaceData,
+        inventory: &Inventory,
         timeout: Option<Duration>,
     ) -> Result<Decision, EvalError> {
         let unpacked = subject::unpack(review)?;
@@ -146,33 +160,37 @@ impl PolicySet {
         };
 
         let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.with_engine(ns, |engine, templates| -> Result<(), EvalError> {
-                engine.set_input(input);
-                for policy in &self.inner.policies {
-                    for (rule, rule_path) in &policy.rules {
-                        set_budget(engine, deadline, &policy.package)?;
-                        let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
-                            let timed_out = matches!(
-                                e.downcast_ref::<LimitError>(),
-                                Some(LimitError::TimeLimitExceeded { .. })
-                            );
-                            rule_error(&e, timed_out, &policy.package, rule_path, deadline)
-                        })?;
-                        let items = set_items(&value, &policy.package, rule_path)?;
-                        collector.record(policy, rule, items)?;
+            self.with_engine(
+                ns,
+                inventory,
+                |engine, templates| -> Result<(), EvalError> {
+                    engine.set_input(input);
+                    for policy in &self.inner.policies {
+                        for (rule, rule_path) in &policy.rules {
+                            set_budget(engine, deadline, &policy.package)?;
+                            let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
+                                let timed_out = matches!(
+                                    e.downcast_ref::<LimitError>(),
+                                    Some(LimitError::TimeLimitExceeded { .. })
+                                );
+                                rule_error(&e, timed_out, &policy.package, rule_path, deadline)
+                            })?;
+                            let items = set_items(&value, &policy.package, rule_path)?;
+                            collector.record(policy, rule, items)?;
+                        }
                     }
-                }
-                if let Some(review) = &gatekeeper_review {
-                    self.judge_constraints(
-                        templates,
-                        review,
-                        ns,
-                        deadline,
-                        &mut *collector.decision,
-                    )?;
-                }
-                Ok(())
-            })
+                    if let Some(review) = &gatekeeper_review {
+                        self.judge_constraints(
+                            templates,
+                            review,
+                            ns,
+                            deadline,
+                            &mut *collector.decision,
+                        )?;
+                    }
+                    Ok(())
+                },
+            )
         }));
         match judged {
             Ok(result) => result??,
@@ -245,6 +263,7 @@ impl PolicySet {
     fn with_engine<R>(
         &self,
         ns: &NamespaceData,
+        inventory: &Inventory,
         f: impl FnOnce(&mut Engine, &mut [Engine]) -> R,
     ) -> Result<R, EvalError> {
         ENGINES.with(|cell| {
@@ -259,7 +278,12 @@ impl PolicySet {
                         set_id: self.inner.id,
                         ns_version: 0,
                         engine: self.inner.engine.clone(),
-                        templates: self.inner.gatekeeper.engines(),
+                        templates: self
+                            .inner
+                            .gatekeeper
+                            .engines(&Inventory::default())
+                            .map_err(EvalError::Data)?,
+                        inventory_version: 0,
                     });
                     engines.len() - 1
                 }
@@ -274,6 +298,14 @@ impl PolicySet {
                 }
                 cached.engine = engine;
                 cached.ns_version = ns.version();
+            }
+            if cached.inventory_version != inventory.version() {
+                cached.templates = self
+                    .inner
+                    .gatekeeper
+                    .engines(inventory)
+                    .map_err(EvalError::Data)?;
+                cached.inventory_version = inventory.version();
             }
             Ok(f(&mut cached.engine, &mut cached.templates))
         })

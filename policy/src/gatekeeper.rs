@@ -11,7 +11,9 @@
 //! `input = {"review": <AdmissionRequest>, "parameters": ...}`, and each
 //! element's `msg` is a finding named `<Kind> <constraint name>`.
 
+mod inventory;
 mod matching;
+pub mod suite;
 mod template;
 
 use std::collections::BTreeMap;
@@ -21,6 +23,7 @@ use serde_json::Value as Json;
 
 use crate::Action;
 use crate::NamespaceData;
+pub use inventory::Inventory;
 use matching::{Match, MatchSpec, Target};
 pub use template::Syntax;
 use template::{Loaded, Template, TemplateError};
@@ -96,6 +99,15 @@ impl From<TemplateError> for TemplateErrorText {
     fn from(e: TemplateError) -> Self {
         TemplateErrorText(e.to_string())
     }
+}
+
+/// Whether a YAML document is a gator `Suite`.
+pub(crate) fn is_suite(doc: &Json) -> bool {
+    doc.get("kind").and_then(Json::as_str) == Some("Suite")
+        && doc
+            .get("apiVersion")
+            .and_then(Json::as_str)
+            .is_some_and(|v| v.starts_with("test.gatekeeper.sh/"))
 }
 
 /// Whether a YAML document is Gatekeeper's, by its `apiVersion`.
@@ -267,9 +279,22 @@ impl Gatekeeper {
         }))
     }
 
-    /// Fresh engines for one thread: one per template.
-    pub(crate) fn engines(&self) -> Vec<Engine> {
-        self.templates.iter().map(|t| t.engine.clone()).collect()
+    /// Fresh engines for one thread: one per template, with `inventory`
+    /// as `data.inventory` when there is one.
+    pub(crate) fn engines(&self, inventory: &Inventory) -> Result<Vec<Engine>, String> {
+        let data = (!inventory.is_empty()).then(|| regorus::Value::from(inventory.to_data()));
+        self.templates
+            .iter()
+            .map(|t| {
+                let mut engine = t.engine.clone();
+                if let Some(data) = &data {
+                    engine
+                        .add_data(data.clone())
+                        .map_err(|e| format!("{}: {e:#}", t.kind))?;
+                }
+                Ok(engine)
+            })
+            .collect()
     }
 }
 

@@ -172,6 +172,30 @@ impl PolicySet {
         Self::from_parts(sources, &documents, config)
     }
 
+    /// Compiles only the `*.rego` files under `dir` (what `policy test` runs
+    /// the `test_` rules of); `None` when there are none.
+    pub fn load_rego_dir(
+        dir: &Path,
+        config: &EngineConfig,
+    ) -> Result<Option<PolicySet>, LoadError> {
+        let mut files = Vec::new();
+        collect_sources(dir, &mut files)?;
+        files.retain(|f| f.extension().is_some_and(|e| e == "rego"));
+        files.sort();
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let mut sources = Vec::with_capacity(files.len());
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFile {
+                path: file.clone(),
+                source,
+            })?;
+            sources.push((file.display().to_string(), text));
+        }
+        Self::from_sources(sources, config).map(Some)
+    }
+
     /// The default policies (`policies/*.rego` of this repository, tests included).
     pub fn embedded(config: &EngineConfig) -> PolicySet {
         let sources = EMBEDDED
