@@ -11,6 +11,7 @@
 //! `input = {"review": <AdmissionRequest>, "parameters": ...}`, and each
 //! element's `msg` is a finding named `<Kind> <constraint name>`.
 
+mod compat;
 mod inventory;
 mod matching;
 pub mod suite;
@@ -241,10 +242,12 @@ impl Gatekeeper {
             }
         };
         let matcher = Match::new(spec).map_err(|e| err(format!("spec.match: {e}")))?;
+        // Without `spec.parameters`, Gatekeeper's input has `{}`.
         let parameters = doc
             .pointer("/spec/parameters")
+            .filter(|p| !p.is_null())
             .cloned()
-            .unwrap_or(Json::Null);
+            .unwrap_or_else(|| Json::Object(Default::default()));
         if let Some(schema) = &self.templates[template].schema {
             let problems: Vec<String> = schema
                 .iter_errors(&parameters)
@@ -257,7 +260,7 @@ impl Gatekeeper {
                     }
                 })
                 .collect();
-            if !problems.is_empty() && !parameters.is_null() {
+            if !problems.is_empty() {
                 return Err(err(format!(
                     "spec.parameters do not match the template's schema: {}",
                     problems.join("; ")

@@ -131,3 +131,14 @@ fn a_valid_constraint_marked_invalid_and_a_missing_object_fail() {
     let missing = failure(&got, "mapguard-fixtures/max-containers/one-is-fine");
     assert!(missing.contains("nowhere.yaml"), "{missing}");
 }
+
+#[test]
+fn rego_that_regorus_reads_differently_from_opa_gets_opas_verdicts() {
+    let suite =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gator-compat/suite.yaml");
+    let got = outcomes(&suite);
+    assert_eq!(got.len(), 9, "{got:?}");
+    for (name, outcome) in &got {
+        assert_eq!(outcome, &Outcome::Pass, "{name}");
+    }
+}

@@ -272,7 +272,7 @@ fn run_case(base: &Path, set: &PolicySet, case: &Case) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let is_review = object.get("kind").and_then(Json::as_str) == Some("AdmissionReview");
     let review = if is_review {
-        object
+        complete_review(object)
     } else {
         create_review(&object, "", "gator-case")
     };
@@ -299,6 +299,40 @@ fn run_case(base: &Path, set: &PolicySet, case: &Case) -> Result<(), String> {
         check(assertion, &messages)?;
     }
     Ok(())
+}
+
+/// gator's completion of a hand-written AdmissionReview: a request without
+/// `kind` (or name, namespace) takes them from its object.
+fn complete_review(mut review: Json) -> Json {
+    let Some(request) = review.get_mut("request").and_then(Json::as_object_mut) else {
+        return review;
+    };
+    let object = request
+        .get("object")
+        .filter(|o| o.is_object())
+        .or_else(|| request.get("oldObject").filter(|o| o.is_object()))
+        .cloned()
+        .unwrap_or(Json::Null);
+    let field = |p: &str| object.pointer(p).and_then(Json::as_str).map(str::to_string);
+    if !request.contains_key("kind") {
+        let api_version = field("/apiVersion").unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        request.insert(
+            "kind".into(),
+            serde_json::json!({"group": group, "version": version, "kind": field("/kind")}),
+        );
+    }
+    for (key, pointer) in [
+        ("name", "/metadata/name"),
+        ("namespace", "/metadata/namespace"),
+    ] {
+        if !request.contains_key(key)
+            && let Some(value) = field(pointer)
+        {
+            request.insert(key.into(), Json::String(value));
+        }
+    }
+    review
 }
 
 fn check(assertion: &Assertion, messages: &[&str]) -> Result<(), String> {

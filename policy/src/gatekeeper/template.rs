@@ -165,7 +165,19 @@ pub(crate) fn load(path: &str, doc: &Json) -> Result<Loaded, TemplateError> {
 
     let mut engine = Engine::new();
     engine.set_rego_v0(syntax == Syntax::V0);
+    // As OPA (and so Gatekeeper) by default: a built-in function given
+    // arguments of the wrong type is undefined, not an error.
+    engine.set_strict_builtin_errors(false);
     let source = format!("{path}#{kind}");
+    // Where regorus reads v0 Rego differently from OPA, the text is
+    // rewritten to what OPA means (`compat`).
+    let (rego, libs) = match syntax {
+        Syntax::V0 => (
+            super::compat::rewrite(&rego),
+            libs.iter().map(|l| super::compat::rewrite(l)).collect(),
+        ),
+        Syntax::V1 => (rego, libs),
+    };
     let main = engine.add_policy(source.clone(), rego).map_err(|e| {
         err(format!(
             "its Rego does not parse: {}",
