@@ -3,7 +3,14 @@
 //!
 //! Run with `cargo bench -p mapguard-policy --bench eval` (env
 //! `MAPGUARD_BENCH_ITERS` changes the iteration count, default 20000).
+//!
+//! Gatekeeper: the ConstraintTemplates of the tests' fixtures are always
+//! measured; `MAPGUARD_BENCH_GATEKEEPER_LIBRARY=DIR` (the `library/` folder
+//! of a checkout of the public Gatekeeper library, which is not part of this
+//! repository) adds the whole library: every template with its first sample
+//! constraint, alone and next to the default policies.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mapguard_policy::{EngineConfig, NamespaceData, PolicySet};
@@ -55,6 +62,63 @@ fn measure(
     }
     samples.sort();
     (samples[iters / 2], samples[iters * 99 / 100])
+}
+
+/// Every `template.yaml` under `library` with the first (by path)
+/// `samples/*/constraint.yaml` beside it, as Gatekeeper documents.
+fn library_documents(library: &Path) -> Vec<(String, Value)> {
+    fn walk(dir: &Path, templates: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+        paths.sort();
+        for path in paths {
+            if path.is_dir() {
+                walk(&path, templates);
+            } else if path.file_name().is_some_and(|n| n == "template.yaml") {
+                templates.push(path);
+            }
+        }
+    }
+    let read = |path: &Path| -> Value {
+        let text = std::fs::read_to_string(path).expect("readable");
+        serde_yaml::from_str(&text).expect("YAML")
+    };
+    let mut templates = Vec::new();
+    walk(library, &mut templates);
+    let mut documents = Vec::new();
+    for template in templates {
+        let dir = template.parent().expect("a folder");
+        let mut constraints: Vec<PathBuf> = std::fs::read_dir(dir.join("samples"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.path().join("constraint.yaml")))
+            .filter(|p| p.exists())
+            .collect();
+        constraints.sort();
+        let Some(constraint) = constraints.first() else {
+            continue;
+        };
+        documents.push((template.display().to_string(), read(&template)));
+        documents.push((constraint.display().to_string(), read(constraint)));
+    }
+    documents
+}
+
+/// The Gatekeeper documents of the tests' fixtures.
+fn fixture_documents() -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gatekeeper");
+    let mut documents = Vec::new();
+    for file in ["allowed-registries.yaml", "required-annotations.yaml"] {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = <Value as serde::Deserialize>::deserialize(doc).expect("YAML");
+            documents.push((path.display().to_string(), value));
+        }
+    }
+    documents
 }
 
 fn main() {
@@ -136,6 +200,58 @@ fn main() {
         cold[cold.len() / 2].as_secs_f64() * 1e6,
         cold[cold.len() * 99 / 100].as_secs_f64() * 1e6
     );
+
+    let fixtures = PolicySet::from_parts(Vec::new(), &fixture_documents(), &config)
+        .expect("the fixtures load");
+    let templates = |set: &PolicySet| set.constraints().count();
+    row(
+        &format!(
+            "Gatekeeper fixtures ({} constraints), Pod",
+            templates(&fixtures)
+        ),
+        measure(&fixtures, &pod, &ns, iters),
+    );
+    match std::env::var_os("MAPGUARD_BENCH_GATEKEEPER_LIBRARY") {
+        None => println!(
+            "Gatekeeper library: not measured (set MAPGUARD_BENCH_GATEKEEPER_LIBRARY to its library/ folder)"
+        ),
+        Some(dir) => {
+            let documents = library_documents(Path::new(&dir));
+            let started = Instant::now();
+            let library =
+                PolicySet::from_parts(Vec::new(), &documents, &config).expect("the library loads");
+            let compile = started.elapsed();
+            let n = templates(&library);
+            println!(
+                "Gatekeeper library: {n} templates with a constraint each, compiled in {:.0} ms",
+                compile.as_secs_f64() * 1e3
+            );
+            row(
+                &format!("Gatekeeper library ({n}), Pod"),
+                measure(&library, &pod, &ns, iters / 10),
+            );
+            let sources: Vec<(String, String)> = ["privileged", "mode", "gotraceback", "tamper"]
+                .iter()
+                .map(|p| {
+                    let path =
+                        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../policies/{p}.rego"));
+                    let text = std::fs::read_to_string(&path).expect("default policy");
+                    (path.display().to_string(), text)
+                })
+                .collect();
+            let both = PolicySet::from_parts(sources, &documents, &config)
+                .expect("the library and the defaults load");
+            row(
+                &format!("defaults + Gatekeeper library ({n}), Pod"),
+                measure(&both, &pod, &ns, iters / 10),
+            );
+            row(
+                &format!("defaults + Gatekeeper library ({n}), Deployment"),
+                measure(&both, &deployment, &ns, iters / 10),
+            );
+        }
+    }
+
     let verdict = if pod_defaults.0 < Duration::from_micros(100) {
         "met"
     } else {
