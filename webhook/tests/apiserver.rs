@@ -57,6 +57,7 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
     kubectl_dry_run_shows_the_denial(&env).await;
     exempt_namespaces_are_not_sent_to_the_webhook(&client, &webhook).await;
     namespace_label_change_reaches_the_webhook_through_its_watch(&client).await;
+    kubectl_debug_with_a_privileged_container_is_denied(&env, &client).await;
 
     webhook.shutdown().await;
     drop(env);
@@ -321,6 +322,64 @@ async fn namespace_label_change_reaches_the_webhook_through_its_watch(client: &C
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `kubectl debug --profile=sysadmin` adds a privileged ephemeral container
+/// to a running Pod through the `pods/ephemeralcontainers` subresource: the
+/// API server must send it to the webhook, which judges it like the Pod.
+async fn kubectl_debug_with_a_privileged_container_is_denied(env: &TestEnv, client: &Client) {
+    let debug = |profile: &str| {
+        let mut kubectl = env.kubectl().expect("kubectl is installed");
+        kubectl.args([
+            "debug",
+            "web",
+            "--namespace=shop",
+            "--image=registry.example/debug:1",
+            &format!("--profile={profile}"),
+        ]);
+        async move {
+            tokio::task::spawn_blocking(move || kubectl.output().expect("run kubectl debug"))
+                .await
+                .expect("kubectl task")
+        }
+    };
+    let ephemeral = || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+        let pod = pods.get("web").await.expect("GET shop/web");
+        pod.spec
+            .and_then(|s| s.ephemeral_containers)
+            .map_or(0, |c| c.len())
+    };
+
+    let output = debug("sysadmin").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a privileged debug container must be denied: {}{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains(VALIDATE_DENIED), "{stderr}");
+    assert!(
+        stderr.contains("Pod shop/web (ephemeral containers)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[mapguard.privileged] container \"debugger-"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ephemeral().await,
+        0,
+        "the denied container must not be added"
+    );
+
+    let output = debug("baseline").await;
+    assert!(
+        output.status.success(),
+        "an unprivileged debug container is admitted: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(ephemeral().await, 1, "the admitted container is added");
 }
 
 async fn create_namespace(client: &Client, name: &str, mode: Option<&str>) {
