@@ -36,6 +36,7 @@ async fn kubectl_apply_k_installs_every_component_with_least_privilege() {
     };
     let documents = the_kustomization_renders_every_component(&env).await;
     the_daemonset_gets_only_what_bpf_needs(&documents);
+    every_image_is_built_by_a_containerfile_here(&documents);
     the_api_server_accepts_every_object_in_a_dry_run(&env, documents.len()).await;
     an_upgrade_keeps_the_ca_bundle_certs_gen_set(&env).await;
     each_service_account_can_do_its_job(&env).await;
@@ -203,6 +204,59 @@ fn the_daemonset_gets_only_what_bpf_needs(documents: &[Value]) {
     assert!(
         args.contains(&json!("--proc-root=/host/proc")),
         "the agent reads the host's /proc where it is mounted: {args:?}"
+    );
+}
+
+/// Each image the manifests run is `ghcr.io/mapguard/NAME:VERSION` (the
+/// workspace's version), built by `DIR/Containerfile` (NAME without
+/// `mapguard-`) with NAME as its entry point and the Pod's user as its own.
+fn every_image_is_built_by_a_containerfile_here(documents: &[Value]) {
+    let mut images = BTreeSet::new();
+    for doc in documents {
+        let pod = match doc["kind"].as_str() {
+            Some("Deployment" | "DaemonSet" | "Job") => &doc["spec"]["template"]["spec"],
+            Some("CronJob") => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        for container in pod["containers"].as_array().expect("containers") {
+            let image = container["image"].as_str().expect("an image");
+            let (name, version) = image
+                .strip_prefix("ghcr.io/mapguard/")
+                .and_then(|rest| rest.split_once(':'))
+                .unwrap_or_else(|| panic!("{image}: not ghcr.io/mapguard/NAME:VERSION"));
+            assert_eq!(version, env!("CARGO_PKG_VERSION"), "{image}");
+            let dir = name.strip_prefix("mapguard-").expect("mapguard-NAME");
+            let path = manifests().join("..").join(dir).join("Containerfile");
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{image}: read {}: {e}", path.display()));
+            assert!(
+                text.contains(&format!(r#"ENTRYPOINT ["/usr/local/bin/{name}"]"#))
+                    && text.contains(&format!("--bin {name} ")),
+                "{}: builds and runs {name}",
+                path.display()
+            );
+            let user = container["securityContext"]["runAsUser"]
+                .as_u64()
+                .or_else(|| pod["securityContext"]["runAsUser"].as_u64())
+                .unwrap_or_else(|| panic!("{image}: no runAsUser"));
+            assert!(
+                text.contains(&format!("\nUSER {user}:{user}\n")),
+                "{}: the image's user is the Pod's ({user})",
+                path.display()
+            );
+            images.insert(name.to_owned());
+        }
+    }
+    assert_eq!(
+        images,
+        BTreeSet::from(
+            [
+                "mapguard-webhook",
+                "mapguard-enforcer",
+                "mapguard-certs-gen"
+            ]
+            .map(str::to_owned)
+        )
     );
 }
 
