@@ -41,6 +41,7 @@ async fn kubectl_apply_k_installs_every_component_with_least_privilege() {
     an_upgrade_keeps_the_ca_bundle_certs_gen_set(&env).await;
     each_service_account_can_do_its_job(&env).await;
     each_service_account_can_do_nothing_more(&env).await;
+    the_readmes_uninstall_removes_everything(&env).await;
     drop(env);
 }
 
@@ -598,4 +599,49 @@ async fn resource_rules(env: &TestEnv, account: &str, namespace: &str) -> BTreeS
         .filter(|l| !l.starts_with(char::is_whitespace) && !l.trim().is_empty())
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
+}
+
+/// The README's two commands. Without a controller-manager the namespace
+/// stays Terminating (nothing deletes its contents), so only the
+/// cluster-scoped objects are checked gone, and the namespace marked.
+async fn the_readmes_uninstall_removes_everything(env: &TestEnv) {
+    kubectl_ok(
+        env,
+        &[
+            "delete",
+            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+            "mapguard",
+        ],
+    )
+    .await;
+    kubectl_ok(
+        env,
+        &[
+            "delete",
+            "-k",
+            &manifests_arg(),
+            "--ignore-not-found",
+            "--wait=false",
+        ],
+    )
+    .await;
+    let left = kubectl_ok(
+        env,
+        &[
+            "get",
+            "clusterroles,clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations",
+            "-l",
+            "app.kubernetes.io/part-of=mapguard",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    assert_eq!(left.trim(), "", "left after uninstalling: {left}");
+    let phase = kubectl_ok(
+        env,
+        &["get", "namespace", NS, "-o", "jsonpath={.status.phase}"],
+    )
+    .await;
+    assert_eq!(phase, "Terminating");
 }
