@@ -186,7 +186,9 @@ async fn deployment_with_a_privileged_template_is_denied(client: &Client) {
     let message = api_message(error);
     assert!(message.contains(VALIDATE_DENIED), "{message}");
     assert!(
-        message.contains(r#"Deployment shop/web: container "app" is privileged"#),
+        message.contains(
+            r#"mapguard denied Deployment shop/web: [mapguard.privileged] container "app" is privileged"#
+        ),
         "{message}"
     );
 
