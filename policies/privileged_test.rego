@@ -22,6 +22,17 @@ test_privileged_init_container_denied if {
 	msgs == {"container \"setup\" is privileged"}
 }
 
+# kubectl debug --profile=sysadmin: an UPDATE of pods/ephemeralcontainers
+# whose object is the whole Pod with the new container.
+test_privileged_ephemeral_container_denied if {
+	review := pod_review({
+		"containers": [{"name": "app"}],
+		"ephemeralContainers": [{"name": "debugger-x", "securityContext": {"privileged": true}}],
+	})
+	msgs := privileged.deny with input as object.union(review, {"request": {"operation": "UPDATE", "subResource": "ephemeralcontainers"}})
+	msgs == {"container \"debugger-x\" is privileged"}
+}
+
 test_host_namespaces_denied if {
 	msgs := privileged.deny with input as pod_review({"hostPID": true, "hostNetwork": true, "hostIPC": true, "containers": [{"name": "app"}]})
 	count(msgs) == 3

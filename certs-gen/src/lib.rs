@@ -9,8 +9,15 @@
 //!
 //! [`generate`] produces PEM text in memory (tests use it directly);
 //! [`write_dir`] stores it as `ca.crt`, `tls.crt` and `tls.key` (the key with
-//! mode 0600), refusing to overwrite existing files unless asked to. The CA's
-//! own key is never written: nobody can mint further certificates from it.
+//! mode 0600), refusing to overwrite existing files unless asked to.
+//! [`cluster::reconcile`] keeps it in a Secret instead and gives the CA to
+//! the webhook configurations' `caBundle`, replacing a pair that [`check`]
+//! finds unusable or about to expire. The CA's own key is never written:
+//! nobody can mint further certificates from it.
+
+pub mod check;
+pub mod cluster;
+pub mod config;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

@@ -1,66 +1,44 @@
-//! `mapguard-certs-gen`: writes a private CA and the webhook's serving
-//! certificate signed by it (`ca.crt`, `tls.crt`, `tls.key`).
+//! `mapguard-certs-gen`: a private CA and the webhook's serving certificate
+//! signed by it, written as files or kept in the cluster.
 //!
 //! Run with:
 //! ```text
+//! # files: ca.crt, tls.crt, tls.key (for a webhook run by hand or in tests)
 //! mapguard-certs-gen --out-dir ./certs --service mapguard-webhook --namespace mapguard-system
-//! kubectl -n mapguard-system create secret tls mapguard-webhook-tls \
-//!     --cert=certs/tls.crt --key=certs/tls.key
-//! # caBundle for the webhook configurations:
-//! base64 -w0 certs/ca.crt
+//! # in the cluster, as the Job of manifests/certs-gen/ does: the Secret
+//! # mapguard-webhook-tls and the caBundle of the configurations "mapguard"
+//! mapguard-certs-gen --in-cluster [--kubeconfig PATH] [--rotate-before 30d]
 //! ```
 
-use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use mapguard_certs_gen::{CertRequest, generate, write_dir};
+use mapguard_certs_gen::cluster::{self, SecretOutcome};
+use mapguard_certs_gen::config::Config;
+use mapguard_certs_gen::{generate, write_dir};
 
-/// Generates a CA and a serving certificate for the mapguard webhook.
-#[derive(Debug, Parser)]
-#[command(name = "mapguard-certs-gen", version, about)]
-struct Config {
-    /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
-    #[arg(long, env = "MAPGUARD_CERTS_OUT_DIR")]
-    out_dir: PathBuf,
-    /// Name of the webhook's Service.
-    #[arg(
-        long,
-        env = "MAPGUARD_CERTS_SERVICE",
-        default_value = "mapguard-webhook"
-    )]
-    service: String,
-    /// Namespace of the webhook's Service.
-    #[arg(
-        long,
-        env = "MAPGUARD_CERTS_NAMESPACE",
-        default_value = "mapguard-system"
-    )]
-    namespace: String,
-    /// Extra subject alternative name (DNS name or IP address); repeatable.
-    #[arg(long = "san", env = "MAPGUARD_CERTS_SANS", value_delimiter = ',')]
-    sans: Vec<String>,
-    /// Validity of the serving certificate in days (the CA: ten times as long).
-    #[arg(long, env = "MAPGUARD_CERTS_VALIDITY_DAYS", default_value_t = 365)]
-    validity_days: u32,
-    /// Overwrite existing files.
-    #[arg(long, env = "MAPGUARD_CERTS_FORCE")]
-    force: bool,
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    telemetry();
+    let result = match &config.out_dir {
+        Some(_) => files(&config),
+        None => in_cluster(&config).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mapguard-certs-gen: {}", chain(&*error));
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let mut request = CertRequest::new(&config.service, &config.namespace);
-    request.extra_sans = config.sans;
-    request.validity_days = config.validity_days;
-    let certs = generate(&request).context("generating certificates")?;
-    let files = write_dir(&certs, &config.out_dir, config.force)?;
+fn files(config: &Config) -> anyhow::Result<()> {
+    let dir = config.out_dir.as_deref().unwrap_or(".".as_ref());
+    let request = config.cert_request();
+    let certs = generate(&request)?;
+    let files = write_dir(&certs, dir, config.force)?;
     tracing::info!(
         ca = %files.ca_cert.display(),
         cert = %files.cert.display(),
@@ -69,4 +47,60 @@ fn main() -> anyhow::Result<()> {
         "wrote CA and serving certificate"
     );
     Ok(())
+}
+
+async fn in_cluster(config: &Config) -> anyhow::Result<()> {
+    let request = config.cluster_request();
+    let client = cluster::client(config.kubeconfig.as_deref()).await?;
+    let report = cluster::reconcile(&client, &request).await?;
+    let secret = request.secret_object();
+    let (not_after, rotate_after) = (report.not_after, report.rotate_after);
+    match &report.secret {
+        SecretOutcome::Created => {
+            tracing::info!(%not_after, "created the Secret {secret} with a new CA and certificate");
+        }
+        SecretOutcome::Kept => {
+            tracing::info!(%not_after, %rotate_after, "kept the Secret {secret}: its certificate is valid");
+        }
+        SecretOutcome::Replaced(reason) => {
+            tracing::info!(%not_after, "rotated the Secret {secret} to a new CA and certificate: {reason}");
+        }
+    }
+    for (kind, name) in &report.patched {
+        tracing::info!("set the caBundle of {} {name:?}", kind.kind());
+    }
+    for (kind, name) in &report.current {
+        tracing::info!(
+            "the caBundle of {} {name:?} was already current",
+            kind.kind()
+        );
+    }
+    Ok(())
+}
+
+/// An error and its causes on one line, skipping a cause whose text the
+/// line already holds (kube's errors repeat their sources).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn telemetry() {
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

@@ -69,6 +69,32 @@ pub struct PolicyInfo {
     pub(crate) rules: Vec<(&'static str, String)>,
 }
 
+impl PolicyInfo {
+    /// The actions its findings can carry, as [`crate::Finding::action`]
+    /// will: a dry-run policy's are all dry-run; otherwise `deny` rules give
+    /// the policy's action and `warn` rules a warning.
+    pub fn finding_actions(&self) -> Vec<Action> {
+        let has = |name: &str| self.rules.iter().any(|(rule, _)| *rule == name);
+        let mut actions = Vec::new();
+        match self.action {
+            Action::DryRun => {
+                if has("deny") || has("warn") || has("patch") {
+                    actions.push(Action::DryRun);
+                }
+            }
+            action => {
+                if has("deny") {
+                    actions.push(action);
+                }
+                if has("warn") && !actions.contains(&Action::Warn) {
+                    actions.push(Action::Warn);
+                }
+            }
+        }
+        actions
+    }
+}
+
 /// One `test_` rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TestCase {

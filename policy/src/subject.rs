@@ -10,21 +10,33 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 
-/// The object named in findings: kind, namespace and name.
+/// The object named in findings: kind, namespace and name, and the
+/// subresource written when the request is not for the object itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Subject {
     pub kind: String,
     pub namespace: String,
     pub name: String,
+    /// `ephemeralcontainers` when `kubectl debug` adds a container to a
+    /// running Pod (the review's object is then the whole Pod); empty for
+    /// the object itself.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
 }
 
 impl Subject {
-    /// `Kind namespace/name` (or `Kind name` when cluster-scoped).
+    /// `Kind namespace/name` (or `Kind name` when cluster-scoped), then the
+    /// subresource if any: `Pod shop/web (ephemeral containers)`.
     pub fn display(&self) -> String {
-        match (self.namespace.is_empty(), self.name.is_empty()) {
+        let object = match (self.namespace.is_empty(), self.name.is_empty()) {
             (true, _) => format!("{} {}", self.kind, self.name),
             (false, true) => format!("{} {}/<unnamed>", self.kind, self.namespace),
             (false, false) => format!("{} {}/{}", self.kind, self.namespace, self.name),
+        };
+        match self.subresource.as_str() {
+            "" => object,
+            "ephemeralcontainers" => format!("{object} (ephemeral containers)"),
+            other => format!("{object} (subresource {other})"),
         }
     }
 }
@@ -119,6 +131,7 @@ pub(crate) fn unpack(review: &Json) -> Result<Unpacked<'_>, ReviewError> {
             .or_else(|| meta_of(object, "generateName"))
             .unwrap_or_default(),
         kind,
+        subresource: str_field("subResource").unwrap_or_default(),
     };
 
     let pointer = template_pointer(&subject.kind);
@@ -260,6 +273,23 @@ mod tests {
         assert_eq!(
             unpack(&json!({"kind": "AdmissionReview"})).unwrap_err(),
             ReviewError::NoRequest
+        );
+    }
+
+    #[test]
+    fn an_ephemeral_container_update_is_judged_as_its_pod_and_named_so() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "app", "image": "i"}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "d"}]}});
+        let mut r = review("Pod", pod);
+        r["request"]["operation"] = json!("UPDATE");
+        r["request"]["name"] = json!("web");
+        r["request"]["subResource"] = json!("ephemeralcontainers");
+        let unpacked = unpack(&r).expect("valid review");
+        assert_eq!(*unpacked.input, r, "policies see the Pod as sent");
+        assert_eq!(
+            unpacked.subject.display(),
+            "Pod shop/web (ephemeral containers)"
         );
     }
 

@@ -79,6 +79,11 @@ impl CertFiles {
     }
 }
 
+/// Base64 of a PEM text, as kubeconfigs hold certificates.
+pub(crate) fn base64(pem: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(pem)
+}
+
 /// Writes a kubeconfig for the admin at `path` (certificates inline) and
 /// loads it back the way kubectl users' files are loaded.
 pub(crate) async fn write_kubeconfig(
@@ -86,7 +91,7 @@ pub(crate) async fn write_kubeconfig(
     url: &str,
     certs: &ControlPlaneCerts,
 ) -> Result<kube::Config, TestEnvError> {
-    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let b64 = base64;
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",

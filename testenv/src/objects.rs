@@ -1,12 +1,14 @@
 //! Objects tests need in a cluster that has no kubelet and no in-cluster
-//! Services: Nodes to bind Pods to, and webhook configurations that call a
-//! server on 127.0.0.1 by URL.
+//! Services: Nodes to bind Pods to, webhook configurations that call a
+//! server on 127.0.0.1 by URL, and kubeconfigs that act as a
+//! ServiceAccount (what a Pod of that account would be allowed to do).
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt as _};
 use serde_json::json;
@@ -112,6 +114,55 @@ impl TestEnv {
             webhook.client_config = url_client_config(base_url, &webhook.client_config, ca_pem);
         }
         apply(self, &config).await
+    }
+
+    /// A kubeconfig file (in the environment's folder) that authenticates
+    /// as ServiceAccount `namespace/name` with a token of the TokenRequest
+    /// API, valid for an hour: kubectl or a binary given it acts with that
+    /// account's RBAC, as its Pod would. The account must exist.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::path::PathBuf, TestEnvError> {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(self.client(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .map_err(|source| TestEnvError::Kube {
+                what: format!("request a token for ServiceAccount {namespace}/{name}"),
+                source,
+            })?
+            .status
+            .map(|s| s.token)
+            .unwrap_or_default();
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let doc = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testenv", "cluster": {
+                "server": self.url(),
+                "certificate-authority-data": crate::files::base64(self.ca_cert_pem()),
+            }}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": user}}],
+            "current-context": "testenv",
+        });
+        let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
+        let text = serde_yaml::to_string(&doc).expect("a JSON value serializes to YAML");
+        std::fs::write(&path, text).map_err(|source| TestEnvError::Io {
+            what: "write a ServiceAccount's kubeconfig",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
     }
 
     /// As [`Self::register_validating_webhook`], for a mutating one.

@@ -14,6 +14,8 @@
 //!   400 when its uid is unknown, 413 when too large.
 //! * `dryRun: true` requests are judged the same way but only the labelled
 //!   request counter records them (no findings counters, no info logs).
+//! * Findings are counted once per request: by `/validate`, or by `/mutate`
+//!   when it denies (the request then never reaches `/validate`).
 
 pub mod review;
 
@@ -136,9 +138,15 @@ fn respond(
     if decision.exempt {
         return Ok((response, DecisionLabel::exempt));
     }
-    record_findings(state, request.dry_run, decision);
     let enforce = endpoint == Endpoint::validate || state.settings().mutate_enforce;
-    if enforce && !decision.allowed {
+    let denied = enforce && !decision.allowed;
+    // The API server sends each request to both webhooks: /validate counts
+    // the findings, /mutate only those of a request it denies itself
+    // (--mutate-enforce), which /validate then never sees.
+    if endpoint == Endpoint::validate || denied {
+        record_findings(state, request.dry_run, decision);
+    }
+    if denied {
         let message = denial_message(decision);
         tracing::info!(%message, "denied");
         response = response.deny(message);
@@ -225,8 +233,19 @@ fn finding_text(finding: &Finding) -> String {
     format!("[{}] {}", finding.policy, finding.message)
 }
 
+/// `mapguard denied SUBJECT: [policy] reason; ...`, the subject named once:
+/// findings on a controller start with it (so that warnings, shown alone,
+/// say what they are about); here it is taken off.
 fn denial_message(decision: &Decision) -> String {
-    let reasons: Vec<String> = decision.denials.iter().map(finding_text).collect();
+    let prefix = format!("{}: ", decision.subject);
+    let reasons: Vec<String> = decision
+        .denials
+        .iter()
+        .map(|f| {
+            let message = f.message.strip_prefix(&prefix).unwrap_or(&f.message);
+            format!("[{}] {message}", f.policy)
+        })
+        .collect();
     if reasons.is_empty() {
         format!("mapguard denied {}", decision.subject)
     } else {

@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mapguard_policy::PolicyInfo;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +23,10 @@ pub enum Endpoint {
     validate,
     /// `POST /mutate`.
     mutate,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 2] = [Endpoint::validate, Endpoint::mutate];
 }
 
 /// The outcome of one admission request.
@@ -46,6 +51,19 @@ pub enum DecisionLabel {
     failed_closed,
 }
 
+impl DecisionLabel {
+    const ALL: [DecisionLabel; 8] = [
+        DecisionLabel::allowed,
+        DecisionLabel::warned,
+        DecisionLabel::patched,
+        DecisionLabel::denied,
+        DecisionLabel::exempt,
+        DecisionLabel::invalid,
+        DecisionLabel::failed_open,
+        DecisionLabel::failed_closed,
+    ];
+}
+
 /// Success or failure of a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -54,6 +72,10 @@ pub enum ReloadResult {
     success,
     /// The new content was rejected; the previous one keeps serving.
     failure,
+}
+
+impl ReloadResult {
+    const ALL: [ReloadResult; 2] = [ReloadResult::success, ReloadResult::failure];
 }
 
 /// Why an evaluation did not produce a decision.
@@ -66,6 +88,14 @@ pub enum RejectReason {
     timeout,
     /// The engine returned an error (or the evaluation panicked).
     error,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 3] = [
+        RejectReason::overload,
+        RejectReason::timeout,
+        RejectReason::error,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -177,7 +207,7 @@ impl Metrics {
         let namespace_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "namespace_reloads",
-            "Namespaces file reloads by result",
+            "Namespace metadata reloads (the file, or the watch on the API server) by result",
             namespace_reloads.clone(),
         );
         let findings = Family::<FindingLabels, Counter>::default();
@@ -204,6 +234,30 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             handshake_failures.clone(),
         );
+        // Every series with a fixed label set exists from the start, at 0:
+        // an alert on a rate or a dashboard sees 0 before the first event,
+        // not "no data" (prometheus-client leaves out empty families, HELP
+        // and TYPE included).
+        for endpoint in Endpoint::ALL {
+            drop(admission_duration.get_or_create(&EndpointLabels { endpoint }));
+            for decision in DecisionLabel::ALL {
+                for dry_run in [false, true] {
+                    drop(requests.get_or_create(&RequestLabels {
+                        endpoint,
+                        decision,
+                        dry_run,
+                    }));
+                }
+            }
+        }
+        for result in ReloadResult::ALL {
+            for family in [&policy_reloads, &tls_reloads, &namespace_reloads] {
+                drop(family.get_or_create(&ResultLabels { result }));
+            }
+        }
+        for reason in RejectReason::ALL {
+            drop(rejected.get_or_create(&ReasonLabels { reason }));
+        }
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -281,10 +335,20 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the number of policies serving.
-    pub fn set_policies_loaded(&self, n: usize) {
+    /// Records the policy set now serving: its size, and a zero series of
+    /// `mapguard_policy_findings_total` for each action its policies'
+    /// findings can carry (series of replaced policies stay).
+    pub fn set_policies(&self, policies: &[PolicyInfo]) {
         self.policies_loaded
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+            .set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
+        for policy in policies {
+            for action in policy.finding_actions() {
+                drop(self.findings.get_or_create(&FindingLabels {
+                    policy: policy.package.clone(),
+                    action: action.as_str().to_owned(),
+                }));
+            }
+        }
     }
 
     /// The in-flight evaluations gauge.

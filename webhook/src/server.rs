@@ -7,6 +7,7 @@
 //! connection is told to finish its in-flight requests and close; the server
 //! waits for them up to the grace period.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
+use crate::telemetry::RateLimited;
+
+/// At most one warning per this interval for failed TLS handshakes.
+const HANDSHAKE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves `app` over TLS on `listener` until `shutdown` turns `true`.
 pub async fn serve_tls(
@@ -46,6 +51,7 @@ pub async fn serve_tls(
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
+    let handshake_warning = Arc::new(RateLimited::new(HANDSHAKE_WARNING_INTERVAL));
     let mut connections = JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -66,18 +72,17 @@ pub async fn serve_tls(
         let app = app.clone();
         let builder = builder.clone();
         let metrics = metrics.clone();
+        let handshake_warning = handshake_warning.clone();
         let mut conn_shutdown = shutdown.clone();
         connections.spawn(async move {
             let tls = match tokio::time::timeout(client_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
-                    metrics.handshake_failed();
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    handshake_failed(&metrics, &handshake_warning, peer, &error);
                     return;
                 }
                 Err(_) => {
-                    metrics.handshake_failed();
-                    tracing::debug!(%peer, "TLS handshake timed out");
+                    handshake_failed(&metrics, &handshake_warning, peer, &"timed out");
                     return;
                 }
             };
@@ -115,6 +120,28 @@ pub async fn serve_tls(
             "grace period over; closing connections"
         );
         connections.abort_all();
+    }
+}
+
+/// Counts a failed handshake; logs a warning at most once per interval
+/// (a scanner or a misconfigured client can fail thousands a minute), the
+/// others at debug level.
+fn handshake_failed(
+    metrics: &Metrics,
+    warning: &RateLimited,
+    peer: SocketAddr,
+    error: &dyn std::fmt::Display,
+) {
+    metrics.handshake_failed();
+    match warning.check() {
+        Some(held_back) => tracing::warn!(
+            %peer,
+            %error,
+            held_back,
+            "TLS handshake failed; more failures within {}s are logged at debug level only (all are counted in mapguard_tls_handshake_failures_total)",
+            HANDSHAKE_WARNING_INTERVAL.as_secs()
+        ),
+        None => tracing::debug!(%peer, %error, "TLS handshake failed"),
     }
 }
 

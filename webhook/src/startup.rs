@@ -207,7 +207,7 @@ impl Webhook {
                 move || match store.reload() {
                     Ok(n) => {
                         metrics.policy_reload(ReloadResult::success);
-                        metrics.set_policies_loaded(n);
+                        metrics.set_policies(store.current().policies());
                         tracing::info!(policies = n, "policies reloaded");
                     }
                     Err(error) => {

@@ -66,7 +66,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
-        metrics.set_policies_loaded(policies.current().policies().len());
+        metrics.set_policies(policies.current().policies());
         Self {
             inner: Arc::new(Inner {
                 policies,

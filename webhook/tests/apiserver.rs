@@ -57,6 +57,7 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
     kubectl_dry_run_shows_the_denial(&env).await;
     exempt_namespaces_are_not_sent_to_the_webhook(&client, &webhook).await;
     namespace_label_change_reaches_the_webhook_through_its_watch(&client).await;
+    kubectl_debug_with_a_privileged_container_is_denied(&env, &client).await;
 
     webhook.shutdown().await;
     drop(env);
@@ -86,17 +87,14 @@ async fn start_watching_webhook(cert_dir: &Path, kubeconfig: &Path) -> Running {
     }
 }
 
-/// Registers both webhooks from `manifests/webhook/` as the README says
-/// (the CA bundle substituted), with `clientConfig` pointing at `webhook`.
+/// Registers both webhooks from `manifests/webhook/`, with `clientConfig`
+/// pointing at `webhook` and trusting `ca_pem` (in a cluster the
+/// certs-gen Job sets the caBundle; certs-gen/tests/incluster.rs tests that).
 async fn register(env: &TestEnv, webhook: &Running, ca_pem: &str) {
-    use base64::Engine as _;
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook");
-    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let read = |name: &str| {
         let path = manifests.join(name);
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-            .replace("CA_BUNDLE_BASE64", &bundle)
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     };
     let validating: ValidatingWebhookConfiguration =
         serde_yaml::from_str(&read("validatingwebhookconfiguration.yaml"))
@@ -188,7 +186,9 @@ async fn deployment_with_a_privileged_template_is_denied(client: &Client) {
     let message = api_message(error);
     assert!(message.contains(VALIDATE_DENIED), "{message}");
     assert!(
-        message.contains(r#"Deployment shop/web: container "app" is privileged"#),
+        message.contains(
+            r#"mapguard denied Deployment shop/web: [mapguard.privileged] container "app" is privileged"#
+        ),
         "{message}"
     );
 
@@ -324,6 +324,64 @@ async fn namespace_label_change_reaches_the_webhook_through_its_watch(client: &C
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `kubectl debug --profile=sysadmin` adds a privileged ephemeral container
+/// to a running Pod through the `pods/ephemeralcontainers` subresource: the
+/// API server must send it to the webhook, which judges it like the Pod.
+async fn kubectl_debug_with_a_privileged_container_is_denied(env: &TestEnv, client: &Client) {
+    let debug = |profile: &str| {
+        let mut kubectl = env.kubectl().expect("kubectl is installed");
+        kubectl.args([
+            "debug",
+            "web",
+            "--namespace=shop",
+            "--image=registry.example/debug:1",
+            &format!("--profile={profile}"),
+        ]);
+        async move {
+            tokio::task::spawn_blocking(move || kubectl.output().expect("run kubectl debug"))
+                .await
+                .expect("kubectl task")
+        }
+    };
+    let ephemeral = || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+        let pod = pods.get("web").await.expect("GET shop/web");
+        pod.spec
+            .and_then(|s| s.ephemeral_containers)
+            .map_or(0, |c| c.len())
+    };
+
+    let output = debug("sysadmin").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a privileged debug container must be denied: {}{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains(VALIDATE_DENIED), "{stderr}");
+    assert!(
+        stderr.contains("Pod shop/web (ephemeral containers)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[mapguard.privileged] container \"debugger-"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ephemeral().await,
+        0,
+        "the denied container must not be added"
+    );
+
+    let output = debug("baseline").await;
+    assert!(
+        output.status.success(),
+        "an unprivileged debug container is admitted: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(ephemeral().await, 1, "the admitted container is added");
 }
 
 async fn create_namespace(client: &Client, name: &str, mode: Option<&str>) {

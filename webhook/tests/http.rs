@@ -74,8 +74,21 @@ async fn mutate_enforce_makes_mutate_deny() {
         settings,
         Evaluator::new(2, Duration::from_millis(250), Duration::from_secs(2)),
     );
-    let (_, review) = post(app(state), "/mutate", fixture("pod-privileged-create")).await;
+    let (_, review) = post(
+        app(state.clone()),
+        "/mutate",
+        fixture("pod-privileged-create"),
+    )
+    .await;
     assert!(!allowed(&review), "{review}");
+    // Denied here, the request never reaches /validate: /mutate counts it.
+    let series = r#"mapguard_policy_findings_total{policy="mapguard.privileged",action="deny"} "#;
+    let text = state.metrics().encode();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(series) && !l.ends_with(" 0")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -210,7 +223,10 @@ async fn dry_run_request_is_judged_and_only_counted_with_its_label() {
         "{metrics}"
     );
     assert!(
-        !metrics.contains("mapguard_policy_findings_total{"),
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("mapguard_policy_findings_total{"))
+            .all(|l| l.ends_with(" 0")),
         "dry-run request must not count findings: {metrics}"
     );
     // The same request without dryRun does count findings.
@@ -405,4 +421,121 @@ async fn requests_judged_with_stale_namespace_labels_say_so() {
     cache.mark_fresh();
     let (_, review) = post(app(state), "/validate", fixture("pod-plain-create")).await;
     assert!(!stale(&review), "{review}");
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|e| panic!("{series}: value {v:?}: {e}"))
+        })
+}
+
+/// The API server sends every Pod to both webhooks. Each finding is
+/// counted once, by `/validate`; `/mutate`, which denies nothing (without
+/// --mutate-enforce), counts none.
+#[tokio::test]
+async fn findings_are_counted_once_although_both_endpoints_judge() {
+    let state = default_state();
+    let (_, mutated) = post(
+        app(state.clone()),
+        "/mutate",
+        fixture("pod-privileged-create"),
+    )
+    .await;
+    assert!(allowed(&mutated), "/mutate denies nothing: {mutated}");
+    let (_, validated) = post(
+        app(state.clone()),
+        "/validate",
+        fixture("pod-privileged-create"),
+    )
+    .await;
+    let denials = message(&validated).matches("[mapguard.privileged]").count();
+    assert!(denials > 0, "{validated}");
+    let text = state.metrics().encode();
+    let series = r#"mapguard_policy_findings_total{policy="mapguard.privileged",action="deny"}"#;
+    assert_eq!(
+        metric_value(&text, series),
+        Some(denials as f64),
+        "one count per finding of the one request: {text}"
+    );
+
+    // /mutate alone (a request the validating webhook never sees) counts nothing.
+    let state = default_state();
+    let _ = post(
+        app(state.clone()),
+        "/mutate",
+        fixture("pod-privileged-create"),
+    )
+    .await;
+    assert_eq!(
+        metric_value(&state.metrics().encode(), series),
+        Some(0.0),
+        "deny findings on /mutate must not be counted"
+    );
+}
+
+/// A denied controller is named once: "mapguard denied Deployment ns/x:
+/// [policy] container ...", not again in each reason.
+#[tokio::test]
+async fn a_denied_controller_is_named_once() {
+    let review = validate("deployment-privileged-update").await;
+    let text = message(&review);
+    let subject = "Deployment default/shop-api";
+    assert!(
+        text.starts_with(&format!("mapguard denied {subject}: [mapguard.")),
+        "{text}"
+    );
+    assert_eq!(text.matches(subject).count(), 1, "{text}");
+    // Warnings carry no subject of their own: there the prefix stays.
+    let review = validate("job-godebug-create").await;
+    assert!(
+        warnings(&review)
+            .iter()
+            .all(|w| w.contains("Job default/nightly-report: ")),
+        "{review}"
+    );
+}
+
+/// Every metric is listed (HELP, TYPE and zero series) before it first
+/// fires, so dashboards and alerts see 0 rather than no data.
+#[tokio::test]
+async fn every_metric_is_listed_before_it_fires() {
+    let text = default_state().metrics().encode();
+    for (name, kind) in [
+        ("mapguard_admission_requests", "counter"),
+        ("mapguard_admission_duration_seconds", "histogram"),
+        ("mapguard_policy_evaluation_duration_seconds", "histogram"),
+        ("mapguard_policy_reloads", "counter"),
+        ("mapguard_policy_evaluations_rejected", "counter"),
+        ("mapguard_tls_reloads", "counter"),
+        ("mapguard_namespace_reloads", "counter"),
+        ("mapguard_policy_findings", "counter"),
+        ("mapguard_policies_loaded", "gauge"),
+        ("mapguard_policy_evaluations_in_flight", "gauge"),
+        ("mapguard_tls_handshake_failures", "counter"),
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}: {text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "no TYPE for {name}: {text}"
+        );
+    }
+    for series in [
+        "mapguard_tls_handshake_failures_total",
+        r#"mapguard_namespace_reloads_total{result="failure"}"#,
+        r#"mapguard_policy_reloads_total{result="failure"}"#,
+        r#"mapguard_tls_reloads_total{result="failure"}"#,
+        r#"mapguard_policy_evaluations_rejected_total{reason="timeout"}"#,
+        r#"mapguard_admission_requests_total{endpoint="validate",decision="failed_closed",dry_run="false"}"#,
+        r#"mapguard_policy_findings_total{policy="mapguard.privileged",action="deny"}"#,
+        r#"mapguard_policy_findings_total{policy="mapguard.gotraceback",action="warn"}"#,
+    ] {
+        assert_eq!(metric_value(&text, series), Some(0.0), "{series}: {text}");
+    }
 }

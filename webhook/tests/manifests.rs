@@ -93,6 +93,13 @@ fn webhook_configurations_call_our_paths_with_v1_reviews() {
                     .filter_map(Value::as_str)
             })
             .collect();
+        // kubectl debug adds containers through this subresource: judged by
+        // /validate; /mutate has nothing to add to a running Pod.
+        assert_eq!(
+            resources.contains(&"pods/ephemeralcontainers"),
+            path == "/validate",
+            "{file}: pods/ephemeralcontainers"
+        );
         for kind in [
             "pods",
             "deployments",

@@ -40,6 +40,9 @@ pub async fn watch(client: kube::Client, cache: Arc<NamespaceCache>, metrics: Ar
             Err(error) => {
                 metrics.namespace_reload(ReloadResult::failure);
                 cache.mark_stale();
+                // The whole chain: kube's own text stops at "client error
+                // (Connect)", the TLS or DNS cause is further down.
+                let error = crate::telemetry::error_chain(&error);
                 tracing::warn!(%error, "namespace watch failed; namespace labels may be stale until it is back; retrying");
             }
         }
