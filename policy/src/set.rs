@@ -175,6 +175,16 @@ impl PolicySet {
     /// and the Gatekeeper ConstraintTemplates and Constraints of its
     /// `*.yaml`/`*.yml` files (other YAML documents are ignored).
     pub fn load_dir(dir: &Path, config: &EngineConfig) -> Result<PolicySet, LoadError> {
+        Self::load_dir_with(dir, &[], config)
+    }
+
+    /// As [`PolicySet::load_dir`], with Gatekeeper documents from elsewhere
+    /// (the cluster's ConstraintTemplates and Constraints) added.
+    pub fn load_dir_with(
+        dir: &Path,
+        extra_documents: &[(String, serde_json::Value)],
+        config: &EngineConfig,
+    ) -> Result<PolicySet, LoadError> {
         let mut files = Vec::new();
         collect_sources(dir, &mut files)?;
         files.sort();
@@ -192,9 +202,10 @@ impl PolicySet {
                 documents.extend(gatekeeper_documents(&path, &text)?);
             }
         }
-        if sources.is_empty() && documents.is_empty() {
+        if sources.is_empty() && documents.is_empty() && extra_documents.is_empty() {
             return Err(LoadError::Empty(dir.to_path_buf()));
         }
+        documents.extend_from_slice(extra_documents);
         Self::from_parts(sources, &documents, config)
     }
 
@@ -224,12 +235,20 @@ impl PolicySet {
 
     /// The default policies (`policies/*.rego` of this repository, tests included).
     pub fn embedded(config: &EngineConfig) -> PolicySet {
+        // The embedded sources are compiled and tested by this crate's tests.
+        Self::embedded_with(&[], config).expect("embedded default policies must compile")
+    }
+
+    /// The default policies and Gatekeeper documents from elsewhere.
+    pub fn embedded_with(
+        extra_documents: &[(String, serde_json::Value)],
+        config: &EngineConfig,
+    ) -> Result<PolicySet, LoadError> {
         let sources = EMBEDDED
             .iter()
             .map(|(path, rego)| (path.to_string(), rego.to_string()))
             .collect();
-        // The embedded sources are compiled and tested by this crate's tests.
-        Self::from_sources(sources, config).expect("embedded default policies must compile")
+        Self::from_parts(sources, extra_documents, config)
     }
 
     /// Compiles `(path, rego)` pairs.

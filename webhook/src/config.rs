@@ -157,6 +157,12 @@ pub struct Config {
     /// and the namespaces file.
     #[arg(long, env = "MAPGUARD_RELOAD_INTERVAL", value_parser = parse_duration, default_value = "2s")]
     pub reload_interval: Duration,
+    /// Also serve Gatekeeper ConstraintTemplates and Constraints applied to
+    /// the cluster as objects: watch them, create each template's
+    /// constraint CRD, recompile on change (needs the ConstraintTemplate
+    /// CRD and the RBAC of manifests/gatekeeper/).
+    #[arg(long, env = "MAPGUARD_GATEKEEPER_CRS")]
+    pub gatekeeper_crs: bool,
     /// Let /mutate deny requests that policies deny (by default only
     /// /validate denies; /mutate only patches).
     #[arg(long, env = "MAPGUARD_MUTATE_ENFORCE")]

@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod config;
 pub mod evaluator;
+pub mod gatekeeper;
 pub mod metrics;
 pub mod namespaces;
 pub mod ops;

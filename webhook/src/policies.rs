@@ -6,7 +6,7 @@
 //! policies.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use mapguard_policy::{EngineConfig, LoadError, PolicySet};
 
@@ -24,6 +24,12 @@ pub struct PolicyStore {
     source: PolicySource,
     config: EngineConfig,
     current: RwLock<PolicySet>,
+    /// Gatekeeper ConstraintTemplates and Constraints applied to the
+    /// cluster as objects, compiled in with the source's policies.
+    cluster_documents: RwLock<Vec<(String, serde_json::Value)>>,
+    /// One compilation at a time: a directory reload and a cluster update
+    /// must not swap in sets built from each other's stale inputs.
+    compiling: Mutex<()>,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -45,6 +51,8 @@ impl PolicyStore {
             source,
             config,
             current: RwLock::new(set),
+            cluster_documents: RwLock::new(Vec::new()),
+            compiling: Mutex::new(()),
         })
     }
 
@@ -54,6 +62,8 @@ impl PolicyStore {
             source: PolicySource::Embedded,
             config,
             current: RwLock::new(set),
+            cluster_documents: RwLock::new(Vec::new()),
+            compiling: Mutex::new(()),
         }
     }
 
@@ -78,14 +88,46 @@ impl PolicyStore {
             .clone()
     }
 
-    /// Recompiles the directory; swaps it in only if it compiled. Returns
-    /// the number of policies now serving.
+    /// Recompiles the directory (and the cluster's Gatekeeper objects);
+    /// swaps it in only if it compiled. Returns the number of policies now
+    /// serving.
     pub fn reload(&self) -> Result<usize, LoadError> {
-        let PolicySource::Dir(dir) = &self.source else {
+        let _one = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        let documents = self.cluster();
+        if matches!(self.source, PolicySource::Embedded) && documents.is_empty() {
             return Ok(self.current().policies().len());
+        }
+        self.compile_with(&documents)
+    }
+
+    /// Replaces the cluster's Gatekeeper objects and recompiles; on an error
+    /// the previous set (and objects) keep serving.
+    pub fn set_cluster_documents(
+        &self,
+        documents: Vec<(String, serde_json::Value)>,
+    ) -> Result<usize, LoadError> {
+        let _one = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.compile_with(&documents)?;
+        *self
+            .cluster_documents
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = documents;
+        Ok(n)
+    }
+
+    fn cluster(&self) -> Vec<(String, serde_json::Value)> {
+        self.cluster_documents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn compile_with(&self, documents: &[(String, serde_json::Value)]) -> Result<usize, LoadError> {
+        let set = match &self.source {
+            PolicySource::Dir(dir) => PolicySet::load_dir_with(dir, documents, &self.config)?,
+            PolicySource::Embedded => PolicySet::embedded_with(documents, &self.config)?,
         };
-        let set = PolicySet::load_dir(dir, &self.config)?;
-        let n = set.policies().len();
+        let n = set.policies().len() + set.constraints().count();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = set;
         Ok(n)
     }

@@ -64,6 +64,8 @@ pub struct Webhook {
     cert: Arc<ReloadableCert>,
     namespaces_file: Option<Arc<FileNamespaces>>,
     kube: Option<(kube::Client, Arc<NamespaceCache>)>,
+    /// A client for the Gatekeeper objects' watch (`--gatekeeper-crs`).
+    gatekeeper: Option<kube::Client>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -128,6 +130,12 @@ impl Webhook {
             }
         };
 
+        let gatekeeper = match (&kube, config.gatekeeper_crs) {
+            (_, false) => None,
+            (Some((client, _)), true) => Some(client.clone()),
+            (None, true) => Some(kube_client(config.kubeconfig.as_deref()).await?),
+        };
+
         let provider = tls::provider();
         let cert = Arc::new(ReloadableCert::load(
             &config.tls_cert,
@@ -158,6 +166,7 @@ impl Webhook {
             cert,
             namespaces_file,
             kube,
+            gatekeeper,
         })
     }
 
@@ -265,6 +274,17 @@ impl Webhook {
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
                     _ = namespaces::kube::watch(client, cache, metrics) => {}
+                    _ = crate::server::wait_for(&mut stop) => {}
+                }
+            }));
+        }
+        if let Some(client) = self.gatekeeper {
+            let mut stop = rx.clone();
+            let store = state.policies().clone();
+            let metrics = state.metrics().clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = crate::gatekeeper::run(client, store, metrics) => {}
                     _ = crate::server::wait_for(&mut stop) => {}
                 }
             }));

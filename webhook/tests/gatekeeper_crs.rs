@@ -1,0 +1,248 @@
+//! Gatekeeper's objects applied to a real kube-apiserver (`kubectl apply`),
+//! served by the webhook with `--gatekeeper-crs`: it creates the
+//! constraint CRD of each template, compiles templates and constraints in
+//! as they change, keeps the last good set when a template breaks, and the
+//! API server's own admission of a Pod carries the constraint's denial.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use mapguard_certs_gen::{CertRequest, generate, write_dir};
+use mapguard_testenv::TestEnv;
+use rustls::version::TLS13;
+use support::*;
+
+const PROPAGATION: Duration = Duration::from_secs(20);
+
+const TEMPLATE: &str = r#"apiVersion: templates.gatekeeper.sh/v1
+kind: ConstraintTemplate
+metadata:
+  name: k8sreservednames
+spec:
+  crd:
+    spec:
+      names:
+        kind: K8sReservedNames
+      validation:
+        openAPIV3Schema:
+          type: object
+          properties:
+            names:
+              type: array
+              items: {type: string}
+  targets:
+    - target: admission.k8s.gatekeeper.sh
+      rego: |
+        package k8sreservednames
+        violation[{"msg": msg}] {
+          name := input.review.object.metadata.name
+          name == input.parameters.names[_]
+          msg := sprintf("the name %v is reserved", [name])
+        }
+"#;
+
+const CONSTRAINT: &str = r#"apiVersion: constraints.gatekeeper.sh/v1beta1
+kind: K8sReservedNames
+metadata:
+  name: reserved
+spec:
+  match:
+    kinds: [{apiGroups: [""], kinds: ["Pod"]}]
+  parameters:
+    names: [shop-api]
+"#;
+
+const DENIAL: &str = "[K8sReservedNames reserved] the name shop-api is reserved";
+
+async fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = env.kubectl().expect("kubectl is installed");
+    command.args(args);
+    let stdin = stdin.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::process::Stdio;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("run kubectl");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    })
+    .await
+    .expect("kubectl task")
+}
+
+async fn kubectl_ok(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(env, args, stdin).await;
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` until it holds, or fails with `what`.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = Instant::now() + PROPAGATION;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PROPAGATION:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_and_constraints_applied_to_the_cluster_are_served() {
+    let test = "templates_and_constraints_applied_to_the_cluster_are_served";
+    let Some(env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/gatekeeper/constrainttemplates-crd.yaml");
+    kubectl_ok(&env, &["apply", "-f", crd.to_str().expect("utf-8")], None).await;
+    kubectl_ok(
+        &env,
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/constrainttemplates.templates.gatekeeper.sh",
+        ],
+        None,
+    )
+    .await;
+
+    let base = temp_dir("gatekeeper-crs");
+    let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system")).expect("certs");
+    write_dir(&certs, &base.join("certs"), false).expect("write certs");
+    let webhook = start_webhook(
+        &base.join("certs"),
+        &[
+            format!("--kubeconfig={}", env.kubeconfig().display()),
+            "--gatekeeper-crs".to_owned(),
+        ],
+    )
+    .await;
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let mut client = http1(tls_connect(&connector, webhook.addr).await).await;
+    let mut judge = async || {
+        send(&mut client, "/validate", fixture("pod-plain-create"))
+            .await
+            .1
+    };
+    assert!(allowed(&judge().await), "nothing applied yet");
+
+    // The template: the webhook creates its constraint CRD.
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(TEMPLATE)).await;
+    eventually("the constraint CRD is created", async || {
+        kubectl(
+            &env,
+            &["get", "crd", "k8sreservednames.constraints.gatekeeper.sh"],
+            None,
+        )
+        .await
+        .status
+        .success()
+    })
+    .await;
+    kubectl_ok(
+        &env,
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/k8sreservednames.constraints.gatekeeper.sh",
+        ],
+        None,
+    )
+    .await;
+
+    // The constraint: served.
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(CONSTRAINT)).await;
+    eventually("the constraint denies", async || !allowed(&judge().await)).await;
+    let review = judge().await;
+    assert_eq!(
+        message(&review),
+        format!("mapguard denied Pod default/shop-api: {DENIAL}")
+    );
+    let listed = kubectl_ok(&env, &["get", "constraints", "-o", "name"], None).await;
+    assert_eq!(
+        listed.trim(),
+        "k8sreservednames.constraints.gatekeeper.sh/reserved"
+    );
+
+    // Through the API server's own admission.
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook");
+    let validating: ValidatingWebhookConfiguration = serde_yaml::from_str(
+        &std::fs::read_to_string(manifests.join("validatingwebhookconfiguration.yaml"))
+            .expect("read"),
+    )
+    .expect("a ValidatingWebhookConfiguration");
+    env.register_validating_webhook(
+        &validating,
+        &format!("https://{}", webhook.addr),
+        &certs.ca_cert_pem,
+    )
+    .await
+    .expect("register");
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shop-api\n  namespace: default\nspec:\n  containers:\n    - {name: app, image: shop:1}\n";
+    let mut stderr = String::new();
+    eventually("the API server denies through the webhook", async || {
+        let out = kubectl(&env, &["create", "--dry-run=server", "-f", "-"], Some(pod)).await;
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        !out.status.success() && stderr.contains(DENIAL)
+    })
+    .await;
+
+    // A template that no longer compiles: refused, the last good set serves.
+    let broken = TEMPLATE.replace("name == input.parameters.names[_]", "name == undefined_var");
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&broken)).await;
+    eventually(
+        "the broken template is counted as a failed reload",
+        async || {
+            ops_get(webhook.metrics_addr, "/metrics")
+                .await
+                .1
+                .contains(r#"mapguard_policy_reloads_total{result="failure"} 1"#)
+        },
+    )
+    .await;
+    assert!(!allowed(&judge().await), "the last good set keeps denying");
+
+    // Fixed again, then the constraint deleted: allowed.
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(TEMPLATE)).await;
+    kubectl_ok(
+        &env,
+        &[
+            "delete",
+            "k8sreservednames.constraints.gatekeeper.sh",
+            "reserved",
+        ],
+        None,
+    )
+    .await;
+    eventually("the deleted constraint stops denying", async || {
+        allowed(&judge().await)
+    })
+    .await;
+
+    webhook.shutdown().await;
+    drop(env);
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}
