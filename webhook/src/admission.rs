@@ -116,6 +116,7 @@ async fn judge(
             state.policies().current(),
             Arc::new(json),
             state.namespaces().snapshot(),
+            state.inventory(),
             state.metrics().clone(),
         )
         .await;

@@ -163,6 +163,15 @@ pub struct Config {
     /// CRD and the RBAC of manifests/gatekeeper/).
     #[arg(long, env = "MAPGUARD_GATEKEEPER_CRS")]
     pub gatekeeper_crs: bool,
+    /// Kinds kept as Gatekeeper's `data.inventory` for referential
+    /// templates, as GROUP/VERSION/KIND (`v1/Service`,
+    /// `networking.k8s.io/v1/Ingress`); watched through the API server.
+    #[arg(long, env = "MAPGUARD_INVENTORY", value_delimiter = ',')]
+    pub inventory: Vec<String>,
+    /// At most this many objects in the inventory; more are left out and
+    /// counted (`mapguard_inventory_dropped_total`).
+    #[arg(long, env = "MAPGUARD_INVENTORY_MAX_OBJECTS", default_value_t = 20_000)]
+    pub inventory_max_objects: usize,
     /// Let /mutate deny requests that policies deny (by default only
     /// /validate denies; /mutate only patches).
     #[arg(long, env = "MAPGUARD_MUTATE_ENFORCE")]

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mapguard_policy::{Decision, EvalError, NamespaceData, PolicySet};
+use mapguard_policy::{Decision, EvalError, Inventory, NamespaceData, PolicySet};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -88,6 +88,7 @@ impl Evaluator {
         set: PolicySet,
         review: Arc<Value>,
         namespaces: Arc<NamespaceData>,
+        inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,
     ) -> Result<Decision, EvalFailure> {
         let queued = Instant::now();
@@ -114,7 +115,8 @@ impl Evaluator {
             let _permit = permit;
             task_metrics.in_flight().inc();
             let started = Instant::now();
-            let result = set.evaluate(&review, &namespaces);
+            let timeout = set.config().eval_timeout;
+            let result = set.evaluate_with(&review, &namespaces, &inventory, timeout);
             task_metrics.in_flight().dec();
             task_metrics.observe_evaluation(started.elapsed());
             result

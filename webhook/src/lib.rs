@@ -16,6 +16,7 @@ pub mod admission;
 pub mod config;
 pub mod evaluator;
 pub mod gatekeeper;
+pub mod inventory;
 pub mod metrics;
 pub mod namespaces;
 pub mod ops;

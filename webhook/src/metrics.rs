@@ -149,6 +149,8 @@ pub struct Metrics {
     policies_loaded: Gauge,
     in_flight: Gauge,
     handshake_failures: Counter,
+    inventory_objects: Gauge,
+    inventory_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -234,6 +236,18 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             handshake_failures.clone(),
         );
+        let inventory_objects = Gauge::default();
+        registry.register(
+            "inventory_objects",
+            "Cluster objects held for Gatekeeper templates' data.inventory (--inventory)",
+            inventory_objects.clone(),
+        );
+        let inventory_dropped = Counter::default();
+        registry.register(
+            "inventory_dropped",
+            "Objects left out of the inventory because --inventory-max-objects was reached",
+            inventory_dropped.clone(),
+        );
         // Every series with a fixed label set exists from the start, at 0:
         // an alert on a rate or a dashboard sees 0 before the first event,
         // not "no data" (prometheus-client leaves out empty families, HELP
@@ -271,7 +285,20 @@ impl Metrics {
             policies_loaded,
             in_flight,
             handshake_failures,
+            inventory_objects,
+            inventory_dropped,
         }
+    }
+
+    /// Objects now in the inventory.
+    pub fn set_inventory_objects(&self, n: usize) {
+        self.inventory_objects
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one object left out of the full inventory.
+    pub fn inventory_dropped(&self) {
+        self.inventory_dropped.inc();
     }
 
     /// Counts one admission request and records its latency.

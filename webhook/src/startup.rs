@@ -26,6 +26,9 @@ use crate::{app, ops_app};
 /// Why the webhook could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// An `--inventory` kind is not GROUP/VERSION/KIND.
+    #[error(transparent)]
+    InventoryKind(#[from] crate::inventory::KindError),
     /// The policies do not compile.
     #[error("cannot load policies: {0}")]
     Policies(#[from] LoadError),
@@ -66,6 +69,8 @@ pub struct Webhook {
     kube: Option<(kube::Client, Arc<NamespaceCache>)>,
     /// A client for the Gatekeeper objects' watch (`--gatekeeper-crs`).
     gatekeeper: Option<kube::Client>,
+    /// The `--inventory` kinds and a client to watch them.
+    inventory: Option<(kube::Client, Vec<kube::api::GroupVersionKind>)>,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -136,6 +141,21 @@ impl Webhook {
             (None, true) => Some(kube_client(config.kubeconfig.as_deref()).await?),
         };
 
+        let inventory = if config.inventory.is_empty() {
+            None
+        } else {
+            let kinds = config
+                .inventory
+                .iter()
+                .map(|k| crate::inventory::parse_kind(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let client = match (&kube, &gatekeeper) {
+                (Some((client, _)), _) | (None, Some(client)) => client.clone(),
+                (None, None) => kube_client(config.kubeconfig.as_deref()).await?,
+            };
+            Some((client, kinds))
+        };
+
         let provider = tls::provider();
         let cert = Arc::new(ReloadableCert::load(
             &config.tls_cert,
@@ -167,6 +187,7 @@ impl Webhook {
             namespaces_file,
             kube,
             gatekeeper,
+            inventory,
         })
     }
 
@@ -274,6 +295,17 @@ impl Webhook {
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
                     _ = namespaces::kube::watch(client, cache, metrics) => {}
+                    _ = crate::server::wait_for(&mut stop) => {}
+                }
+            }));
+        }
+        if let Some((client, kinds)) = self.inventory {
+            let mut stop = rx.clone();
+            let max = config.inventory_max_objects;
+            let state = state.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = crate::inventory::run(client, kinds, max, state) => {}
                     _ = crate::server::wait_for(&mut stop) => {}
                 }
             }));

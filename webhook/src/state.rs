@@ -1,6 +1,8 @@
 //! Shared state of the admission handlers.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use mapguard_policy::Inventory;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -54,6 +56,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     settings: Settings,
     tls_ready: AtomicBool,
+    /// `data.inventory` for Gatekeeper templates (`--inventory`).
+    inventory: RwLock<Arc<Inventory>>,
 }
 
 impl AppState {
@@ -75,6 +79,7 @@ impl AppState {
                 metrics,
                 settings,
                 tls_ready: AtomicBool::new(false),
+                inventory: RwLock::new(Arc::new(Inventory::default())),
             }),
         }
     }
@@ -97,6 +102,24 @@ impl AppState {
     /// Prometheus metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The cluster objects Gatekeeper templates see as `data.inventory`.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.inner
+            .inventory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the inventory (the `--inventory` watch does).
+    pub fn set_inventory(&self, inventory: Inventory) {
+        *self
+            .inner
+            .inventory
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(inventory);
     }
 
     /// Handler settings.

@@ -246,3 +246,98 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
     drop(env);
     std::fs::remove_dir_all(&base).expect("cleanup");
 }
+
+/// An Ingress in `namespace` serving `host`, as the API server would send
+/// it for a CREATE.
+fn ingress_review(namespace: &str, name: &str, host: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "1", "operation": "CREATE", "namespace": namespace, "name": name,
+            "kind": {"group": "networking.k8s.io", "version": "v1", "kind": "Ingress"},
+            "resource": {"group": "networking.k8s.io", "version": "v1", "resource": "ingresses"},
+            "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"rules": [{"host": host}]}}
+        }
+    }))
+    .expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referential_templates_see_the_inventory_the_webhook_watches() {
+    let test = "referential_templates_see_the_inventory_the_webhook_watches";
+    let Some(env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let base = temp_dir("inventory");
+    let policies = base.join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests/fixtures/gator/unique-host");
+    for file in ["template.yaml", "constraint.yaml"] {
+        std::fs::copy(fixtures.join(file), policies.join(file)).expect("copy");
+    }
+    let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system")).expect("certs");
+    write_dir(&certs, &base.join("certs"), false).expect("write certs");
+    let webhook = start_webhook(
+        &base.join("certs"),
+        &[
+            format!("--kubeconfig={}", env.kubeconfig().display()),
+            format!("--policies={}", policies.display()),
+            "--inventory=networking.k8s.io/v1/Ingress,v1/Service".to_owned(),
+        ],
+    )
+    .await;
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let mut client = http1(tls_connect(&connector, webhook.addr).await).await;
+    let mut judge = async || {
+        send(
+            &mut client,
+            "/validate",
+            ingress_review("shop", "web-a", "a.example.com"),
+        )
+        .await
+        .1
+    };
+    assert!(allowed(&judge().await), "no Ingress in the cluster yet");
+
+    kubectl_ok(&env, &["create", "namespace", "other"], None).await;
+    let existing = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: existing\n  namespace: other\nspec:\n  rules:\n    - host: a.example.com\n";
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(existing)).await;
+    eventually("the webhook's inventory holds the Ingress", async || {
+        !allowed(&judge().await)
+    })
+    .await;
+    let review = judge().await;
+    assert_eq!(
+        message(&review),
+        "mapguard denied Ingress shop/web-a: [K8sUniqueIngressHostDemo unique-hosts] host a.example.com is already served by other/existing"
+    );
+    let metrics = ops_get(webhook.metrics_addr, "/metrics").await.1;
+    // The Ingress, and the API server's own `kubernetes` Service.
+    assert!(
+        metrics.contains("mapguard_inventory_objects 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mapguard_inventory_dropped_total 0\n"),
+        "{metrics}"
+    );
+
+    kubectl_ok(
+        &env,
+        &["delete", "ingress", "-n", "other", "existing"],
+        None,
+    )
+    .await;
+    eventually("a deleted Ingress leaves the inventory", async || {
+        allowed(&judge().await)
+    })
+    .await;
+
+    webhook.shutdown().await;
+    drop(env);
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}
