@@ -5,65 +5,16 @@
 
 mod support;
 
-use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mapguard_certs_gen::{CertRequest, generate, write_dir};
 use rustls::version::TLS13;
 use support::*;
 
-const TEMPLATE: &str = r#"apiVersion: templates.gatekeeper.sh/v1
-kind: ConstraintTemplate
-metadata:
-  name: k8sreservednames
-spec:
-  crd:
-    spec:
-      names:
-        kind: K8sReservedNames
-      validation:
-        openAPIV3Schema:
-          type: object
-          properties:
-            names:
-              type: array
-              items: {type: string}
-  targets:
-    - target: admission.k8s.gatekeeper.sh
-      rego: |
-        package k8sreservednames
-        violation[{"msg": msg}] {
-          name := input.review.object.metadata.name
-          name == input.parameters.names[_]
-          msg := sprintf("the name %v is reserved", [name])
-        }
-"#;
-
 fn constraint(action: &str) -> String {
     format!(
         "apiVersion: constraints.gatekeeper.sh/v1beta1\nkind: K8sReservedNames\nmetadata:\n  name: reserved\nspec:\n  enforcementAction: {action}\n  match:\n    kinds: [{{apiGroups: [\"\"], kinds: [\"Pod\"]}}]\n  parameters:\n    names: [shop-api]\n"
     )
-}
-
-/// Publishes `files` as a ConfigMap volume update does: a new hidden
-/// directory, then an atomic swap of `..data`.
-fn publish(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    let data = dir.join(format!("..v{version}"));
-    std::fs::create_dir_all(&data).expect("mkdir version dir");
-    for (name, text) in files {
-        std::fs::write(data.join(name), text).expect("write");
-    }
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    symlink(format!("..v{version}"), &tmp).expect("symlink");
-    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    for (name, _) in files {
-        let visible = dir.join(name);
-        if visible.symlink_metadata().is_err() {
-            symlink(format!("..data/{name}"), &visible).expect("visible symlink");
-        }
-    }
 }
 
 #[tokio::test]
@@ -74,11 +25,11 @@ async fn constraints_judge_through_the_webhook_and_a_broken_template_keeps_the_l
     std::fs::create_dir_all(&policies).expect("mkdir policies");
     let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
     write_dir(&certs, &certs_dir, false).expect("write certs");
-    publish(
+    publish_configmap(
         &policies,
         1,
         &[
-            ("template.yaml", TEMPLATE),
+            ("template.yaml", RESERVED_NAMES_TEMPLATE),
             ("constraint.yaml", &constraint("deny")),
         ],
     );
@@ -106,11 +57,11 @@ async fn constraints_judge_through_the_webhook_and_a_broken_template_keeps_the_l
     );
 
     // warn: allowed, with the finding as a warning.
-    publish(
+    publish_configmap(
         &policies,
         2,
         &[
-            ("template.yaml", TEMPLATE),
+            ("template.yaml", RESERVED_NAMES_TEMPLATE),
             ("constraint.yaml", &constraint("warn")),
         ],
     );
@@ -131,8 +82,9 @@ async fn constraints_judge_through_the_webhook_and_a_broken_template_keeps_the_l
     );
 
     // A template that does not compile: rejected, the warn set keeps serving.
-    let broken = TEMPLATE.replace("name == input.parameters.names[_]", "name == undefined_var");
-    publish(
+    let broken = RESERVED_NAMES_TEMPLATE
+        .replace("name == input.parameters.names[_]", "name == undefined_var");
+    publish_configmap(
         &policies,
         3,
         &[
@@ -140,18 +92,12 @@ async fn constraints_judge_through_the_webhook_and_a_broken_template_keeps_the_l
             ("constraint.yaml", &constraint("deny")),
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = ops_get(server.metrics_addr, "/metrics").await;
-        if metrics.contains(r#"mapguard_policy_reloads_total{result="failure"} 1"#) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "broken template not counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        server.metrics_addr,
+        r#"mapguard_policy_reloads_total{result="failure"} 1"#,
+        "broken template not counted",
+    )
+    .await;
     let review = judge().await;
     assert!(
         allowed(&review),

@@ -18,33 +18,6 @@ use support::*;
 
 const PROPAGATION: Duration = Duration::from_secs(20);
 
-const TEMPLATE: &str = r#"apiVersion: templates.gatekeeper.sh/v1
-kind: ConstraintTemplate
-metadata:
-  name: k8sreservednames
-spec:
-  crd:
-    spec:
-      names:
-        kind: K8sReservedNames
-      validation:
-        openAPIV3Schema:
-          type: object
-          properties:
-            names:
-              type: array
-              items: {type: string}
-  targets:
-    - target: admission.k8s.gatekeeper.sh
-      rego: |
-        package k8sreservednames
-        violation[{"msg": msg}] {
-          name := input.review.object.metadata.name
-          name == input.parameters.names[_]
-          msg := sprintf("the name %v is reserved", [name])
-        }
-"#;
-
 const CONSTRAINT: &str = r#"apiVersion: constraints.gatekeeper.sh/v1beta1
 kind: K8sReservedNames
 metadata:
@@ -149,7 +122,7 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
     assert!(allowed(&judge().await), "nothing applied yet");
 
     // The template: the webhook creates its constraint CRD.
-    kubectl_ok(&env, &["apply", "-f", "-"], Some(TEMPLATE)).await;
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(RESERVED_NAMES_TEMPLATE)).await;
     eventually("the constraint CRD is created", async || {
         kubectl(
             &env,
@@ -211,7 +184,8 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
     .await;
 
     // A template that no longer compiles: refused, the last good set serves.
-    let broken = TEMPLATE.replace("name == input.parameters.names[_]", "name == undefined_var");
+    let broken = RESERVED_NAMES_TEMPLATE
+        .replace("name == input.parameters.names[_]", "name == undefined_var");
     kubectl_ok(&env, &["apply", "-f", "-"], Some(&broken)).await;
     eventually(
         "the broken template is counted as a failed reload",
@@ -226,7 +200,7 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
     assert!(!allowed(&judge().await), "the last good set keeps denying");
 
     // Fixed again, then the constraint deleted: allowed.
-    kubectl_ok(&env, &["apply", "-f", "-"], Some(TEMPLATE)).await;
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(RESERVED_NAMES_TEMPLATE)).await;
     kubectl_ok(
         &env,
         &[

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,20 +35,10 @@ deny contains msg if {
 	input.request.object.metadata.name ==
 "#;
 
-/// Publishes `rego` the way the kubelet updates a ConfigMap volume: a new
-/// hidden directory, then an atomic swap of the `..data` symlink.
+/// Publishes `rego` as the policy folder's only file, as a ConfigMap
+/// volume update does.
 fn publish(dir: &Path, version: u32, rego: &str) {
-    let data = dir.join(format!("..v{version}"));
-    std::fs::create_dir_all(&data).expect("mkdir version dir");
-    std::fs::write(data.join("names.rego"), rego).expect("write policy");
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    symlink(format!("..v{version}"), &tmp).expect("symlink");
-    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    let visible = dir.join("names.rego");
-    if visible.symlink_metadata().is_err() {
-        symlink("..data/names.rego", &visible).expect("visible symlink");
-    }
+    publish_configmap(dir, version, &[("names.rego", rego)]);
 }
 
 async fn judge(
@@ -201,18 +190,12 @@ async fn changed_namespaces_file_changes_the_patch() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     std::fs::write(&ns_file, "{ not yaml: [").expect("break namespaces file");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = ops_get(server.metrics_addr, "/metrics").await;
-        if metrics.contains(r#"mapguard_namespace_reloads_total{result="failure"} 1"#) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "failed namespaces reload not counted: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        server.metrics_addr,
+        r#"mapguard_namespace_reloads_total{result="failure"} 1"#,
+        "failed namespaces reload not counted",
+    )
+    .await;
     let (_, review) = send(&mut client, "/mutate", fixture("pod-plain-create")).await;
     assert!(
         patch(&review).is_some(),

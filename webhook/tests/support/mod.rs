@@ -273,3 +273,67 @@ pub async fn start_webhook(cert_dir: &Path, flags: &[String]) -> Running {
         .await
         .expect("webhook starts")
 }
+
+/// A Gatekeeper ConstraintTemplate (v0 Rego) denying objects whose name is
+/// in `parameters.names`: kind `K8sReservedNames`.
+pub const RESERVED_NAMES_TEMPLATE: &str = r#"apiVersion: templates.gatekeeper.sh/v1
+kind: ConstraintTemplate
+metadata:
+  name: k8sreservednames
+spec:
+  crd:
+    spec:
+      names:
+        kind: K8sReservedNames
+      validation:
+        openAPIV3Schema:
+          type: object
+          properties:
+            names:
+              type: array
+              items: {type: string}
+  targets:
+    - target: admission.k8s.gatekeeper.sh
+      rego: |
+        package k8sreservednames
+        violation[{"msg": msg}] {
+          name := input.review.object.metadata.name
+          name == input.parameters.names[_]
+          msg := sprintf("the name %v is reserved", [name])
+        }
+"#;
+
+/// Publishes `files` the way the kubelet updates a ConfigMap volume: a new
+/// hidden directory, then an atomic swap of the `..data` symlink, and a
+/// visible symlink per file.
+pub fn publish_configmap(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir_all(&data).expect("mkdir version dir");
+    for (name, text) in files {
+        std::fs::write(data.join(name), text).expect("write");
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(format!("..v{version}"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for (name, _) in files {
+        let visible = dir.join(name);
+        if visible.symlink_metadata().is_err() {
+            symlink(format!("..data/{name}"), &visible).expect("visible symlink");
+        }
+    }
+}
+
+/// Waits (10 s at most) until the webhook's `/metrics` contains `needle`.
+pub async fn wait_for_metric(metrics_addr: SocketAddr, needle: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = ops_get(metrics_addr, "/metrics").await;
+        if metrics.contains(needle) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
