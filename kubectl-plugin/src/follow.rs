@@ -167,6 +167,52 @@ pub fn fatal(target: &Target, error: &watcher::Error) -> Option<PluginError> {
     }
 }
 
+/// Follows the records of every target until Ctrl-C, SIGTERM or the end of
+/// the watches (`Ok(true)`), or an error retrying cannot cure. Transient
+/// watch errors are warnings on `err`. `on_change` sees each change with
+/// its target's index; `on_synced` runs once, when every target's initial
+/// list is in.
+pub async fn follow(
+    targets: &[Target],
+    selector: Option<&str>,
+    err: &mut dyn std::io::Write,
+    mut on_change: impl FnMut(usize, Change, &mut dyn std::io::Write) -> Result<(), PluginError>,
+    mut on_synced: impl FnMut(&mut dyn std::io::Write) -> Result<(), PluginError>,
+) -> Result<bool, PluginError> {
+    let mut followers: Vec<Follower> = targets.iter().map(|t| Follower::new(&t.context)).collect();
+    let mut changes = watch_all(targets, selector);
+    let mut synced = false;
+    let stop = interrupted();
+    tokio::pin!(stop);
+    loop {
+        let (i, event) = tokio::select! {
+            () = &mut stop => return Ok(true),
+            next = changes.next() => match next {
+                Some(item) => item,
+                None => return Ok(true),
+            },
+        };
+        let target = &targets[i];
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => match fatal(target, &e) {
+                Some(fatal) => return Err(fatal),
+                None => {
+                    writeln!(err, "warning: context {:?}: {e}; retrying", target.context)?;
+                    continue;
+                }
+            },
+        };
+        for change in followers[i].on(event) {
+            on_change(i, change, err)?;
+        }
+        if !synced && followers.iter().all(Follower::synced) {
+            synced = true;
+            on_synced(err)?;
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM: how `watch` and `trace` end.
 pub async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

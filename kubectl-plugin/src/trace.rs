@@ -18,13 +18,12 @@
 
 use std::io::Write;
 
-use futures_util::StreamExt as _;
 use serde::Serialize;
 
 use crate::clusters::{Scope, Target};
 use crate::config::{TraceArgs, TraceOutput};
 use crate::error::PluginError;
-use crate::follow::{Change, Follower, fatal, interrupted, watch_all};
+use crate::follow::{Change, follow};
 
 /// One or more races of one call-site pair, as `-o json` prints them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -139,49 +138,27 @@ pub async fn run(
     err: &mut dyn Write,
 ) -> Result<bool, PluginError> {
     let several = targets.len() > 1;
-    let mut followers: Vec<Follower> = targets.iter().map(|t| Follower::new(&t.context)).collect();
-    let mut changes = watch_all(targets, args.cluster.selector.as_deref());
-    let mut ready = false;
-    let stop = interrupted();
-    tokio::pin!(stop);
-    loop {
-        let (i, event) = tokio::select! {
-            () = &mut stop => return Ok(true),
-            next = changes.next() => match next {
-                Some(item) => item,
-                None => return Ok(true),
-            },
+    let selector = args.cluster.selector.as_deref();
+    let print = |_: usize, change: Change, _: &mut dyn Write| -> Result<(), PluginError> {
+        let Some(occurrence) = Occurrence::of(&change) else {
+            return Ok(());
         };
-        let target = &targets[i];
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => match fatal(target, &e) {
-                Some(fatal) => return Err(fatal),
-                None => {
-                    writeln!(err, "warning: context {:?}: {e}; retrying", target.context)?;
-                    continue;
-                }
-            },
-        };
-        for change in followers[i].on(event) {
-            if let Some(occurrence) = Occurrence::of(&change) {
-                match args.output {
-                    TraceOutput::Text => writeln!(out, "{}", occurrence.line(several))?,
-                    TraceOutput::Json => {
-                        serde_json::to_writer(&mut *out, &occurrence)
-                            .map_err(std::io::Error::from)?;
-                        writeln!(out)?;
-                    }
-                }
-                out.flush()?;
+        match args.output {
+            TraceOutput::Text => writeln!(out, "{}", occurrence.line(several))?,
+            TraceOutput::Json => {
+                serde_json::to_writer(&mut *out, &occurrence).map_err(std::io::Error::from)?;
+                writeln!(out)?;
             }
         }
-        if !ready && followers.iter().all(Follower::synced) {
-            ready = true;
-            writeln!(err, "{}", ready_line(targets))?;
-            err.flush()?;
-        }
-    }
+        out.flush()?;
+        Ok(())
+    };
+    let ready = |err: &mut dyn Write| -> Result<(), PluginError> {
+        writeln!(err, "{}", ready_line(targets))?;
+        err.flush()?;
+        Ok(())
+    };
+    follow(targets, selector, err, print, ready).await
 }
 
 /// `Tracing Go map races in all namespaces of contexts east, west; Ctrl-C to stop.`

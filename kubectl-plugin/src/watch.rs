@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use futures_util::StreamExt as _;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
@@ -12,7 +11,7 @@ use crate::audit::{layout, nothing_found};
 use crate::clusters::Target;
 use crate::config::{RecordOutput, WatchArgs};
 use crate::error::PluginError;
-use crate::follow::{Change, Follower, fatal, interrupted, watch_all};
+use crate::follow::{Change, follow};
 use crate::records::Record;
 use crate::table::{Layout, Table};
 
@@ -75,47 +74,33 @@ pub async fn run(
         layout,
         events: args.output_watch_events,
     };
-    let mut followers: Vec<Follower> = targets.iter().map(|t| Follower::new(&t.context)).collect();
-    let mut changes = watch_all(targets, args.cluster.selector.as_deref());
-    let stop = interrupted();
-    tokio::pin!(stop);
-    loop {
-        let (i, event) = tokio::select! {
-            () = &mut stop => return Ok(true),
-            next = changes.next() => match next {
-                Some(item) => item,
-                None => return Ok(true),
-            },
-        };
-        let target = &targets[i];
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => match fatal(target, &e) {
-                Some(fatal) => return Err(fatal),
-                None => {
-                    writeln!(err, "warning: context {:?}: {e}; retrying", target.context)?;
-                    continue;
+    let several = targets.len() > 1;
+    let print = |i: usize, change: Change, err: &mut dyn Write| -> Result<(), PluginError> {
+        let shown: Vec<(&str, &Record)> = match &change {
+            Change::Initial(records) => {
+                if records.is_empty() && args.output.is_none_or(|o| o == RecordOutput::Wide) {
+                    writeln!(err, "{}", nothing_found(&targets[i], several))?;
                 }
-            },
-        };
-        for change in followers[i].on(event) {
-            let shown: Vec<(&str, &Record)> = match &change {
-                Change::Initial(records) => {
-                    if records.is_empty() && args.output.is_none_or(|o| o == RecordOutput::Wide) {
-                        writeln!(err, "{}", nothing_found(target, targets.len() > 1))?;
-                    }
-                    if args.watch_only {
-                        continue;
-                    }
-                    records.iter().map(|r| ("ADDED", r)).collect()
+                if args.watch_only {
+                    return Ok(());
                 }
-                Change::Added(r) => vec![("ADDED", r)],
-                Change::Modified { new, .. } => vec![("MODIFIED", new)],
-                Change::Deleted(r) => vec![("DELETED", r)],
-            };
-            if !shown.is_empty() {
-                printer.print(out, &shown)?;
+                records.iter().map(|r| ("ADDED", r)).collect()
             }
+            Change::Added(r) => vec![("ADDED", r)],
+            Change::Modified { new, .. } => vec![("MODIFIED", new)],
+            Change::Deleted(r) => vec![("DELETED", r)],
+        };
+        if !shown.is_empty() {
+            printer.print(out, &shown)?;
         }
-    }
+        Ok(())
+    };
+    follow(
+        targets,
+        args.cluster.selector.as_deref(),
+        err,
+        print,
+        |_| Ok(()),
+    )
+    .await
 }
