@@ -120,9 +120,15 @@ pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
             )
         })
         .collect();
-    // Referential Gatekeeper templates see the manifests being checked as
-    // the cluster's objects (`data.inventory`), namespaces filled in.
-    let inventory = Inventory::from_objects(reviews.iter().map(|r| &r["request"]["object"]));
+    // Referential Gatekeeper templates see the manifests being checked (and
+    // the namespaces of --namespaces) as the cluster's objects
+    // (`data.inventory`), namespaces filled in.
+    let namespace_objects = namespaces.objects();
+    let inventory = Inventory::from_objects(
+        namespace_objects
+            .iter()
+            .chain(reviews.iter().map(|r| &r["request"]["object"])),
+    );
 
     let mut results = Vec::with_capacity(manifests.len());
     let mut summary = Summary::default();

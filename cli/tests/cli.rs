@@ -395,3 +395,66 @@ fn policy_test_runs_gator_suites() {
         stdout(&out)
     );
 }
+
+#[test]
+fn the_namespaces_file_is_in_the_inventory_too() {
+    let dir = temp_dir("gatekeeper-namespaces");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    std::fs::write(
+        policies.join("template.yaml"),
+        r#"apiVersion: templates.gatekeeper.sh/v1
+kind: ConstraintTemplate
+metadata:
+  name: k8senforcednamespacedemo
+spec:
+  crd:
+    spec:
+      names:
+        kind: K8sEnforcedNamespaceDemo
+  targets:
+    - target: admission.k8s.gatekeeper.sh
+      rego: |
+        package k8senforcednamespacedemo
+        violation[{"msg": msg}] {
+          ns := input.review.object.metadata.namespace
+          not data.inventory.cluster["v1"]["Namespace"][ns].metadata.labels["mapguard.io/mode"]
+          msg := sprintf("namespace %v has no mapguard.io/mode label", [ns])
+        }
+---
+apiVersion: constraints.gatekeeper.sh/v1beta1
+kind: K8sEnforcedNamespaceDemo
+metadata:
+  name: enforced
+spec:
+  match:
+    kinds: [{apiGroups: [""], kinds: ["Pod"]}]
+"#,
+    )
+    .expect("write");
+    let pods = dir.join("pods.yaml");
+    std::fs::write(
+        &pods,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: shop\nspec:\n  containers: [{name: c, image: i}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  namespace: default\nspec:\n  containers: [{name: c, image: i}]\n",
+    )
+    .expect("write");
+    let out = mapguard(&[
+        "check",
+        "--policies",
+        policies.to_str().expect("utf-8"),
+        "--namespaces",
+        NS,
+        "-f",
+        pods.to_str().expect("utf-8"),
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("Pod default/b (K8sEnforcedNamespaceDemo enforced): namespace default has no mapguard.io/mode label"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Pod shop/a (K8sEnforcedNamespaceDemo"),
+        "shop is labelled: {text}"
+    );
+}

@@ -164,6 +164,20 @@ impl NamespaceData {
     }
 }
 
+impl NamespaceData {
+    /// The namespaces as `v1` Namespace objects (name, labels,
+    /// annotations), for Gatekeeper's `data.inventory`.
+    pub fn objects(&self) -> Vec<Json> {
+        self.namespaces
+            .iter()
+            .map(|(name, meta)| {
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                    "name": name, "labels": meta.labels, "annotations": meta.annotations}})
+            })
+            .collect()
+    }
+}
+
 /// Appends the Kubernetes objects in `value` to `out`: `List` kinds
 /// (`kind` ending in `List`, with `items`) are unpacked recursively, `null`
 /// (an empty YAML document) is skipped. Shared with the CI command, which
