@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pods;
 pub mod reconcile;
+pub mod responder;
 
 use std::{
     net::SocketAddr,
