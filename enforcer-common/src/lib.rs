@@ -370,7 +370,10 @@ pub struct Violation {
     pub conflicting_op: u8,
     pub depth: u8,
     pub conflicting_depth: u8,
-    pub _pad: u8,
+    /// One of [`message`]: what the runtime was about to print, for a
+    /// report from its crash path ([`detector::RUNTIME_FATAL`],
+    /// [`detector::RUNTIME_THROW`]); 0 for any other report.
+    pub message: u8,
     pub pid: u32,
     pub tid: u32,
     pub binary_id: u32,

@@ -210,7 +210,15 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
                     (true, false) => kind::CONCURRENT_WRITE,
                     (false, _) => reader_kind(cfg.op, other.op),
                 };
-                report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+                report(
+                    &hit,
+                    map,
+                    kind,
+                    cfg.op,
+                    detector::WRITING_FLAG,
+                    0,
+                    Some(other),
+                );
             }
             None => count(stat::WRITER_UNKNOWN),
         }
@@ -287,7 +295,7 @@ fn on_crash(hit: &Hit, detected_by: u8) -> Option<()> {
         message::ITERATION => reader_kind(op::ITER_NEXT, other_op),
         _ => reader_kind(op::READ, other_op),
     };
-    report(hit, map, kind, entered_op, detected_by, other);
+    report(hit, map, kind, entered_op, detected_by, class, other);
     Some(())
 }
 
