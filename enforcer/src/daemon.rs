@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pods;
 pub mod reconcile;
+pub mod workload;
 
 use std::{
     net::SocketAddr,
@@ -75,7 +76,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         coverage: args.default_coverage,
     };
     let pods = Arc::new(PodTable::new(defaults));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_pair_bound(args.max_records_per_namespace));
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let ops = Arc::new(OpsState {
         metrics: Arc::clone(&metrics),

@@ -270,6 +270,7 @@ impl Enforcer {
         let mut set = ProbeSet {
             path: path.to_path_buf(),
             symbols: points.iter().map(|(_, p)| p.symbol.clone()).collect(),
+            ops: points.iter().map(|(_, p)| p.cfg.op).collect(),
             ids,
             offsets,
             pid: scope.pid(),
@@ -394,6 +395,26 @@ impl Enforcer {
                 (symbol.as_str(), hits)
             })
             .collect()
+    }
+
+    /// How often a set's probes fired, summed by operation
+    /// (`mapguard_common::op`; each operation once, in first-probe order).
+    pub fn hits_by_op(&self, id: ProbeSetId) -> Vec<(u8, u64)> {
+        let Some(set) = self.sets.get(id.0).and_then(Option::as_ref) else {
+            return Vec::new();
+        };
+        let mut by_op: Vec<(u8, u64)> = Vec::new();
+        for (probe, op) in set.ids.clone().zip(&set.ops) {
+            let hits = self
+                .hits
+                .get(&probe, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
+            match by_op.iter_mut().find(|(o, _)| o == op) {
+                Some((_, n)) => *n += hits,
+                None => by_op.push((*op, hits)),
+            }
+        }
+        by_op
     }
 
     /// Zeroes a probe id's hit counters (ids are reused).

@@ -192,6 +192,23 @@ impl Sampler {
         self.windows
     }
 
+    /// Share of the time since the start the probes were on, the open
+    /// window included: the fraction of a steady process's map operations
+    /// that sampled coverage observes (what the node agent scales the
+    /// observed operations by).
+    pub fn observed_fraction(&self, now: Instant) -> f64 {
+        let open = match self.state {
+            State::On { since, .. } => now.saturating_duration_since(since),
+            State::Off { .. } => Duration::ZERO,
+        };
+        let total = now.saturating_duration_since(self.started).as_secs_f64();
+        if total <= 0.0 {
+            1.0
+        } else {
+            ((self.on_time + open).as_secs_f64() / total).min(1.0)
+        }
+    }
+
     /// Share of the time since the start the probes were on (closed
     /// windows only).
     pub fn measured_duty(&self, now: Instant) -> f64 {

@@ -68,6 +68,21 @@ struct Guarded {
     cpu: Cpu,
     /// Duty cycle last reported (sampling events are written on change).
     reported_duty: Option<f64>,
+    coverage: Coverage,
+}
+
+/// What the probes of one enforced process have seen so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedOps {
+    pub pid: u32,
+    pub coverage: Coverage,
+    /// Share of the process's map operations the probes see: 1 for `full`
+    /// (and for the writes under `writes`), the share of time the probes
+    /// were on for `sampled`.
+    pub fraction: f64,
+    /// Probe hits since the process was put under enforcement, by
+    /// operation (`mapguard_common::op`).
+    pub hits: Vec<(u8, u64)>,
 }
 
 /// A set seen by its sampler.
@@ -224,6 +239,7 @@ impl Session {
             sampler,
             cpu,
             reported_duty: None,
+            coverage,
         });
         Ok(())
     }
@@ -243,6 +259,25 @@ impl Session {
     /// `mapguard_common::stat`).
     pub fn incomplete_checks(&self) -> Vec<(&'static str, u64)> {
         self.enforcer.incomplete_checks()
+    }
+
+    /// The map operations the probes of each enforced process (`pid`
+    /// scope; not `watch --exe`) have counted, with the share of them they
+    /// see. A `light` process has no map-function probes (no entry).
+    pub fn observed_ops(&self) -> Vec<ObservedOps> {
+        let now = Instant::now();
+        self.guarded
+            .iter()
+            .filter_map(|g| {
+                let (pid, id) = (g.pid?, g.map_ops?);
+                Some(ObservedOps {
+                    pid,
+                    coverage: g.coverage,
+                    fraction: g.sampler.as_ref().map_or(1.0, |s| s.observed_fraction(now)),
+                    hits: self.enforcer.hits_by_op(id),
+                })
+            })
+            .collect()
     }
 
     /// Stops enforcing on process `pid` (gone, or no longer enforced): it

@@ -64,6 +64,8 @@ impl Scope {
 pub(super) struct ProbeSet {
     pub path: PathBuf,
     pub symbols: Vec<String>,
+    /// Each probe's operation (`mapguard_common::op`), like `symbols`.
+    pub ops: Vec<u8>,
     pub ids: Range<u32>,
     pub offsets: Vec<u64>,
     pub pid: Option<u32>,
