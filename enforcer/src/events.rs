@@ -291,7 +291,7 @@ fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> Op {
             binary
                 .points
                 .iter()
-                .find(|p| !p.is_backstop() && p.symbol == function)
+                .find(|p| !p.is_backstop() && !p.is_return() && p.symbol == function)
         })
         .map_or(Op::Unknown, |p| Op::from_kernel(p.cfg.op))
 }

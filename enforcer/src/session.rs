@@ -13,7 +13,7 @@
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration, time::Instant};
 
 use crate::{
-    config::EnforceArgs,
+    config::{EnforceArgs, LatencyWindows},
     coverage::{Coverage, SampleSettings},
     events::{Reporter, ViolationRecord},
     loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
@@ -69,6 +69,16 @@ struct Guarded {
     /// Duty cycle last reported (sampling events are written on change).
     reported_duty: Option<f64>,
     coverage: Coverage,
+    /// The RET probes of the delete functions and their windows.
+    latency: Option<Timing>,
+}
+
+/// A guarded target's delete-duration windows.
+struct Timing {
+    returns: ProbeSetId,
+    on: bool,
+    /// When the current window (or pause) ends.
+    next: Instant,
 }
 
 /// What the probes of one enforced process have seen so far.
@@ -83,6 +93,9 @@ pub struct ObservedOps {
     /// Probe hits since the process was put under enforcement, by
     /// operation (`mapguard_common::op`).
     pub hits: Vec<(u8, u64)>,
+    /// Timed deletes so far, by duration bucket
+    /// (`mapguard_common::LatencyKey::bucket`).
+    pub delete_latency: Vec<(u32, u64)>,
 }
 
 /// A set seen by its sampler.
@@ -113,6 +126,7 @@ pub struct Session {
     /// Analysed binaries by `(device, inode)`, with their crash-path probes.
     binaries: HashMap<(u64, u64), (Arc<BinaryTarget>, ProbeSetId)>,
     guarded: Vec<Guarded>,
+    latency: Option<LatencyWindows>,
 }
 
 impl Session {
@@ -137,7 +151,14 @@ impl Session {
             settings: args.sample_settings(),
             binaries: HashMap::new(),
             guarded: Vec::new(),
+            latency: args.delete_latency(Duration::ZERO),
         })
+    }
+
+    /// Measures the durations of map deletes of the targets guarded from
+    /// now on in `windows` (`None`: never).
+    pub fn set_delete_latency(&mut self, windows: Option<LatencyWindows>) {
+        self.latency = windows;
     }
 
     /// Analyses the binary at `path` (once per file) and probes its crash
@@ -231,6 +252,19 @@ impl Session {
             }
             _ => None,
         };
+        let latency = match (self.latency, map_ops) {
+            (Some(windows), Some(_)) if binary.points.iter().any(|p| p.is_return()) => {
+                let returns =
+                    self.enforcer
+                        .add_probes_off(binary, path, Probes::DeleteReturns, scope)?;
+                Some(Timing {
+                    returns,
+                    on: false,
+                    next: Instant::now() + windows.period - windows.on,
+                })
+            }
+            _ => None,
+        };
         tracing::info!(target = %label, %coverage, "enforcing");
         self.guarded.push(Guarded {
             label,
@@ -240,6 +274,7 @@ impl Session {
             cpu,
             reported_duty: None,
             coverage,
+            latency,
         });
         Ok(())
     }
@@ -275,6 +310,11 @@ impl Session {
                     coverage: g.coverage,
                     fraction: g.sampler.as_ref().map_or(1.0, |s| s.observed_fraction(now)),
                     hits: self.enforcer.hits_by_op(id),
+                    delete_latency: if g.latency.is_some() {
+                        self.enforcer.delete_latency(pid)
+                    } else {
+                        Vec::new()
+                    },
                 })
             })
             .collect()
@@ -292,6 +332,10 @@ impl Session {
             if let Some(id) = g.map_ops {
                 self.enforcer.remove_probes(id);
             }
+            if let Some(t) = g.latency {
+                self.enforcer.remove_probes(t.returns);
+                self.enforcer.forget_delete_latency(pid);
+            }
         }
     }
 
@@ -300,7 +344,44 @@ impl Session {
     pub fn poll(&mut self, timeout: Duration) -> Vec<ViolationRecord> {
         let records = self.monitor.wait(timeout);
         self.tick_samplers();
+        self.tick_latency();
         records
+    }
+
+    /// Opens and closes the delete-duration windows: the RET probes are
+    /// attached first and the entries timed, then the reverse.
+    fn tick_latency(&mut self) {
+        let Some(windows) = self.latency else {
+            return;
+        };
+        let now = Instant::now();
+        for g in &mut self.guarded {
+            let (Some(t), Some(entries)) = (g.latency.as_mut(), g.map_ops) else {
+                continue;
+            };
+            if now < t.next {
+                continue;
+            }
+            let switched = if t.on {
+                self.enforcer
+                    .set_timed(entries, false)
+                    .and_then(|()| self.enforcer.set_enabled(t.returns, false))
+            } else {
+                self.enforcer
+                    .set_enabled(t.returns, true)
+                    .and_then(|()| self.enforcer.set_timed(entries, true))
+            };
+            if let Err(e) = switched {
+                tracing::error!(target = %g.label, error = %e, "cannot switch the delete-duration probes");
+            }
+            t.on = !t.on;
+            t.next = now
+                + if t.on {
+                    windows.on
+                } else {
+                    windows.period - windows.on
+                };
+        }
     }
 
     /// Reports the records already waiting.
