@@ -118,7 +118,11 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         output::open(&args.enforce.events)?,
         Broadcast::new(events),
     ));
-    let session = Session::start_with_output(&args.enforce, out)?;
+    let mut session = Session::start_with_output(&args.enforce, out)?;
+    session.set_delete_latency(
+        args.enforce
+            .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
+    );
     ops.bpf_ready.store(true, Ordering::SeqCst);
     tracing::info!("BPF program loaded; enforcing");
     let stop = Arc::new(AtomicBool::new(false));

@@ -19,7 +19,7 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -67,6 +67,13 @@ struct ObservedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadSet {
+    namespace: String,
+    workload: String,
+    workload_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EstimatedLabels {
     namespace: String,
     workload: String,
@@ -102,6 +109,7 @@ pub struct Metrics {
     observed: Family<ObservedLabels, Counter>,
     estimated: Family<EstimatedLabels, Counter<f64, AtomicU64>>,
     pairs: Family<PairLabels, Counter>,
+    delete_duration: Family<WorkloadSet, Histogram>,
     /// Call-site pairs with a series of their own, by namespace (at most
     /// `pair_bound` each, as the records are).
     pairs_seen: Mutex<HashMap<String, HashSet<String>>>,
@@ -174,6 +182,14 @@ impl Metrics {
             "Violations by call-site pair, one series per MapViolation record (at most --max-records-per-namespace a namespace, like the records; the rest under record=\"_other\")",
             pairs.clone(),
         );
+        let delete_duration = Family::<WorkloadSet, Histogram>::new_with_constructor(
+            delete_duration_histogram as fn() -> Histogram,
+        );
+        r.register(
+            "mapguard_map_delete_duration_seconds",
+            "Duration of map deletes, by workload, from the deletes timed in the sampling windows (--delete-latency-on in every --delete-latency-period; each counts at the middle of its power-of-two bucket; includes about a microsecond of the probes' own time)",
+            delete_duration.clone(),
+        );
         let processes = Gauge::default();
         r.register(
             "mapguard_enforced_processes",
@@ -236,6 +252,7 @@ impl Metrics {
             observed,
             estimated,
             pairs,
+            delete_duration,
             pairs_seen: Mutex::new(HashMap::new()),
             pair_bound: usize::MAX,
             processes,
@@ -272,6 +289,20 @@ impl Metrics {
                     message_class: message.as_str(),
                 })
                 .inc();
+        }
+    }
+
+    /// Adds `count` new timed deletes of workload `w` that took
+    /// `[2^(bucket-1), 2^bucket)` ns (`mapguard_common::LatencyKey`).
+    pub fn delete_durations(&self, w: &WorkloadLabels, bucket: u32, count: u64) {
+        let histogram = self.delete_duration.get_or_create(&WorkloadSet {
+            namespace: w.namespace.clone(),
+            workload: w.workload.clone(),
+            workload_kind: w.workload_kind.clone(),
+        });
+        let seconds = 0.75 * 2f64.powi(bucket as i32) * 1e-9;
+        for _ in 0..count {
+            histogram.observe(seconds);
         }
     }
 
@@ -390,6 +421,12 @@ impl Metrics {
     }
 }
 
+/// Buckets of `mapguard_map_delete_duration_seconds`: the kernel's
+/// power-of-two nanosecond buckets from 128 ns to 64 ms.
+fn delete_duration_histogram() -> Histogram {
+    Histogram::new((7..=26).map(|b| 2f64.powi(b) * 1e-9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +530,37 @@ mod tests {
             Some(400.0),
             "{text}"
         );
+    }
+
+    #[test]
+    fn timed_deletes_fill_the_histogram_at_their_bucket_middle() {
+        let m = Metrics::new();
+        // Bucket 10: [512, 1024) ns, counted at 768 ns.
+        m.delete_durations(&cart(), 10, 3);
+        let text = m.encode();
+        let labels = r#"namespace="shop",workload="cart",workload_kind="StatefulSet""#;
+        let series = |suffix: &str| {
+            value(
+                &text,
+                &format!("mapguard_map_delete_duration_seconds_{suffix}{{{labels}}}"),
+            )
+        };
+        assert_eq!(series("count"), Some(3.0), "{text}");
+        let sum = series("sum").expect("sum");
+        assert!((sum - 3.0 * 768e-9).abs() < 1e-12, "{text}");
+        let bucket = |le: f64| {
+            text.lines()
+                .filter(|l| l.starts_with("mapguard_map_delete_duration_seconds_bucket{"))
+                .find(|l| {
+                    l.split("le=\"")
+                        .nth(1)
+                        .and_then(|v| v.split('"').next()?.parse::<f64>().ok())
+                        .is_some_and(|v| (v - le).abs() < 1e-15)
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        assert_eq!(bucket(512e-9), Some(0.0), "{text}");
+        assert_eq!(bucket(1024e-9), Some(3.0), "{text}");
     }
 
     #[test]

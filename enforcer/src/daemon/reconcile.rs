@@ -68,6 +68,8 @@ pub struct Enforcement {
     workloads: HashMap<u32, WorkloadLabels>,
     /// Probe hits of each enforced process already counted, by operation.
     counted_hits: HashMap<u32, HashMap<u8, u64>>,
+    /// Timed deletes of each enforced process already counted, by bucket.
+    counted_deletes: HashMap<u32, HashMap<u32, u64>>,
 }
 
 impl Enforcement {
@@ -93,6 +95,7 @@ impl Enforcement {
             failed: HashSet::new(),
             workloads: HashMap::new(),
             counted_hits: HashMap::new(),
+            counted_deletes: HashMap::new(),
         }
     }
 
@@ -146,6 +149,7 @@ impl Enforcement {
             self.enforced.remove(&pid);
             self.workloads.remove(&pid);
             self.counted_hits.remove(&pid);
+            self.counted_deletes.remove(&pid);
             tracing::info!(pid, "no longer enforced");
         }
 
@@ -206,6 +210,12 @@ impl Enforcement {
                     new,
                     observed.fraction,
                 );
+            }
+            let counted = self.counted_deletes.entry(observed.pid).or_default();
+            for (bucket, count) in observed.delete_latency {
+                let before = counted.insert(bucket, count).unwrap_or(0);
+                self.metrics
+                    .delete_durations(workload, bucket, count.saturating_sub(before));
             }
         }
     }
