@@ -594,6 +594,17 @@ async fn start_webhook(env: &TestEnv, dir: &Path) -> mapguard_webhook::startup::
     running
 }
 
+/// A failing test must not leave its agent running (its probes would
+/// stay, and slow or confuse whatever runs next).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The node agent as a process of its own.
 struct Agent {
     child: Child,

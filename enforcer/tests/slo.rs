@@ -647,6 +647,13 @@ impl Agent {
     }
 
     fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         // SAFETY: signals the test's own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -656,6 +663,18 @@ impl Agent {
                 "the agent did not stop on SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A failing test must not leave its agent running (its probes would stay).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        } else {
+            self.terminate();
         }
     }
 }
