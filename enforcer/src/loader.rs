@@ -469,18 +469,19 @@ impl Enforcer {
         Ok(())
     }
 
-    /// The timed deletes of process `pid` so far, by duration bucket
-    /// (`mapguard_common::LatencyKey::bucket`), summed over CPUs.
-    pub fn delete_latency(&self, pid: u32) -> Vec<(u32, u64)> {
-        let mut buckets: Vec<(u32, u64)> = self
-            .delete_latency
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, _)| key.pid == pid)
-            .map(|(key, per_cpu)| (key.bucket, per_cpu.iter().sum()))
-            .collect();
-        buckets.sort_unstable();
-        buckets
+    /// The timed deletes of every process so far, by process and duration
+    /// bucket (`mapguard_common::LatencyKey::bucket`), summed over CPUs
+    /// (one pass over the map).
+    pub fn delete_latency(&self) -> std::collections::HashMap<u32, Vec<(u32, u64)>> {
+        let mut by_pid: std::collections::HashMap<u32, Vec<(u32, u64)>> =
+            std::collections::HashMap::new();
+        for (key, per_cpu) in self.delete_latency.iter().filter_map(Result::ok) {
+            by_pid
+                .entry(key.pid)
+                .or_default()
+                .push((key.bucket, per_cpu.iter().sum()));
+        }
+        by_pid
     }
 
     /// Drops process `pid`'s delete durations.

@@ -301,6 +301,11 @@ impl Session {
     /// see. A `light` process has no map-function probes (no entry).
     pub fn observed_ops(&self) -> Vec<ObservedOps> {
         let now = Instant::now();
+        let mut latency = if self.guarded.iter().any(|g| g.latency.is_some()) {
+            self.enforcer.delete_latency()
+        } else {
+            HashMap::new()
+        };
         self.guarded
             .iter()
             .filter_map(|g| {
@@ -310,11 +315,7 @@ impl Session {
                     coverage: g.coverage,
                     fraction: g.sampler.as_ref().map_or(1.0, |s| s.observed_fraction(now)),
                     hits: self.enforcer.hits_by_op(id),
-                    delete_latency: if g.latency.is_some() {
-                        self.enforcer.delete_latency(pid)
-                    } else {
-                        Vec::new()
-                    },
+                    delete_latency: latency.remove(&pid).unwrap_or_default(),
                 })
             })
             .collect()
