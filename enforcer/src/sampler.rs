@@ -287,6 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn the_observed_fraction_scales_the_hits_back_to_every_operation() {
+        // A fixed 10% duty cycle: the hits seen, divided by the fraction
+        // observed, give the operations of the whole run (counting the
+        // window still open, which measured_duty leaves out).
+        let settings = SampleSettings {
+            on: Duration::from_millis(200),
+            period: Some(Duration::from_secs(2)),
+            ..SampleSettings::default()
+        };
+        let (sampler, fake, end) = run(settings, 100_000, 11);
+        let fraction = sampler.observed_fraction(end);
+        assert!((fraction - 0.1).abs() < 0.02, "observed fraction {fraction}");
+        let estimated = fake.hits as f64 / fraction;
+        let actual = 100_000.0 * 11.0;
+        assert!(
+            (estimated / actual - 1.0).abs() < 0.05,
+            "{estimated} estimated for {actual} operations"
+        );
+        assert!(fraction >= sampler.measured_duty(end));
+    }
+
+    #[test]
     fn a_cheap_process_stays_probed() {
         // 10k hits/s × 1 µs = 0.5% of its CPU: under the budget.
         let (sampler, fake, end) = run(SampleSettings::default(), 10_000, 10);
