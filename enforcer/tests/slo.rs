@@ -48,6 +48,33 @@ const PROPAGATION: Duration = Duration::from_secs(30);
 /// series' first sample, which `rate` cannot count).
 const RACY_RUNS: usize = 9;
 
+/// The series of the README's picture of a run: (panel title, query).
+const CHART_SERIES: [(&str, &str); 4] = [
+    (
+        "violations per second",
+        "sum by (workload) (rate(mapguard_violations_total[5s]))",
+    ),
+    (
+        "map crashes (total)",
+        "sum by (workload) (mapguard_map_crashes_total)",
+    ),
+    (
+        "map deletes per second (estimated)",
+        "sum by (workload) (rate(mapguard_map_operations_estimated_total{op=\"delete\"}[5s]))",
+    ),
+    (
+        "delete duration p99, seconds",
+        "histogram_quantile(0.99, sum by (le, workload) (rate(mapguard_map_delete_duration_seconds_bucket[5s])))",
+    ),
+];
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
 /// The series the README shows from a run.
 const MAIN_SERIES: [(&str, &str); 7] = [
     (
@@ -289,6 +316,8 @@ async fn a_real_prometheus_evaluates_every_rule_and_panel_on_a_real_node_agent()
     agent.wait_ready().await;
     let prometheus = Prometheus::start(&prometheus_bin, &dir, agent.ops);
     prometheus.wait_ready().await;
+    prometheus.wait_scraped().await;
+    let started = unix_now();
 
     let go = support::versions().last().copied().expect("a Go release");
     let clean = support::program(go, "clean", "mutex");
@@ -391,6 +420,22 @@ async fn a_real_prometheus_evaluates_every_rule_and_panel_on_a_real_node_agent()
             .map(|(what, expr, expected, _)| (what, expr, expected))
             .collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // The main series over the run, for the README's picture
+    // (scripts/slo-chart.py draws them).
+    if let Some(out) = std::env::var_os("MAPGUARD_SLO_SERIES_OUT") {
+        let end = unix_now();
+        let panels: Vec<Value> = CHART_SERIES
+            .iter()
+            .map(|(title, expr)| {
+                let series = prometheus
+                    .query_range(expr, started, end)
+                    .unwrap_or_else(|e| panic!("{expr}: {e}"));
+                json!({"title": title, "series": series})
+            })
+            .collect();
+        std::fs::write(&out, Value::Array(panels).to_string()).expect("write the series");
     }
 
     // What the main series say (shown with --nocapture).
@@ -729,10 +774,39 @@ impl Prometheus {
         }
     }
 
+    /// Waits for the first scrape of the agent (`up` 1).
+    async fn wait_scraped(&self) {
+        let deadline = Instant::now() + PROPAGATION;
+        loop {
+            let up = self.query(r#"up{job="mapguard-enforcer"} == 1"#);
+            if up.as_ref().is_ok_and(|v| !v.is_empty()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus never scraped the agent: {up:?}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// An instant query's result vector (`/api/v1/query`).
     fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let path = format!("/api/v1/query?query={}", percent_encode(expr));
-        let (status, body) = http_get(self.addr, &path).ok_or("no answer")?;
+        self.api(&format!("/api/v1/query?query={}", percent_encode(expr)))
+    }
+
+    /// A range query's result matrix, one point a second
+    /// (`/api/v1/query_range`).
+    fn query_range(&self, expr: &str, start: f64, end: f64) -> Result<Vec<Value>, String> {
+        self.api(&format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step=1",
+            percent_encode(expr)
+        ))
+    }
+
+    fn api(&self, path: &str) -> Result<Vec<Value>, String> {
+        let (status, body) = http_get(self.addr, path).ok_or("no answer")?;
         let answer: Value =
             serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}: {body}"))?;
         if answer["status"] != "success" {
@@ -741,7 +815,7 @@ impl Prometheus {
         answer["data"]["result"]
             .as_array()
             .cloned()
-            .ok_or_else(|| format!("not a vector: {body}"))
+            .ok_or_else(|| format!("no result: {body}"))
     }
 }
 
