@@ -298,7 +298,10 @@ mod tests {
         };
         let (sampler, fake, end) = run(settings, 100_000, 11);
         let fraction = sampler.observed_fraction(end);
-        assert!((fraction - 0.1).abs() < 0.02, "observed fraction {fraction}");
+        assert!(
+            (fraction - 0.1).abs() < 0.02,
+            "observed fraction {fraction}"
+        );
         let estimated = fake.hits as f64 / fraction;
         let actual = 100_000.0 * 11.0;
         assert!(

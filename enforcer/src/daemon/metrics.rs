@@ -1,7 +1,9 @@
 //! The node agent's Prometheus metrics (`/metrics` on the ops port). Labels
 //! are bounded: namespace and workload (the owning controller, never the
 //! Pod), kind, action, operation, message class, reason, check — never a
-//! Pod, process or call site.
+//! Pod or process. Call sites appear on one family only,
+//! `mapguard_violation_records_total`: one series per MapViolation record,
+//! bounded per namespace like the records themselves.
 //!
 //! The per-workload series are what the SLO rules of
 //! `manifests/monitoring/` are built on:
@@ -9,8 +11,9 @@
 //! `mapguard_map_crashes_total` (the Go runtime reached its map crash
 //! path: every coverage, `light` included, whether or not a race was
 //! reported before), `mapguard_map_operations_observed_total` (probe hits,
-//! what the coverage sees) and `mapguard_map_operations_estimated_total`
-//! (the same scaled by the share of operations the coverage sees).
+//! what the coverage sees), `mapguard_map_operations_estimated_total`
+//! (the same scaled by the share of operations the coverage sees) and
+//! `mapguard_map_delete_duration_seconds` (deletes timed in windows).
 
 use std::{
     collections::{HashMap, HashSet},
