@@ -10,6 +10,7 @@
 #     its own LLVM, for enforcer-ebpf
 #   - curl and procps for the demo and tests
 #   - kube-apiserver, kubectl and etcd for the cluster tests (install-cluster.sh)
+#   - prometheus and promtool for the SLO tests (install-prometheus.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 shared=${MAPGUARD_SHARED:-$here/../../shared}
@@ -84,4 +85,6 @@ fi
 # kube-apiserver, kubectl and etcd for the tests against a real API server
 # (tests/cluster/README.md): built once, cached under /opt/mapguard/kube.
 bash "$here/install-cluster.sh"
+# prometheus and promtool for the SLO tests (cached under /opt/mapguard/prometheus).
+bash "$here/install-prometheus.sh"
 log "dependencies ready"

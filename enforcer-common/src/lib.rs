@@ -35,6 +35,14 @@ pub const MAP_FATAL_MESSAGES: &str = "MG_FATAL_MESSAGES";
 pub const MAX_FATAL_MESSAGES: u32 = 1024;
 /// Per-CPU counters of checks the probes could not complete ([`stat`]).
 pub const MAP_STATS: &str = "MG_STATS";
+/// `PerCpuHashMap<LatencyKey, u64>`: how many timed map deletes of each
+/// process took how long (log2 buckets of nanoseconds).
+pub const MAP_DELETE_LATENCY: &str = "MG_DELETE_LATENCY";
+/// Capacity of [`MAP_DELETE_LATENCY`].
+pub const MAX_LATENCY_KEYS: u32 = 65536;
+/// Buckets of [`LatencyKey::bucket`]: bucket `b` counts deletes that took
+/// `[2^(b-1), 2^b)` ns (bucket 0: under 1 ns); the last one everything longer.
+pub const LATENCY_BUCKETS: u32 = 40;
 /// The enforcing uprobe program.
 pub const PROG_MAP_OP: &str = "mapguard_map_op";
 /// A uprobe program that does nothing (benchmark baseline).
@@ -76,6 +84,11 @@ pub mod op {
     pub const FATAL: u8 = 8;
     /// `runtime.throw`: the runtime found a map a race had corrupted.
     pub const THROW: u8 = 9;
+    /// A RET instruction of a map delete function: the end of a delete
+    /// whose duration is measured ([`super::MAP_DELETE_LATENCY`]). Its
+    /// probes are single-stepped (~10 µs a hit), so they are attached only
+    /// in short windows ([`super::ProbeConfig::timed`]).
+    pub const DELETE_RETURN: u8 = 10;
 
     /// Whether `op` changes the map (and so holds the runtime's writing flag).
     pub const fn is_write(op: u8) -> bool {
@@ -215,7 +228,11 @@ pub struct ProbeConfig {
     /// process's own mode from [`MAP_PROCS`] (probes shared by the
     /// processes of a binary), and no action for a process not there.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// Non-zero on a delete probe while its function's returns are probed
+    /// ([`op::DELETE_RETURN`]): the entry then records when the delete
+    /// started. User space switches it with the return probes' windows.
+    pub timed: u8,
+    pub _pad: [u8; 2],
     /// Byte offset of the map pointer inside the struct `arg_reg` points at.
     pub arg_offset: u32,
     /// Byte offset of the writing flag inside the map header.
@@ -370,7 +387,10 @@ pub struct Violation {
     pub conflicting_op: u8,
     pub depth: u8,
     pub conflicting_depth: u8,
-    pub _pad: u8,
+    /// One of [`message`]: what the runtime was about to print, for a
+    /// report from its crash path ([`detector::RUNTIME_FATAL`],
+    /// [`detector::RUNTIME_THROW`]); 0 for any other report.
+    pub message: u8,
     pub pid: u32,
     pub tid: u32,
     pub binary_id: u32,
@@ -389,6 +409,17 @@ pub struct Violation {
 }
 const _: () = assert!(core::mem::size_of::<Violation>() == 72 + 16 * MAX_FRAMES);
 
+/// Key of [`MAP_DELETE_LATENCY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LatencyKey {
+    /// Process (tgid).
+    pub pid: u32,
+    /// `[0, LATENCY_BUCKETS)`.
+    pub bucket: u32,
+}
+const _: () = assert!(core::mem::size_of::<LatencyKey>() == 8);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are `#[repr(C)]`, `Copy`, without implicit padding (the
@@ -401,4 +432,5 @@ mod pod {
     unsafe impl aya::Pod for super::ProcAddr {}
     unsafe impl aya::Pod for super::Violation {}
     unsafe impl aya::Pod for super::FatalMessage {}
+    unsafe impl aya::Pod for super::LatencyKey {}
 }

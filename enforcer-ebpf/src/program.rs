@@ -16,15 +16,18 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{map, uprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::ProbeContext,
 };
 use mapguard_common::{
-    FatalMessage, Goroutine, MAX_FATAL_MESSAGES, MAX_GOROUTINES, MAX_MAPS, MAX_PROBES, MAX_PROCS,
-    ProbeConfig, ProcAddr, ProcConfig, RECENT_WRITERS, RecentWriters, Writer, arg, detector, kind,
-    message, op, stat,
+    FatalMessage, Goroutine, LATENCY_BUCKETS, LatencyKey, MAX_FATAL_MESSAGES, MAX_GOROUTINES,
+    MAX_LATENCY_KEYS, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig, ProcAddr, ProcConfig,
+    RECENT_WRITERS, RecentWriters, Writer, arg, detector, kind, message, op, stat,
 };
 
 use crate::{
@@ -53,6 +56,11 @@ static GOROUTINES: LruHashMap<ProcAddr, Goroutine> =
 #[map(name = "MG_FATAL_MESSAGES")]
 static FATAL_MESSAGES: HashMap<FatalMessage, u8> = HashMap::with_max_entries(MAX_FATAL_MESSAGES, 0);
 
+/// Timed deletes by process and duration bucket.
+#[map(name = "MG_DELETE_LATENCY")]
+static DELETE_LATENCY: PerCpuHashMap<LatencyKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_LATENCY_KEYS, 0);
+
 /// Checks that could not be completed, by `mapguard_common::stat` index.
 #[map(name = "MG_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -80,6 +88,8 @@ struct Entered {
     tid: u32,
     op: u8,
     _pad: [u8; 7],
+    /// When a timed delete started (`bpf_ktime_get_ns`); 0 otherwise.
+    ts: u64,
 }
 
 /// Slots of [`ENTERED`] (a power of two).
@@ -149,6 +159,7 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     match cfg.op {
         op::FATAL => return on_crash(&hit, detector::RUNTIME_FATAL),
         op::THROW => return on_crash(&hit, detector::RUNTIME_THROW),
+        op::DELETE_RETURN => return on_delete_return(&hit),
         _ => {}
     }
     let Some(map) = map_pointer(&hit) else {
@@ -187,6 +198,12 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
             (*entered).pid = hit.pid;
             (*entered).tid = hit.tid;
             (*entered).op = cfg.op;
+            // SAFETY: no arguments.
+            (*entered).ts = if cfg.timed != 0 {
+                bpf_ktime_get_ns()
+            } else {
+                0
+            };
         }
     }
     let write = op::is_write(cfg.op);
@@ -210,7 +227,15 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
                     (true, false) => kind::CONCURRENT_WRITE,
                     (false, _) => reader_kind(cfg.op, other.op),
                 };
-                report(&hit, map, kind, cfg.op, detector::WRITING_FLAG, Some(other));
+                report(
+                    &hit,
+                    map,
+                    kind,
+                    cfg.op,
+                    detector::WRITING_FLAG,
+                    0,
+                    Some(other),
+                );
             }
             None => count(stat::WRITER_UNKNOWN),
         }
@@ -287,7 +312,39 @@ fn on_crash(hit: &Hit, detected_by: u8) -> Option<()> {
         message::ITERATION => reader_kind(op::ITER_NEXT, other_op),
         _ => reader_kind(op::READ, other_op),
     };
-    report(hit, map, kind, entered_op, detected_by, other);
+    report(hit, map, kind, entered_op, detected_by, class, other);
+    Some(())
+}
+
+/// A RET of a map delete function: if this thread's slot names a timed
+/// delete of this goroutine, count its duration in its process's
+/// histogram (the slot is cleared: each delete counts once).
+fn on_delete_return(hit: &Hit) -> Option<()> {
+    let entered = ENTERED.get_ptr_mut(hit.tid & (THREAD_SLOTS - 1))?;
+    // SAFETY: array value pointer, valid for this program run.
+    let entered = unsafe { &mut *entered };
+    if entered.ts == 0
+        || entered.op != op::DELETE
+        || entered.g != hit.g
+        || entered.pid != hit.pid
+        || entered.tid != hit.tid
+    {
+        return None;
+    }
+    // SAFETY: no arguments.
+    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(entered.ts);
+    entered.ts = 0;
+    let key = LatencyKey {
+        pid: hit.pid,
+        bucket: (64 - took.leading_zeros()).min(LATENCY_BUCKETS - 1),
+    };
+    match DELETE_LATENCY.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value pointer, valid for this program run.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = DELETE_LATENCY.insert(&key, &1, 0);
+        }
+    }
     Some(())
 }
 

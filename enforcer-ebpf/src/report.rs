@@ -38,6 +38,7 @@ pub(crate) fn report(
     kind: u8,
     op: u8,
     detected_by: u8,
+    message: u8,
     other: Option<&Writer>,
 ) -> Option<()> {
     let event = SCRATCH.get_ptr_mut(0)?;
@@ -46,6 +47,7 @@ pub(crate) fn report(
     event.kind = kind;
     event.action = hit.mode;
     event.detected_by = detected_by;
+    event.message = message;
     event.op = op;
     event.pid = hit.pid;
     event.tid = hit.tid;

@@ -11,7 +11,11 @@
 //!   as perf-event uprobes) and at the function entry,
 //! - under `mapguard-enforcer exec --mode audit` (the real detector), on
 //!   the goroutine-private map and, with `-shared`, on a map a second
-//!   goroutine wrote first (then every write records its stack too).
+//!   goroutine wrote first (then every write records its stack too);
+//! - the same with every delete timed (`--delete-latency-on`: the RET
+//!   instructions of the delete functions probed, single-stepped), which
+//!   gives the cost of one timed delete and so of the node agent's sampled
+//!   delete durations (a window of 100 ms in every 10 s by default).
 //!
 //! Per-hit cost = (ns/iteration under probes − plain ns/iteration) / 3.
 //! Target: the enforcer adds at most 50% to the bare hit cost at the same
@@ -47,6 +51,9 @@ mod support;
 const CALLS_PER_ITER: f64 = 3.0;
 /// Relative overhead of the enforcer over a bare probe it should stay under.
 const TARGET_OVERHEAD: f64 = 0.5;
+/// Share of the time the node agent times deletes by default
+/// (`--delete-latency-on 100ms`, `--delete-latency-period 10s`).
+const DAEMON_TIMED_SHARE: f64 = 0.01;
 
 /// One configuration to measure.
 struct Setup {
@@ -116,6 +123,22 @@ const SETUPS: &[Setup] = &[
         enforcer: Some(&["--mode", "audit", "--probe-at", "entry"]),
         program_args: &[],
         iterations: 50_000,
+    },
+    // Every delete timed: the RET probes of the delete functions attached
+    // for the whole run (the node agent attaches them 100 ms in every 10 s).
+    Setup {
+        name: "mapguard audit, deletes timed",
+        binary: "bench/mapheavy",
+        enforcer: Some(&[
+            "--mode",
+            "audit",
+            "--delete-latency-on",
+            "60m",
+            "--delete-latency-period",
+            "60m",
+        ]),
+        program_args: &[],
+        iterations: 100_000,
     },
     Setup {
         name: "mapguard audit, shared map",
@@ -225,6 +248,8 @@ struct Figures {
     bare: f64,
     enforce: f64,
     kernel: f64,
+    /// What timing one delete adds (ns).
+    timed_delete: f64,
     met: bool,
 }
 
@@ -340,6 +365,12 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
         shared - bare,
         (shared / bare - 1.0) * 100.0
     );
+    // One delete per iteration: the difference is what timing it costs.
+    let timed_delete = ns("mapguard audit, deletes timed") - ns("mapguard audit @ push rbp");
+    println!(
+        "  timing a delete (RET probes, single-stepped, and two clock reads): {timed_delete:+.0} ns; sampled at the node agent's default 1% of the time: {:+.1} ns per delete on average",
+        timed_delete * DAEMON_TIMED_SHARE
+    );
     let race = results
         .iter()
         .find(|(s, _)| s.name == "go -race")
@@ -359,6 +390,7 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
         bare,
         enforce,
         kernel,
+        timed_delete,
         met,
     })
 }
@@ -379,19 +411,26 @@ fn main() -> Result<()> {
     }
     println!("\nper probe hit, every release (median of {runs} runs):");
     println!(
-        "  {:<8} {:>10} {:>20} {:>22} {:>8}",
-        "release", "bare hit", "mapguard end to end", "mapguard BPF run time", "target"
+        "  {:<8} {:>10} {:>20} {:>22} {:>8} {:>26}",
+        "release",
+        "bare hit",
+        "mapguard end to end",
+        "mapguard BPF run time",
+        "target",
+        "timed delete (1% sampled)"
     );
     for f in &figures {
         println!(
-            "  {:<8} {:>7.0} ns {:>10.0} ns ({:+3.0}%) {:>12.0} ns ({:3.0}%) {:>8}",
+            "  {:<8} {:>7.0} ns {:>10.0} ns ({:+3.0}%) {:>12.0} ns ({:3.0}%) {:>8} {:>10.0} ns ({:+.1} ns)",
             f.go,
             f.bare,
             f.enforce,
             (f.enforce / f.bare - 1.0) * 100.0,
             f.kernel,
             f.kernel / f.bare * 100.0,
-            if f.met { "met" } else { "MISSED" }
+            if f.met { "met" } else { "MISSED" },
+            f.timed_delete,
+            f.timed_delete * DAEMON_TIMED_SHARE
         );
     }
     let all_met = figures.iter().all(|f| f.met);

@@ -116,6 +116,18 @@ pub struct EnforceArgs {
     /// measures it).
     #[arg(long, env = "MAPGUARD_HIT_COST", default_value = "1us", value_parser = parse_duration)]
     pub hit_cost: Duration,
+    /// Delete durations: length of each window in which the RET
+    /// instructions of the map delete functions are probed, timing every
+    /// delete that starts in it (`mapguard_map_delete_duration_seconds` of
+    /// the node agent). Those probes are single-stepped (~10 µs a hit), so
+    /// only a window in every --delete-latency-period is measured. 0: never.
+    /// Default: 100ms for `daemon`, 0 (off) for `exec` and `watch`.
+    #[arg(long, env = "MAPGUARD_DELETE_LATENCY_ON", value_parser = parse_duration)]
+    pub delete_latency_on: Option<Duration>,
+    /// Delete durations: window start to window start (the share of deletes
+    /// timed is --delete-latency-on / this).
+    #[arg(long, env = "MAPGUARD_DELETE_LATENCY_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    pub delete_latency_period: Duration,
     /// Where violation events go, one JSON object per line: a file path
     /// (appended to) or `-` for stdout.
     #[arg(long, env = "MAPGUARD_EVENTS", default_value = "-")]
@@ -134,6 +146,16 @@ pub struct EnforceArgs {
 }
 
 impl EnforceArgs {
+    /// The delete-duration windows: `--delete-latency-on` (else
+    /// `default_on`) and the period; `None` when off.
+    pub fn delete_latency(&self, default_on: Duration) -> Option<LatencyWindows> {
+        let on = self.delete_latency_on.unwrap_or(default_on);
+        (!on.is_zero()).then(|| LatencyWindows {
+            on,
+            period: self.delete_latency_period.max(on),
+        })
+    }
+
     /// The `sampled` coverage settings.
     pub fn sample_settings(&self) -> SampleSettings {
         SampleSettings {
@@ -230,3 +252,14 @@ pub struct DaemonArgs {
     #[command(flatten)]
     pub enforce: EnforceArgs,
 }
+
+/// When delete durations are measured: a window of `on` in every `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyWindows {
+    pub on: Duration,
+    pub period: Duration,
+}
+
+/// The node agent's default `--delete-latency-on`: 1% of the time with
+/// the default 10 s period.
+pub const DAEMON_DELETE_LATENCY_ON: Duration = Duration::from_millis(100);

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pods;
 pub mod reconcile;
 pub mod responder;
+pub mod workload;
 
 use std::{
     net::SocketAddr,
@@ -76,7 +77,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         coverage: args.default_coverage,
     };
     let pods = Arc::new(PodTable::new(defaults));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_pair_bound(args.max_records_per_namespace));
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let ops = Arc::new(OpsState {
         metrics: Arc::clone(&metrics),
@@ -118,7 +119,11 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         output::open(&args.enforce.events)?,
         Broadcast::new(events),
     ));
-    let session = Session::start_with_output(&args.enforce, out)?;
+    let mut session = Session::start_with_output(&args.enforce, out)?;
+    session.set_delete_latency(
+        args.enforce
+            .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
+    );
     ops.bpf_ready.store(true, Ordering::SeqCst);
     tracing::info!("BPF program loaded; enforcing");
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,7 +10,7 @@ use crate::{
     cgroup::PodInfo,
     sampler::Estimate,
     target::BinaryTarget,
-    vocab::{Action, Detector, Kind, Op},
+    vocab::{Action, CrashMessage, Detector, Kind, Op},
 };
 
 mod time;
@@ -58,6 +58,10 @@ pub struct ViolationRecord {
     pub conflicting_stack: Vec<String>,
     pub action: Action,
     pub detected_by: Detector,
+    /// For a report from the runtime's crash path: the message the runtime
+    /// was about to print (it was about to abort the process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_message: Option<CrashMessage>,
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub pod_uid: Option<String>,
@@ -264,6 +268,9 @@ impl Reporter {
             conflicting_stack: symbolize(&v.conflicting_stack, v.conflicting_depth),
             action: Action::from_kernel(v.action),
             detected_by: Detector::from_kernel(v.detected_by),
+            crash_message: Detector::from_kernel(v.detected_by)
+                .is_crash_path()
+                .then(|| CrashMessage::from_kernel(v.message)),
             namespace: pod.namespace,
             pod: pod.pod,
             pod_uid: pod.pod_uid,
@@ -284,7 +291,7 @@ fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> Op {
             binary
                 .points
                 .iter()
-                .find(|p| !p.is_backstop() && p.symbol == function)
+                .find(|p| !p.is_backstop() && !p.is_return() && p.symbol == function)
         })
         .map_or(Op::Unknown, |p| Op::from_kernel(p.cfg.op))
 }

@@ -24,15 +24,16 @@ use std::{num::NonZeroU32, path::PathBuf};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use mapguard_common::{
-    FatalMessage, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS, MAP_PROBES, MAP_PROCS, MAP_STATS,
-    MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig, stat,
+    FatalMessage, LatencyKey, MAP_DELETE_LATENCY, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS,
+    MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig,
+    op, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -128,6 +129,7 @@ pub struct Enforcer {
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     fatal_messages: HashMap<MapData, FatalMessage, u8>,
+    delete_latency: PerCpuHashMap<MapData, LatencyKey, u64>,
     sets: Vec<Option<ProbeSet>>,
 }
 
@@ -187,6 +189,9 @@ impl Enforcer {
         let fatal_messages = take_map(&mut ebpf, MAP_FATAL_MESSAGES)?;
         let fatal_messages =
             HashMap::try_from(fatal_messages).map_err(|e| map_error(MAP_FATAL_MESSAGES, e))?;
+        let delete_latency = take_map(&mut ebpf, MAP_DELETE_LATENCY)?;
+        let delete_latency = PerCpuHashMap::try_from(delete_latency)
+            .map_err(|e| map_error(MAP_DELETE_LATENCY, e))?;
         Ok(Enforcer {
             ebpf,
             program: name,
@@ -199,6 +204,7 @@ impl Enforcer {
             events: Some(events),
             stats,
             fatal_messages,
+            delete_latency,
             sets: Vec::new(),
         })
     }
@@ -223,6 +229,29 @@ impl Enforcer {
         path: &std::path::Path,
         which: Probes,
         scope: Scope,
+    ) -> Result<ProbeSetId, LoaderError> {
+        self.configure(target, path, which, scope, true)
+    }
+
+    /// [`Enforcer::add_probes_at`] leaving the set switched off (not
+    /// attached until [`Enforcer::set_enabled`]).
+    pub fn add_probes_off(
+        &mut self,
+        target: &BinaryTarget,
+        path: &std::path::Path,
+        which: Probes,
+        scope: Scope,
+    ) -> Result<ProbeSetId, LoaderError> {
+        self.configure(target, path, which, scope, false)
+    }
+
+    fn configure(
+        &mut self,
+        target: &BinaryTarget,
+        path: &std::path::Path,
+        which: Probes,
+        scope: Scope,
+        attach: bool,
     ) -> Result<ProbeSetId, LoaderError> {
         let points: Vec<(u32, &crate::target::AttachPoint)> = target
             .points
@@ -270,12 +299,13 @@ impl Enforcer {
         let mut set = ProbeSet {
             path: path.to_path_buf(),
             symbols: points.iter().map(|(_, p)| p.symbol.clone()).collect(),
+            ops: points.iter().map(|(_, p)| p.cfg.op).collect(),
             ids,
             offsets,
             pid: scope.pid(),
             links: Vec::new(),
         };
-        if let Err(e) = self.link(&mut set) {
+        if attach && let Err(e) = self.link(&mut set) {
             self.ids.give_back(set.ids);
             return Err(e);
         }
@@ -394,6 +424,77 @@ impl Enforcer {
                 (symbol.as_str(), hits)
             })
             .collect()
+    }
+
+    /// How often a set's probes fired, summed by operation
+    /// (`mapguard_common::op`; each operation once, in first-probe order).
+    pub fn hits_by_op(&self, id: ProbeSetId) -> Vec<(u8, u64)> {
+        let Some(set) = self.sets.get(id.0).and_then(Option::as_ref) else {
+            return Vec::new();
+        };
+        let mut by_op: Vec<(u8, u64)> = Vec::new();
+        for (probe, op) in set.ids.clone().zip(&set.ops) {
+            let hits = self
+                .hits
+                .get(&probe, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>());
+            match by_op.iter_mut().find(|(o, _)| o == op) {
+                Some((_, n)) => *n += hits,
+                None => by_op.push((*op, hits)),
+            }
+        }
+        by_op
+    }
+
+    /// Switches the timing of a set's delete probes (`ProbeConfig::timed`):
+    /// on, each delete's entry records when it started, for the RET probes
+    /// of [`Probes::DeleteReturns`].
+    pub fn set_timed(&mut self, id: ProbeSetId, on: bool) -> Result<(), LoaderError> {
+        let Some(set) = self.sets.get(id.0).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        for (probe, op) in set.ids.clone().zip(&set.ops) {
+            if *op != op::DELETE {
+                continue;
+            }
+            let mut cfg = self
+                .probes
+                .get(&probe, 0)
+                .map_err(|e| map_error(MAP_PROBES, e))?;
+            cfg.timed = u8::from(on);
+            self.probes
+                .set(probe, cfg, 0)
+                .map_err(|e| map_error(MAP_PROBES, e))?;
+        }
+        Ok(())
+    }
+
+    /// The timed deletes of every process so far, by process and duration
+    /// bucket (`mapguard_common::LatencyKey::bucket`), summed over CPUs
+    /// (one pass over the map).
+    pub fn delete_latency(&self) -> std::collections::HashMap<u32, Vec<(u32, u64)>> {
+        let mut by_pid: std::collections::HashMap<u32, Vec<(u32, u64)>> =
+            std::collections::HashMap::new();
+        for (key, per_cpu) in self.delete_latency.iter().filter_map(Result::ok) {
+            by_pid
+                .entry(key.pid)
+                .or_default()
+                .push((key.bucket, per_cpu.iter().sum()));
+        }
+        by_pid
+    }
+
+    /// Drops process `pid`'s delete durations.
+    pub fn forget_delete_latency(&mut self, pid: u32) {
+        let keys: Vec<LatencyKey> = self
+            .delete_latency
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.pid == pid)
+            .collect();
+        for key in keys {
+            let _ = self.delete_latency.remove(&key);
+        }
     }
 
     /// Zeroes a probe id's hit counters (ids are reused).

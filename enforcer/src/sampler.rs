@@ -192,6 +192,23 @@ impl Sampler {
         self.windows
     }
 
+    /// Share of the time since the start the probes were on, the open
+    /// window included: the fraction of a steady process's map operations
+    /// that sampled coverage observes (what the node agent scales the
+    /// observed operations by).
+    pub fn observed_fraction(&self, now: Instant) -> f64 {
+        let open = match self.state {
+            State::On { since, .. } => now.saturating_duration_since(since),
+            State::Off { .. } => Duration::ZERO,
+        };
+        let total = now.saturating_duration_since(self.started).as_secs_f64();
+        if total <= 0.0 {
+            1.0
+        } else {
+            ((self.on_time + open).as_secs_f64() / total).min(1.0)
+        }
+    }
+
     /// Share of the time since the start the probes were on (closed
     /// windows only).
     pub fn measured_duty(&self, now: Instant) -> f64 {
@@ -267,6 +284,31 @@ mod tests {
         let duty = sampler.measured_duty(end);
         assert!((0.05..0.09).contains(&duty), "measured duty {duty}");
         assert!(fake.toggles >= 14, "switched off and on every period");
+    }
+
+    #[test]
+    fn the_observed_fraction_scales_the_hits_back_to_every_operation() {
+        // A fixed 10% duty cycle: the hits seen, divided by the fraction
+        // observed, give the operations of the whole run (counting the
+        // window still open, which measured_duty leaves out).
+        let settings = SampleSettings {
+            on: Duration::from_millis(200),
+            period: Some(Duration::from_secs(2)),
+            ..SampleSettings::default()
+        };
+        let (sampler, fake, end) = run(settings, 100_000, 11);
+        let fraction = sampler.observed_fraction(end);
+        assert!(
+            (fraction - 0.1).abs() < 0.02,
+            "observed fraction {fraction}"
+        );
+        let estimated = fake.hits as f64 / fraction;
+        let actual = 100_000.0 * 11.0;
+        assert!(
+            (estimated / actual - 1.0).abs() < 0.05,
+            "{estimated} estimated for {actual} operations"
+        );
+        assert!(fraction >= sampler.measured_duty(end));
     }
 
     #[test]

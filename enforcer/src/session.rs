@@ -13,7 +13,7 @@
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration, time::Instant};
 
 use crate::{
-    config::EnforceArgs,
+    config::{EnforceArgs, LatencyWindows},
     coverage::{Coverage, SampleSettings},
     events::{Reporter, ViolationRecord},
     loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
@@ -68,6 +68,34 @@ struct Guarded {
     cpu: Cpu,
     /// Duty cycle last reported (sampling events are written on change).
     reported_duty: Option<f64>,
+    coverage: Coverage,
+    /// The RET probes of the delete functions and their windows.
+    latency: Option<Timing>,
+}
+
+/// A guarded target's delete-duration windows.
+struct Timing {
+    returns: ProbeSetId,
+    on: bool,
+    /// When the current window (or pause) ends.
+    next: Instant,
+}
+
+/// What the probes of one enforced process have seen so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedOps {
+    pub pid: u32,
+    pub coverage: Coverage,
+    /// Share of the process's map operations the probes see: 1 for `full`
+    /// (and for the writes under `writes`), the share of time the probes
+    /// were on for `sampled`.
+    pub fraction: f64,
+    /// Probe hits since the process was put under enforcement, by
+    /// operation (`mapguard_common::op`).
+    pub hits: Vec<(u8, u64)>,
+    /// Timed deletes so far, by duration bucket
+    /// (`mapguard_common::LatencyKey::bucket`).
+    pub delete_latency: Vec<(u32, u64)>,
 }
 
 /// A set seen by its sampler.
@@ -98,6 +126,7 @@ pub struct Session {
     /// Analysed binaries by `(device, inode)`, with their crash-path probes.
     binaries: HashMap<(u64, u64), (Arc<BinaryTarget>, ProbeSetId)>,
     guarded: Vec<Guarded>,
+    latency: Option<LatencyWindows>,
 }
 
 impl Session {
@@ -122,7 +151,14 @@ impl Session {
             settings: args.sample_settings(),
             binaries: HashMap::new(),
             guarded: Vec::new(),
+            latency: args.delete_latency(Duration::ZERO),
         })
+    }
+
+    /// Measures the durations of map deletes of the targets guarded from
+    /// now on in `windows` (`None`: never).
+    pub fn set_delete_latency(&mut self, windows: Option<LatencyWindows>) {
+        self.latency = windows;
     }
 
     /// Analyses the binary at `path` (once per file) and probes its crash
@@ -216,6 +252,19 @@ impl Session {
             }
             _ => None,
         };
+        let latency = match (self.latency, map_ops) {
+            (Some(windows), Some(_)) if binary.points.iter().any(|p| p.is_return()) => {
+                let returns =
+                    self.enforcer
+                        .add_probes_off(binary, path, Probes::DeleteReturns, scope)?;
+                Some(Timing {
+                    returns,
+                    on: false,
+                    next: Instant::now() + windows.period - windows.on,
+                })
+            }
+            _ => None,
+        };
         tracing::info!(target = %label, %coverage, "enforcing");
         self.guarded.push(Guarded {
             label,
@@ -224,6 +273,8 @@ impl Session {
             sampler,
             cpu,
             reported_duty: None,
+            coverage,
+            latency,
         });
         Ok(())
     }
@@ -245,6 +296,31 @@ impl Session {
         self.enforcer.incomplete_checks()
     }
 
+    /// The map operations the probes of each enforced process (`pid`
+    /// scope; not `watch --exe`) have counted, with the share of them they
+    /// see. A `light` process has no map-function probes (no entry).
+    pub fn observed_ops(&self) -> Vec<ObservedOps> {
+        let now = Instant::now();
+        let mut latency = if self.guarded.iter().any(|g| g.latency.is_some()) {
+            self.enforcer.delete_latency()
+        } else {
+            HashMap::new()
+        };
+        self.guarded
+            .iter()
+            .filter_map(|g| {
+                let (pid, id) = (g.pid?, g.map_ops?);
+                Some(ObservedOps {
+                    pid,
+                    coverage: g.coverage,
+                    fraction: g.sampler.as_ref().map_or(1.0, |s| s.observed_fraction(now)),
+                    hits: self.enforcer.hits_by_op(id),
+                    delete_latency: latency.remove(&pid).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
     /// Stops enforcing on process `pid` (gone, or no longer enforced): it
     /// leaves the process table and its map-function probes are freed.
     pub fn forget_process(&mut self, pid: u32) {
@@ -257,6 +333,10 @@ impl Session {
             if let Some(id) = g.map_ops {
                 self.enforcer.remove_probes(id);
             }
+            if let Some(t) = g.latency {
+                self.enforcer.remove_probes(t.returns);
+                self.enforcer.forget_delete_latency(pid);
+            }
         }
     }
 
@@ -265,7 +345,44 @@ impl Session {
     pub fn poll(&mut self, timeout: Duration) -> Vec<ViolationRecord> {
         let records = self.monitor.wait(timeout);
         self.tick_samplers();
+        self.tick_latency();
         records
+    }
+
+    /// Opens and closes the delete-duration windows: the RET probes are
+    /// attached first and the entries timed, then the reverse.
+    fn tick_latency(&mut self) {
+        let Some(windows) = self.latency else {
+            return;
+        };
+        let now = Instant::now();
+        for g in &mut self.guarded {
+            let (Some(t), Some(entries)) = (g.latency.as_mut(), g.map_ops) else {
+                continue;
+            };
+            if now < t.next {
+                continue;
+            }
+            let switched = if t.on {
+                self.enforcer
+                    .set_timed(entries, false)
+                    .and_then(|()| self.enforcer.set_enabled(t.returns, false))
+            } else {
+                self.enforcer
+                    .set_enabled(t.returns, true)
+                    .and_then(|()| self.enforcer.set_timed(entries, true))
+            };
+            if let Err(e) = switched {
+                tracing::error!(target = %g.label, error = %e, "cannot switch the delete-duration probes");
+            }
+            t.on = !t.on;
+            t.next = now
+                + if t.on {
+                    windows.on
+                } else {
+                    windows.period - windows.on
+                };
+        }
     }
 
     /// Reports the records already waiting.

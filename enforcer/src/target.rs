@@ -36,6 +36,12 @@ impl AttachPoint {
     pub fn is_backstop(&self) -> bool {
         matches!(self.cfg.op, op::FATAL | op::THROW)
     }
+
+    /// Whether this probe is on a RET of a map delete function (attached
+    /// only while delete durations are measured).
+    pub fn is_return(&self) -> bool {
+        self.cfg.op == op::DELETE_RETURN
+    }
 }
 
 /// An analysed binary and its compiled probes.
@@ -81,6 +87,26 @@ impl BinaryTarget {
         if points.is_empty() {
             return Err(TargetError::NothingToProbe { path: path.into() });
         }
+        // The RETs of the map delete functions, for their duration
+        // (single-stepped: attached only in short windows).
+        let returns: Vec<AttachPoint> = plan
+            .probes
+            .iter()
+            .filter(|p| p.op == MapOp::Delete)
+            .flat_map(|p| {
+                let entry = p.file_offset - p.insn_offset;
+                p.ret_offsets.iter().map(move |ret| AttachPoint {
+                    symbol: p.symbol.clone(),
+                    file_offset: entry + ret,
+                    entry_file_offset: entry + ret,
+                    cfg: ProbeConfig {
+                        op: op::DELETE_RETURN,
+                        arg_kind: arg::NONE,
+                        ..base
+                    },
+                })
+            })
+            .collect();
         let mut fatal_messages = Vec::new();
         for backstop in &plan.backstops {
             points.push(AttachPoint {
@@ -106,6 +132,7 @@ impl BinaryTarget {
                 (key, m.class.code())
             }));
         }
+        points.extend(returns);
         tracing::debug!(
             count = fatal_messages.len(),
             "runtime map-race messages located"

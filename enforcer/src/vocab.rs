@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use mapguard_common::{action, detector, kind, op};
+use mapguard_common::{action, detector, kind, message, op};
 
 /// Defines an enum whose variants map one-to-one onto kernel numbers and
 /// report words; an unknown number reads as the `$unknown` variant.
@@ -91,6 +91,19 @@ vocabulary! {
     WritingFlag = detector::WRITING_FLAG => "writing_flag",
     RuntimeFatal = detector::RUNTIME_FATAL => "runtime_fatal",
     RuntimeThrow = detector::RUNTIME_THROW => "runtime_throw",
+}
+
+vocabulary! {
+    /// What the Go runtime was about to print when its crash path was hit
+    /// (`crash_message` of a crash-path report; the `message_class` label
+    /// of `mapguard_map_crashes_total`).
+    CrashMessage, unknown: Unknown => "unknown",
+    Writes = message::WRITES => "concurrent_map_writes",
+    Read = message::READ => "concurrent_map_read_and_map_write",
+    Iteration = message::ITERATION => "concurrent_map_iteration_and_map_write",
+    Clone = message::CLONE => "concurrent_map_clone_and_map_write",
+    Corrupted = message::CORRUPTED => "map_corrupted",
+    BadMapState = message::RELEASED_BUCKET => "bad_map_state",
 }
 
 impl Detector {

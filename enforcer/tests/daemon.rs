@@ -42,6 +42,7 @@ use serde_json::json;
 
 const NODE: &str = "mapguard-node-1";
 const MODE: &str = "mapguard.io/mode";
+const COVERAGE: &str = "mapguard.io/coverage";
 /// How long the API server, the watches and the agent may take to follow.
 const PROPAGATION: Duration = Duration::from_secs(30);
 
@@ -77,22 +78,41 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     let racy = support::program(go, "racy", "delete_assign");
 
     // A Pod in the kill namespace, mutated with the annotation, bound to the node.
-    let killed = create_pod(&client, "payments", "checkout", &[]).await;
+    // A Pod of the Deployment checkout (its ReplicaSet's Pod): its metrics
+    // are the Deployment's.
+    let killed = create_pod(
+        &client,
+        "payments",
+        "checkout",
+        &[],
+        Some(("checkout-7d9f8b6c5d", "7d9f8b6c5d")),
+    )
+    .await;
     assert_eq!(
         annotation(&killed).as_deref(),
         Some("kill"),
         "the webhook annotated the Pod"
     );
     // A Pod that says nothing and one that opts out: never signalled.
-    let plain = create_pod(&client, "shop", "catalog", &[]).await;
+    let plain = create_pod(&client, "shop", "catalog", &[], None).await;
     assert_eq!(annotation(&plain), None);
-    let off = create_pod(&client, "shop", "opted-out", &[(MODE, "off")]).await;
+    let off = create_pod(&client, "shop", "opted-out", &[(MODE, "off")], None).await;
+    // Audited with light coverage: only the runtime's crash paths probed.
+    let light = create_pod(
+        &client,
+        "shop",
+        "inventory",
+        &[(MODE, "audit"), (COVERAGE, "light")],
+        None,
+    )
+    .await;
     say(
         "Pods created through the API server, bound to the node: payments/checkout (mutated: mapguard.io/mode=kill), shop/catalog (no annotation), shop/opted-out (mode off)",
     );
     let kill_cg = container_of(&client, &killed).await;
     let plain_cg = container_of(&client, &plain).await;
     let off_cg = container_of(&client, &off).await;
+    let light_cg = container_of(&client, &light).await;
 
     let events_file = dir.join("events.jsonl");
     say(&format!(
@@ -160,6 +180,35 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         listed.contains("concurrent") || listed.contains("released"),
         "kubectl get mapviolations:\n{listed}"
     );
+    // The agent's series name the Deployment, never the Pod.
+    let metrics = agent.text("/metrics");
+    let checkout = r#"namespace="payments",workload="checkout",workload_kind="Deployment""#;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with(&format!("mapguard_violations_total{{{checkout},kind="))
+            && l.contains(r#"action="killed"}"#)),
+        "/metrics counts the violation under its workload:\n{metrics}"
+    );
+    assert!(
+        agent
+            .metric(&format!(
+                "mapguard_map_operations_observed_total{{{checkout},"
+            ))
+            .await
+            > 0.0,
+        "/metrics counts the map operations the probes saw:\n{metrics}"
+    );
+    assert!(
+        agent
+            .metric(&format!("mapguard_violation_records_total{{namespace=\"payments\",workload=\"checkout\",record=\"{}\",", record.metadata.name.as_deref().unwrap_or("?")))
+            .await
+            >= 1.0,
+        "/metrics counts the violation under its record's call-site pair:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains("mapguard_map_crashes_total{"),
+        "killed before the runtime's check: not a map crash:\n{metrics}"
+    );
     wait_for_event(&client, "payments", "checkout").await;
     say("the Pod payments/checkout has a Warning Event (reason MapRace)");
     let line = std::fs::read_to_string(&events_file).unwrap_or_default();
@@ -189,6 +238,59 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "no record for Pods that are not enforced"
     );
     assert_eq!(agent.metric("mapguard_enforced_processes").await, 0.0);
+
+    // 2b. Light coverage in audit mode: no map function probed, so no
+    //     violation before the Go runtime's own check; its crash is still
+    //     reported from the crash path and counted as a map crash of the
+    //     Pod (a Pod of no controller is its own workload).
+    say(
+        "the same program in shop/inventory (audit, light coverage): the Go runtime's crash is counted",
+    );
+    let mut p = start_in(&light_cg, &racy);
+    agent.wait_enforced(1).await;
+    signal(&p, libc::SIGUSR1);
+    let (status, stderr) = wait(&mut p, Duration::from_secs(30));
+    assert_eq!(
+        status,
+        Some(2),
+        "audit leaves the crash to the runtime: {stderr}"
+    );
+    assert!(stderr.contains("fatal error: concurrent map"), "{stderr}");
+    let inventory = r#"namespace="shop",workload="inventory",workload_kind="Pod""#;
+    let crashes = format!(
+        "mapguard_map_crashes_total{{{inventory},message_class=\"concurrent_map_writes\"}}"
+    );
+    let deadline = Instant::now() + PROPAGATION;
+    while agent.metric(&crashes).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no {crashes}:\n{}",
+            agent.text("/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = agent.text("/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "mapguard_violations_total{{{inventory},kind=\"concurrent_write\",action=\"audit\"}}"
+        )),
+        "the crash-path report is the violation:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!(
+            "mapguard_map_operations_observed_total{{{inventory}"
+        )),
+        "light coverage probes no map function:\n{metrics}"
+    );
+    // Forgotten before the next stage counts on what is enforced.
+    let deadline = Instant::now() + PROPAGATION;
+    while agent.metric("mapguard_enforced_processes").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the crashed process stays enforced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // 3. The API server goes away: readiness says so, enforcement goes on,
     //    the record is queued and written once it is back.
@@ -254,13 +356,34 @@ async fn namespace(client: &Client, name: &str, mode: Option<&str>) {
 
 /// Creates a Pod bound to the node (retrying while the webhook's watch
 /// catches up with the namespaces) and returns it as stored.
-async fn create_pod(client: &Client, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Pod {
+/// With `replicaset`, a Pod of Deployment `DEPLOYMENT` as its ReplicaSet
+/// `(DEPLOYMENT-HASH, HASH)` makes them (owner and `pod-template-hash`).
+async fn create_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    replicaset: Option<(&str, &str)>,
+) -> Pod {
     let annotations: serde_json::Map<String, serde_json::Value> = annotations
         .iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
+    let (labels, owners) = match replicaset {
+        Some((rs, hash)) => (
+            json!({"pod-template-hash": hash}),
+            json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                "uid": "0b7c4f9e-0000-4000-8000-000000000001", "controller": true,
+            }]),
+        ),
+        None => (json!({}), json!([])),
+    };
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
+        "metadata": {
+            "name": name, "annotations": annotations,
+            "labels": labels, "ownerReferences": owners,
+        },
         "spec": {
             "nodeName": NODE,
             "containers": [{"name": "app", "image": "registry.example/app:1"}],
@@ -468,6 +591,17 @@ async fn start_webhook(env: &TestEnv, dir: &Path) -> mapguard_webhook::startup::
     running
 }
 
+/// A failing test must not leave its agent running (its probes would
+/// stay, and slow or confuse whatever runs next).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The node agent as a process of its own.
 struct Agent {
     child: Child,
@@ -537,6 +671,10 @@ impl Agent {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    fn text(&self, path: &str) -> String {
+        self.get(path).unwrap_or_else(|| panic!("{path} answers")).1
     }
 
     async fn metric(&self, name: &str) -> f64 {

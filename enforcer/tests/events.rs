@@ -64,7 +64,7 @@ fn violation(binary: &GoBinary, action: u8) -> Violation {
         conflicting_op: op::ASSIGN,
         depth: 2,
         conflicting_depth: 2,
-        _pad: 0,
+        message: 0,
         pid: std::process::id(),
         tid: 1,
         binary_id: 0,

@@ -23,6 +23,7 @@ use kube::{
     },
 };
 
+use super::workload::Workload;
 use crate::{config::Mode, coverage::Coverage};
 
 /// Annotation naming a Pod's action: `audit`, `stop`, `kill` or `off`.
@@ -44,6 +45,8 @@ pub struct PodPolicy {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The controller the Pod's metrics are counted under.
+    pub workload: Workload,
     /// `None`: `off` (never probed on the hot path, never signalled).
     pub mode: Option<Mode>,
     pub coverage: Coverage,
@@ -105,6 +108,7 @@ impl PodPolicy {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             uid,
+            workload: Workload::of(pod),
             mode,
             coverage,
             containers,

@@ -25,9 +25,10 @@ use crate::{
 };
 
 use super::{
-    metrics::Metrics,
-    pods::{PodMap, PodTable},
+    metrics::{Metrics, WorkloadLabels},
+    pods::{PodMap, PodPolicy, PodTable},
 };
+use crate::vocab::Op;
 
 /// A process of an enforced Pod, as placed by its cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,12 @@ pub struct Enforcement {
     refused: HashMap<(u64, u64), String>,
     /// Processes already counted as failed, so each counts once.
     failed: HashSet<(u32, u64)>,
+    /// The workload of each enforced process (its metrics' labels).
+    workloads: HashMap<u32, WorkloadLabels>,
+    /// Probe hits of each enforced process already counted, by operation.
+    counted_hits: HashMap<u32, HashMap<u8, u64>>,
+    /// Timed deletes of each enforced process already counted, by bucket.
+    counted_deletes: HashMap<u32, HashMap<u32, u64>>,
 }
 
 impl Enforcement {
@@ -86,6 +93,9 @@ impl Enforcement {
             enforced: HashMap::new(),
             refused: HashMap::new(),
             failed: HashSet::new(),
+            workloads: HashMap::new(),
+            counted_hits: HashMap::new(),
+            counted_deletes: HashMap::new(),
         }
     }
 
@@ -101,7 +111,8 @@ impl Enforcement {
         let mut last = Instant::now() - interval;
         while !stop() {
             for record in self.session.poll(Duration::from_millis(50)) {
-                self.metrics.violation(&record);
+                let workload = self.workload_of(&record);
+                self.metrics.violation(&record, &workload);
                 on_record(&record);
             }
             if last.elapsed() >= interval {
@@ -131,9 +142,14 @@ impl Enforcement {
             .filter(|(pid, e)| wanted(&pods, live.get(pid).copied()) != Some((**e).clone()))
             .map(|(pid, _)| *pid)
             .collect();
+        // Count what the probes saw, before the probes of processes gone go.
+        self.count_operations();
         for pid in stale {
             self.session.forget_process(pid);
             self.enforced.remove(&pid);
+            self.workloads.remove(&pid);
+            self.counted_hits.remove(&pid);
+            self.counted_deletes.remove(&pid);
             tracing::info!(pid, "no longer enforced");
         }
 
@@ -151,6 +167,8 @@ impl Enforcement {
                 }
                 continue;
             }
+            self.workloads
+                .insert(p.pid, workload_labels(&pods[&p.pod_uid]));
             self.enforced.insert(p.pid, want);
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
@@ -158,6 +176,48 @@ impl Enforcement {
             .set_enforced(self.enforced.len(), self.session.binary_count());
         self.metrics
             .set_incomplete_checks(&self.session.incomplete_checks());
+    }
+
+    /// The workload a report is counted under: its process's, else (a
+    /// process no longer enforced) its Pod's name as a Pod of its own.
+    fn workload_of(&self, record: &ViolationRecord) -> WorkloadLabels {
+        if let Some(w) = self.workloads.get(&record.pid) {
+            return w.clone();
+        }
+        WorkloadLabels {
+            namespace: record.namespace.clone().unwrap_or_default(),
+            workload: record.pod.clone().unwrap_or_default(),
+            workload_kind: "Pod".into(),
+        }
+    }
+
+    /// Adds the probe hits of every enforced process since the last count
+    /// to its workload's operation counters.
+    fn count_operations(&mut self) {
+        for observed in self.session.observed_ops() {
+            let Some(workload) = self.workloads.get(&observed.pid) else {
+                continue;
+            };
+            let counted = self.counted_hits.entry(observed.pid).or_default();
+            for (op, hits) in observed.hits {
+                let before = counted.insert(op, hits).unwrap_or(0);
+                // Fewer than before: the counters were reset (a new set).
+                let new = if hits >= before { hits - before } else { hits };
+                self.metrics.operations(
+                    workload,
+                    Op::from_kernel(op).as_str(),
+                    observed.coverage.as_str(),
+                    new,
+                    observed.fraction,
+                );
+            }
+            let counted = self.counted_deletes.entry(observed.pid).or_default();
+            for (bucket, count) in observed.delete_latency {
+                let before = counted.insert(bucket, count).unwrap_or(0);
+                self.metrics
+                    .delete_durations(workload, bucket, count.saturating_sub(before));
+            }
+        }
     }
 
     /// The processes of the node's known Pods, placed by their cgroups;
@@ -272,6 +332,14 @@ impl Enforcement {
             "enforcing"
         );
         Ok(())
+    }
+}
+
+fn workload_labels(pod: &PodPolicy) -> WorkloadLabels {
+    WorkloadLabels {
+        namespace: pod.namespace.clone(),
+        workload: pod.workload.name.clone(),
+        workload_kind: pod.workload.kind.clone(),
     }
 }
 

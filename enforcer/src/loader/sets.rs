@@ -22,13 +22,18 @@ pub enum Probes {
     /// The runtime's crash paths (`runtime.fatal`, `runtime.throw`): hit
     /// only as a process dies, so they cost nothing.
     Backstops,
+    /// The RET instructions of the map delete functions: the end of each
+    /// delete, for its duration. Single-stepped by the kernel (~10 µs a
+    /// hit): attached only in short windows.
+    DeleteReturns,
 }
 
 impl Probes {
     pub(super) fn includes(self, point: &AttachPoint) -> bool {
         match self {
             Probes::Backstops => point.is_backstop(),
-            Probes::MapOps => !point.is_backstop(),
+            Probes::DeleteReturns => point.is_return(),
+            Probes::MapOps => !point.is_backstop() && !point.is_return(),
             Probes::Writes => op::is_write(point.cfg.op) || point.cfg.op == op::GROW,
         }
     }
@@ -64,6 +69,8 @@ impl Scope {
 pub(super) struct ProbeSet {
     pub path: PathBuf,
     pub symbols: Vec<String>,
+    /// Each probe's operation (`mapguard_common::op`), like `symbols`.
+    pub ops: Vec<u8>,
     pub ids: Range<u32>,
     pub offsets: Vec<u64>,
     pub pid: Option<u32>,

@@ -86,6 +86,7 @@ pub fn violation(
             .unwrap_or_default(),
         action: Action::Killed,
         detected_by: Detector::WritingFlag,
+        crash_message: None,
         namespace: None,
         pod: None,
         pod_uid: None,
