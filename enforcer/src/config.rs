@@ -246,6 +246,28 @@ pub struct DaemonArgs {
     /// Publish a Warning Event on the Pod for each race.
     #[arg(long, env = "MAPGUARD_POD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_events: bool,
+    /// The opt-in responder: when a workload's violations and crashes on
+    /// this node reach --respond-threshold within --respond-window, evict
+    /// the Pod (Eviction API; PodDisruptionBudgets honoured) or cordon the
+    /// node. Needs the RBAC of manifests/responder/.
+    #[arg(long, env = "MAPGUARD_RESPOND", value_enum, default_value = "off")]
+    pub respond: crate::daemon::responder::ResponseAction,
+    /// Violations and crashes of one workload that trigger the responder.
+    #[arg(long, env = "MAPGUARD_RESPOND_THRESHOLD", default_value_t = 3)]
+    pub respond_threshold: u32,
+    /// Window the threshold counts in.
+    #[arg(long, env = "MAPGUARD_RESPOND_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub respond_window: Duration,
+    /// At most one action per workload per this long (per node).
+    #[arg(long, env = "MAPGUARD_RESPOND_WORKLOAD_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub respond_workload_interval: Duration,
+    /// At most this many actions per hour in the whole cluster (counted
+    /// from the responder's Events).
+    #[arg(long, env = "MAPGUARD_RESPOND_CLUSTER_PER_HOUR", default_value_t = 3)]
+    pub respond_cluster_per_hour: u32,
+    /// Decide and record (Events, metric) but change nothing.
+    #[arg(long, env = "MAPGUARD_RESPOND_DRY_RUN")]
+    pub respond_dry_run: bool,
     /// Time to write pending records on SIGTERM.
     #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -125,10 +125,10 @@ pub fn parse_budget(text: &str) -> Result<f64, String> {
     Ok(fraction)
 }
 
-/// Parses `250ms`, `1s`, `1.5s`, `2m`.
+/// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let bad = || format!("{text:?} is not a duration such as 250ms, 1s or 2m");
+    let bad = || format!("{text:?} is not a duration such as 250ms, 1s, 2m or 1h");
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(bad)?;
@@ -140,6 +140,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => v / 1e3,
         "s" => v,
         "m" => v * 60.0,
+        "h" => v * 3600.0,
         _ => return Err(bad()),
     };
     if !(secs > 0.0 && secs.is_finite()) {
@@ -154,6 +155,7 @@ mod tests {
 
     #[test]
     fn budgets_and_durations_parse() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_budget("2%"), Ok(0.02));
         assert_eq!(parse_budget("5"), Ok(0.05));
         assert_eq!(parse_budget("0.02"), Ok(0.02));

@@ -211,6 +211,21 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     );
     wait_for_event(&client, "payments", "checkout").await;
     say("the Pod payments/checkout has a Warning Event (reason MapRace)");
+    wait_for_reason(
+        &client,
+        "payments",
+        "checkout",
+        mapguard_enforcer::daemon::responder::REASON_DRY_RUN,
+    )
+    .await;
+    let metrics = agent.text("/metrics");
+    assert!(
+        metrics.contains(r#"mapguard_responder_actions_total{action="evict",outcome="dry_run"} 1"#),
+        "the responder's dry run is counted:\n{metrics}"
+    );
+    say(
+        "the responder (evict, dry run) recorded what it would do: a MapguardResponseDryRun Event on the Pod",
+    );
     let line = std::fs::read_to_string(&events_file).unwrap_or_default();
     assert!(
         line.contains("\"pod\":\"checkout\"") && line.contains("\"namespace\":\"payments\""),
@@ -511,6 +526,10 @@ async fn wait_for_record(client: &Client, ns: &str, at_least: i64) -> MapViolati
 }
 
 async fn wait_for_event(client: &Client, ns: &str, pod: &str) {
+    wait_for_reason(client, ns, pod, mapguard_enforcer::records::EVENT_REASON).await;
+}
+
+async fn wait_for_reason(client: &Client, ns: &str, pod: &str, reason: &str) {
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + PROPAGATION;
     loop {
@@ -521,14 +540,17 @@ async fn wait_for_event(client: &Client, ns: &str, pod: &str) {
                 l.items.into_iter().any(|e| {
                     e.type_.as_deref() == Some("Warning")
                         && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
-                        && e.reason.as_deref() == Some(mapguard_enforcer::records::EVENT_REASON)
+                        && e.reason.as_deref() == Some(reason)
                 })
             })
             .unwrap_or(false);
         if found {
             return;
         }
-        assert!(Instant::now() < deadline, "no Warning Event on {ns}/{pod}");
+        assert!(
+            Instant::now() < deadline,
+            "no Warning Event {reason} on {ns}/{pod}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -618,6 +640,12 @@ impl Agent {
         let log = events.with_extension("log");
         let child = Command::new(support::enforcer())
             .args(["daemon", "--node", NODE, "--scan-interval", "200ms"])
+            // The responder in dry run, at the first violation.
+            .args([
+                "--respond=evict",
+                "--respond-dry-run",
+                "--respond-threshold=1",
+            ])
             .arg(format!("--kubeconfig={}", env.kubeconfig().display()))
             .arg(format!("--ops-listen={ops}"))
             .arg(format!("--events={}", events.display()))

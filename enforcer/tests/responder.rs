@@ -113,6 +113,12 @@ async fn the_responder_acts_on_a_real_api_server() {
         return;
     };
     let client = env.client();
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig()).expect("kubeconfig");
+    let kube = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kube config");
+    let responder =
+        |c: ResponderConfig| Responder::new(&kube, NODE.into(), c).expect("a responder");
     env.create_node(NODE).await.expect("create the Node");
     for ns in ["shop", "pay"] {
         let namespace =
@@ -136,11 +142,7 @@ async fn the_responder_acts_on_a_real_api_server() {
     set_pdb_status(&client, "shop", "cart", 0).await;
 
     // Off: nothing, ever.
-    let off = Responder::new(
-        client.clone(),
-        NODE.into(),
-        config(ResponseAction::Off, false, 5),
-    );
+    let off = responder(config(ResponseAction::Off, false, 5));
     for _ in 0..5 {
         assert_eq!(
             off.observe(&trigger("shop", "cart-1", "Deployment/cart"))
@@ -150,11 +152,7 @@ async fn the_responder_acts_on_a_real_api_server() {
     }
 
     // Dry run: counts to the threshold, then records what it would do.
-    let dry = Responder::new(
-        client.clone(),
-        NODE.into(),
-        config(ResponseAction::Evict, true, 5),
-    );
+    let dry = responder(config(ResponseAction::Evict, true, 5));
     let t = trigger("shop", "cart-1", "Deployment/cart");
     assert_eq!(dry.observe(&t).await, Outcome::BelowThreshold { seen: 1 });
     assert_eq!(dry.observe(&t).await, Outcome::BelowThreshold { seen: 2 });
@@ -169,11 +167,7 @@ async fn the_responder_acts_on_a_real_api_server() {
     assert_eq!(reasons(&client, "shop", "cart-1").await, [REASON_DRY_RUN]);
 
     // Evict: the PDB allows no disruption, so the Eviction API refuses.
-    let evict = Responder::new(
-        client.clone(),
-        NODE.into(),
-        config(ResponseAction::Evict, false, 2),
-    );
+    let evict = responder(config(ResponseAction::Evict, false, 2));
     let mut registry = Registry::default();
     evict.register(&mut registry);
     for _ in 0..2 {
@@ -208,11 +202,7 @@ async fn the_responder_acts_on_a_real_api_server() {
 
     // Another workload, but the cluster already had its limit (2 an hour)?
     // One eviction so far: a cordon elsewhere makes two.
-    let cordon = Responder::new(
-        client.clone(),
-        NODE.into(),
-        config(ResponseAction::Cordon, false, 2),
-    );
+    let cordon = responder(config(ResponseAction::Cordon, false, 2));
     let p = trigger("pay", "pay-1", "Deployment/pay");
     for _ in 0..2 {
         cordon.observe(&p).await;
@@ -230,11 +220,7 @@ async fn the_responder_acts_on_a_real_api_server() {
     assert_eq!(reasons(&client, "", NODE).await, [REASON_CORDONED]);
     // Two actions in the last hour in the cluster: a third workload waits,
     // even on a responder that never acted itself.
-    let fresh = Responder::new(
-        client.clone(),
-        NODE.into(),
-        config(ResponseAction::Evict, false, 2),
-    );
+    let fresh = responder(config(ResponseAction::Evict, false, 2));
     let other = trigger("pay", "pay-1", "StatefulSet/ledger");
     for _ in 0..2 {
         fresh.observe(&other).await;

@@ -486,7 +486,7 @@ async fn each_service_account_can_do_nothing_more(env: &TestEnv) {
             "mapguard-enforcer",
             &[
                 "delete pods -n shop",
-                "create pods/eviction -n shop",
+                "create pods --subresource=eviction -n shop",
                 "patch pods -n shop",
                 "get pods -n shop",
                 "get secrets -n shop",
@@ -644,4 +644,102 @@ async fn the_readmes_uninstall_removes_everything(env: &TestEnv) {
     )
     .await;
     assert_eq!(phase, "Terminating");
+}
+
+/// An overlay of `manifests/` with `components` (paths under manifests/),
+/// written under `dir`; kustomize wants relative paths.
+fn overlay(dir: &Path, components: &[&str]) -> PathBuf {
+    let overlay = dir.join("overlay");
+    std::fs::create_dir_all(&overlay).expect("mkdir overlay");
+    let manifests = manifests().canonicalize().expect("manifests/");
+    let up = "../".repeat(overlay.components().count() - 1);
+    let rel = |p: &Path| format!("{up}{}", p.display().to_string().trim_start_matches('/'));
+    let mut text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n",
+        rel(&manifests)
+    );
+    for c in components {
+        text.push_str(&format!("  - {}\n", rel(&manifests.join(c))));
+    }
+    std::fs::write(overlay.join("kustomization.yaml"), text).expect("write overlay");
+    overlay
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_optional_components_install_with_their_rights() {
+    let test = "the_optional_components_install_with_their_rights";
+    let Some(env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let overlay = overlay(env.dir(), &["gatekeeper", "responder"]);
+    let overlay = overlay.to_str().expect("utf-8").to_owned();
+    let rendered = kubectl_ok(&env, &["kustomize", &overlay]).await;
+    for needle in [
+        "name: MAPGUARD_GATEKEEPER_CRS",
+        "name: MAPGUARD_RESPOND\n",
+        "name: MAPGUARD_RESPOND_DRY_RUN",
+        "name: constrainttemplates.templates.gatekeeper.sh",
+        "name: mapguard-webhook-gatekeeper",
+        "name: mapguard-enforcer-responder",
+    ] {
+        assert!(
+            rendered.contains(needle),
+            "{needle} not rendered:\n{rendered}"
+        );
+    }
+    kubectl_ok(&env, &["apply", "-k", &overlay]).await;
+    for check in [
+        "create pods --subresource=eviction -A",
+        "patch nodes",
+        "list events -A",
+    ] {
+        assert!(
+            can_i(&env, "mapguard-enforcer", check).await,
+            "the responder may {check}"
+        );
+    }
+    for check in ["delete pods -A", "delete nodes", "update nodes/status"] {
+        assert!(
+            !can_i(&env, "mapguard-enforcer", check).await,
+            "the responder may not {check}"
+        );
+    }
+    // A constraint kind, as the webhook would create it for a template
+    // (kubectl asks discovery for the resource).
+    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: k8srequiredlabels.constraints.gatekeeper.sh\nspec:\n  group: constraints.gatekeeper.sh\n  scope: Cluster\n  names: {kind: K8sRequiredLabels, plural: k8srequiredlabels, singular: k8srequiredlabels, listKind: K8sRequiredLabelsList}\n  versions:\n    - name: v1beta1\n      served: true\n      storage: true\n      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n";
+    let crd_file = env.dir().join("constraint-crd.yaml");
+    std::fs::write(&crd_file, crd).expect("write CRD");
+    kubectl_ok(&env, &["apply", "-f", crd_file.to_str().expect("utf-8")]).await;
+    kubectl_ok(
+        &env,
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/k8srequiredlabels.constraints.gatekeeper.sh",
+        ],
+    )
+    .await;
+    for check in [
+        "list constrainttemplates.templates.gatekeeper.sh",
+        "watch k8srequiredlabels.constraints.gatekeeper.sh",
+        "create customresourcedefinitions.apiextensions.k8s.io",
+        "patch customresourcedefinitions.apiextensions.k8s.io",
+    ] {
+        assert!(
+            can_i(&env, "mapguard-webhook", check).await,
+            "the webhook may {check}"
+        );
+    }
+    for check in [
+        "delete customresourcedefinitions.apiextensions.k8s.io",
+        "create constrainttemplates.templates.gatekeeper.sh",
+        "delete k8srequiredlabels.constraints.gatekeeper.sh",
+    ] {
+        assert!(
+            !can_i(&env, "mapguard-webhook", check).await,
+            "the webhook may not {check}"
+        );
+    }
+    drop(env);
 }

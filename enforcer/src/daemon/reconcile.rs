@@ -106,14 +106,14 @@ impl Enforcement {
         mut self,
         interval: Duration,
         stop: impl Fn() -> bool,
-        mut on_record: impl FnMut(&ViolationRecord),
+        mut on_record: impl FnMut(&ViolationRecord, &WorkloadLabels),
     ) {
         let mut last = Instant::now() - interval;
         while !stop() {
             for record in self.session.poll(Duration::from_millis(50)) {
                 let workload = self.workload_of(&record);
                 self.metrics.violation(&record, &workload);
-                on_record(&record);
+                on_record(&record, &workload);
             }
             if last.elapsed() >= interval {
                 last = Instant::now();

@@ -157,7 +157,22 @@ impl std::fmt::Debug for Responder {
 }
 
 impl Responder {
-    pub fn new(client: Client, node: String, config: ResponderConfig) -> Responder {
+    /// A responder on `node`, with a client of its own made from `kube`:
+    /// kube's default retry of 429 answers is off for it, since an
+    /// eviction a disruption budget refuses (429) must be reported now, not
+    /// retried for minutes.
+    pub fn new(
+        kube: &kube::Config,
+        node: String,
+        config: ResponderConfig,
+    ) -> Result<Responder, kube::Error> {
+        let mut kube = kube.clone();
+        kube.default_retry = false;
+        let client = Client::try_from(kube)?;
+        Ok(Self::with_client(client, node, config))
+    }
+
+    fn with_client(client: Client, node: String, config: ResponderConfig) -> Responder {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {

@@ -65,6 +65,7 @@ impl Race {
                 .unwrap_or_default(),
             action: self.action,
             detected_by: Detector::WritingFlag,
+            crash_message: None,
             namespace: None,
             pod: None,
             pod_uid: None,
