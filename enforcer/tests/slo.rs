@@ -268,6 +268,11 @@ fn expected_workloads(name: &str) -> Expected {
         || name.starts_with("MapguardMapCrash")
     {
         racy
+    } else if name.starts_with("MapguardProbeChecksIncomplete") {
+        // The racing program in audit mode reports a race on most
+        // iterations: on a loaded machine the ring buffer can overflow,
+        // and the alert rightly says so. Nothing else may be incomplete.
+        Expected::NothingBut("check", &["event_lost"])
     } else if name.starts_with("Mapguard") {
         Expected::Nothing
     } else {
@@ -281,6 +286,8 @@ enum Expected {
     /// These workloads with a value above zero, maybe others.
     Includes(&'static [&'static str]),
     Nothing,
+    /// Nothing, or only series whose label `.0` is one of `.1`.
+    NothingBut(&'static str, &'static [&'static str]),
     Something,
 }
 
@@ -472,6 +479,15 @@ fn check(result: &Result<Vec<Value>, String>, expected: Expected) -> Result<(), 
     let got = || format!("got {}", Value::Array(series.clone()));
     match expected {
         Expected::Nothing if series.is_empty() => Ok(()),
+        Expected::NothingBut(label, allowed)
+            if series.iter().all(|s| {
+                s["metric"][label]
+                    .as_str()
+                    .is_some_and(|v| allowed.contains(&v))
+            }) =>
+        {
+            Ok(())
+        }
         Expected::Something if !series.is_empty() => Ok(()),
         Expected::Workloads(want) | Expected::Includes(want) => {
             let positive: BTreeSet<&str> = series
