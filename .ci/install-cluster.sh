@@ -28,7 +28,7 @@ bin=$prefix/bin
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ]; then
   "$bin/kube-apiserver" --version
-  "$bin/etcd" --version | head -n1
+  "$bin/etcd" --version | sed -n 1p
   exit 0
 fi
 
@@ -83,7 +83,7 @@ rm -rf "$stage/etcd-server" "$stage"/etcd-server_*.deb
 
 "$stage/bin/kube-apiserver" --version
 "$stage/bin/kubectl" version --client
-"$stage/bin/etcd" --version | head -n1
+"$stage/bin/etcd" --version | sed -n 1p
 rm -rf "$prefix"
 mv "$stage" "$prefix"
 chmod 755 "$prefix"

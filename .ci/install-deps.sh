@@ -70,7 +70,7 @@ rustup component add rust-src --toolchain "$NIGHTLY" >/dev/null
 rustc "+$NIGHTLY" --version
 # bpf-linker must load the same LLVM as the nightly that emits the bitcode.
 S=$(rustc "+$NIGHTLY" --print sysroot)/lib
-llvm=$(basename "$(ls "$S"/libLLVM-*-rust-*.so | head -n1)" .so)
+llvm=$(basename "$(ls "$S"/libLLVM-*-rust-*.so | sed -n 1p)" .so)
 llvm=${llvm#lib}
 linker=$(command -v bpf-linker || true)
 [ -n "$linker" ] || linker=$HOME/.cargo/bin/bpf-linker

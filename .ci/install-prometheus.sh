@@ -21,7 +21,7 @@ bin=$prefix/usr/bin
 log() { printf '==> %s\n' "$*" >&2; }
 
 if [ -x "$bin/prometheus" ] && [ -x "$bin/promtool" ]; then
-  "$bin/promtool" --version | head -n1
+  "$bin/promtool" --version | sed -n 1p
   exit 0
 fi
 has_suite() { apt-cache policy 2>/dev/null | grep -q " $1/main "; }
@@ -40,5 +40,5 @@ mkdir -p "$prefix.new"
 for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$prefix.new"; done
 rm -rf "$prefix"
 mv "$prefix.new" "$prefix"
-"$bin/prometheus" --version | head -n1
-"$bin/promtool" --version | head -n1
+"$bin/prometheus" --version | sed -n 1p
+"$bin/promtool" --version | sed -n 1p

@@ -39,7 +39,7 @@ echo "exit status $st: the Go runtime gave up (or the race went unnoticed)."
 
 bold "1b. What the enforcer will probe in it"
 show "mapguard-enforcer scan $racy"
-"$bin/mapguard-enforcer" scan "$racy" | head -n 30
+"$bin/mapguard-enforcer" scan "$racy" | sed -n 1,30p
 
 bold "1c. Audit mode: every violation reported, the program keeps going"
 show "mapguard-enforcer exec --mode audit --events $work/audit.jsonl -- $racy"
