@@ -16,6 +16,8 @@
 
 #[path = "support/kube_cgroup.rs"]
 mod kube_cgroup;
+#[path = "support/pod_process.rs"]
+mod pod_process;
 mod support;
 
 use std::{
@@ -33,11 +35,12 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
-use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
+use kube_cgroup::KubeCgroup;
 use mapguard_enforcer::records::MapViolation;
 use mapguard_testenv::TestEnv;
+use pod_process::{container_of, start_in, wait};
 use serde_json::json;
 
 const NODE: &str = "mapguard-node-1";
@@ -127,7 +130,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "a racing Go program ({go} delete_assign) started in checkout's container cgroup {}",
         kill_cg.path()
     ));
-    let mut program = start_in(&kill_cg, &racy);
+    let mut program = start_racer(&kill_cg, &racy);
     agent.wait_enforced(1).await;
     signal(&program, libc::SIGUSR1);
     let out = wait(&mut program, Duration::from_secs(30));
@@ -246,7 +249,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "the same program in shop/catalog (no annotation) and shop/opted-out (off): left alone; the Go runtime aborts them itself",
     );
     for (cg, what) in [(&plain_cg, "unannotated"), (&off_cg, "off")] {
-        let mut p = start_in(cg, &racy);
+        let mut p = start_racer(cg, &racy);
         std::thread::sleep(Duration::from_secs(2));
         signal(&p, libc::SIGUSR1);
         let (status, stderr) = wait(&mut p, Duration::from_secs(30));
@@ -269,7 +272,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     say(
         "the same program in shop/inventory (audit, light coverage): the Go runtime's crash is counted",
     );
-    let mut p = start_in(&light_cg, &racy);
+    let mut p = start_racer(&light_cg, &racy);
     agent.wait_enforced(1).await;
     signal(&p, libc::SIGUSR1);
     let (status, stderr) = wait(&mut p, Duration::from_secs(30));
@@ -320,7 +323,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     say("the API server stops: /readyz says so; the agent keeps enforcing the Pods it knows");
     env.stop_apiserver();
     agent.wait_unready().await;
-    let mut program = start_in(&kill_cg, &racy);
+    let mut program = start_racer(&kill_cg, &racy);
     agent.wait_enforced(1).await;
     signal(&program, libc::SIGUSR1);
     let (status, stderr) = wait(&mut program, Duration::from_secs(30));
@@ -436,74 +439,15 @@ fn annotation(pod: &Pod) -> Option<String> {
     pod.metadata.annotations.as_ref()?.get(MODE).cloned()
 }
 
-/// Gives the Pod a running container (as the kubelet would report it) and
-/// creates its kubelet-shaped cgroup.
-async fn container_of(client: &Client, pod: &Pod) -> KubeCgroup {
-    let uid = pod.metadata.uid.clone().expect("uid");
-    let cgroup = KubeCgroup::create(
-        Spec::new(Driver::Systemd, Qos::Burstable, Name::Containerd).pod_uid(&uid),
-    );
-    let id = cgroup.spec().container_id.clone();
-    let pods: Api<Pod> = Api::namespaced(
-        client.clone(),
-        pod.metadata.namespace.as_deref().expect("namespace"),
-    );
-    let status = json!({"status": {
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": "app", "image": "registry.example/app:1", "imageID": "",
-            "ready": true, "restartCount": 0,
-            "containerID": format!("containerd://{id}"),
-            "state": {"running": {}},
-        }],
-    }});
-    pods.patch_status(
-        pod.metadata.name.as_deref().expect("name"),
-        &PatchParams::default(),
-        &Patch::Merge(status),
-    )
-    .await
-    .expect("report the Pod's container");
-    cgroup
-}
-
 /// Starts `program` (waiting for SIGUSR1 to race) inside `cgroup` from its
 /// first instruction.
-fn start_in(cgroup: &KubeCgroup, program: &Path) -> Child {
-    let mut cmd = Command::new(program);
-    cmd.args(["-duration", "30s", "-wait-signal"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cgroup
-        .command(&mut cmd)
-        .spawn()
-        .expect("start the Go program")
+fn start_racer(cgroup: &KubeCgroup, program: &Path) -> Child {
+    start_in(cgroup, program, &["-duration", "30s", "-wait-signal"])
 }
 
 fn signal(child: &Child, sig: i32) {
     // SAFETY: signals the test's own child.
     unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-/// Waits for a child (bounded): its exit code (`None`: a signal ended it)
-/// and stderr.
-fn wait(child: &mut Child, timeout: Duration) -> (Option<i32>, String) {
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the Go program did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    (status.code(), stderr)
 }
 
 async fn list_records(client: &Client, ns: &str) -> Vec<MapViolation> {

@@ -20,6 +20,8 @@
 
 #[path = "support/kube_cgroup.rs"]
 mod kube_cgroup;
+#[path = "support/pod_process.rs"]
+mod pod_process;
 mod support;
 
 use std::{
@@ -32,12 +34,9 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-};
-use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
+use kube::{Api, Client, api::PostParams};
 use mapguard_testenv::TestEnv;
+use pod_process::{container_of, start_in, wait};
 use serde_json::{Value, json};
 
 const NODE: &str = "mapguard-slo-node";
@@ -547,67 +546,6 @@ async fn create_pod(client: &Client, ns: &str, name: &str, hash: &str) -> Pod {
         .create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("create a Pod in {ns}: {e}"))
-}
-
-/// Gives the Pod a running container (as the kubelet would report it) and
-/// creates its kubelet-shaped cgroup.
-async fn container_of(client: &Client, pod: &Pod) -> KubeCgroup {
-    let uid = pod.metadata.uid.clone().expect("uid");
-    let cgroup = KubeCgroup::create(
-        Spec::new(Driver::Systemd, Qos::Burstable, Name::Containerd).pod_uid(&uid),
-    );
-    let id = cgroup.spec().container_id.clone();
-    let pods: Api<Pod> = Api::namespaced(
-        client.clone(),
-        pod.metadata.namespace.as_deref().expect("namespace"),
-    );
-    let status = json!({"status": {
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": "app", "image": "registry.example/app:1", "imageID": "",
-            "ready": true, "restartCount": 0,
-            "containerID": format!("containerd://{id}"),
-            "state": {"running": {}},
-        }],
-    }});
-    pods.patch_status(
-        pod.metadata.name.as_deref().expect("name"),
-        &PatchParams::default(),
-        &Patch::Merge(status),
-    )
-    .await
-    .expect("report the Pod's container");
-    cgroup
-}
-
-fn start_in(cgroup: &KubeCgroup, program: &Path, args: &[&str]) -> Child {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-    cgroup
-        .command(&mut cmd)
-        .spawn()
-        .expect("start the Go program")
-}
-
-/// Waits for a child (bounded): its exit code (`None`: a signal ended it)
-/// and stderr.
-fn wait(child: &mut Child, timeout: Duration) -> (Option<i32>, String) {
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the Go program did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    (status.code(), stderr)
 }
 
 fn free_port() -> SocketAddr {
