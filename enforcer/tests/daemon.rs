@@ -14,6 +14,8 @@
 //! knows, says so on `/readyz`, and writes the records it queued once the
 //! API server is back.
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/kube_cgroup.rs"]
 mod kube_cgroup;
 #[path = "support/pod_process.rs"]
@@ -21,13 +23,12 @@ mod pod_process;
 mod support;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
+use agent::Agent;
 use k8s_openapi::api::{
     admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
     core::v1::{Namespace, Pod},
@@ -121,7 +122,18 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     say(&format!(
         "mapguard-enforcer daemon --node {NODE} (ops port: /readyz, /metrics, /events)"
     ));
-    let mut agent = Agent::start(&env, &events_file);
+    // The responder in dry run, at the first violation.
+    let mut agent = Agent::start(
+        NODE,
+        env.kubeconfig(),
+        &events_file,
+        events_file.with_extension("log"),
+        &[
+            "--respond=evict",
+            "--respond-dry-run",
+            "--respond-threshold=1",
+        ],
+    );
     agent.wait_ready().await;
 
     // 1. The racing program in the kill Pod is killed before the runtime
@@ -131,7 +143,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         kill_cg.path()
     ));
     let mut program = start_racer(&kill_cg, &racy);
-    agent.wait_enforced(1).await;
+    agent.wait_enforced_at_least(1).await;
     signal(&program, libc::SIGUSR1);
     let out = wait(&mut program, Duration::from_secs(30));
     say(&format!(
@@ -193,18 +205,14 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "/metrics counts the violation under its workload:\n{metrics}"
     );
     assert!(
-        agent
-            .metric(&format!(
-                "mapguard_map_operations_observed_total{{{checkout},"
-            ))
-            .await
-            > 0.0,
+        agent.metric(&format!(
+            "mapguard_map_operations_observed_total{{{checkout},"
+        )) > 0.0,
         "/metrics counts the map operations the probes saw:\n{metrics}"
     );
     assert!(
         agent
             .metric(&format!("mapguard_violation_records_total{{namespace=\"payments\",workload=\"checkout\",record=\"{}\",", record.metadata.name.as_deref().unwrap_or("?")))
-            .await
             >= 1.0,
         "/metrics counts the violation under its record's call-site pair:\n{metrics}"
     );
@@ -263,7 +271,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         0,
         "no record for Pods that are not enforced"
     );
-    assert_eq!(agent.metric("mapguard_enforced_processes").await, 0.0);
+    assert_eq!(agent.metric("mapguard_enforced_processes"), 0.0);
 
     // 2b. Light coverage in audit mode: no map function probed, so no
     //     violation before the Go runtime's own check; its crash is still
@@ -273,7 +281,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "the same program in shop/inventory (audit, light coverage): the Go runtime's crash is counted",
     );
     let mut p = start_racer(&light_cg, &racy);
-    agent.wait_enforced(1).await;
+    agent.wait_enforced_at_least(1).await;
     signal(&p, libc::SIGUSR1);
     let (status, stderr) = wait(&mut p, Duration::from_secs(30));
     assert_eq!(
@@ -287,7 +295,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         "mapguard_map_crashes_total{{{inventory},message_class=\"concurrent_map_writes\"}}"
     );
     let deadline = Instant::now() + PROPAGATION;
-    while agent.metric(&crashes).await < 1.0 {
+    while agent.metric(&crashes) < 1.0 {
         assert!(
             Instant::now() < deadline,
             "no {crashes}:\n{}",
@@ -310,7 +318,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     );
     // Forgotten before the next stage counts on what is enforced.
     let deadline = Instant::now() + PROPAGATION;
-    while agent.metric("mapguard_enforced_processes").await > 0.0 {
+    while agent.metric("mapguard_enforced_processes") > 0.0 {
         assert!(
             Instant::now() < deadline,
             "the crashed process stays enforced"
@@ -324,7 +332,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     env.stop_apiserver();
     agent.wait_unready().await;
     let mut program = start_racer(&kill_cg, &racy);
-    agent.wait_enforced(1).await;
+    agent.wait_enforced_at_least(1).await;
     signal(&program, libc::SIGUSR1);
     let (status, stderr) = wait(&mut program, Duration::from_secs(30));
     assert_eq!(
@@ -353,7 +361,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(agent.metric("mapguard_api_server_disconnects_total").await >= 1.0);
+    assert!(agent.metric("mapguard_api_server_disconnects_total") >= 1.0);
     say("the record queued during the outage is written: its count is 2");
 
     agent.stop();
@@ -563,130 +571,4 @@ async fn start_webhook(env: &TestEnv, dir: &Path) -> mapguard_webhook::startup::
         .await
         .expect("register the mutating webhook");
     running
-}
-
-/// A failing test must not leave its agent running (its probes would
-/// stay, and slow or confuse whatever runs next).
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The node agent as a process of its own.
-struct Agent {
-    child: Child,
-    ops: SocketAddr,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(env: &TestEnv, events: &Path) -> Agent {
-        let ops = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("its address")
-        };
-        let log = events.with_extension("log");
-        let child = Command::new(support::enforcer())
-            .args(["daemon", "--node", NODE, "--scan-interval", "200ms"])
-            // The responder in dry run, at the first violation.
-            .args([
-                "--respond=evict",
-                "--respond-dry-run",
-                "--respond-threshold=1",
-            ])
-            .arg(format!("--kubeconfig={}", env.kubeconfig().display()))
-            .arg(format!("--ops-listen={ops}"))
-            .arg(format!("--events={}", events.display()))
-            .env("MAPGUARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log"))
-            .spawn()
-            .expect("start mapguard-enforcer daemon");
-        Agent { child, ops, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&self.ops, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((status, body))
-    }
-
-    async fn wait_ready(&mut self) {
-        self.wait_readiness(200, "ready").await;
-    }
-
-    async fn wait_unready(&mut self) {
-        self.wait_readiness(503, "API server unreachable").await;
-    }
-
-    async fn wait_readiness(&mut self, want: u16, text: &str) {
-        let deadline = Instant::now() + PROPAGATION;
-        loop {
-            if let Some((status, body)) = self.get("/readyz")
-                && status == want
-                && body.contains(text)
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the agent exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz never answered {want} ({text}):\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn text(&self, path: &str) -> String {
-        self.get(path).unwrap_or_else(|| panic!("{path} answers")).1
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").expect("/metrics answers");
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn wait_enforced(&self, processes: usize) {
-        let deadline = Instant::now() + PROPAGATION;
-        while self.metric("mapguard_enforced_processes").await < processes as f64 {
-            assert!(
-                Instant::now() < deadline,
-                "the agent never enforced {processes} process(es):\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signals the test's own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().expect("wait agent").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }

@@ -18,6 +18,8 @@
 //! Without promtool or Prometheus the tests are skipped loudly, except
 //! under `CI=true`, where that fails them.
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/kube_cgroup.rs"]
 mod kube_cgroup;
 #[path = "support/pod_process.rs"]
@@ -26,13 +28,14 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    io::Write as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use agent::{Agent, free_port, http_get};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Api, Client, api::PostParams};
 use mapguard_testenv::TestEnv;
@@ -318,7 +321,19 @@ async fn a_real_prometheus_evaluates_every_rule_and_panel_on_a_real_node_agent()
     let checkout_cg = container_of(&client, &checkout).await;
     let catalog_cg = container_of(&client, &catalog).await;
 
-    let mut agent = Agent::start(&env, &dir);
+    // Delete durations timed 30% of the time (100 ms in 10 s by default).
+    let mut agent = Agent::start(
+        NODE,
+        env.kubeconfig(),
+        &dir.join("events.jsonl"),
+        dir.join("agent.log"),
+        &[
+            "--delete-latency-on",
+            "300ms",
+            "--delete-latency-period",
+            "1s",
+        ],
+    );
     agent.wait_ready().await;
     let prometheus = Prometheus::start(&prometheus_bin, &dir, agent.ops);
     prometheus.wait_ready().await;
@@ -351,7 +366,7 @@ async fn a_real_prometheus_evaluates_every_rule_and_panel_on_a_real_node_agent()
     }
 
     // The agent's own series first, with their labels.
-    let metrics = agent.metrics();
+    let metrics = agent.text("/metrics");
     for want in [
         r#"mapguard_violations_total{namespace="payments",workload="checkout",workload_kind="Deployment",kind="#,
         r#"mapguard_map_crashes_total{namespace="payments",workload="checkout",workload_kind="Deployment",message_class="concurrent_map_writes"}"#,
@@ -546,136 +561,6 @@ async fn create_pod(client: &Client, ns: &str, name: &str, hash: &str) -> Pod {
         .create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("create a Pod in {ns}: {e}"))
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("its address")
-}
-
-/// `GET path` over HTTP/1.0: status and body.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
-
-/// The node agent as a process of its own.
-struct Agent {
-    child: Child,
-    ops: SocketAddr,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(env: &TestEnv, dir: &Path) -> Agent {
-        let ops = free_port();
-        let log = dir.join("agent.log");
-        let child = Command::new(support::enforcer())
-            .args(["daemon", "--node", NODE, "--scan-interval", "200ms"])
-            // Delete durations timed 30% of the time (100 ms in 10 s by default).
-            .args([
-                "--delete-latency-on",
-                "300ms",
-                "--delete-latency-period",
-                "1s",
-            ])
-            .arg(format!("--kubeconfig={}", env.kubeconfig().display()))
-            .arg(format!("--ops-listen={ops}"))
-            .arg(format!("--events={}", dir.join("events.jsonl").display()))
-            .env("MAPGUARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log"))
-            .spawn()
-            .expect("start mapguard-enforcer daemon");
-        Agent { child, ops, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.ops, "/metrics").expect("/metrics answers").1
-    }
-
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + PROPAGATION;
-        while http_get(self.ops, "/readyz").is_none_or(|(status, _)| status != 200) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the agent exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent never became ready:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn enforced(&self) -> f64 {
-        let metrics = http_get(self.ops, "/metrics")
-            .map(|r| r.1)
-            .unwrap_or_default();
-        metrics
-            .lines()
-            .find(|l| l.starts_with("mapguard_enforced_processes "))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Waits until exactly `processes` processes are enforced.
-    async fn wait_enforced(&self, processes: usize) {
-        let deadline = Instant::now() + PROPAGATION;
-        while self.enforced() != processes as f64 {
-            assert!(
-                Instant::now() < deadline,
-                "the agent never enforced {processes} process(es):\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        // SAFETY: signals the test's own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().expect("wait agent").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// A failing test must not leave its agent running (its probes would stay).
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        } else {
-            self.terminate();
-        }
-    }
 }
 
 /// A Prometheus server on 127.0.0.1 scraping the agent every second, with
