@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything mapguard's build, demo and tests need on a fresh
 # Debian 12 machine (run as root). Idempotent: a second run only checks.
-#   - Go 1.23 (classic maps) from bookworm-backports:      /usr/lib/go-1.23
+#   - Go 1.22 (a release the enforcer must refuse) and Go 1.23 (classic
+#     maps) from bookworm-backports:                       /usr/lib/go-1.2x
 #   - Go 1.24 (swiss maps) unpacked from trixie:            /opt/mapguard/go-1.24
 #   - Go 1.25, 1.26, 1.27 unpacked from trixie-backports:  /opt/mapguard/go-1.2x
 #     (the releases of the enforcer's release table; tests/go/toolchains
@@ -18,7 +19,8 @@ shared=${MAPGUARD_SHARED:-$here/../../shared}
 # LLVM 22). Pinned: a newer nightly brings another LLVM, and bpf-linker is
 # built against the nightly's own. enforcer/build.rs uses the same default.
 NIGHTLY=${MAPGUARD_BPF_TOOLCHAIN:-nightly-2026-05-20}
-GO123=/usr/lib/go-1.23/bin/go
+# Installed from bookworm-backports: 1.22 (refused), 1.23.
+BACKPORTED=(1.22 1.23)
 # Unpacked Debian toolchains: version, suite.
 UNPACKED=("1.24 trixie" "1.25 trixie-backports" "1.26 trixie-backports" "1.27 trixie-backports")
 gobin() { echo "/opt/mapguard/go-$1/usr/lib/go-$1/bin/go"; }
@@ -26,7 +28,9 @@ gobin() { echo "/opt/mapguard/go-$1/usr/lib/go-$1/bin/go"; }
 log() { printf '==> %s\n' "$*" >&2; }
 
 missing=0
-[ -x "$GO123" ] || missing=1
+for v in "${BACKPORTED[@]}"; do
+  [ -x "/usr/lib/go-$v/bin/go" ] || missing=1
+done
 for row in "${UNPACKED[@]}"; do
   [ -x "$(gobin "${row%% *}")" ] || missing=1
 done
@@ -34,10 +38,11 @@ if [ "$missing" = 1 ]; then
   log "adding Debian bookworm-backports, trixie and trixie-backports (pinned low) suites"
   bash "$shared/ci/debian-suites.sh" --trixie-backports
 fi
-if [ ! -x "$GO123" ]; then
-  log "installing Go 1.23 from bookworm-backports"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports golang-1.23-go >/dev/null
-fi
+for v in "${BACKPORTED[@]}"; do
+  [ -x "/usr/lib/go-$v/bin/go" ] && continue
+  log "installing Go $v from bookworm-backports"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports "golang-$v-go" >/dev/null
+done
 for row in "${UNPACKED[@]}"; do
   v=${row%% *}
   suite=${row#* }
@@ -49,7 +54,7 @@ for row in "${UNPACKED[@]}"; do
   for deb in "$tmp"/*.deb; do dpkg -x "$deb" "/opt/mapguard/go-$v"; done
   rm -rf "$tmp"
 done
-"$GO123" version
+for v in "${BACKPORTED[@]}"; do "/usr/lib/go-$v/bin/go" version; done
 for row in "${UNPACKED[@]}"; do "$(gobin "${row%% *}")" version; done
 
 need_pkgs=()
