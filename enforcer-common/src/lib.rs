@@ -279,6 +279,11 @@ const _: () = assert!(core::mem::size_of::<ProcConfig>() == 8);
 /// write): a report takes the other goroutine's id from its `runtime.g`,
 /// which the runtime reuses only after that goroutine has exited. Its
 /// stack is recorded only once the map is shared ([`RecentWriters::shared`]).
+///
+/// Only its goroutine writes it, but another goroutine's report copies it
+/// while it may be rewritten for the writer's next write: `seq` is odd
+/// while a rewrite is under way, and a copy is consistent when it read the
+/// same even `seq` before and after.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Writer {
@@ -294,6 +299,9 @@ pub struct Writer {
     /// was not shared; a report then walks the stack from `sp` and `fp`.
     pub depth: u8,
     pub _pad: u8,
+    /// Rewrite count, odd during a rewrite (see above).
+    pub seq: u32,
+    pub _pad2: u32,
     /// RSP and RBP at the probe.
     pub sp: u64,
     pub fp: u64,
@@ -301,7 +309,7 @@ pub struct Writer {
     /// addresses).
     pub stack: [u64; WRITER_FRAMES],
 }
-const _: () = assert!(core::mem::size_of::<Writer>() == 32 + 8 * WRITER_FRAMES);
+const _: () = assert!(core::mem::size_of::<Writer>() == 40 + 8 * WRITER_FRAMES);
 
 impl Writer {
     pub const EMPTY: Writer = Writer {
@@ -311,6 +319,8 @@ impl Writer {
         growing: 0,
         depth: 0,
         _pad: 0,
+        seq: 0,
+        _pad2: 0,
         sp: 0,
         fp: 0,
         stack: [0; WRITER_FRAMES],

@@ -222,19 +222,17 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
     if writing {
         match conflicting(hit.pid, map, hit.g) {
             Some(other) => {
-                let kind = match (write, other.growing != 0) {
-                    (true, true) => kind::RELEASED_BUCKET_WRITE,
-                    (true, false) => kind::CONCURRENT_WRITE,
-                    (false, _) => reader_kind(cfg.op, other.op),
-                };
                 report(
                     &hit,
                     map,
-                    kind,
                     cfg.op,
-                    detector::WRITING_FLAG,
-                    0,
+                    (detector::WRITING_FLAG, 0),
                     Some(other),
+                    |other| match other {
+                        Some(o) if write && o.growing => kind::RELEASED_BUCKET_WRITE,
+                        _ if write => kind::CONCURRENT_WRITE,
+                        _ => reader_kind(cfg.op, other.map_or(0, |o| o.op)),
+                    },
                 );
             }
             None => count(stat::WRITER_UNKNOWN),
@@ -244,6 +242,15 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         record_writer(&hit, map, own);
     }
     Some(())
+}
+
+/// A compiler barrier: no load or store moves across it (an empty asm
+/// statement that may touch all memory; BPF has no fence instruction, and
+/// its backend cannot select `compiler_fence`). The CPU keeps the order of
+/// stores as seen from another CPU on x86-64.
+#[inline(always)]
+pub(crate) fn barrier() {
+    core::hint::black_box(&raw const ZERO);
 }
 
 /// Remember that goroutine `g` entered write `op` on `map` and return its
@@ -302,17 +309,18 @@ fn on_crash(hit: &Hit, detected_by: u8) -> Option<()> {
         _ => unsafe { GOROUTINES.get(key(hit.pid, hit.g)) }.map_or((0, 0), |e| (e.map, e.op)),
     };
     let other = conflicting(hit.pid, map, hit.g);
-    let growing = other.is_some_and(|o| o.growing != 0);
-    let other_op = other.map_or(0, |o| o.op);
-    let kind = match class {
-        message::RELEASED_BUCKET => kind::RELEASED_BUCKET_WRITE,
-        message::WRITES | message::CORRUPTED if growing => kind::RELEASED_BUCKET_WRITE,
-        message::WRITES | message::CORRUPTED => kind::CONCURRENT_WRITE,
-        _ if op::is_write(entered_op) => kind::CONCURRENT_WRITE,
-        message::ITERATION => reader_kind(op::ITER_NEXT, other_op),
-        _ => reader_kind(op::READ, other_op),
-    };
-    report(hit, map, kind, entered_op, detected_by, class, other);
+    report(hit, map, entered_op, (detected_by, class), other, |other| {
+        let growing = other.is_some_and(|o| o.growing);
+        let other_op = other.map_or(0, |o| o.op);
+        match class {
+            message::RELEASED_BUCKET => kind::RELEASED_BUCKET_WRITE,
+            message::WRITES | message::CORRUPTED if growing => kind::RELEASED_BUCKET_WRITE,
+            message::WRITES | message::CORRUPTED => kind::CONCURRENT_WRITE,
+            _ if op::is_write(entered_op) => kind::CONCURRENT_WRITE,
+            message::ITERATION => reader_kind(op::ITER_NEXT, other_op),
+            _ => reader_kind(op::READ, other_op),
+        }
+    });
     Some(())
 }
 
@@ -385,8 +393,10 @@ fn reader_kind(reader_op: u8, writer_op: u8) -> u8 {
 /// The most recent writer of `map` that is not goroutine `g`: the newest
 /// slot of the map's ring naming another goroutine whose latest write is
 /// into `map` (the ring gains a slot whenever the writer changes, so the
-/// newest other slot is the latest other writer).
-fn conflicting(pid: u32, map: u64, g: u64) -> Option<&'static Writer> {
+/// newest other slot is the latest other writer). A pointer, not a
+/// reference: that goroutine may be rewriting its record right now (a
+/// report copies it with [`Writer::seq`]).
+fn conflicting(pid: u32, map: u64, g: u64) -> Option<*const Writer> {
     // SAFETY: plain data; a racing update can at worst give a stale slot.
     let recent = unsafe { RECENT.get(key(pid, map)) }?;
     for back in 1..=RECENT_WRITERS {
@@ -398,7 +408,7 @@ fn conflicting(pid: u32, map: u64, g: u64) -> Option<&'static Writer> {
         if let Some(state) = unsafe { GOROUTINES.get(key(pid, other)) }
             && state.write_map == map
         {
-            return Some(&state.write);
+            return Some(&raw const state.write);
         }
     }
     None
@@ -433,6 +443,12 @@ fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
 
     own.write_map = map;
     let write = &mut own.write;
+    // Odd while rewriting (see `Writer`); the barriers keep the compiler
+    // from moving the record's stores across the count's.
+    let seq = write.seq;
+    // SAFETY: a field of this goroutine's own entry.
+    unsafe { core::ptr::write_volatile(&raw mut write.seq, seq | 1) };
+    barrier();
     write.g = hit.g;
     write.tid = hit.tid;
     write.op = hit.cfg.op;
@@ -447,6 +463,9 @@ fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
         write.stack[0] = ip;
         1
     };
+    barrier();
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut write.seq, (seq | 1).wrapping_add(1)) };
     Some(())
 }
 

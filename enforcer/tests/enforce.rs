@@ -49,6 +49,20 @@ fn check_report(v: &Value, version: &str, name: &str, action: &str) {
         "unexpected kind in {ctx}"
     );
     assert_eq!(v["action"], action, "{ctx}");
+    // The kind and the other side come from one version of the other
+    // goroutine's record, even while it moves on to its next write.
+    let other_op = v["conflicting_op"].as_str().expect("conflicting_op");
+    let other_ops: &[&str] = if kind.starts_with("delete_during") {
+        &["delete"]
+    } else if kind.starts_with("write_during") {
+        &["assign", "clear"]
+    } else {
+        &["delete", "assign", "clear"]
+    };
+    assert!(
+        other_ops.contains(&other_op),
+        "{kind} against a {other_op}: {ctx}"
+    );
     let (g, cg) = (v["goroutine"].as_u64(), v["conflicting_goroutine"].as_u64());
     assert!(
         g.is_some_and(|g| g > 0) && cg.is_some_and(|g| g > 0),
