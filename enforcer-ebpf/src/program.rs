@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::pt_regs,
+    bindings::{BPF_NOEXIST, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
@@ -425,7 +425,10 @@ fn record_writer(hit: &Hit, map: u64, own: &mut Goroutine) -> Option<()> {
     let recent = match RECENT.get_ptr_mut(map_key) {
         Some(recent) => recent,
         None => {
-            RECENT.insert(map_key, RecentWriters::default(), 0).ok()?;
+            // Only if still absent: two goroutines writing a new map at once
+            // both get here, and replacing the first one's ring would lose
+            // it (the other one's next report would find no other writer).
+            let _ = RECENT.insert(map_key, RecentWriters::default(), u64::from(BPF_NOEXIST));
             RECENT.get_ptr_mut(map_key)?
         }
     };
