@@ -117,12 +117,15 @@ pub fn read_file(file: &Path) -> Result<Vec<Manifest>, ManifestError> {
 mod tests {
     use super::*;
 
-    fn temp(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mapguard-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write sample");
-        path
+    /// `text` in a file named `name`, removed when dropped.
+    fn temp(name: &str, text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new()
+            .prefix("mapguard-cli-")
+            .suffix(&format!("-{name}"))
+            .tempfile()
+            .expect("create temp file");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("write sample");
+        file
     }
 
     #[test]
@@ -131,7 +134,7 @@ mod tests {
             "multi.yaml",
             "---\nkind: Pod\nmetadata: {name: a}\n---\n---\nkind: List\nitems:\n- {kind: Pod, metadata: {name: b}}\n- {kind: Service, metadata: {name: c}}\n",
         );
-        let manifests = read_file(&path).expect("valid file");
+        let manifests = read_file(path.path()).expect("valid file");
         let names: Vec<(usize, &str)> = manifests
             .iter()
             .map(|m| {
@@ -147,7 +150,7 @@ mod tests {
     #[test]
     fn bad_yaml_names_file_and_document() {
         let path = temp("bad.yaml", "kind: Pod\n---\nkind: [unclosed\n");
-        let err = read_file(&path).expect_err("broken YAML must fail");
+        let err = read_file(path.path()).expect_err("broken YAML must fail");
         let text = err.to_string();
         assert!(
             matches!(err, ManifestError::Yaml { document: 1, .. }),
@@ -163,7 +166,7 @@ mod tests {
     fn scalars_are_not_objects() {
         let path = temp("scalar.yaml", "just a string\n");
         assert!(matches!(
-            read_file(&path),
+            read_file(path.path()),
             Err(ManifestError::NotAnObject { .. })
         ));
     }

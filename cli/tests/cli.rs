@@ -29,11 +29,12 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mapguard-cli-test-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A fresh folder for one test, removed when the test ends.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("mapguard-cli-test-{name}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 const NS: &str = "tests/data/namespaces.yaml";
@@ -58,16 +59,16 @@ fn a_failing_test_rule_fails_the_run() {
     for entry in std::fs::read_dir(root().join("policies")).expect("policies/ exists") {
         let path = entry.expect("dir entry").path();
         if path.extension().is_some_and(|e| e == "rego") {
-            std::fs::copy(&path, dir.join(path.file_name().expect("file name")))
+            std::fs::copy(&path, dir.path().join(path.file_name().expect("file name")))
                 .expect("copy policy");
         }
     }
     std::fs::write(
-        dir.join("extra_test.rego"),
+        dir.path().join("extra_test.rego"),
         "package mapguard.extra_test\n\nimport data.mapguard.privileged\n\ntest_clean_pod_is_denied if {\n\tcount(privileged.deny) == 1 with input as {\"request\": {\"kind\": {\"kind\": \"Pod\"}, \"object\": {\"spec\": {\"containers\": [{\"name\": \"a\"}]}}}}\n}\n",
     )
     .expect("write failing test");
-    let out = mapguard(&["policy", "test", dir.to_str().expect("utf-8 path")]);
+    let out = mapguard(&["policy", "test", dir.path().to_str().expect("utf-8 path")]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -82,11 +83,11 @@ fn a_failing_test_rule_fails_the_run() {
 fn broken_rego_is_rejected_with_its_file_name() {
     let dir = temp_dir("broken-rego");
     std::fs::write(
-        dir.join("broken.rego"),
+        dir.path().join("broken.rego"),
         "package broken\n\ndeny contains msg if {\n  msg := \n}\n",
     )
     .expect("write broken policy");
-    let out = mapguard(&["policy", "test", dir.to_str().expect("utf-8 path")]);
+    let out = mapguard(&["policy", "test", dir.path().to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("broken.rego:4:"), "{err}");
@@ -95,7 +96,7 @@ fn broken_rego_is_rejected_with_its_file_name() {
         "-f",
         "tests/manifests/allowed",
         "--policies",
-        dir.to_str().expect("utf-8"),
+        dir.path().to_str().expect("utf-8"),
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("broken.rego"), "{}", stderr(&out));
@@ -236,7 +237,7 @@ fn broken_yaml_is_a_clear_error() {
 #[test]
 fn engine_config_exempts_and_switches_to_dry_run() {
     let dir = temp_dir("engine-config");
-    let config = dir.join("engine.yaml");
+    let config = dir.path().join("engine.yaml");
     std::fs::write(
         &config,
         "enforcement:\n  mapguard.privileged: dry-run\n  mapguard.tamper: warn\n",
@@ -274,7 +275,7 @@ fn engine_config_exempts_and_switches_to_dry_run() {
 #[test]
 fn namespace_flag_and_env_var_apply_to_objects_without_namespace() {
     let dir = temp_dir("ns-flag");
-    let file = dir.join("pod.yaml");
+    let file = dir.path().join("pod.yaml");
     std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostNetwork: true\n  containers: [{name: a, image: b}]\n")
         .expect("write pod");
     let out = mapguard(&[
@@ -340,11 +341,11 @@ fn enforcement_and_exemption_flags_override() {
 fn gatekeeper_constraints_judge_manifests_with_the_manifests_as_inventory() {
     let dir = temp_dir("gatekeeper");
     std::fs::write(
-        dir.join("ingresses.yaml"),
+        dir.path().join("ingresses.yaml"),
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  rules:\n    - host: a.example.com\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: api\nspec:\n  rules:\n    - host: a.example.com\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: other\n  namespace: shop\nspec:\n  rules:\n    - host: b.example.com\n",
     )
     .expect("write");
-    let manifests = dir.join("ingresses.yaml");
+    let manifests = dir.path().join("ingresses.yaml");
     let out = mapguard(&[
         "check",
         "--policies",
@@ -399,7 +400,7 @@ fn policy_test_runs_gator_suites() {
 #[test]
 fn the_namespaces_file_is_in_the_inventory_too() {
     let dir = temp_dir("gatekeeper-namespaces");
-    let policies = dir.join("policies");
+    let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).expect("mkdir");
     std::fs::write(
         policies.join("template.yaml"),
@@ -432,7 +433,7 @@ spec:
 "#,
     )
     .expect("write");
-    let pods = dir.join("pods.yaml");
+    let pods = dir.path().join("pods.yaml");
     std::fs::write(
         &pods,
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  namespace: shop\nspec:\n  containers: [{name: c, image: i}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  namespace: default\nspec:\n  containers: [{name: c, image: i}]\n",

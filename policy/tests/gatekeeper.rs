@@ -197,13 +197,13 @@ fn a_deleted_object_is_matched_and_judged_as_its_old_object() {
 fn gatekeeper_constraints_run_beside_mapguards_own_policies() {
     let dir = tempdir("mixed");
     let file = "allowed-registries.yaml";
-    std::fs::copy(fixtures().join(file), dir.join(file)).expect("copy");
+    std::fs::copy(fixtures().join(file), dir.path().join(file)).expect("copy");
     std::fs::write(
-        dir.join("own.rego"),
+        dir.path().join("own.rego"),
         "package mapguard.own\n\ndeny contains msg if {\n  input.request.object.spec.hostPID\n  msg := \"hostPID is not allowed\"\n}\n",
     )
     .expect("write");
-    let set = PolicySet::load_dir(&dir, &EngineConfig::default()).expect("loads");
+    let set = PolicySet::load_dir(dir.path(), &EngineConfig::default()).expect("loads");
     let mut p = pod("web", "docker.io/nginx:1");
     p["spec"]["hostPID"] = json!(true);
     let policies: Vec<String> = findings(&set, &review("", "Pod", "shop", p))
@@ -216,18 +216,19 @@ fn gatekeeper_constraints_run_beside_mapguards_own_policies() {
     );
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mapguard-gk-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh folder for one test, removed when the test ends.
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("mapguard-gk-{name}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Loads `documents` (YAML) written to a folder of their own.
 fn load(name: &str, documents: &str) -> Result<PolicySet, LoadError> {
     let dir = tempdir(name);
-    std::fs::write(dir.join("policy.yaml"), documents).expect("write");
-    PolicySet::load_dir(&dir, &EngineConfig::default())
+    std::fs::write(dir.path().join("policy.yaml"), documents).expect("write");
+    PolicySet::load_dir(dir.path(), &EngineConfig::default())
 }
 
 const TEMPLATE: &str = r#"apiVersion: templates.gatekeeper.sh/v1beta1

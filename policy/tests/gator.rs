@@ -48,15 +48,18 @@ fn the_fixture_suite_passes_case_by_case() {
     assert_eq!(got[8].1, Outcome::Skip("skip: true".into()));
 }
 
-/// The fixture suite with its text edited, in a copy of the fixtures.
-fn edited(name: &str, edit: impl Fn(String) -> String) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mapguard-gator-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    copy_dir(&fixtures(), &dir);
-    let suite = dir.join("suite.yaml");
+/// The fixture suite with its text edited, in a copy of the fixtures (the
+/// folder, removed when dropped, and the suite's path in it).
+fn edited(name: &str, edit: impl Fn(String) -> String) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("mapguard-gator-{name}-"))
+        .tempdir()
+        .expect("temp dir");
+    copy_dir(&fixtures(), dir.path());
+    let suite = dir.path().join("suite.yaml");
     let text = std::fs::read_to_string(&suite).expect("read");
     std::fs::write(&suite, edit(text)).expect("write");
-    suite
+    (dir, suite)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -81,7 +84,7 @@ fn failure(outcomes: &[(String, Outcome)], name: &str) -> String {
 
 #[test]
 fn wrong_expectations_fail_with_what_was_seen() {
-    let suite = edited("wrong", |text| {
+    let (_dir, suite) = edited("wrong", |text| {
         text.replacen(
             "      - name: host-free\n        object: unique-host/ingress-b.yaml\n        inventory: [unique-host/inventory.yaml]\n        assertions:\n          - violations: no",
             "      - name: host-free\n        object: unique-host/ingress-b.yaml\n        inventory: [unique-host/inventory.yaml]\n        assertions:\n          - violations: yes",
@@ -111,7 +114,7 @@ fn wrong_expectations_fail_with_what_was_seen() {
 
 #[test]
 fn a_valid_constraint_marked_invalid_and_a_missing_object_fail() {
-    let suite = edited("invalid", |text| {
+    let (_dir, suite) = edited("invalid", |text| {
         text.replacen(
             "constraint: max-containers/constraint-invalid.yaml",
             "constraint: max-containers/constraint.yaml",
