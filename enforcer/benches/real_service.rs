@@ -15,17 +15,18 @@
 //! configurations are `plain`, `plain again` (the same, a control: its
 //! change against `plain` is the run's noise floor, and a verdict within it
 //! says so), `go -race` (what the usual alternative costs) and one per
-//! entry of [`MAPGUARD`], each under
-//! `mapguard-enforcer exec ARGS --`, measured round-robin (one run of each,
-//! then the next round, each round starting one configuration later) so
-//! that a change in machine load shifts them all
-//! alike. Figures are medians. Throughput is compared with `plain` round by
-//! round (each configuration's run against the `plain` run of the same
-//! round, minutes apart rather than the whole benchmark apart), and the
-//! verdict is on the median of those paired changes, shown with their
-//! range; p99 is compared median to median. During the warm-up of a mapguard run the kernel's BPF
-//! run-time statistics are on (they cost two clock reads per hit, so never
-//! during the measurement) to count probe hits per request: what a coverage
+//! entry of [`MAPGUARD`], each under `mapguard-enforcer exec ARGS --`,
+//! measured round-robin (one run of each, then the next round, each round
+//! starting one configuration later) so that a change in machine load
+//! shifts them all alike. Figures are medians. Throughput is compared with
+//! `plain` round by round (each configuration's run against the `plain` run
+//! of the same round, minutes apart rather than the whole benchmark apart),
+//! and the verdict is on the median of those paired changes, shown with
+//! their range; p99 is compared median to median.
+//!
+//! During the warm-up of a mapguard run the kernel's BPF run-time
+//! statistics are on (they cost two clock reads per hit, so never during
+//! the measurement) to count probe hits per request: what a coverage
 //! setting saves (a setting that probes only the runtime's crash paths
 //! shows none; a sampled one shows what its windows let through in those
 //! seconds). A mapguard run whose enforcer has no BPF program loaded once
