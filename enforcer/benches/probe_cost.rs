@@ -237,11 +237,6 @@ fn kernel_ns_per_hit(progs: &Path, go: &str, setup: &Setup, events: &Path) -> Re
     Ok(time.as_nanos() as f64 / hits as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// One release's figures, for the closing table.
 struct Figures {
     go: String,
@@ -286,9 +281,9 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
     }
     let results: Vec<(&Setup, f64)> = setups
         .into_iter()
-        .zip(samples.into_iter().map(median))
+        .zip(samples.into_iter().map(support::median))
         .collect();
-    let kernel = median(kernel_samples);
+    let kernel = support::median(kernel_samples);
     let violations = std::fs::read_to_string(&events)
         .map(|s| s.lines().count())
         .unwrap_or(0);

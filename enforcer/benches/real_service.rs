@@ -387,9 +387,10 @@ fn run_once(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The smallest and the largest of `v`.
+fn bounds(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
 }
 
 /// A configuration's throughput against its target.
@@ -442,39 +443,36 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
         }
     }
 
-    let rps = |s: &[Sample]| median(s.iter().map(|s| s.report.requests_per_sec).collect());
-    let p99 = |s: &[Sample]| median(s.iter().map(|s| s.report.p99_ms).collect());
+    let rps = |s: &[Sample]| support::median(s.iter().map(|s| s.report.requests_per_sec).collect());
+    let p99 = |s: &[Sample]| support::median(s.iter().map(|s| s.report.p99_ms).collect());
     // How far a configuration's throughput moved between rounds, as a share
     // of its median: the machine is shared, and a busy spell in one round
     // shows here rather than passing for a cost or a gain.
     let spread = |s: &[Sample]| {
         let v: Vec<f64> = s.iter().map(|s| s.report.requests_per_sec).collect();
-        let (lo, hi) = v
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-        (hi - lo) / median(v) * 100.0
+        let (lo, hi) = bounds(&v);
+        (hi - lo) / support::median(v) * 100.0
     };
     // Each run's throughput against `plain` of the same round, in %: a
     // busy spell that slows a whole round cancels out.
-    let paired = |s: &[Sample]| -> Vec<f64> {
-        s.iter()
-            .zip(&samples[0])
-            .map(|(s, plain)| {
-                (s.report.requests_per_sec / plain.report.requests_per_sec - 1.0) * 100.0
-            })
-            .collect()
-    };
+    let paired: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|s| {
+            s.iter()
+                .zip(&samples[0])
+                .map(|(s, plain)| {
+                    (s.report.requests_per_sec / plain.report.requests_per_sec - 1.0) * 100.0
+                })
+                .collect()
+        })
+        .collect();
     let plain_p99 = p99(&samples[0]);
     // The control's paired changes: how far `plain` moved against itself.
     let floor = opts
         .configs
         .iter()
         .position(|c| c.name == PLAIN_AGAIN)
-        .map(|i| {
-            paired(&samples[i])
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)))
-        });
+        .map(|i| bounds(&paired[i]));
     println!(
         "\n  {} {}: median of {} runs",
         service.name, installed.version, opts.runs
@@ -496,13 +494,10 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
     let mut verdict_lines = Vec::new();
     let mut notes = Vec::new();
     let mut violations = 0;
-    for (config, s) in opts.configs.iter().zip(&samples) {
+    for ((config, s), changes) in opts.configs.iter().zip(&samples).zip(paired) {
         let (r, p) = (rps(s), p99(s));
-        let changes = paired(s);
-        let (lo, hi) = changes
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-        let change = median(changes);
+        let (lo, hi) = bounds(&changes);
+        let change = support::median(changes);
         let moved = spread(s);
         if moved > NOISY_SPREAD {
             notes.push(format!(
@@ -515,8 +510,8 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
         let probes = if probes.is_empty() {
             ["-".to_string(), "-".to_string(), "-".to_string()]
         } else {
-            let hits = median(probes.iter().map(|p| p.hits_per_request).collect());
-            let ns = median(probes.iter().map(|p| p.bpf_ns_per_request).collect());
+            let hits = support::median(probes.iter().map(|p| p.hits_per_request).collect());
+            let ns = support::median(probes.iter().map(|p| p.bpf_ns_per_request).collect());
             let per_hit: Vec<f64> = probes
                 .iter()
                 .filter(|p| p.hits_per_request > 0.0)
@@ -536,7 +531,7 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
                 if per_hit.is_empty() {
                     "-".to_string()
                 } else {
-                    format!("{:.0}", median(per_hit))
+                    format!("{:.0}", support::median(per_hit))
                 },
             ]
         };
@@ -575,7 +570,7 @@ fn bench_service(opts: &Options, service: &Service, scratch_root: &Path) -> Resu
             verdict_lines.push(format!(
                 "  {}: {:+.1}% throughput vs plain (median of the rounds), target {target}: {}{within_noise}",
                 config.name,
-                -loss,
+                change,
                 if met { "met" } else { "MISSED" }
             ));
             verdicts.push(Verdict {

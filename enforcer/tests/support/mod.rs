@@ -370,3 +370,16 @@ pub fn wait_no_mapguard_programs(timeout: Duration) -> usize {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The median of the benchmarks' figures: the middle one, or the mean of
+/// the two middle ones of an even count (the upper one alone would favour
+/// the faster half).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
