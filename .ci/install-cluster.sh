@@ -16,7 +16,6 @@
 # build caches (~0.6 GB and ~3 GB); the installed folder is about 200 MB.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-shared=${MAPGUARD_SHARED:-$here/../../shared}
 module=$here/../tests/cluster/apiserver
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -37,7 +36,7 @@ has_suite() { apt-cache policy 2>/dev/null | grep -q " $1/main "; }
 ensure_suites() {
   if ! has_suite trixie || ! has_suite trixie-backports; then
     log "adding Debian bookworm-backports, trixie and trixie-backports (pinned low) suites"
-    bash "$shared/ci/debian-suites.sh" --trixie-backports
+    bash "$here/debian-suites.sh"
   fi
 }
 

@@ -14,7 +14,6 @@
 #   - prometheus and promtool for the SLO tests (install-prometheus.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-shared=${MAPGUARD_SHARED:-$here/../../shared}
 # The nightly that builds the BPF program (rustc 1.97.0-nightly e50aa6fba,
 # LLVM 22). Pinned: a newer nightly brings another LLVM, and bpf-linker is
 # built against the nightly's own. enforcer/build.rs uses the same default.
@@ -36,7 +35,7 @@ for row in "${UNPACKED[@]}"; do
 done
 if [ "$missing" = 1 ]; then
   log "adding Debian bookworm-backports, trixie and trixie-backports (pinned low) suites"
-  bash "$shared/ci/debian-suites.sh" --trixie-backports
+  bash "$here/debian-suites.sh"
 fi
 for v in "${BACKPORTED[@]}"; do
   [ -x "/usr/lib/go-$v/bin/go" ] && continue

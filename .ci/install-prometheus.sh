@@ -14,7 +14,6 @@
 # current operators ship rules for.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-shared=${MAPGUARD_SHARED:-$here/../../shared}
 prefix=/opt/mapguard/prometheus
 bin=$prefix/usr/bin
 
@@ -27,7 +26,7 @@ fi
 has_suite() { apt-cache policy 2>/dev/null | grep -q " $1/main "; }
 if ! has_suite trixie; then
   log "adding Debian bookworm-backports, trixie and trixie-backports (pinned low) suites"
-  bash "$shared/ci/debian-suites.sh" --trixie-backports
+  bash "$here/debian-suites.sh"
 fi
 log "unpacking prometheus and promtool from trixie into $prefix"
 tmp=$(mktemp -d)
