@@ -1,9 +1,9 @@
 # mapguard — build, demo, tests and benchmarks.
 #
-#   make demo    prerequisites + build + the enforcer catching racy Go programs
-#                and the webhook judging sample Pods (needs root for BPF)
+#   make demo    build prerequisites + build + the enforcer catching a racy Go
+#                program and the webhook judging sample Pods (needs root for BPF)
 #   make demo-cluster  the node agent against a real API server (root)
-#   make test    prerequisites + lint + every test (what CI runs)
+#   make test    test prerequisites + lint + every test (what CI runs)
 #   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
 #                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
 SHELL := bash
@@ -13,19 +13,29 @@ GO_PROGS ?= $(CURDIR)/target/go-progs
 export GO_PROGS
 export MAPGUARD_GO_PROGS := $(GO_PROGS)
 
-.PHONY: all deps build release go-progs lint test test-rust policy-test demo demo-cluster \
+.PHONY: all build-deps deps build release demo-build go-progs lint test test-rust policy-test demo demo-cluster \
         bench bench-deps bench-enforcer bench-webhook bench-policy clean
 
 all: build
 
+# What building and the demo need: the pinned nightly, bpf-linker, one Go.
+build-deps:
+	bash .ci/install-build.sh
+
+# Everything the tests need on top: the Go toolchains of every release, the
+# Kubernetes binaries, Prometheus.
 deps:
 	bash .ci/install-deps.sh
 
-build: deps
+build: build-deps
 	$(CARGO) build
 
-release: deps
+release: build-deps
 	$(CARGO) build --release
+
+# The binaries the demo runs, and nothing else.
+demo-build: build-deps
+	$(CARGO) build --release -p mapguard-enforcer -p mapguard-webhook -p mapguard-certs-gen -p mapguard-cli
 
 go-progs: deps
 	bash tests/go/build.sh $(GO_PROGS)
@@ -42,7 +52,7 @@ policy-test: build
 
 test: deps lint test-rust policy-test
 
-demo: release go-progs
+demo: demo-build
 	bash scripts/demo.sh
 
 # The node agent in a (one-node) cluster: a real kube-apiserver and etcd,
@@ -65,7 +75,7 @@ bench-enforcer: release go-progs bench-deps
 bench-webhook: release
 	$(CARGO) bench -p mapguard-webhook --bench load
 
-bench-policy: deps
+bench-policy: build-deps
 	$(CARGO) bench -p mapguard-policy --bench eval
 
 clean:

@@ -1,23 +1,18 @@
 #!/usr/bin/env bash
-# Installs everything mapguard's build, demo and tests need on a fresh
-# Debian 12 machine (run as root). Idempotent: a second run only checks.
+# Installs everything mapguard's tests need on a fresh Debian 12 machine
+# (run as root): what the build and the demo need (.ci/install-build.sh),
+# then the test toolchains and servers. Idempotent: a second run only checks.
 #   - Go 1.22 (a release the enforcer must refuse) and Go 1.23 (classic
 #     maps) from bookworm-backports:                       /usr/lib/go-1.2x
 #   - Go 1.24 (swiss maps) unpacked from trixie:            /opt/mapguard/go-1.24
 #   - Go 1.25, 1.26, 1.27 unpacked from trixie-backports:  /opt/mapguard/go-1.2x
 #     (the releases of the enforcer's release table; tests/go/toolchains
 #     lists where each one is)
-#   - the pinned nightly Rust with rust-src, and bpf-linker built against
-#     its own LLVM, for enforcer-ebpf
-#   - curl and procps for the demo and tests
+#   - the build's and demo's prerequisites: .ci/install-build.sh
 #   - kube-apiserver, kubectl and etcd for the cluster tests (install-cluster.sh)
 #   - prometheus and promtool for the SLO tests (install-prometheus.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# The nightly that builds the BPF program (rustc 1.97.0-nightly e50aa6fba,
-# LLVM 22). Pinned: a newer nightly brings another LLVM, and bpf-linker is
-# built against the nightly's own. enforcer/build.rs uses the same default.
-NIGHTLY=${MAPGUARD_BPF_TOOLCHAIN:-nightly-2026-05-20}
 # Installed from bookworm-backports: 1.22 (refused), 1.23.
 BACKPORTED=(1.22 1.23)
 # Unpacked Debian toolchains: version, suite.
@@ -25,6 +20,8 @@ UNPACKED=("1.24 trixie" "1.25 trixie-backports" "1.26 trixie-backports" "1.27 tr
 gobin() { echo "/opt/mapguard/go-$1/usr/lib/go-$1/bin/go"; }
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+bash "$here/install-build.sh"
 
 missing=0
 for v in "${BACKPORTED[@]}"; do
@@ -56,36 +53,6 @@ done
 for v in "${BACKPORTED[@]}"; do "/usr/lib/go-$v/bin/go" version; done
 for row in "${UNPACKED[@]}"; do "$(gobin "${row%% *}")" version; done
 
-need_pkgs=()
-for p in curl procps; do
-  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-fi
-
-log "Rust: stable components and $NIGHTLY for the BPF target"
-rustup component add rustfmt clippy >/dev/null 2>&1 || true
-if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
-  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
-fi
-rustup component add rust-src --toolchain "$NIGHTLY" >/dev/null
-rustc "+$NIGHTLY" --version
-# bpf-linker must load the same LLVM as the nightly that emits the bitcode.
-S=$(rustc "+$NIGHTLY" --print sysroot)/lib
-llvm=$(basename "$(ls "$S"/libLLVM-*-rust-*.so | sed -n 1p)" .so)
-llvm=${llvm#lib}
-linker=$(command -v bpf-linker || true)
-[ -n "$linker" ] || linker=$HOME/.cargo/bin/bpf-linker
-# Built against this nightly: it loads LLVM from the nightly's own lib folder.
-if [ ! -x "$linker" ] || ! ldd "$linker" 2>/dev/null | grep -q "libLLVM.* => $S/"; then
-  log "building bpf-linker 0.13 against $NIGHTLY's own LLVM ($llvm, about 75 s)"
-  ver=$(echo "$llvm" | sed -E 's/^LLVM-([0-9]+)-.*/\1/')
-  RUSTFLAGS="-L native=$S -l dylib=$llvm -C link-arg=-Wl,-rpath,$S" \
-    cargo "+$NIGHTLY" install --force --locked bpf-linker --version '^0.13' \
-      --no-default-features --features "llvm-$ver,no-llvm-linking"
-fi
 # kube-apiserver, kubectl and etcd for the tests against a real API server
 # (tests/cluster/README.md): built once, cached under /opt/mapguard/kube.
 bash "$here/install-cluster.sh"

@@ -3,11 +3,11 @@
 #   1. the runtime enforcer catching a racy Go program (audit, kill, stop),
 #   2. the admission webhook judging sample AdmissionReviews over HTTPS,
 #   3. the CI command judging sample manifests.
-# Needs root (BPF); `make demo` builds everything first.
+# Needs root (BPF); `make demo` builds the binaries first, and this script
+# builds its one racy Go program with one Go toolchain (scripts/demo-go.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MAPGUARD_BIN:-$root/target/release}
-progs=${GO_PROGS:-$root/target/go-progs}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -28,8 +28,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-racy=$progs/go1.24/racy/delete_assign
-[ -x "$racy" ] || { echo "missing $racy: run 'make go-progs'" >&2; exit 1; }
+go=$(bash "$root/scripts/demo-go.sh")
+racy=$root/target/demo/delete_assign
+echo "building tests/go/racy/delete_assign with $("$go" version | cut -d' ' -f3)"
+(cd "$root/tests/go" && GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=off CGO_ENABLED=0 \
+  "$go" build -o "$racy" ./racy/delete_assign)
 
 bold "1a. A Go program with a map race, on its own"
 show "$racy"
