@@ -2,9 +2,10 @@
 //! kustomization renders every component, the API server accepts every
 //! object (`--dry-run=server`, strict field validation, Pod Security
 //! admission of the namespace), a real apply and a second one (an upgrade)
-//! keep the `caBundle` certs-gen set, and each ServiceAccount may do what
-//! its component does and nothing more (`kubectl auth can-i`, impersonating
-//! the account).
+//! keep the `caBundle` certs-gen set, with no webhook answering only the
+//! namespaces that opted in to enforcement refuse Pods, and each
+//! ServiceAccount may do what its component does and nothing more
+//! (`kubectl auth can-i`, impersonating the account).
 //!
 //! One API server serves every step (a start costs seconds), so they run in
 //! order in one test; each step is a function named after what it shows.
@@ -12,12 +13,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use mapguard_testenv::TestEnv;
 use serde_json::{Value, json};
 
@@ -39,6 +42,7 @@ async fn kubectl_apply_k_installs_every_component_with_least_privilege() {
     every_image_is_built_by_a_containerfile_here(&documents);
     the_api_server_accepts_every_object_in_a_dry_run(&env, documents.len()).await;
     an_upgrade_keeps_the_ca_bundle_certs_gen_set(&env).await;
+    without_a_webhook_only_opted_in_namespaces_refuse_pods(&env, FailClosed::OptedIn).await;
     each_service_account_can_do_its_job(&env).await;
     each_service_account_can_do_nothing_more(&env).await;
     the_readmes_uninstall_removes_everything(&env).await;
@@ -319,14 +323,18 @@ async fn an_upgrade_keeps_the_ca_bundle_certs_gen_set(env: &TestEnv) {
             json!({"webhooks": [{"name": name, "clientConfig": {"caBundle": bundle}}]}),
         )
     };
-    validating
-        .patch(CONFIGURATION, &params, &patch("validate.mapguard.io"))
-        .await
-        .expect("set the validating caBundle");
-    mutating
-        .patch(CONFIGURATION, &params, &patch("mutate.mapguard.io"))
-        .await
-        .expect("set the mutating caBundle");
+    for name in ["validate.mapguard.io", "best-effort.validate.mapguard.io"] {
+        validating
+            .patch(CONFIGURATION, &params, &patch(name))
+            .await
+            .unwrap_or_else(|e| panic!("set the caBundle of {name}: {e}"));
+    }
+    for name in ["mutate.mapguard.io", "best-effort.mutate.mapguard.io"] {
+        mutating
+            .patch(CONFIGURATION, &params, &patch(name))
+            .await
+            .unwrap_or_else(|e| panic!("set the caBundle of {name}: {e}"));
+    }
 
     let before = versions(env).await;
     kubectl_ok(env, &["apply", "-k", &manifests_arg()]).await;
@@ -360,8 +368,126 @@ async fn an_upgrade_keeps_the_ca_bundle_certs_gen_set(env: &TestEnv) {
     ] {
         assert_eq!(
             bundles,
-            vec![Some(expected.clone())],
-            "the {kind} caBundle after the upgrade"
+            vec![Some(expected.clone()); 2],
+            "the {kind} caBundles after the upgrade"
+        );
+    }
+}
+
+/// Where the install fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailClosed {
+    /// The default: only namespaces labelled `mapguard.io/mode` audit,
+    /// stop or kill.
+    OptedIn,
+    /// With the `fail-closed` Component: every namespace but mapguard's
+    /// own and the control plane's.
+    Everywhere,
+}
+
+/// The webhook's Deployment never runs here (no node): the state of a
+/// cluster right after an install, or after losing every webhook Pod. The
+/// API server's calls fail, and each namespace gets what the install
+/// promises: Pods refused where enforcement was asked for, created
+/// everywhere else; `kube-system` and `mapguard-system` are never judged.
+/// The API server's own count of calls that failed open shows the
+/// best-effort webhooks were called, not skipped.
+async fn without_a_webhook_only_opted_in_namespaces_refuse_pods(
+    env: &TestEnv,
+    fail_closed: FailClosed,
+) {
+    let suffix = match fail_closed {
+        FailClosed::OptedIn => "default",
+        FailClosed::Everywhere => "closed",
+    };
+    let enforced = format!("enforced-{suffix}");
+    let plain = format!("plain-{suffix}");
+    let off = format!("off-{suffix}");
+    for (namespace, label) in [
+        (&enforced, Some("kill")),
+        (&plain, None),
+        (&off, Some("off")),
+    ] {
+        kubectl_ok(env, &["create", "namespace", namespace]).await;
+        if let Some(mode) = label {
+            let label = format!("mapguard.io/mode={mode}");
+            kubectl_ok(env, &["label", "namespace", namespace, &label]).await;
+        }
+    }
+    let client = env.client();
+    let create = |namespace: &str, name: &str| {
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+        }))
+        .expect("a Pod literal deserializes");
+        async move { pods.create(&PostParams::default(), &pod).await }
+    };
+    // The API server loads webhook configurations from its own watch:
+    // wait until the opted-in namespace's Pods are refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusal = loop {
+        match create(&enforced, "probe").await {
+            Err(kube::Error::Api(status)) => break status.message,
+            Err(other) => panic!("create a Pod in {enforced}: {other}"),
+            Ok(_) => {
+                kubectl_ok(env, &["delete", "pod", "probe", "-n", &enforced]).await;
+                assert!(
+                    Instant::now() < deadline,
+                    "a Pod in {enforced} (mapguard.io/mode=kill) was still admitted 30 s after the install"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.contains("failed calling webhook \"mutate.mapguard.io\""),
+        "refused for another reason: {refusal}"
+    );
+    let mut admitted = vec!["kube-system", NS];
+    let mut refused = vec![enforced.as_str()];
+    match fail_closed {
+        FailClosed::OptedIn => admitted.extend([plain.as_str(), off.as_str()]),
+        FailClosed::Everywhere => refused.extend([plain.as_str(), off.as_str()]),
+    }
+    for namespace in &admitted {
+        create(namespace, "app").await.unwrap_or_else(|e| {
+            panic!("a Pod in {namespace} must be admitted without a webhook: {e}")
+        });
+    }
+    for namespace in &refused {
+        let refusal = create(namespace, "app")
+            .await
+            .expect_err("a Pod must be refused without a webhook");
+        assert!(
+            refusal.to_string().contains("failed calling webhook"),
+            "{namespace}: {refusal}"
+        );
+    }
+    let metrics = kubectl_ok(env, &["get", "--raw", "/metrics"]).await;
+    let failed_open = |webhook: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("apiserver_admission_webhook_fail_open_count{")
+                    && l.contains(&format!("name=\"{webhook}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let expected_open = match fail_closed {
+        FailClosed::OptedIn => 2.0, // the Pods of `plain` and `off`
+        FailClosed::Everywhere => 0.0,
+    };
+    for webhook in [
+        "best-effort.mutate.mapguard.io",
+        "best-effort.validate.mapguard.io",
+    ] {
+        assert_eq!(
+            failed_open(webhook),
+            expected_open,
+            "calls of {webhook} that failed open ({fail_closed:?})"
         );
     }
 }
@@ -671,7 +797,7 @@ async fn the_optional_components_install_with_their_rights() {
     let Some(env) = TestEnv::start_or_skip(test).await else {
         return;
     };
-    let overlay = overlay(env.dir(), &["gatekeeper", "responder"]);
+    let overlay = overlay(env.dir(), &["gatekeeper", "responder", "fail-closed"]);
     let overlay = overlay.to_str().expect("utf-8").to_owned();
     let rendered = kubectl_ok(&env, &["kustomize", &overlay]).await;
     for needle in [
@@ -688,6 +814,7 @@ async fn the_optional_components_install_with_their_rights() {
         );
     }
     kubectl_ok(&env, &["apply", "-k", &overlay]).await;
+    without_a_webhook_only_opted_in_namespaces_refuse_pods(&env, FailClosed::Everywhere).await;
     for check in [
         "create pods --subresource=eviction -A",
         "patch nodes",

@@ -65,51 +65,110 @@ fn webhook_configurations_call_our_paths_with_v1_reviews() {
         ("mutatingwebhookconfiguration.yaml", "/mutate"),
     ] {
         let conf = &manifest(file)[0];
-        let hook = &conf["webhooks"][0];
-        assert_eq!(hook["clientConfig"]["service"]["path"], path, "{file}");
-        assert_eq!(
-            hook["admissionReviewVersions"],
-            serde_json::json!(["v1"]),
-            "{file}"
-        );
-        assert_eq!(
-            hook["sideEffects"], "None",
-            "{file}: dry-run requests need sideEffects None"
-        );
-        let timeout = hook["timeoutSeconds"].as_u64().expect("timeoutSeconds");
-        assert!(
-            timeout > 2,
-            "{file}: webhook timeout must exceed the 2s evaluation limit"
-        );
-        let resources: Vec<&str> = hook["rules"]
-            .as_array()
-            .expect("rules")
-            .iter()
-            .flat_map(|r| {
-                r["resources"]
-                    .as_array()
-                    .expect("resources")
-                    .iter()
-                    .filter_map(Value::as_str)
-            })
-            .collect();
-        // kubectl debug adds containers through this subresource: judged by
-        // /validate; /mutate has nothing to add to a running Pod.
-        assert_eq!(
-            resources.contains(&"pods/ephemeralcontainers"),
-            path == "/validate",
-            "{file}: pods/ephemeralcontainers"
-        );
-        for kind in [
-            "pods",
-            "deployments",
-            "statefulsets",
-            "daemonsets",
-            "replicasets",
-            "jobs",
-            "cronjobs",
-        ] {
-            assert!(resources.contains(&kind), "{file} misses {kind}");
+        for hook in conf["webhooks"].as_array().expect("webhooks") {
+            let file = format!("{file} {}", hook["name"]);
+            assert_eq!(hook["clientConfig"]["service"]["path"], path, "{file}");
+            assert_eq!(
+                hook["admissionReviewVersions"],
+                serde_json::json!(["v1"]),
+                "{file}"
+            );
+            assert_eq!(
+                hook["sideEffects"], "None",
+                "{file}: dry-run requests need sideEffects None"
+            );
+            let timeout = hook["timeoutSeconds"].as_u64().expect("timeoutSeconds");
+            assert!(
+                timeout > 2,
+                "{file}: webhook timeout must exceed the 2s evaluation limit"
+            );
+            let resources: Vec<&str> = hook["rules"]
+                .as_array()
+                .expect("rules")
+                .iter()
+                .flat_map(|r| {
+                    r["resources"]
+                        .as_array()
+                        .expect("resources")
+                        .iter()
+                        .filter_map(Value::as_str)
+                })
+                .collect();
+            // kubectl debug adds containers through this subresource: judged by
+            // /validate; /mutate has nothing to add to a running Pod.
+            assert_eq!(
+                resources.contains(&"pods/ephemeralcontainers"),
+                path == "/validate",
+                "{file}: pods/ephemeralcontainers"
+            );
+            for kind in [
+                "pods",
+                "deployments",
+                "statefulsets",
+                "daemonsets",
+                "replicasets",
+                "jobs",
+                "cronjobs",
+            ] {
+                assert!(resources.contains(&kind), "{file} misses {kind}");
+            }
         }
+    }
+}
+
+/// Each configuration has two webhooks that differ only in whom they
+/// judge and how they fail: the namespaces labelled `mapguard.io/mode`
+/// audit, stop or kill fail closed, every other one fails open, and the
+/// two selectors are complements (a request meets exactly one), both
+/// leaving out mapguard's namespace and the control plane's.
+#[test]
+fn only_namespaces_that_opted_in_fail_closed() {
+    let enforcing = serde_json::json!(["audit", "stop", "kill"]);
+    let exempt = serde_json::json!({
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["mapguard-system", "kube-system"],
+    });
+    for (file, verb) in [
+        ("validatingwebhookconfiguration.yaml", "validate"),
+        ("mutatingwebhookconfiguration.yaml", "mutate"),
+    ] {
+        let conf = &manifest(file)[0];
+        let hooks = conf["webhooks"].as_array().expect("webhooks");
+        let names: Vec<&str> = hooks.iter().filter_map(|h| h["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("{verb}.mapguard.io"),
+                format!("best-effort.{verb}.mapguard.io")
+            ],
+            "{file}: the fail-closed webhook first (manifests/fail-closed/ patches the second)"
+        );
+        for (hook, operator, policy) in [(&hooks[0], "In", "Fail"), (&hooks[1], "NotIn", "Ignore")]
+        {
+            assert_eq!(hook["failurePolicy"], policy, "{file} {}", hook["name"]);
+            assert_eq!(
+                hook["namespaceSelector"],
+                serde_json::json!({"matchExpressions": [
+                    exempt,
+                    {"key": "mapguard.io/mode", "operator": operator, "values": enforcing},
+                ]}),
+                "{file} {}",
+                hook["name"]
+            );
+        }
+        let without = |hook: &Value| {
+            let mut hook = hook.clone();
+            let object = hook.as_object_mut().expect("a webhook is an object");
+            for field in ["name", "namespaceSelector", "failurePolicy"] {
+                object.remove(field);
+            }
+            hook
+        };
+        assert_eq!(
+            without(&hooks[0]),
+            without(&hooks[1]),
+            "{file}: the two webhooks must judge the same requests the same way"
+        );
     }
 }
