@@ -178,13 +178,7 @@ fn the_daemonset_gets_only_what_bpf_needs(documents: &[Value]) {
         .collect();
     assert_eq!(
         added,
-        BTreeSet::from([
-            "BPF",
-            "PERFMON",
-            "SYS_PTRACE",
-            "DAC_READ_SEARCH",
-            "SYS_RESOURCE"
-        ]),
+        BTreeSet::from(["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]),
         "no SYS_ADMIN, NET_ADMIN or KILL: signals come from the kernel (bpf_send_signal)"
     );
     let host_paths: BTreeSet<(&str, &str)> = pod["volumes"]
