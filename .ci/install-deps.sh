@@ -11,6 +11,7 @@
 #     its own LLVM, for enforcer-ebpf
 #   - curl and procps for the demo and tests
 #   - kube-apiserver, kubectl and etcd for the cluster tests (install-cluster.sh)
+#   - the one-node cluster's kubelet, containerd, runc, CNI (install-node.sh)
 #   - prometheus and promtool for the SLO tests (install-prometheus.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -89,6 +90,10 @@ fi
 # kube-apiserver, kubectl and etcd for the tests against a real API server
 # (tests/cluster/README.md): built once, cached under /opt/mapguard/kube.
 bash "$here/install-cluster.sh"
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy, containerd,
+# runc, CNI plugins and the pause image for the one-node cluster
+# (scripts/cluster.sh, testenv's NodeCluster).
+bash "$here/install-node.sh"
 # prometheus and promtool for the SLO tests (cached under /opt/mapguard/prometheus).
 bash "$here/install-prometheus.sh"
 log "dependencies ready"
