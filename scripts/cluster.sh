@@ -64,6 +64,11 @@ KUBEPODS=kubepods
 # `down` writes back the values found before `up`.
 SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+# Folders outside the state folder that the node writes into, hard-coded in
+# it: libcni's result cache, the kubelet's device-plugin socket and legacy log
+# links, containerd's shim sockets, ip's namespace folder. `down` removes what
+# it put there, and each folder it created once empty.
+HOST_DIRS=(/run/netns /var/log/containers /var/lib/cni /var/lib/kubelet /run/containerd)
 # Stopped in this order by `down`; `up` starts them in reverse.
 COMPONENTS=(kubelet kube-proxy kube-scheduler kube-controller-manager containerd forwarder kube-apiserver etcd)
 
@@ -294,7 +299,6 @@ failSwapOn: false
 # No cluster DNS, and the host's resolvers are not for Pods.
 resolvConf: ""
 podLogsDir: $STATE/pod-logs
-volumePluginDir: $STATE/kubelet/volume-plugins
 serializeImagePulls: false
 evictionHard:
   memory.available: 100Mi
@@ -326,7 +330,7 @@ record_host() {
   mkdir -p "$HOST"
   local s
   for s in "${SYSCTLS[@]}"; do sysctl -n "$s" >"$HOST/sysctl.$s"; done
-  for d in /run/netns /var/log/containers /var/lib/cni /run/containerd; do
+  for d in "${HOST_DIRS[@]}"; do
     [ -e "$d" ] || echo "$d" >>"$HOST/absent"
   done
   mountpoint -q /run/netns 2>/dev/null || echo /run/netns >>"$HOST/unmounted"
@@ -352,6 +356,10 @@ make_netns() {
   ip netns add "$NETNS"
   in_node ip link set lo up
   in_node ip addr add "$NODE_IP/32" dev lo
+  # hostNetwork Pods connect to Service IPs from the namespace itself: the
+  # connect needs a route before kube-proxy's OUTPUT DNAT rewrites the
+  # destination, and the namespace has no default route (nothing leaves it).
+  in_node ip route add "$SERVICE_CIDR" dev lo
 }
 
 # --- up ------------------------------------------------------------------------
@@ -443,7 +451,8 @@ up() {
     --bind-address=127.0.0.1 --cert-dir="$STATE/kube-controller-manager" --leader-elect=false \
     --controllers='*,-nodeipam' --use-service-account-credentials=true \
     --service-account-private-key-file="$PKI/service-account.key" --root-ca-file="$PKI/ca.crt" \
-    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key"
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --flex-volume-plugin-dir="$STATE/kube-controller-manager/volume-plugins"
   start kube-scheduler node "$BIN/kube-scheduler" \
     --kubeconfig="$STATE/kube-scheduler.kubeconfig" \
     --authentication-kubeconfig="$STATE/kube-scheduler.kubeconfig" \
@@ -461,7 +470,8 @@ up() {
   start kube-proxy node "$BIN/kube-proxy" --config="$STATE/kube-proxy.yaml"
   start kubelet node "$BIN/kubelet" --config="$STATE/kubelet/config.yaml" \
     --kubeconfig="$STATE/kubelet.kubeconfig" --root-dir="$STATE/kubelet" \
-    --cert-dir="$STATE/kubelet/pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
+    --cert-dir="$STATE/kubelet/pki" --volume-plugin-dir="$STATE/kubelet/volume-plugins" \
+    --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
   wait_for "node $NODE_NAME Ready" 120 kubelet node_ready
   # Pods are refused until the controller-manager made the namespace's
   # ServiceAccount.
@@ -532,6 +542,7 @@ stop_containers() {
     done
   done
   for id in $("${c[@]}" containers ls -q 2>/dev/null); do
+    echo "$id" >>"$HOST/containers"
     "${c[@]}" containers delete "$id" >/dev/null 2>&1 || true
   done
 }
@@ -553,8 +564,18 @@ restore_host() {
   if [ -d /var/log/containers ]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete
   fi
-  # libcni's cache of results, named NETWORK-CONTAINER-IFNAME.
-  rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
+  # libcni's cache of results, NETWORK-SANDBOX-IFNAME, for our network and
+  # containerd's loopback one, of our sandboxes only.
+  if [ -f "$HOST/containers" ]; then
+    while read -r d; do
+      rm -f /var/lib/cni/results/"$CNI_NETWORK-$d"-* /var/lib/cni/results/cni-loopback-"$d"-*
+    done <"$HOST/containers"
+  fi
+  # The kubelet's device-plugin socket (pluginapi.DevicePluginPath, fixed),
+  # when no other kubelet was here before.
+  if grep -qx /var/lib/kubelet "$HOST/absent" 2>/dev/null; then
+    rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  fi
   if [ -f "$HOST/unmounted" ] && mountpoint -q /run/netns && [ -z "$(ls -A /run/netns)" ]; then
     umount /run/netns
   fi
