@@ -50,7 +50,9 @@ async fn a_node_runs_a_pod_that_reaches_the_api_server_and_leaves_nothing_behind
         "hello-image.sh: {}",
         String::from_utf8_lossy(&built.stderr)
     );
-    cluster.import_image(&archive).expect("import the hello image");
+    cluster
+        .import_image(&archive)
+        .expect("import the hello image");
     let _ = std::fs::remove_file(&archive);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -92,7 +94,10 @@ async fn a_node_runs_a_pod_that_reaches_the_api_server_and_leaves_nothing_behind
         "log:\n{log}\nstatus: {status:?}"
     );
     let pod_ip = status.pod_ip.expect("the Pod got an IP");
-    assert!(pod_ip.starts_with("10.244."), "Pod IP {pod_ip} outside the CNI range");
+    assert!(
+        pod_ip.starts_with("10.244."),
+        "Pod IP {pod_ip} outside the CNI range"
+    );
     assert!(
         log.contains(&format!("pod IPs {pod_ip}")),
         "the Pod saw other addresses than {pod_ip}:\n{log}"
@@ -113,7 +118,10 @@ async fn a_node_runs_a_pod_that_reaches_the_api_server_and_leaves_nothing_behind
         let netns = Path::new("/run/netns").join(NODE_NETNS);
         assert!(!netns.exists(), "{} left behind", netns.display());
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("read /sys/fs/cgroup") {
-            let kubepods = hierarchy.expect("a cgroup hierarchy").path().join("kubepods");
+            let kubepods = hierarchy
+                .expect("a cgroup hierarchy")
+                .path()
+                .join("kubepods");
             assert!(!kubepods.exists(), "{} left behind", kubepods.display());
         }
     }
