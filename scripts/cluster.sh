@@ -100,7 +100,8 @@ start() {
   local name=$1 where=$2
   shift 2
   [ "$where" = node ] && set -- nsenter --net="$NETNS_PATH" -- "$@"
-  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  # fd 9 holds the lock of this script (below): not for the daemons.
+  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9<&- &
   local pid=$!
   echo "$pid $(starttime "$pid")" >"$PIDS/$name"
 }
@@ -527,12 +528,21 @@ remove_kubepods() {
   die "cannot remove cgroups: $(kubepods_dirs | tr '\n' ' ')"
 }
 
-# Containers and their shims: kill every task of the k8s.io namespace while
-# containerd still runs, so the shims unmount the root file systems and exit.
+# Containers and their shims: stop every task of the k8s.io namespace while
+# containerd still runs (SIGTERM, SIGKILL after 5 s), so the shims unmount
+# the root file systems and exit.
 stop_containers() {
   [ -n "$(live_pid containerd)" ] || return 0
   local c=(ctr --address "$CONTAINERD_SOCK" -n k8s.io) id i
-  for id in $("${c[@]}" tasks ls -q 2>/dev/null); do
+  running_tasks() { "${c[@]}" tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING" { print $1 }'; }
+  for id in $(running_tasks); do
+    "${c[@]}" tasks kill -s SIGTERM "$id" >/dev/null 2>&1 || true
+  done
+  for ((i = 0; i < 50; i++)); do
+    [ -n "$(running_tasks)" ] || break
+    sleep 0.1
+  done
+  for id in $(running_tasks); do
     "${c[@]}" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
   done
   for id in $("${c[@]}" tasks ls -q 2>/dev/null); do
@@ -616,6 +626,10 @@ down() {
   rm -rf "$STATE"
   say "stopped and removed $STATE"
 }
+
+# One cluster.sh at a time (a second `up` waits, then finds it running).
+exec 9<"$0"
+flock -w 300 9 || die "another scripts/cluster.sh still runs after 300s"
 
 case "${1:-}" in
 up) up ;;
