@@ -28,11 +28,14 @@
 # Everything lives under the state folder (default /var/lib/mapguard-node;
 # logs in logs/). What `up` changes outside it, `down` puts back: the
 # kubelet's kernel sysctls, /sys/fs/bpf (mounted if absent, for the node
-# agent), the kubepods cgroups, /run/netns, /var/log/containers, /var/lib/cni,
-# /run/containerd.
+# agent), the kubepods cgroups, and what the node writes into /run/netns,
+# /var/log/containers, /var/lib/cni, /var/lib/kubelet and /run/containerd
+# (HOST_DIRS below). A failed `up` leaves everything for inspection; the
+# next `up` or `down` removes it.
 #
 # Environment: MAPGUARD_NODE_DIR (state folder), MAPGUARD_NODE_API_PORT
-# (6443), MAPGUARD_KUBE_BIN (/opt/mapguard/kube/<version>/bin).
+# (6443: the API server's port in the namespace and the forwarder's on the
+# host), MAPGUARD_KUBE_BIN (/opt/mapguard/kube/<version>/bin).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=../tests/cluster/node/pins.sh
@@ -422,7 +425,7 @@ up() {
   # endpoint (the advertise address, bound on all the namespace's addresses).
   start kube-apiserver node "$BIN/kube-apiserver" \
     --etcd-servers=http://127.0.0.1:2379 \
-    --bind-address=0.0.0.0 --secure-port=6443 --advertise-address="$NODE_IP" \
+    --bind-address=0.0.0.0 --secure-port="$API_PORT" --advertise-address="$NODE_IP" \
     --cert-dir="$PKI" --tls-cert-file="$PKI/kube-apiserver.crt" --tls-private-key-file="$PKI/kube-apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
     --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
@@ -436,11 +439,11 @@ up() {
     --allow-privileged=true
   wait_for "kube-apiserver /readyz" 60 kube-apiserver \
     in_node curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-    "https://127.0.0.1:6443/readyz"
+    "https://127.0.0.1:$API_PORT/readyz"
 
-  say "forwarder: host 127.0.0.1:$API_PORT -> $NETNS 127.0.0.1:6443"
+  say "forwarder: host 127.0.0.1:$API_PORT -> $NETNS 127.0.0.1:$API_PORT"
   start forwarder host socat "TCP4-LISTEN:$API_PORT,bind=127.0.0.1,reuseaddr,fork" \
-    "EXEC:nsenter --net=$NETNS_PATH -- socat STDIO TCP4\\:127.0.0.1\\:6443"
+    "EXEC:nsenter --net=$NETNS_PATH -- socat STDIO TCP4\\:127.0.0.1\\:$API_PORT"
   wait_for "the API server through the forwarder" 15 forwarder kubectl_ --request-timeout=5s get --raw /readyz
 
   say "kube-controller-manager, kube-scheduler"
