@@ -215,6 +215,10 @@ make_pki() {
   issue kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
   issue kube-scheduler "/CN=system:kube-scheduler" clientAuth
   issue kube-proxy "/CN=system:kube-proxy" clientAuth
+  # The API server's identity towards aggregated API servers; its CA and
+  # name in extension-apiserver-authentication, which the controller-manager
+  # and scheduler read (they log an error every few seconds without it).
+  issue front-proxy-client "/CN=front-proxy-client" clientAuth
   openssl genrsa -out "$PKI/service-account.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/service-account.key" -pubout -out "$PKI/service-account.pub" 2>/dev/null
   chmod 600 "$PKI"/*.key
@@ -317,6 +321,8 @@ clientConnection:
 mode: iptables
 hostnameOverride: $NODE_NAME
 clusterCIDR: $POD_CIDR
+# NodePorts on the node address only.
+nodePortAddresses: [primary]
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 # 0: leave the host's conntrack table size and timeouts alone.
@@ -431,6 +437,10 @@ up() {
     --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types=InternalIP \
+    --requestheader-client-ca-file="$PKI/ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/service-account.pub" \
