@@ -1,8 +1,9 @@
 //! The one-node cluster (`scripts/cluster.sh`, held by `NodeCluster`): the
 //! node is Ready, a Pod from an image built here runs to completion, gets a
 //! Pod IP, reaches the API server through the `kubernetes` Service with its
-//! service-account token, and its log is readable; then dropping the cluster
-//! leaves no network namespace, state folder or kubepods cgroup behind.
+//! service-account token, and its log is readable; a hostPID Pod sees the
+//! host's kubelet; `kubectl exec` works; then dropping the cluster leaves no
+//! network namespace, state folder or kubepods cgroup behind.
 
 use std::path::Path;
 use std::process::Command;
@@ -55,36 +56,40 @@ async fn a_node_runs_a_pod_that_reaches_the_api_server_and_leaves_nothing_behind
         .expect("import the hello image");
     let _ = std::fs::remove_file(&archive);
 
+    // Three Pods at once: one asks the API server who it is, one lists the
+    // processes it sees with hostPID, one stays up to exec into.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let name = format!("hello-{}", std::process::id());
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "hello", "image": HELLO_IMAGE, "imagePullPolicy": "Never"}],
-        },
-    }))
-    .expect("a Pod deserializes");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create the Pod");
+    let id = std::process::id();
+    let hello = format!("hello-{id}");
+    let ps = format!("hostpid-{id}");
+    let sleeper = format!("sleeper-{id}");
+    for (name, args, host_pid, restart) in [
+        (&hello, vec![], false, "Never"),
+        (&ps, vec!["ps"], true, "Never"),
+        (&sleeper, vec!["sleep"], false, "Always"),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": restart,
+                "hostPID": host_pid,
+                "containers": [{
+                    "name": "hello",
+                    "image": HELLO_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "args": args,
+                }],
+            },
+        }))
+        .expect("a Pod deserializes");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create a Pod");
+    }
 
-    let started = Instant::now();
-    let pod = loop {
-        let pod = pods.get(&name).await.expect("GET the Pod");
-        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-        if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
-            break pod;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "Pod {name} still {phase:?} after 120 s: {:?}",
-            pod.status
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let pod = wait_for_phase(&pods, &hello, &["Succeeded", "Failed"]).await;
     let log = pods
-        .logs(&name, &LogParams::default())
+        .logs(&hello, &LogParams::default())
         .await
         .expect("read the Pod's log");
     let status = pod.status.expect("a finished Pod has a status");
@@ -106,9 +111,40 @@ async fn a_node_runs_a_pod_that_reaches_the_api_server_and_leaves_nothing_behind
         log.contains("at 10.96.0.1:443 knows me as system:serviceaccount:default:default"),
         "the Pod did not reach the API server through the kubernetes Service:\n{log}"
     );
-    pods.delete(&name, &DeleteParams::default())
+
+    // hostPID: the Pod sees the host's kubelet under its host pid.
+    wait_for_phase(&pods, &ps, &["Succeeded"]).await;
+    let log = pods
+        .logs(&ps, &LogParams::default())
         .await
-        .expect("delete the Pod");
+        .expect("read the hostPID Pod's log");
+    let kubelet = host_pids_named("kubelet");
+    assert!(
+        kubelet
+            .iter()
+            .any(|pid| log.contains(&format!("kubelet [{pid}]"))),
+        "the hostPID Pod did not see the kubelet (host pids {kubelet:?}):\n{log}"
+    );
+
+    // kubectl exec through the host's forwarder, the API server and the kubelet.
+    wait_for_phase(&pods, &sleeper, &["Running"]).await;
+    let exec = cluster
+        .kubectl()
+        .args(["exec", &sleeper, "--", "/hello", "whoami"])
+        .output()
+        .expect("run kubectl exec");
+    let out = String::from_utf8_lossy(&exec.stdout);
+    assert!(
+        exec.status.success() && out.contains(&format!("hostname {sleeper}")),
+        "kubectl exec: {out}{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+
+    for name in [&hello, &ps, &sleeper] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete a Pod");
+    }
 
     let state = cluster.state_dir().to_owned();
     let started_here = cluster.started_here();
@@ -125,4 +161,33 @@ async fn a_node_runs_a_pod_that_reaches_the_api_server_and_leaves_nothing_behind
             assert!(!kubepods.exists(), "{} left behind", kubepods.display());
         }
     }
+}
+
+/// Polls the Pod until its phase is one of `phases` (bounded).
+async fn wait_for_phase(pods: &Api<Pod>, name: &str, phases: &[&str]) -> Pod {
+    let started = Instant::now();
+    loop {
+        let pod = pods.get(name).await.expect("GET the Pod");
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        if phase.as_deref().is_some_and(|p| phases.contains(&p)) {
+            return pod;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "Pod {name} still {phase:?} after 120 s: {:?}",
+            pod.status
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Pids of the host's processes whose `comm` is `name`.
+fn host_pids_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
 }
