@@ -3,9 +3,6 @@
 #   make demo    prerequisites + build + the enforcer catching racy Go programs
 #                and the webhook judging sample Pods (needs root for BPF)
 #   make demo-cluster  the node agent against a real API server (root)
-#   make cluster-up    a real one-node Kubernetes (root); last line of output:
-#                      export KUBECONFIG=PATH  (eval "$$(make -s cluster-up)")
-#   make cluster-down  stop it and remove everything it made
 #   make test    prerequisites + lint + every test (what CI runs)
 #   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
 #                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
@@ -54,10 +51,12 @@ demo: release go-progs
 demo-cluster: go-progs
 	CI=true $(CARGO) test -p mapguard-enforcer --test daemon -- --nocapture
 
-# A one-node Kubernetes: etcd, the control plane, a kubelet, containerd,
-# runc and CNI in a network namespace of their own (scripts/cluster.sh).
-# cluster-up prints only export lines on stdout (installer output goes to
-# stderr); a second call finds the cluster running and prints them again.
+# A real one-node Kubernetes (root): etcd, the control plane, a kubelet,
+# containerd, runc and CNI in a network namespace of their own
+# (scripts/cluster.sh). cluster-up prints only export lines on stdout, the
+# last one `export KUBECONFIG=PATH` (eval "$$(make -s cluster-up)"; installer
+# output goes to stderr); a second call finds the cluster running and prints
+# them again. cluster-down stops exactly what it started and removes it.
 .PHONY: cluster-install cluster-up cluster-down
 cluster-install:
 	bash .ci/install-node.sh
