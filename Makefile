@@ -61,6 +61,23 @@ demo: demo-build
 demo-cluster: go-progs
 	CI=true $(CARGO) test -p mapguard-enforcer --test daemon -- --nocapture
 
+# A real one-node Kubernetes (root): etcd, the control plane, a kubelet,
+# containerd, runc and CNI in a network namespace of their own
+# (scripts/cluster.sh). cluster-up prints only export lines on stdout, the
+# last one `export KUBECONFIG=PATH` (eval "$$(make -s cluster-up)"; installer
+# output goes to stderr); a second call finds the cluster running and prints
+# them again. cluster-down stops exactly what it started and removes it.
+.PHONY: cluster-install cluster-up cluster-down
+cluster-install:
+	bash .ci/install-node.sh
+
+cluster-up:
+	@bash .ci/install-node.sh >&2
+	@bash scripts/cluster.sh up
+
+cluster-down:
+	@bash scripts/cluster.sh down
+
 bench: bench-enforcer bench-webhook bench-policy
 
 # wrk and the real Go services of the real_service benchmark (not needed by

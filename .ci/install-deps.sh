@@ -10,6 +10,7 @@
 #     lists where each one is)
 #   - the build's and demo's prerequisites: .ci/install-build.sh
 #   - kube-apiserver, kubectl and etcd for the cluster tests (install-cluster.sh)
+#   - the one-node cluster's kubelet, containerd, runc, CNI (install-node.sh)
 #   - prometheus and promtool for the SLO tests (install-prometheus.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -56,6 +57,10 @@ for row in "${UNPACKED[@]}"; do "$(gobin "${row%% *}")" version; done
 # kube-apiserver, kubectl and etcd for the tests against a real API server
 # (tests/cluster/README.md): built once, cached under /opt/mapguard/kube.
 bash "$here/install-cluster.sh"
+# kubelet, kube-controller-manager, kube-scheduler, kube-proxy, containerd,
+# runc, CNI plugins and the pause image for the one-node cluster
+# (scripts/cluster.sh, testenv's NodeCluster).
+bash "$here/install-node.sh"
 # prometheus and promtool for the SLO tests (cached under /opt/mapguard/prometheus).
 bash "$here/install-prometheus.sh"
 log "dependencies ready"

@@ -15,6 +15,22 @@ pub enum TestEnvError {
         /// The environment variable that names another one.
         var: &'static str,
     },
+    /// Something the one-node cluster needs is not installed.
+    #[error("no {path} (install with `sudo bash .ci/install-node.sh` or `make cluster-install`)")]
+    NodeNotInstalled {
+        /// What was looked for.
+        path: PathBuf,
+    },
+    /// `scripts/cluster.sh` failed.
+    #[error("{command} failed ({status}):\n{output}")]
+    Script {
+        /// The command and what was expected of it.
+        command: String,
+        /// Its exit status.
+        status: ExitStatus,
+        /// Its standard output and error.
+        output: String,
+    },
     /// A file-system or socket operation failed.
     #[error("cannot {what} ({path}): {source}")]
     Io {

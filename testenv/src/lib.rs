@@ -28,11 +28,15 @@
 //! ```
 //!
 //! A start costs 2–6 s and about 320 MB: share one per test binary.
+//!
+//! For Pods that really run, [`NodeCluster`] holds a one-node cluster
+//! (kubelet, containerd, runc, CNI) started by `scripts/cluster.sh`.
 
 pub mod binaries;
 mod certs;
 mod error;
 mod files;
+mod node;
 mod objects;
 mod process;
 
@@ -47,6 +51,7 @@ use kube::Api;
 pub use binaries::{Binaries, install_dir, kube_version, require_control_plane};
 pub use certs::{ADMIN_GROUP, ADMIN_USER};
 pub use error::TestEnvError;
+pub use node::{NODE_NAME, NODE_NETNS, NodeCluster, cluster_script};
 pub use objects::url_client_config;
 
 use certs::ControlPlaneCerts;
