@@ -4,6 +4,8 @@
 #                and the webhook judging sample Pods (needs root for BPF)
 #   make demo-cluster  the node agent against a real API server (root)
 #   make test    prerequisites + lint + every test (what CI runs)
+#   make images  the three container images, built here without a registry
+#                (root; see "Container images" below)
 #   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
 #                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
 SHELL := bash
@@ -50,6 +52,16 @@ demo: release go-progs
 # MapViolation record and the Event (enforcer/tests/daemon.rs, narrated).
 demo-cluster: go-progs
 	CI=true $(CARGO) test -p mapguard-enforcer --test daemon -- --nocapture
+
+# Container images (root, no registry, no container engine): buildah
+# assembles target/images/mapguard-{webhook,enforcer,certs-gen}.tar (OCI
+# archives tagged as manifests/ name them) from Debian's glibc and the
+# release binaries; with MAPGUARD_CONTAINERD_ADDRESS=SOCKET they are also
+# imported into that containerd's k8s.io namespace.
+.PHONY: images
+images: release
+	bash .ci/install-images.sh
+	bash scripts/images.sh
 
 bench: bench-enforcer bench-webhook bench-policy
 
