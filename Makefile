@@ -57,11 +57,17 @@ demo-cluster: go-progs
 # assembles target/images/mapguard-{webhook,enforcer,certs-gen}.tar (OCI
 # archives tagged as manifests/ name them) from Debian's glibc and the
 # release binaries; with MAPGUARD_CONTAINERD_ADDRESS=SOCKET they are also
-# imported into that containerd's k8s.io namespace.
-.PHONY: images
+# imported into that containerd's k8s.io namespace. images-check: each agrees
+# with its Containerfile and manifests/ (part of `make test`).
+.PHONY: images images-check
 images: release
 	bash .ci/install-images.sh
 	bash scripts/images.sh
+
+images-check: images
+	python3 scripts/images-check.py
+
+test: images-check
 
 bench: bench-enforcer bench-webhook bench-policy
 
