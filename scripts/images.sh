@@ -55,6 +55,9 @@ manifest_tag() {
   echo "$tags"
 }
 
+# A file's size in MB (10^6 bytes, as buildah counts).
+mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
+
 # Every shared library a binary needs (ELF NEEDED) must be in the base.
 check_libs() {
   local bin=$1 rootfs=$2 lib found d
@@ -139,10 +142,13 @@ for name in "${names[@]}"; do
   rm -f "$archive"
   bh push --quiet --disable-compression=false "$tag" "oci-archive:$archive:$tag"
 
-  size=$(bh images --format '{{.Size}}' "$tag")
-  summary+=("$(printf '%-20s %-44s archive %6s  unpacked %s' "mapguard-$name" "$tag" \
-    "$(du -h --apparent-size "$archive" | cut -f1)" "$size")")
+  summary+=("$(printf '%-19s %-42s image %s (binary %s, unstripped %s), archive %s' \
+    "mapguard-$name" "$tag" "$(bh images --format '{{.Size}}' "$tag")" \
+    "$(mb "$work/mapguard-$name")" "$(mb "$release/mapguard-$name")" "$(mb "$archive")")")
 done
+
+# Earlier builds' images, untagged by this one (vfs keeps full copies).
+bh rmi --prune >/dev/null 2>&1 || true
 
 if [ -n "${MAPGUARD_CONTAINERD_ADDRESS:-}" ]; then
   command -v ctr >/dev/null || die "ctr is missing (containerd's client): .ci/install-images.sh --containerd"
