@@ -6,6 +6,10 @@
 #   DEST/lib*/..., DEST/usr/...   libc6 and libgcc-s1, unpacked with dpkg -x
 #                                 (without iconv modules and documentation)
 #   DEST/etc/passwd, group        root (0) and nonroot (65532), no login shell
+#   DEST/etc/nsswitch.conf        hosts from /etc/hosts, then DNS
+#   DEST/etc/os-release           this Debian release's (base-files)
+#   DEST/var/lib/dpkg/status.d/   each package's control data, so that image
+#                                 scanners see what the image holds
 #   DEST/tmp                      1777
 #   DEST/home/nonroot             nonroot's home (owner set by the caller)
 #
@@ -45,6 +49,9 @@ for p in "${pkgs[@]}"; do
   fi
   [ -s "$deb" ] || { echo "apt-get download $p=$version left no $deb" >&2; exit 1; }
   dpkg -x "$deb" "$dest"
+  mkdir -p "$dest/var/lib/dpkg/status.d"
+  # Laid out as dpkg's own status entries (Status after Package).
+  dpkg-deb -f "$deb" | sed '1a Status: install ok installed' >"$dest/var/lib/dpkg/status.d/$p"
 done
 
 # Documentation out, licences kept (each package's copyright file).
@@ -64,3 +71,5 @@ cat >"$dest/etc/group" <<'EOF'
 root:x:0:
 nonroot:x:65532:
 EOF
+echo 'hosts: files dns' >"$dest/etc/nsswitch.conf"
+cp /usr/lib/os-release "$dest/etc/os-release"
