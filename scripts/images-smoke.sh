@@ -69,9 +69,12 @@ c() { ctr --address "$sock" -n k8s.io "$@"; }
 log "images in containerd's k8s.io namespace"
 c image ls | awk 'NR == 1 || /mapguard/'
 
+# The tag mapguard-<name> was imported under (images.sh took it from manifests/).
+image() { c image ls -q | grep -E "^ghcr\.io/mapguard/mapguard-$1:" || die "mapguard-$1 was not imported"; }
+
 failed=0
 for name in webhook enforcer certs-gen; do
-  tag=$(c image ls -q | grep -E "^ghcr\.io/mapguard/mapguard-$name:") || die "mapguard-$name was not imported"
+  tag=$(image "$name")
   # The user and program containerd runs for the image, from the spec it
   # writes when no command is given.
   c container create "$tag" "smoke-$name-spec" >/dev/null
@@ -90,7 +93,6 @@ print("user %d:%d, args %s" % (u["uid"], u["gid"], p["args"]))')
 done
 [ "$failed" = 0 ] || exit 1
 
-image() { c image ls -q | grep -E "^ghcr\.io/mapguard/mapguard-$1:"; }
 log "mapguard-certs-gen in its image writes a serving certificate into a bind mount"
 mkdir -p "$dir/certs"
 chown 65532:65532 "$dir/certs"
