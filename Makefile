@@ -4,6 +4,8 @@
 #                program and the webhook judging sample Pods (needs root for BPF)
 #   make demo-cluster  the node agent against a real API server (root)
 #   make test    test prerequisites + lint + every test (what CI runs)
+#   make images  the three container images, built here without a registry
+#                (root; see "Container images" below)
 #   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
 #                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
 SHELL := bash
@@ -13,7 +15,7 @@ GO_PROGS ?= $(CURDIR)/target/go-progs
 export GO_PROGS
 export MAPGUARD_GO_PROGS := $(GO_PROGS)
 
-.PHONY: all build-deps deps build release demo-build go-progs lint test test-rust policy-test demo demo-cluster \
+.PHONY: all build-deps deps build release release-bins go-progs lint test test-rust policy-test demo demo-cluster \
         bench bench-deps bench-enforcer bench-webhook bench-policy clean
 
 all: build
@@ -33,8 +35,9 @@ build: build-deps
 release: build-deps
 	$(CARGO) build --release
 
-# The binaries the demo runs, and nothing else.
-demo-build: build-deps
+# The release binaries the demo runs and the images hold, and nothing else
+# (one package set, so the demo and the images share one build).
+release-bins: build-deps
 	$(CARGO) build --release -p mapguard-enforcer -p mapguard-webhook -p mapguard-certs-gen -p mapguard-cli
 
 go-progs: deps
@@ -50,9 +53,9 @@ test-rust: go-progs
 policy-test: build
 	$(CARGO) run -q -p mapguard-cli --bin mapguard -- policy test policies/
 
-test: deps lint test-rust policy-test
+test: deps lint images-check images-smoke test-rust policy-test
 
-demo: demo-build
+demo: release-bins
 	bash scripts/demo.sh
 
 # The node agent in a (one-node) cluster: a real kube-apiserver and etcd,
@@ -77,6 +80,26 @@ cluster-up:
 
 cluster-down:
 	@bash scripts/cluster.sh down
+
+# Container images (root, no registry, no container engine): buildah
+# assembles target/images/mapguard-{webhook,enforcer,certs-gen}.tar (OCI
+# archives tagged as manifests/ name them) from Debian's glibc and the
+# release binaries; with MAPGUARD_CONTAINERD_ADDRESS=SOCKET they are also
+# imported into that containerd's k8s.io namespace. images-check: each agrees
+# with its Containerfile and manifests/. images-smoke: each runs once in a
+# throwaway containerd (ctr image import, ctr run). Both are part of `make test`.
+.PHONY: images images-check images-smoke
+images: release-bins
+	bash .ci/install-images.sh
+	bash scripts/images.sh
+
+images-check: images
+	python3 scripts/images-check.py
+
+images-smoke: release-bins
+	bash .ci/install-images.sh --containerd
+	bash scripts/images-smoke.sh
+
 
 bench: bench-enforcer bench-webhook bench-policy
 
