@@ -132,11 +132,61 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         args.enforce
             .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
     );
+    // Holds an agent that died left: its hook went with it, the
+    // processes are still stopped.
+    let pin = args.bpf_pin_dir.join("held");
+    let adopted = if args.exec_hold {
+        crate::loader::take_pinned_holds(&pin).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let hook = if args.exec_hold {
+        let _ = std::fs::create_dir_all(&args.bpf_pin_dir);
+        match session.exec_hook(Some(&pin)) {
+            Ok(hook) => Some(hook),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot attach the exec hook: new processes are found by the /proc scan only (a race in their first moments is missed)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if hook.is_none() {
+        for (pid, hold) in &adopted {
+            if crate::procfs::started_by(*pid, hold.boot_ns) {
+                tracing::warn!(
+                    pid,
+                    "releasing a process an agent that stopped held at exec"
+                );
+                // SAFETY: kill has no memory preconditions; the pid was
+                // just checked to be the process held.
+                unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+            }
+        }
+    }
+    let session_with_hook = (session, hook);
     ops.bpf_ready.store(true, Ordering::SeqCst);
     tracing::info!("BPF program loaded; enforcing");
     let stop = Arc::new(AtomicBool::new(false));
     let scanner = ProcScanner::new(&args.proc_root).map_err(DaemonError::Scan)?;
-    let enforcement = Enforcement::new(session, Arc::clone(&pods), Arc::clone(&metrics), scanner);
+    let mut enforcement = Enforcement::new(
+        session_with_hook.0,
+        Arc::clone(&pods),
+        Arc::clone(&metrics),
+        scanner,
+    );
+    if let Some(hook) = session_with_hook.1 {
+        let mut exec_metrics = None;
+        metrics.register(|r| exec_metrics = Some(reconcile::ExecMetrics::new(r)));
+        let exec = reconcile::ExecState::new(
+            hook,
+            args.exec_hold_timeout,
+            exec_metrics.expect("registered"),
+            adopted,
+        );
+        enforcement = enforcement.with_exec(exec);
+    }
     let interval = args.scan_interval;
     let thread_stop = Arc::clone(&stop);
     let thread_records = Arc::clone(&records);

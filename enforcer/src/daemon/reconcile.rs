@@ -7,6 +7,10 @@
 //! to this node whose mode is not `off`: a process the agent cannot place
 //! is never probed on the hot path and never signalled.
 
+mod holds;
+
+pub use holds::{ExecMetrics, ExecState, Outcome};
+
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -21,7 +25,7 @@ use crate::{
     procfs,
     procscan::ProcScanner,
     session::{Session, SessionError},
-    target::TargetError,
+    target::{BinaryTarget, TargetError},
 };
 
 use super::{
@@ -70,6 +74,8 @@ pub struct Enforcement {
     counted_hits: HashMap<u32, HashMap<u8, u64>>,
     /// Timed deletes of each enforced process already counted, by bucket.
     counted_deletes: HashMap<u32, HashMap<u32, u64>>,
+    /// The exec hook, when new processes are held at exec.
+    exec: Option<ExecState>,
 }
 
 impl Enforcement {
@@ -96,6 +102,7 @@ impl Enforcement {
             workloads: HashMap::new(),
             counted_hits: HashMap::new(),
             counted_deletes: HashMap::new(),
+            exec: None,
         }
     }
 
@@ -110,16 +117,19 @@ impl Enforcement {
     ) {
         let mut last = Instant::now() - interval;
         while !stop() {
-            for record in self.session.poll(Duration::from_millis(50)) {
+            let exec_fd = self.exec.as_ref().map(ExecState::fd);
+            for record in self.session.poll_also(Duration::from_millis(50), exec_fd) {
                 let workload = self.workload_of(&record);
                 self.metrics.violation(&record, &workload);
                 on_record(&record, &workload);
             }
+            self.exec_step();
             if last.elapsed() >= interval {
                 last = Instant::now();
                 self.reconcile();
             }
         }
+        self.shutdown_exec();
         self.session.finish();
     }
 
@@ -153,7 +163,15 @@ impl Enforcement {
             tracing::info!(pid, "no longer enforced");
         }
 
+        self.sync_exec(&pods);
         for p in &placed {
+            if let Some(pod) = pods.get(&p.pod_uid) {
+                self.note_pod_cgroup(p.pid, pod);
+            }
+            // Held at exec: settled by the hold, not here.
+            if self.exec.as_ref().is_some_and(|e| e.is_pending(p.pid)) {
+                continue;
+            }
             if self.enforced.contains_key(&p.pid) {
                 continue;
             }
@@ -256,7 +274,12 @@ impl Enforcement {
             .collect()
     }
 
-    fn enforce(&mut self, p: &Placed, pods: &PodMap, want: &Enforced) -> Result<(), Failure> {
+    fn enforce(
+        &mut self,
+        p: &Placed,
+        pods: &PodMap,
+        want: &Enforced,
+    ) -> Result<Arc<BinaryTarget>, Failure> {
         let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
         let file = procfs::file_id(&exe).ok_or(Failure::gone())?;
         if let Some(reason) = self.refused.get(&file) {
@@ -331,7 +354,7 @@ impl Enforcement {
             coverage = %want.coverage,
             "enforcing"
         );
-        Ok(())
+        Ok(target)
     }
 }
 

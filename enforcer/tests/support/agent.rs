@@ -147,6 +147,12 @@ impl Agent {
         self.terminate();
     }
 
+    /// Kills the agent outright (SIGKILL): nothing of its own shutdown runs.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn terminate(&mut self) {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
