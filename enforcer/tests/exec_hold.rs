@@ -126,6 +126,11 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     let report = wait_violation(&events, pid).await;
     assert_both_call_sites(&report);
     assert_eq!(report["action"], "killed", "{report}");
+    let cold = hold_seconds(&agent);
+    println!(
+        "\n==> held {:.1} ms (a Go binary never seen: analysed, probed, registered)",
+        cold.0 * 1e3
+    );
 
     // 2. A binary that is not Go: released at once, never held again.
     let not_go = holds(&agent, "not_go");
@@ -148,6 +153,19 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
         not_go + 1.0,
         "a file that is not Go is held once, then known"
     );
+    let after = hold_seconds(&agent);
+    println!(
+        "\n==> /bin/true held {:.1} ms once (not Go), then never again",
+        (after.0 - cold.0) * 1e3
+    );
+    // What the hook costs every exec of the node (it looks the cgroup
+    // up, and the file for a watched one), where the kernel counts.
+    if let Some((ns, runs)) = hook_run_time(agent.pid()) {
+        println!(
+            "\n==> the exec hook ran {runs} times, {:.0} ns a run (kernel.bpf_stats_enabled)",
+            ns as f64 / runs as f64
+        );
+    }
 
     // 3. The same racing binary again: the kernel enforces it at exec,
     //    with no hold.
@@ -325,6 +343,33 @@ fn holds(agent: &Agent, outcome: &str) -> f64 {
     agent.metric(&format!(
         "mapguard_exec_holds_total{{outcome=\"{outcome}\"}}"
     ))
+}
+
+/// `mapguard_exec_hold_seconds`: (sum, count).
+fn hold_seconds(agent: &Agent) -> (f64, f64) {
+    (
+        agent.metric("mapguard_exec_hold_seconds_sum"),
+        agent.metric("mapguard_exec_hold_seconds_count"),
+    )
+}
+
+/// Run time and run count of the agent's raw-tracepoint program (the exec
+/// hook), from its descriptor's fdinfo; `None` unless the kernel counts
+/// (`kernel.bpf_stats_enabled`).
+fn hook_run_time(agent: u32) -> Option<(u64, u64)> {
+    let dir = std::fs::read_dir(format!("/proc/{agent}/fdinfo")).ok()?;
+    dir.filter_map(Result::ok).find_map(|e| {
+        let text = std::fs::read_to_string(e.path()).ok()?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        // BPF_PROG_TYPE_RAW_TRACEPOINT
+        (field("prog_type:")? == 17).then_some(())?;
+        let runs = field("run_cnt:").filter(|n| *n > 0)?;
+        Some((field("run_time_ns:")?, runs))
+    })
 }
 
 fn total_holds(agent: &Agent) -> f64 {

@@ -19,139 +19,26 @@
 //! `/proc` scan takes over. Every signal goes to a pid only after its
 //! start time says it is the process the kernel held.
 
+mod cgroups;
+mod metrics;
+
+pub use metrics::{ExecMetrics, Outcome};
+
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use mapguard_common::{
-    CgroupPolicy, ExecEvent, FileKey, Hold, KnownFile, cgroup_kind, exec_what, file_kind,
-    shared_ops,
-};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    CgroupPolicy, ExecEvent, FileKey, Hold, KnownFile, exec_what, file_kind, shared_ops,
 };
 
 use super::{Enforcement, Placed, wanted, workload_labels};
 use crate::{
     cgroup::{self, unified},
-    coverage::Coverage,
     daemon::pods::{PodMap, PodPolicy},
     loader::ExecHook,
     procfs,
 };
-
-/// How a hold ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Its probes are in place and its entry written.
-    Attached,
-    /// Not a Go binary (or a release mapguard refuses).
-    NotGo,
-    /// Its Pod is not enforced (`off`), or it is in no container.
-    NotEnforced,
-    /// Released at the bound, unenforced.
-    Timeout,
-    /// Gone before it was settled.
-    Exited,
-    /// Its probes could not be attached.
-    Failed,
-    /// The agent stopped while it was held.
-    ReleasedOnShutdown,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Attached,
-        Outcome::NotGo,
-        Outcome::NotEnforced,
-        Outcome::Timeout,
-        Outcome::Exited,
-        Outcome::Failed,
-        Outcome::ReleasedOnShutdown,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Attached => "attached",
-            Outcome::NotGo => "not_go",
-            Outcome::NotEnforced => "not_enforced",
-            Outcome::Timeout => "timeout",
-            Outcome::Exited => "exited",
-            Outcome::Failed => "failed",
-            Outcome::ReleasedOnShutdown => "released_on_shutdown",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-/// The exec hook's metrics.
-pub struct ExecMetrics {
-    holds: Family<OutcomeLabels, Counter>,
-    seconds: Histogram,
-    enforced: Counter,
-    held: Gauge,
-    cgroups: Family<KindLabels, Gauge>,
-}
-
-impl ExecMetrics {
-    pub fn new(r: &mut Registry) -> ExecMetrics {
-        let holds = Family::<OutcomeLabels, Counter>::default();
-        for outcome in Outcome::ALL {
-            let _ = holds.get_or_create(&OutcomeLabels {
-                outcome: outcome.label(),
-            });
-        }
-        r.register(
-            "mapguard_exec_holds",
-            "Processes held at exec (stopped before their first instruction) until their probes were in place, by how the hold ended",
-            holds.clone(),
-        );
-        // 1 ms to ~8 s.
-        let seconds = Histogram::new((0..14).map(|b| 0.001 * 2f64.powi(b)));
-        r.register(
-            "mapguard_exec_hold_seconds",
-            "How long processes were held at exec (from the exec to their release)",
-            seconds.clone(),
-        );
-        let enforced = Counter::default();
-        r.register(
-            "mapguard_exec_enforced",
-            "Processes the kernel put under enforcement at exec by itself (a binary whose probes were in place for every process of the file; no hold)",
-            enforced.clone(),
-        );
-        let held = Gauge::default();
-        r.register(
-            "mapguard_exec_held_processes",
-            "Processes held at exec now",
-            held.clone(),
-        );
-        let cgroups = Family::<KindLabels, Gauge>::default();
-        for kind in ["pod", "kubepods_root"] {
-            let _ = cgroups.get_or_create(&KindLabels { kind });
-        }
-        r.register(
-            "mapguard_exec_watched_cgroups",
-            "Cgroups the exec hook acts on: resolved Pods' cgroups and the kubelet's kubepods roots",
-            cgroups.clone(),
-        );
-        ExecMetrics {
-            holds,
-            seconds,
-            enforced,
-            held,
-            cgroups,
-        }
-    }
-}
+use cgroups::shared_ops_of;
+use metrics::{KindLabels, OutcomeLabels};
 
 /// The exec hook and what the agent told it.
 pub struct ExecState {
@@ -252,28 +139,6 @@ impl ExecState {
             }
             _ => tracing::debug!(pid, held = ?held, outcome = outcome.label(), "released at exec"),
         }
-    }
-}
-
-/// What the hook should do with the processes of `pod`.
-fn policy_of(pod: &PodPolicy) -> CgroupPolicy {
-    CgroupPolicy {
-        kind: cgroup_kind::POD,
-        mode: pod.mode.map_or(0, |m| m.action()),
-        shared_ops: shared_ops_of(pod.coverage),
-        _pad: [0; 5],
-    }
-}
-
-/// Which operations the probes shared by a binary's processes check for
-/// a process of `coverage` until its own probes are in place (`full` and
-/// `writes` only: the probes of `sampled` and `light` are the process's
-/// own, or none).
-fn shared_ops_of(coverage: Coverage) -> u8 {
-    match coverage {
-        Coverage::Full => shared_ops::ALL,
-        Coverage::Writes => shared_ops::WRITES,
-        _ => shared_ops::NONE,
     }
 }
 
@@ -386,105 +251,6 @@ impl Enforcement {
     fn pod_of(&self, pid: u32, pods: &PodMap) -> Option<PodPolicy> {
         let placed = self.placed(pid, pods)?;
         pods.get(&placed.pod_uid).cloned()
-    }
-
-    /// Names `pod`'s cgroup (where process `pid` runs) to the hook.
-    pub(super) fn note_pod_cgroup(&mut self, pid: u32, pod: &PodPolicy) {
-        let proc_root = self.scanner.proc_root().to_path_buf();
-        let Some(exec) = self.exec.as_mut() else {
-            return;
-        };
-        if exec.pods.contains_key(&pod.uid) {
-            return;
-        }
-        let Some(mount) = exec.unified.clone() else {
-            return;
-        };
-        let Some(uid) = cgroup::PodUid::parse(&pod.uid) else {
-            return;
-        };
-        let Some(level) =
-            unified::path_of_pid(&proc_root, pid).and_then(|p| unified::pod_level(&p, &uid))
-        else {
-            return;
-        };
-        let Some(id) = unified::id(&mount, &level) else {
-            return;
-        };
-        let policy = policy_of(pod);
-        match exec.hook.set_cgroup(id, policy) {
-            Ok(()) => {
-                tracing::debug!(pod = %pod.full_name(), cgroup = %level, id, "pod cgroup named to the exec hook");
-                exec.pods.insert(pod.uid.clone(), (id, policy));
-            }
-            Err(e) => {
-                tracing::warn!(pod = %pod.full_name(), error = %e, "cannot name a pod's cgroup to the exec hook")
-            }
-        }
-    }
-
-    /// Brings the hook's cgroups in line with the node's Pods and the
-    /// kubepods roots present; adopts holds the ring buffer did not carry.
-    pub(super) fn sync_exec(&mut self, pods: &PodMap) {
-        let Some(exec) = self.exec.as_mut() else {
-            return;
-        };
-        if let Some(mount) = exec.unified.clone() {
-            let roots = unified::kubepods_roots(&mount);
-            for (path, id) in &roots {
-                if exec.roots.contains_key(id) {
-                    continue;
-                }
-                let policy = CgroupPolicy {
-                    kind: cgroup_kind::KUBEPODS,
-                    ..CgroupPolicy::default()
-                };
-                match exec.hook.set_cgroup(*id, policy) {
-                    Ok(()) => {
-                        tracing::info!(cgroup = %path, "new processes under this kubepods root are held until their Pod is resolved and their probes are in place");
-                        exec.roots.insert(*id, path.clone());
-                    }
-                    Err(e) => {
-                        tracing::warn!(cgroup = %path, error = %e, "cannot name a kubepods root to the exec hook")
-                    }
-                }
-            }
-            let hook = &mut exec.hook;
-            exec.roots.retain(|id, _| {
-                let present = roots.iter().any(|(_, r)| r == id);
-                if !present {
-                    hook.remove_cgroup(*id);
-                }
-                present
-            });
-        }
-        let hook = &mut exec.hook;
-        exec.pods.retain(|uid, (id, policy)| match pods.get(uid) {
-            None => {
-                hook.remove_cgroup(*id);
-                false
-            }
-            Some(pod) => {
-                let now = policy_of(pod);
-                if now != *policy && hook.set_cgroup(*id, now).is_ok() {
-                    *policy = now;
-                }
-                true
-            }
-        });
-        for (pid, hold) in exec.hook.holds() {
-            exec.pending.entry(pid).or_insert(hold);
-        }
-        exec.metrics
-            .cgroups
-            .get_or_create(&KindLabels { kind: "pod" })
-            .set(exec.pods.len() as i64);
-        exec.metrics
-            .cgroups
-            .get_or_create(&KindLabels {
-                kind: "kubepods_root",
-            })
-            .set(exec.roots.len() as i64);
     }
 
     /// Settles every held process it can; releases those past the bound.
