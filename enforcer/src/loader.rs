@@ -539,6 +539,11 @@ impl Enforcer {
             .map_err(|e| map_error(MAP_PROCS, e))
     }
 
+    /// Every process in the process table.
+    pub fn registered_pids(&self) -> Vec<u32> {
+        self.procs.keys().filter_map(Result::ok).collect()
+    }
+
     /// Process `pid`'s entry in the process table, if it has one.
     pub fn registered(&self, pid: u32) -> Option<ProcConfig> {
         self.procs.get(&pid, 0).ok()

@@ -386,6 +386,11 @@ impl Session {
         self.drop_guards(pid);
     }
 
+    /// The processes in the process table.
+    pub fn registered_pids(&self) -> Vec<u32> {
+        self.enforcer.registered_pids()
+    }
+
     /// Frees process `pid`'s own probes, leaving its process-table entry
     /// (a process that exec'd another binary: the exec hook wrote its new
     /// entry already).

@@ -76,6 +76,8 @@ pub struct Enforcement {
     counted_deletes: HashMap<u32, HashMap<u32, u64>>,
     /// The exec hook, when new processes are held at exec.
     exec: Option<ExecState>,
+    /// Process-table entries the last reconcile found unaccounted for.
+    unexplained: HashSet<u32>,
 }
 
 impl Enforcement {
@@ -103,6 +105,7 @@ impl Enforcement {
             counted_hits: HashMap::new(),
             counted_deletes: HashMap::new(),
             exec: None,
+            unexplained: HashSet::new(),
         }
     }
 
@@ -190,10 +193,32 @@ impl Enforcement {
             self.enforced.insert(p.pid, want);
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
+        self.sweep_process_table();
         self.metrics
             .set_enforced(self.enforced.len(), self.session.binary_count());
         self.metrics
             .set_incomplete_checks(&self.session.incomplete_checks());
+    }
+
+    /// Removes process-table entries nothing accounts for: the exec hook
+    /// writes entries itself, and one whose process user space never
+    /// placed (it exited at once, its Pod went) would otherwise stay, and
+    /// act on a later process given the same pid. An entry is removed at
+    /// the second reconcile that finds it unexplained (its exec event may
+    /// be on its way at the first).
+    fn sweep_process_table(&mut self) {
+        let unexplained: HashSet<u32> = self
+            .session
+            .registered_pids()
+            .into_iter()
+            .filter(|pid| !self.enforced.contains_key(pid))
+            .filter(|pid| !self.exec.as_ref().is_some_and(|e| e.is_pending(*pid)))
+            .collect();
+        for pid in unexplained.intersection(&self.unexplained) {
+            tracing::debug!(pid, "process-table entry of no enforced process removed");
+            self.session.forget_process(*pid);
+        }
+        self.unexplained = unexplained;
     }
 
     /// The workload a report is counted under: its process's, else (a
