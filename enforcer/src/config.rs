@@ -279,7 +279,8 @@ pub struct DaemonArgs {
     #[arg(long, env = "MAPGUARD_EXEC_HOLD_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub exec_hold_timeout: Duration,
     /// bpffs folder where the table of held processes is pinned, so an
-    /// agent started after one that died releases what it held.
+    /// agent started after one that died releases what it held. Without a
+    /// writable bpffs there, nothing is held (an error says so).
     #[arg(
         long,
         env = "MAPGUARD_BPF_PIN_DIR",

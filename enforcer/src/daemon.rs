@@ -140,12 +140,17 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     } else {
         Vec::new()
     };
-    let hook = if args.exec_hold {
+    let hook = if args.exec_hold && !can_resume_any_process() {
+        tracing::error!(
+            "no holds at exec: the agent lacks CAP_KILL, without which it could not resume (SIGCONT) a held process of another user; new processes are found by the /proc scan only"
+        );
+        None
+    } else if args.exec_hold {
         let _ = std::fs::create_dir_all(&args.bpf_pin_dir);
         match session.exec_hook(Some(&pin)) {
             Ok(hook) => Some(hook),
             Err(e) => {
-                tracing::error!(error = %e, "cannot attach the exec hook: new processes are found by the /proc scan only (a race in their first moments is missed)");
+                tracing::error!(error = %e, "no holds at exec: new processes are found by the /proc scan only (a race in their first moments is missed)");
                 None
             }
         }
@@ -228,6 +233,19 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(status)
+}
+
+/// Whether this process may signal any process (`CAP_KILL` effective):
+/// what releasing a held process of another user takes.
+fn can_resume_any_process() -> bool {
+    const CAP_KILL: u32 = 5;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_KILL) != 0)
 }
 
 /// Hands a violation of a placed process to the records writer (every

@@ -118,6 +118,8 @@ pub enum LoaderError {
     Cpus(#[source] std::io::Error),
     #[error("the exec hook needs the kernel's struct offsets: {0}")]
     Btf(#[from] btf::BtfError),
+    #[error("cannot pin the table of held processes at {path} (a bpffs mount, writable): {reason}")]
+    Pin { path: PathBuf, reason: String },
 }
 
 /// Loaded BPF state: programs, configuration maps and attached probes.

@@ -35,7 +35,8 @@ pub struct ExecHook {
 impl Enforcer {
     /// Loads and attaches the exec hook (once). `pin` is where the table
     /// of held processes is pinned (a bpffs path), so that an agent started
-    /// after this one dies finds its holds; `None`: not pinned.
+    /// after this one dies finds its holds (an error if it cannot be);
+    /// `None`: not pinned.
     pub fn exec_hook(&mut self, pin: Option<&Path>) -> Result<ExecHook, LoaderError> {
         let offsets = btf::exec_config(Path::new(btf::VMLINUX_BTF))?;
         let config = take_map(&mut self.ebpf, MAP_EXEC_CONFIG)?;
@@ -49,10 +50,13 @@ impl Enforcer {
         let files = take_map(&mut self.ebpf, MAP_FILES)?;
         let files = HashMap::try_from(files).map_err(|e| map_error(MAP_FILES, e))?;
         let held = take_map(&mut self.ebpf, MAP_HELD)?;
-        if let (Some(path), Map::HashMap(data)) = (pin, &held)
-            && let Err(e) = data.pin(path)
-        {
-            tracing::warn!(path = %path.display(), error = %e, "cannot pin the table of held processes: an agent started after this one dies cannot release what it held");
+        // Pinned before anything is held: a hold nobody could find after
+        // this agent dies would leave its process stopped for good.
+        if let (Some(path), Map::HashMap(data)) = (pin, &held) {
+            data.pin(path).map_err(|e| LoaderError::Pin {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         }
         let held = HashMap::try_from(held).map_err(|e| map_error(MAP_HELD, e))?;
         let events = take_map(&mut self.ebpf, MAP_EXECS)?;

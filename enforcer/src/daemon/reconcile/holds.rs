@@ -120,7 +120,9 @@ impl ExecState {
         if procfs::started_by(pid, hold.boot_ns) {
             // SAFETY: kill has no memory preconditions; the pid was just
             // checked to be the process the kernel held.
-            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            if unsafe { libc::kill(pid as i32, libc::SIGCONT) } != 0 {
+                tracing::error!(pid, error = %std::io::Error::last_os_error(), "*** cannot resume a process held at exec; it stays stopped ***");
+            }
         }
         // Forgotten once released: an agent that dies in between leaves a
         // record its successor releases again (harmless), never a process
