@@ -191,6 +191,47 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     );
     println!("\n==> the same binary again: enforced by the kernel at exec, no hold, killed");
 
+    // 3b. What a hold costs for a binary analysed already: a clean
+    //     program first in a `sampled` Pod (analysed, held cold), then in
+    //     the `full` Pod (only probed: held briefly), then there again
+    //     (enforced at exec, no hold).
+    let roots = agent.metric("mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}");
+    let sampled = create_pod(
+        &client,
+        "sampled",
+        &[
+            ("mapguard.io/mode", "audit"),
+            ("mapguard.io/coverage", "sampled"),
+        ],
+    )
+    .await;
+    let sampled_cg = container_of(&client, &sampled).await;
+    wait_metric(
+        &agent,
+        "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
+        roots + 1.0,
+    )
+    .await;
+    let mut held_for = Vec::new();
+    for (cgroup, held) in [(&sampled_cg, true), (&cg, true), (&cg, false)] {
+        let before = hold_seconds(&agent);
+        let mut p = start_in(cgroup, &clean, &["-duration", "100ms"]);
+        let (status, stderr) = wait(&mut p, PATIENCE);
+        assert_eq!(status, Some(0), "{stderr}");
+        let deadline = Instant::now() + PATIENCE;
+        while held && hold_seconds(&agent).1 < before.1 + 1.0 {
+            assert!(Instant::now() < deadline, "the hold was not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after = hold_seconds(&agent);
+        assert_eq!(after.1 - before.1, f64::from(u8::from(held)), "holds");
+        held_for.push((after.0 - before.0) * 1e3);
+    }
+    println!(
+        "\n==> clean Go program: held {:.1} ms cold (sampled Pod), {:.1} ms analysed already (full Pod: probes attached, shared), then not held",
+        held_for[0], held_for[1]
+    );
+
     // 4. A Go process in a Pod the agent cannot resolve (no such Pod on
     //    its node) stays held, bounded; stopping the agent releases it.
     let roots = agent.metric("mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}");
