@@ -31,7 +31,10 @@ use serde_json::json;
 const NS: &str = "mapguard-system";
 const SECRET: &str = "mapguard-webhook-tls";
 const CONFIGURATION: &str = "mapguard";
-const VALIDATE_DENIED: &str = r#"admission webhook "validate.mapguard.io" denied the request"#;
+/// `shop` carries no `mapguard.io/mode` label: its requests go to the
+/// webhook that fails open (manifests/webhook/), which names itself so.
+const VALIDATE_DENIED: &str =
+    r#"admission webhook "best-effort.validate.mapguard.io" denied the request"#;
 /// How long the API server may take to use a changed configuration.
 const PROPAGATION: Duration = Duration::from_secs(20);
 
@@ -303,8 +306,13 @@ async fn start_webhook_with_the_secrets_certificate(
         ("validatingwebhookconfigurations", "validate"),
         ("mutatingwebhookconfigurations", "mutate"),
     ] {
-        let patch = json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url",
-            "value": format!("https://{}/{endpoint}", webhook.addr)}]);
+        // Both webhooks of each configuration (opted-in namespaces and the
+        // others), the same URL.
+        let url = format!("https://{}/{endpoint}", webhook.addr);
+        let patch = json!([
+            {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url},
+            {"op": "replace", "path": "/webhooks/1/clientConfig/url", "value": url},
+        ]);
         let patch: json_patch::Patch = serde_json::from_value(patch).expect("a JSON patch");
         let result = match path {
             "validatingwebhookconfigurations" => {
