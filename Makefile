@@ -4,6 +4,8 @@
 #                program and the webhook judging sample Pods (needs root for BPF)
 #   make demo-cluster  the node agent against a real API server (root)
 #   make test    test prerequisites + lint + every test (what CI runs)
+#   make images  the three container images, built here without a registry
+#                (root; see "Container images" below)
 #   make bench   every benchmark (bench-enforcer, bench-webhook, bench-policy);
 #                bench-enforcer also installs wrk, etcd and Caddy (bench-deps)
 SHELL := bash
@@ -77,6 +79,22 @@ cluster-up:
 
 cluster-down:
 	@bash scripts/cluster.sh down
+
+# Container images (root, no registry, no container engine): buildah
+# assembles target/images/mapguard-{webhook,enforcer,certs-gen}.tar (OCI
+# archives tagged as manifests/ name them) from Debian's glibc and the
+# release binaries; with MAPGUARD_CONTAINERD_ADDRESS=SOCKET they are also
+# imported into that containerd's k8s.io namespace. images-check: each agrees
+# with its Containerfile and manifests/ (part of `make test`).
+.PHONY: images images-check
+images: release
+	bash .ci/install-images.sh
+	bash scripts/images.sh
+
+images-check: images
+	python3 scripts/images-check.py
+
+test: images-check
 
 bench: bench-enforcer bench-webhook bench-policy
 
