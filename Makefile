@@ -90,8 +90,9 @@ cluster-down:
 # archives tagged as manifests/ name them) from Debian's glibc and the
 # release binaries; with MAPGUARD_CONTAINERD_ADDRESS=SOCKET they are also
 # imported into that containerd's k8s.io namespace. images-check: each agrees
-# with its Containerfile and manifests/ (part of `make test`).
-.PHONY: images images-check
+# with its Containerfile and manifests/. images-smoke: each runs once in a
+# throwaway containerd (ctr image import, ctr run). Both are part of `make test`.
+.PHONY: images images-check images-smoke
 images: release
 	bash .ci/install-images.sh
 	bash scripts/images.sh
@@ -99,7 +100,11 @@ images: release
 images-check: images
 	python3 scripts/images-check.py
 
-test: images-check
+images-smoke: release
+	bash .ci/install-images.sh --containerd
+	bash scripts/images-smoke.sh
+
+test: images-check images-smoke
 
 bench: bench-enforcer bench-webhook bench-policy
 
