@@ -72,6 +72,7 @@ async fn mapguard_installs_and_kills_a_racing_pod_on_a_real_node() {
     e2e.install();
     say(&format!("installed in {:.0?}", started.elapsed()));
     let first = e2e.racing_pods_are_killed_where_asked_and_left_alone_elsewhere();
+    e2e.a_new_agent_takes_over_a_stopped_pod();
     e2e.without_a_webhook_only_opted_in_namespaces_refuse_pods(&cluster)
         .await;
     e2e.restarts_keep_the_agent_steady(first);
@@ -138,6 +139,8 @@ struct E2e {
     /// Namespaces: enforced (kill), plain (no label).
     kill_ns: String,
     plain_ns: String,
+    /// Labelled mapguard.io/mode=stop (step 6).
+    stop_ns: String,
 }
 
 impl E2e {
@@ -149,6 +152,7 @@ impl E2e {
             kubectl,
             kill_ns: format!("e2e-kill-{id}"),
             plain_ns: format!("e2e-plain-{id}"),
+            stop_ns: format!("e2e-stop-{id}"),
         }
     }
 
@@ -295,28 +299,7 @@ impl E2e {
             self.kill_ns, self.plain_ns
         ));
         for ns in [&self.kill_ns, &self.plain_ns] {
-            let deployment = json!({
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "racer", "namespace": ns},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": {"app": "racer"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "racer"}},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 1,
-                            "containers": [{
-                                "name": "racer",
-                                "image": RACY_IMAGE,
-                                "imagePullPolicy": "Never",
-                                "args": ["-start-delay", &delay, "-duration", "60s"],
-                            }],
-                        },
-                    },
-                },
-            });
-            self.apply(&deployment);
+            self.racer(ns);
         }
 
         // 2. Killed by the agent.
@@ -533,6 +516,159 @@ impl E2e {
         }
     }
 
+    /// The racing Deployment `racer` in `namespace`.
+    fn racer(&self, namespace: &str) {
+        let delay = format!("{}ms", RACE_START_DELAY.as_millis());
+        let deployment = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "racer", "namespace": namespace},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "racer"}},
+                "template": {
+                    "metadata": {"labels": {"app": "racer"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "racer",
+                            "image": RACY_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "args": ["-start-delay", &delay, "-duration", "60s"],
+                        }],
+                    },
+                },
+            },
+        });
+        self.apply(&deployment);
+    }
+
+    /// Step 6: a `stop` Pod's process is stopped (SIGSTOP); the agent's Pod
+    /// is deleted and the DaemonSet's new one finds the stopped process and
+    /// enforces it again: resumed (SIGCONT), it races on and is stopped
+    /// again, counted in the same record.
+    fn a_new_agent_takes_over_a_stopped_pod(&self) {
+        self.ok(&["create", "namespace", &self.stop_ns]);
+        self.ok(&["label", "namespace", &self.stop_ns, "mapguard.io/mode=stop"]);
+        self.racer(&self.stop_ns);
+        let record = self.wait_for("a MapViolation in the stop namespace", ROLLOUT, || {
+            let list = self.json(&["get", "mapviolations", "-n", &self.stop_ns]);
+            list["items"].as_array()?.first().cloned()
+        });
+        assert_eq!(
+            record["status"]["action"].as_str(),
+            Some("stopped"),
+            "{record}"
+        );
+        let pods = self.json(&["get", "pods", "-n", &self.stop_ns, "-l", "app=racer"]);
+        let uid = pods["items"][0]["metadata"]["uid"]
+            .as_str()
+            .expect("the racer's Pod uid")
+            .to_owned();
+        let pid = self.wait_for("the stop Pod's stopped process", ROLLOUT, || {
+            stopped_process_of_pod(&uid)
+        });
+        say(&format!(
+            "{}/racer (mapguard.io/mode=stop): its process {pid} is stopped (state T), record action {}",
+            self.stop_ns, record["status"]["action"]
+        ));
+
+        let old = self.agent_pod();
+        self.ok(&["delete", "pod", "-n", SYSTEM, &old]);
+        let new = self.wait_for("a new agent Pod, ready", ROLLOUT, || {
+            let ds = self.json(&["get", "-n", SYSTEM, "daemonset/mapguard-enforcer"]);
+            let name = self.agent_pod();
+            (name != old && ds["status"]["numberReady"].as_i64() == Some(1)).then_some(name)
+        });
+        assert_eq!(
+            process_state(pid),
+            Some('T'),
+            "the process stays stopped while the agent is replaced"
+        );
+        let pattern = format!("pid={pid} ");
+        let line = self.wait_for(
+            "the new agent enforcing the stopped process",
+            ROLLOUT,
+            || {
+                let out = self.kubectl(&["logs", "-n", SYSTEM, &new]);
+                let log = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+                log.lines()
+                    .find(|l| l.contains("enforcing") && l.contains(&pattern))
+                    .map(str::to_owned)
+            },
+        );
+        say(&format!(
+            "agent Pod {old} deleted; the DaemonSet's new {new} enforces the stopped process (still state T):\n    {}",
+            line.trim()
+        ));
+        let resumed = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .expect("run kill -CONT");
+        assert!(resumed.success(), "kill -CONT {pid}");
+        // Resumed, it is stopped again (a new violation, or the runtime's
+        // crash path), or it ends: whichever comes first, then judged.
+        let total = || {
+            let list = self.json(&["get", "mapviolations", "-n", &self.stop_ns]);
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["status"]["count"].as_i64().unwrap_or(0))
+                .sum::<i64>()
+        };
+        let state = self.wait_for("the resumed process stopped again or gone", ROLLOUT, || {
+            let state = process_state(pid);
+            match state {
+                Some('T') if total() >= 2 => Some(state),
+                None => Some(state),
+                _ => None,
+            }
+        });
+        let records = self.ok(&["get", "mapviolations", "-n", &self.stop_ns]);
+        let out = self.kubectl(&["logs", "-n", SYSTEM, &new]);
+        let log = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+        let about: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&pid.to_string()))
+            .collect();
+        say(&format!(
+            "kill -CONT {pid}: now {}; records:\n{}\nthe new agent's lines about it:\n{}",
+            match state {
+                Some(s) => format!("state {s}"),
+                None => "gone".to_owned(),
+            },
+            indent(&records),
+            indent(&about.join("\n"))
+        ));
+        assert_eq!(
+            state,
+            Some('T'),
+            "the resumed process raced on and the new agent stopped it again"
+        );
+        self.ok(&["delete", "deployment", "racer", "-n", &self.stop_ns]);
+    }
+
+    /// The name of the agent's Pod.
+    fn agent_pod(&self) -> String {
+        let pods = self.json(&[
+            "get",
+            "pods",
+            "-n",
+            SYSTEM,
+            "-l",
+            "app.kubernetes.io/name=mapguard-enforcer",
+        ]);
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .and_then(|p| p["metadata"]["name"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Step 4: with no webhook Pod, Pods are refused exactly where
     /// enforcement was asked for.
     async fn without_a_webhook_only_opted_in_namespaces_refuse_pods(&self, cluster: &NodeCluster) {
@@ -680,6 +816,7 @@ impl Drop for E2e {
                 "namespace",
                 &self.kill_ns,
                 &self.plain_ns,
+                &self.stop_ns,
                 "--ignore-not-found",
                 "--wait=false",
             ],
@@ -775,6 +912,47 @@ fn rss_of_container(id: &str) -> u64 {
         }
     }
     panic!("no process of container {id} on the host")
+}
+
+/// The host pid of the stopped `delete_assign` of the Pod with `uid`
+/// (the kubelet's cgroupfs paths hold `pod<uid>`).
+fn stopped_process_of_pod(uid: &str) -> Option<u32> {
+    let needle = format!("pod{uid}/");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "delete_assign")
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(&needle))
+                && process_state(*pid) == Some('T')
+        })
+}
+
+/// The state letter of `/proc/PID/stat` (after the command's closing paren).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// `text` without terminal colour sequences (the agent's log has them).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A line of the narration `make demo-cluster` shows (`--nocapture`).
