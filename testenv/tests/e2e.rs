@@ -13,6 +13,12 @@
 //! 4. The webhook scaled to 0: Pods are still created in `kube-system`,
 //!    `mapguard-system` and an unlabelled namespace, and refused in a
 //!    `mapguard.io/mode=kill` namespace.
+//! 5. The killed container's restarts are killed again; the agent's
+//!    `mapguard_enforced_binaries` and memory are shown (not judged yet:
+//!    one binary per container, see `restarts_keep_the_agent_steady`).
+//! 6. (Run before 4, which needs the webhook up for a labelled namespace.)
+//!    A `stop` Pod's process stays stopped while the agent's Pod is
+//!    replaced; the new agent enforces it again and, resumed, stops it again.
 //!
 //! Then everything the test created is deleted (the cluster helper stops the
 //! node if it started it). Skipped loudly without root, the cluster's
