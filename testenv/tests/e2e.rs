@@ -10,14 +10,14 @@
 //!    `kubectl mapguard audit` lists the record.
 //! 3. The same Deployment in an unlabelled namespace: untouched, the Go
 //!    runtime aborts it itself (exit 2, its fatal error in the log), no record.
-//! 4. The webhook scaled to 0: Pods are still created in `kube-system`,
+//! 4. (Run last: steps 5 and 6 need the webhook for labelled namespaces.)
+//!    The webhook scaled to 0: Pods are still created in `kube-system`,
 //!    `mapguard-system` and an unlabelled namespace, and refused in a
 //!    `mapguard.io/mode=kill` namespace.
 //! 5. The killed container's restarts are killed again; the agent's
 //!    `mapguard_enforced_binaries` and memory are shown (not judged yet:
 //!    one binary per container, see `restarts_keep_the_agent_steady`).
-//! 6. (Run before 4, which needs the webhook up for a labelled namespace.)
-//!    A `stop` Pod's process stays stopped while the agent's Pod is
+//! 6. A `stop` Pod's process stays stopped while the agent's Pod is
 //!    replaced; the new agent enforces it again and, resumed, stops it again.
 //!
 //! Then everything the test created is deleted (the cluster helper stops the
@@ -78,12 +78,13 @@ async fn mapguard_installs_and_kills_a_racing_pod_on_a_real_node() {
     e2e.install();
     say(&format!("installed in {:.0?}", started.elapsed()));
     let first = e2e.racing_pods_are_killed_where_asked_and_left_alone_elsewhere();
+    // Step 5 before step 6 replaces the agent (one agent's figures), both
+    // before step 4 takes the webhook away (labelled namespaces need it).
+    e2e.restarts_keep_the_agent_steady(first);
+    e2e.ok(&["delete", "deployment", "racer", "-n", &e2e.kill_ns]);
     e2e.a_new_agent_takes_over_a_stopped_pod();
     e2e.without_a_webhook_only_opted_in_namespaces_refuse_pods(&cluster)
         .await;
-    e2e.restarts_keep_the_agent_steady(first);
-    // Stopped before the teardown's uninstall removes the agent.
-    e2e.ok(&["delete", "deployment", "racer", "-n", &e2e.kill_ns]);
     say(&format!(
         "done in {:.0?}; deleting what the test created",
         started.elapsed()
@@ -680,8 +681,6 @@ impl E2e {
     /// Step 4: with no webhook Pod, Pods are refused exactly where
     /// enforcement was asked for.
     async fn without_a_webhook_only_opted_in_namespaces_refuse_pods(&self, cluster: &NodeCluster) {
-        // The unlabelled racer is done with; the killed one goes on
-        // restarting for step 5.
         self.ok(&[
             "delete",
             "deployment",
