@@ -597,7 +597,11 @@ impl E2e {
             ROLLOUT,
             || {
                 let out = self.kubectl(&["logs", "-n", SYSTEM, &new]);
-                let log = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+                let log = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    !log.contains('\u{1b}'),
+                    "terminal escape sequences in the agent's log:\n{log}"
+                );
                 log.lines()
                     .find(|l| l.contains("enforcing") && l.contains(&pattern))
                     .map(str::to_owned)
@@ -624,7 +628,7 @@ impl E2e {
         });
         let records = self.ok(&["get", "mapviolations", "-n", &self.stop_ns]);
         let out = self.kubectl(&["logs", "-n", SYSTEM, &new]);
-        let log = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+        let log = String::from_utf8_lossy(&out.stdout);
         let about: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(&pid.to_string()))
@@ -941,25 +945,6 @@ fn stopped_process_of_pod(uid: &str) -> Option<u32> {
 fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()
-}
-
-/// `text` without terminal colour sequences (the agent's log has them).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A line of the narration `make demo-cluster` shows (`--nocapture`).
