@@ -16,7 +16,7 @@ GO_PROGS ?= $(CURDIR)/target/go-progs
 export GO_PROGS
 export MAPGUARD_GO_PROGS := $(GO_PROGS)
 
-.PHONY: all build-deps deps build release demo-build go-progs lint test test-rust policy-test demo demo-cluster \
+.PHONY: all build-deps deps build release release-bins go-progs lint test test-rust policy-test demo demo-cluster \
         bench bench-deps bench-enforcer bench-webhook bench-policy clean
 
 all: build
@@ -36,8 +36,9 @@ build: build-deps
 release: build-deps
 	$(CARGO) build --release
 
-# The binaries the demo runs, and nothing else.
-demo-build: build-deps
+# The release binaries the demo runs and the images hold, and nothing else
+# (one package set, so the demo and the images share one build).
+release-bins: build-deps
 	$(CARGO) build --release -p mapguard-enforcer -p mapguard-webhook -p mapguard-certs-gen -p mapguard-cli
 
 go-progs: deps
@@ -54,9 +55,9 @@ test-rust: go-progs images
 policy-test: build
 	$(CARGO) run -q -p mapguard-cli --bin mapguard -- policy test policies/
 
-test: deps lint test-rust policy-test
+test: deps lint images-check images-smoke test-rust policy-test
 
-demo: demo-build
+demo: release-bins
 	bash scripts/demo.sh
 
 # mapguard on a real one-node cluster (scripts/cluster.sh), narrated:
@@ -93,18 +94,17 @@ cluster-down:
 # with its Containerfile and manifests/. images-smoke: each runs once in a
 # throwaway containerd (ctr image import, ctr run). Both are part of `make test`.
 .PHONY: images images-check images-smoke
-images: release
+images: release-bins
 	bash .ci/install-images.sh
 	bash scripts/images.sh
 
 images-check: images
 	python3 scripts/images-check.py
 
-images-smoke: release
+images-smoke: release-bins
 	bash .ci/install-images.sh --containerd
 	bash scripts/images-smoke.sh
 
-test: images-check images-smoke
 
 bench: bench-enforcer bench-webhook bench-policy
 

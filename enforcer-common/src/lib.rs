@@ -122,6 +122,19 @@ pub mod action {
     pub const KILL: u8 = 3;
 }
 
+/// What the map-function probes shared by every process of a binary
+/// (`ProbeConfig::mode` 0, attached when a Pod with `full` or `writes`
+/// coverage runs the binary) check for one process ([`ProcConfig::shared_ops`]).
+/// A process with map-function probes of its own has [`shared_ops::NONE`]:
+/// its own probes check it, once.
+pub mod shared_ops {
+    pub const NONE: u8 = 0;
+    /// Writes and grows only (`writes` coverage).
+    pub const WRITES: u8 = 1;
+    /// Every map operation (`full` coverage).
+    pub const ALL: u8 = 2;
+}
+
 /// Indexes of the `MG_STATS` counters: checks a probe could not complete.
 /// They stay at zero in normal operation; a non-zero one means a race may
 /// have gone unreported.
@@ -269,7 +282,13 @@ const _: () = assert!(core::mem::size_of::<FatalMessage>() == 16);
 pub struct ProcConfig {
     /// One of [`action`].
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// Which map operations the probes shared by every process of its
+    /// binary check for it (one of [`shared_ops`]); the crash paths are
+    /// always checked.
+    pub shared_ops: u8,
+    pub _pad: [u8; 2],
+    /// The binary it runs: probes shared by every process of a file act
+    /// only on processes registered with that file's binary.
     pub binary_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProcConfig>() == 8);
@@ -430,6 +449,156 @@ pub struct LatencyKey {
 }
 const _: () = assert!(core::mem::size_of::<LatencyKey>() == 8);
 
+/// The exec hook (`sched_process_exec`, node agent only): where new
+/// processes of the kubelet's Pods are put under enforcement before their
+/// first instruction, or held (SIGSTOP) until user space has attached.
+pub const PROG_EXEC: &str = "mapguard_exec";
+/// `HashMap<u64 cgroup v2 id, CgroupPolicy>`: the cgroups whose processes
+/// the exec hook looks at (Pods' cgroups, the kubelet's `kubepods` roots).
+pub const MAP_CGROUPS: &str = "MG_CGROUPS";
+/// Capacity of [`MAP_CGROUPS`].
+pub const MAX_CGROUPS: u32 = 8192;
+/// `HashMap<FileKey, KnownFile>`: executables user space has classified.
+pub const MAP_FILES: &str = "MG_FILES";
+/// Capacity of [`MAP_FILES`].
+pub const MAX_FILES: u32 = 8192;
+/// `HashMap<u32 tgid, Hold>`: processes the exec hook stopped and user
+/// space has not released yet (pinned, so a restarted agent finds the
+/// holds of one that died).
+pub const MAP_HELD: &str = "MG_HELD";
+/// Capacity of [`MAP_HELD`].
+pub const MAX_HELD: u32 = 4096;
+/// Ring buffer of [`ExecEvent`]s.
+pub const MAP_EXECS: &str = "MG_EXECS";
+/// `Array<ExecConfig>` of one entry: kernel struct offsets from BTF.
+pub const MAP_EXEC_CONFIG: &str = "MG_EXEC_CONFIG";
+/// Cgroup levels the exec hook looks up (from the root down).
+pub const MAX_CGROUP_LEVELS: u32 = 16;
+
+/// What a cgroup of [`MAP_CGROUPS`] is.
+pub mod cgroup_kind {
+    /// A Pod's cgroup whose Pod user space has resolved: its processes
+    /// get the Pod's mode (none when `mode` is 0, `off`).
+    pub const POD: u8 = 1;
+    /// The kubelet's `kubepods` root: a process below it in no resolved
+    /// Pod's cgroup is held until user space has resolved its Pod.
+    pub const KUBEPODS: u8 = 2;
+}
+
+/// A cgroup the exec hook acts on ([`MAP_CGROUPS`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupPolicy {
+    /// One of [`cgroup_kind`].
+    pub kind: u8,
+    /// One of [`action`], or 0 (`off`).
+    pub mode: u8,
+    /// [`shared_ops`] a process of this Pod is checked for by shared probes.
+    pub shared_ops: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<CgroupPolicy>() == 8);
+
+/// An executable as the kernel names it: its inode number and its
+/// superblock's device (the kernel's `dev_t` encoding). User space learns
+/// a file's key from the exec events, never computes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
+
+/// What user space knows of an executable ([`MAP_FILES`] value).
+pub mod file_kind {
+    /// Not a Go program (or one mapguard cannot enforce): never held.
+    pub const NOT_ENFORCEABLE: u8 = 1;
+    /// A Go program analysed, its crash paths probed for every process.
+    pub const GO: u8 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownFile {
+    /// One of [`file_kind`].
+    pub kind: u8,
+    /// Its map functions are probed for every process of the file (an
+    /// exec of a Pod with `full`/`writes` coverage needs no hold).
+    pub shared_map_ops: u8,
+    pub _pad: [u8; 2],
+    pub binary_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<KnownFile>() == 8);
+
+/// A process stopped at exec ([`MAP_HELD`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hold {
+    /// `bpf_ktime_get_boot_ns` at the exec: the process started before
+    /// it, a later process given the same pid after it.
+    pub boot_ns: u64,
+    pub cgroup: u64,
+    pub file: FileKey,
+}
+const _: () = assert!(core::mem::size_of::<Hold>() == 32);
+
+/// What the exec hook did ([`ExecEvent::what`]).
+pub mod exec_what {
+    /// Stopped (SIGSTOP) until user space releases it.
+    pub const HELD: u8 = 1;
+    /// Put under enforcement by the hook itself (a known binary, a
+    /// resolved Pod): written into the process table.
+    pub const ENFORCED: u8 = 2;
+    /// An exec below a `kubepods` root in no resolved Pod, of a file not
+    /// to hold: user space may resolve its Pod.
+    pub const UNRESOLVED: u8 = 3;
+    /// SIGSTOP could not be sent: the process runs unheld.
+    pub const HOLD_FAILED: u8 = 4;
+}
+
+/// One exec the hook acted on, as sent through [`MAP_EXECS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
+    /// One of [`exec_what`].
+    pub what: u8,
+    /// The mode written ([`exec_what::ENFORCED`]).
+    pub mode: u8,
+    pub _pad: [u8; 2],
+    pub pid: u32,
+    pub boot_ns: u64,
+    /// The cgroup (v2 id) the process execs in.
+    pub cgroup: u64,
+    pub file: FileKey,
+    /// [`KnownFile::binary_id`] for [`exec_what::ENFORCED`].
+    pub binary_id: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 48);
+
+/// Byte offsets of the kernel struct fields the exec hook reads, taken
+/// from the running kernel's BTF by user space ([`MAP_EXEC_CONFIG`]).
+/// All zero: not configured, the hook does nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// `struct linux_binprm`: `file`.
+    pub bprm_file: u32,
+    /// `struct file`: `f_inode`.
+    pub file_inode: u32,
+    /// `struct inode`: `i_ino`.
+    pub inode_ino: u32,
+    /// `struct inode`: `i_sb`.
+    pub inode_sb: u32,
+    /// `struct super_block`: `s_dev`.
+    pub sb_dev: u32,
+    /// Non-zero once configured.
+    pub enabled: u32,
+}
+const _: () = assert!(core::mem::size_of::<ExecConfig>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are `#[repr(C)]`, `Copy`, without implicit padding (the
@@ -443,4 +612,10 @@ mod pod {
     unsafe impl aya::Pod for super::Violation {}
     unsafe impl aya::Pod for super::FatalMessage {}
     unsafe impl aya::Pod for super::LatencyKey {}
+    unsafe impl aya::Pod for super::CgroupPolicy {}
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::KnownFile {}
+    unsafe impl aya::Pod for super::Hold {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExecConfig {}
 }

@@ -16,6 +16,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod exec;
+#[cfg(target_arch = "bpf")]
 mod program;
 #[cfg(target_arch = "bpf")]
 mod regs;

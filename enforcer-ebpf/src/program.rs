@@ -27,7 +27,7 @@ use aya_ebpf::{
 use mapguard_common::{
     FatalMessage, Goroutine, LATENCY_BUCKETS, LatencyKey, MAX_FATAL_MESSAGES, MAX_GOROUTINES,
     MAX_LATENCY_KEYS, MAX_MAPS, MAX_PROBES, MAX_PROCS, ProbeConfig, ProcAddr, ProcConfig,
-    RECENT_WRITERS, RecentWriters, Writer, arg, detector, kind, message, op, stat,
+    RECENT_WRITERS, RecentWriters, Writer, arg, detector, kind, message, op, shared_ops, stat,
 };
 
 use crate::{
@@ -44,7 +44,7 @@ static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
 static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
 #[map(name = "MG_PROCS")]
-static PROCS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
+pub(crate) static PROCS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_PROCS, 0);
 
 #[map(name = "MG_RECENT")]
 static RECENT: LruHashMap<ProcAddr, RecentWriters> = LruHashMap::with_max_entries(MAX_MAPS, 0);
@@ -140,9 +140,17 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         unsafe { *hits += 1 };
     }
     let mode = match cfg.mode {
-        // SAFETY: PROCS values are plain data; a concurrent update can at
-        // worst give a stale mode.
-        0 => unsafe { PROCS.get(pid) }?.mode,
+        // A probe shared by every process of its binary: the process's own
+        // entry says whether it is enforced, and for which operations.
+        0 => {
+            // SAFETY: PROCS values are plain data; a concurrent update can
+            // at worst give a stale mode.
+            let own = unsafe { PROCS.get(pid) }?;
+            if own.binary_id != cfg.binary_id || !shared_covers(own.shared_ops, cfg.op) {
+                return None;
+            }
+            own.mode
+        }
         mode => mode,
     };
     let regs = ctx.regs as *const pt_regs;
@@ -242,6 +250,20 @@ fn try_map_op(ctx: &ProbeContext) -> Option<()> {
         record_writer(&hit, map, own);
     }
     Some(())
+}
+
+/// Whether a probe shared by every process of a binary checks operation
+/// `op` of a process registered with `shared` ([`shared_ops`]). The crash
+/// paths are always checked.
+fn shared_covers(shared: u8, op: u8) -> bool {
+    match op {
+        op::FATAL | op::THROW | op::DELETE_RETURN => true,
+        _ => match shared {
+            shared_ops::ALL => true,
+            shared_ops::WRITES => op::is_write(op) || op == op::GROW,
+            _ => false,
+        },
+    }
 }
 
 /// A compiler barrier: no load or store moves across it (an empty asm

@@ -21,6 +21,7 @@ mod path;
 pub mod placement;
 pub mod procfile;
 pub mod runtime;
+pub mod unified;
 
 #[cfg(test)]
 mod tests;

@@ -268,6 +268,25 @@ pub struct DaemonArgs {
     /// Decide and record (Events, metric) but change nothing.
     #[arg(long, env = "MAPGUARD_RESPOND_DRY_RUN")]
     pub respond_dry_run: bool,
+    /// Hold new processes of enforced Pods at exec (SIGSTOP from the
+    /// kernel) until their probes are in place; `false`: the /proc scan
+    /// alone finds them (a race in their first moments is missed).
+    #[arg(long, env = "MAPGUARD_EXEC_HOLD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exec_hold: bool,
+    /// Longest a process is held at exec: past it, it is released
+    /// unenforced (logged, counted as `timeout`) and the /proc scan takes
+    /// over.
+    #[arg(long, env = "MAPGUARD_EXEC_HOLD_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub exec_hold_timeout: Duration,
+    /// bpffs folder where the table of held processes is pinned, so an
+    /// agent started after one that died releases what it held. Without a
+    /// writable bpffs there, nothing is held (an error says so).
+    #[arg(
+        long,
+        env = "MAPGUARD_BPF_PIN_DIR",
+        default_value = "/sys/fs/bpf/mapguard"
+    )]
+    pub bpf_pin_dir: PathBuf,
     /// Time to write pending records on SIGTERM.
     #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

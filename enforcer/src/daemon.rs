@@ -132,11 +132,66 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         args.enforce
             .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
     );
+    // Holds an agent that died left: its hook went with it, the
+    // processes are still stopped.
+    let pin = args.bpf_pin_dir.join("held");
+    let adopted = if args.exec_hold {
+        crate::loader::take_pinned_holds(&pin).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let hook = if args.exec_hold && !can_resume_any_process() {
+        tracing::error!(
+            "no holds at exec: the agent lacks CAP_KILL, without which it could not resume (SIGCONT) a held process of another user; new processes are found by the /proc scan only"
+        );
+        None
+    } else if args.exec_hold {
+        let _ = std::fs::create_dir_all(&args.bpf_pin_dir);
+        match session.exec_hook(Some(&pin)) {
+            Ok(hook) => Some(hook),
+            Err(e) => {
+                tracing::error!(error = %e, "no holds at exec: new processes are found by the /proc scan only (a race in their first moments is missed)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if hook.is_none() {
+        for (pid, hold) in &adopted {
+            if crate::procfs::started_by(*pid, hold.boot_ns) {
+                tracing::warn!(
+                    pid,
+                    "releasing a process an agent that stopped held at exec"
+                );
+                // SAFETY: kill has no memory preconditions; the pid was
+                // just checked to be the process held.
+                unsafe { libc::kill(*pid as i32, libc::SIGCONT) };
+            }
+        }
+    }
+    let session_with_hook = (session, hook);
     ops.bpf_ready.store(true, Ordering::SeqCst);
     tracing::info!("BPF program loaded; enforcing");
     let stop = Arc::new(AtomicBool::new(false));
     let scanner = ProcScanner::new(&args.proc_root).map_err(DaemonError::Scan)?;
-    let enforcement = Enforcement::new(session, Arc::clone(&pods), Arc::clone(&metrics), scanner);
+    let mut enforcement = Enforcement::new(
+        session_with_hook.0,
+        Arc::clone(&pods),
+        Arc::clone(&metrics),
+        scanner,
+    );
+    if let Some(hook) = session_with_hook.1 {
+        let mut exec_metrics = None;
+        metrics.register(|r| exec_metrics = Some(reconcile::ExecMetrics::new(r)));
+        let exec = reconcile::ExecState::new(
+            hook,
+            args.exec_hold_timeout,
+            exec_metrics.expect("registered"),
+            adopted,
+        );
+        enforcement = enforcement.with_exec(exec);
+    }
     let interval = args.scan_interval;
     let thread_stop = Arc::clone(&stop);
     let thread_records = Arc::clone(&records);
@@ -178,6 +233,19 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(status)
+}
+
+/// Whether this process may signal any process (`CAP_KILL` effective):
+/// what releasing a held process of another user takes.
+fn can_resume_any_process() -> bool {
+    const CAP_KILL: u32 = 5;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_KILL) != 0)
 }
 
 /// Hands a violation of a placed process to the records writer (every

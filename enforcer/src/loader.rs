@@ -12,9 +12,12 @@
 //! in [`MAP_PROCS`]. All links belong to the [`Enforcer`]: dropping it
 //! detaches every probe, on success and error paths alike.
 
+pub mod btf;
+mod exec;
 mod multi;
 mod sets;
 
+pub use exec::{ExecHook, take_pinned_holds};
 pub use multi::{MultiError, MultiLink, MultiProgram};
 pub use sets::{ProbeSetId, Probes, Scope};
 
@@ -113,6 +116,10 @@ pub enum LoaderError {
     Multi(#[from] MultiError),
     #[error("cannot count the possible CPUs for the per-CPU hit counters: {0}")]
     Cpus(#[source] std::io::Error),
+    #[error("the exec hook needs the kernel's struct offsets: {0}")]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot pin the table of held processes at {path} (a bpffs mount, writable): {reason}")]
+    Pin { path: PathBuf, reason: String },
 }
 
 /// Loaded BPF state: programs, configuration maps and attached probes.
@@ -513,16 +520,35 @@ impl Enforcer {
     }
 
     /// Puts process `pid` under enforcement with `mode` (one of
-    /// `mapguard_common::action`).
-    pub fn register(&mut self, pid: u32, binary_id: u32, mode: u8) -> Result<(), LoaderError> {
+    /// `mapguard_common::action`); probes shared by every process of its
+    /// binary check `shared_ops` of its map operations
+    /// (`mapguard_common::shared_ops`; the crash paths always).
+    pub fn register(
+        &mut self,
+        pid: u32,
+        binary_id: u32,
+        mode: u8,
+        shared_ops: u8,
+    ) -> Result<(), LoaderError> {
         let cfg = ProcConfig {
             mode,
-            _pad: [0; 3],
+            shared_ops,
+            _pad: [0; 2],
             binary_id,
         };
         self.procs
             .insert(pid, cfg, 0)
             .map_err(|e| map_error(MAP_PROCS, e))
+    }
+
+    /// Every process in the process table.
+    pub fn registered_pids(&self) -> Vec<u32> {
+        self.procs.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Process `pid`'s entry in the process table, if it has one.
+    pub fn registered(&self, pid: u32) -> Option<ProcConfig> {
+        self.procs.get(&pid, 0).ok()
     }
 
     /// Takes process `pid` out of enforcement (shared probes then ignore it).

@@ -34,14 +34,26 @@ impl Monitor {
     /// Waits up to `timeout` for records (returns early on a signal), then
     /// drains.
     pub fn wait(&mut self, timeout: Duration) -> Vec<ViolationRecord> {
-        let mut fds = [libc::pollfd {
-            fd: self.ring.as_raw_fd(),
+        self.wait_also(timeout, None)
+    }
+
+    /// [`Monitor::wait`], returning early too when `other` (another ring
+    /// buffer's descriptor) becomes readable.
+    pub fn wait_also(
+        &mut self,
+        timeout: Duration,
+        other: Option<std::os::fd::RawFd>,
+    ) -> Vec<ViolationRecord> {
+        let ready = |fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        }];
+        };
+        let mut fds = [ready(self.ring.as_raw_fd()), ready(other.unwrap_or(-1))];
+        let count = if other.is_some() { 2 } else { 1 };
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd; EINTR and errors just end the wait.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, millis) };
+        // SAFETY: `count` valid pollfds; EINTR and errors just end the wait.
+        unsafe { libc::poll(fds.as_mut_ptr(), count, millis) };
         self.drain()
     }
 }

@@ -35,6 +35,34 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// Whether `pid` is a live process that started no later than `boot_ns`
+/// (`CLOCK_BOOTTIME` nanoseconds): the process seen then, not a later one
+/// given the same pid. Its start time is kept in clock ticks, rounded
+/// down, so the process seen then always passes.
+pub fn started_by(pid: u32, boot_ns: u64) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let Some(per_second) = u64::try_from(per_second).ok().filter(|t| *t > 0) else {
+        return false;
+    };
+    alive(pid)
+        && start_time(pid).is_some_and(|ticks| ticks * (1_000_000_000 / per_second) <= boot_ns)
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds (the clock of
+/// `bpf_ktime_get_boot_ns` and of processes' start times).
+pub fn boot_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// `(device, inode)` of the file a process runs, or of a path.
 pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
@@ -69,6 +97,8 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu_time(me).expect("again") > spent, "CPU time grows");
         assert!(start_time(me).is_some_and(|t| t > 0));
+        assert!(started_by(me, boot_ns()), "started before now");
+        assert!(!started_by(me, 1), "not before boot");
         let exe = file_id(std::path::Path::new("/proc/self/exe")).expect("own exe");
         assert!(pids_running(exe).contains(&me));
     }

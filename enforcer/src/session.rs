@@ -127,6 +127,9 @@ pub struct Session {
     binaries: HashMap<(u64, u64), (Arc<BinaryTarget>, ProbeSetId)>,
     guarded: Vec<Guarded>,
     latency: Option<LatencyWindows>,
+    /// Map-function probes for every process of a binary, by binary id
+    /// (the node agent's exec hook enforces new processes with them).
+    shared_map_ops: HashMap<u32, ProbeSetId>,
 }
 
 impl Session {
@@ -152,6 +155,7 @@ impl Session {
             binaries: HashMap::new(),
             guarded: Vec::new(),
             latency: args.delete_latency(Duration::ZERO),
+            shared_map_ops: HashMap::new(),
         })
     }
 
@@ -201,14 +205,28 @@ impl Session {
         mode: u8,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
+        use mapguard_common::shared_ops;
         self.monitor.reporter.remember_pod(pid);
-        self.enforcer.register(pid, binary.id, mode)?;
+        // A process the exec hook registered is checked by its binary's
+        // shared probes until its own are attached: only then are they
+        // told to leave it (never a moment with neither).
+        let shared = self
+            .enforcer
+            .registered(pid)
+            .filter(|e| e.binary_id == binary.id)
+            .map_or(shared_ops::NONE, |e| e.shared_ops);
+        self.enforcer.register(pid, binary.id, mode, shared)?;
         self.guard(
             binary,
             exe.unwrap_or(&binary.path),
             Scope::Process { pid, mode },
             coverage,
-        )
+        )?;
+        if shared != shared_ops::NONE {
+            self.enforcer
+                .register(pid, binary.id, mode, shared_ops::NONE)?;
+        }
+        Ok(())
     }
 
     /// Puts every process running `binary`, now or later, under
@@ -279,6 +297,46 @@ impl Session {
         Ok(())
     }
 
+    /// Probes `binary`'s map functions for every process of the file,
+    /// now or later (through `path`, a name of the file), acting on the
+    /// processes registered with shared operations
+    /// (`mapguard_common::shared_ops`), once per binary: the breakpoints
+    /// are in a new process's image at exec, so the exec hook can enforce
+    /// it without waiting for user space. Every process of the file takes
+    /// the breakpoints' trap (about a microsecond per map operation); the
+    /// program returns at once for the others.
+    pub fn share_map_ops(
+        &mut self,
+        binary: &BinaryTarget,
+        path: &Path,
+    ) -> Result<(), SessionError> {
+        if self.shared_map_ops.contains_key(&binary.id) {
+            return Ok(());
+        }
+        let id = self.enforcer.add_probes_at(
+            binary,
+            path,
+            Probes::MapOps,
+            Scope::AllProcesses { mode: 0 },
+        )?;
+        tracing::info!(binary = %binary.name.display(), "map functions probed for every process of the binary");
+        self.shared_map_ops.insert(binary.id, id);
+        Ok(())
+    }
+
+    /// Whether `binary`'s map functions are probed for every process.
+    pub fn has_shared_map_ops(&self, binary_id: u32) -> bool {
+        self.shared_map_ops.contains_key(&binary_id)
+    }
+
+    /// Loads and attaches the node agent's exec hook.
+    pub fn exec_hook(
+        &mut self,
+        pin: Option<&Path>,
+    ) -> Result<crate::loader::ExecHook, SessionError> {
+        Ok(self.enforcer.exec_hook(pin)?)
+    }
+
     /// Names the Pod of process `pid` in its reports (the node agent knows
     /// more than the process's cgroup says).
     pub fn set_pod(&mut self, pid: u32, pod: crate::cgroup::PodInfo) {
@@ -325,6 +383,18 @@ impl Session {
     /// leaves the process table and its map-function probes are freed.
     pub fn forget_process(&mut self, pid: u32) {
         self.enforcer.unregister(pid);
+        self.drop_guards(pid);
+    }
+
+    /// The processes in the process table.
+    pub fn registered_pids(&self) -> Vec<u32> {
+        self.enforcer.registered_pids()
+    }
+
+    /// Frees process `pid`'s own probes, leaving its process-table entry
+    /// (a process that exec'd another binary: the exec hook wrote its new
+    /// entry already).
+    pub fn drop_guards(&mut self, pid: u32) {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.guarded)
             .into_iter()
             .partition(|g| g.pid == Some(pid));
@@ -343,7 +413,16 @@ impl Session {
     /// Waits up to `timeout` for kernel records and reports them, then
     /// moves the sampled sets' windows.
     pub fn poll(&mut self, timeout: Duration) -> Vec<ViolationRecord> {
-        let records = self.monitor.wait(timeout);
+        self.poll_also(timeout, None)
+    }
+
+    /// [`Session::poll`], returning early too when `other` is readable.
+    pub fn poll_also(
+        &mut self,
+        timeout: Duration,
+        other: Option<std::os::fd::RawFd>,
+    ) -> Vec<ViolationRecord> {
+        let records = self.monitor.wait_also(timeout, other);
         self.tick_samplers();
         self.tick_latency();
         records

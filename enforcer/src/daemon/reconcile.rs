@@ -7,6 +7,10 @@
 //! to this node whose mode is not `off`: a process the agent cannot place
 //! is never probed on the hot path and never signalled.
 
+mod holds;
+
+pub use holds::{ExecMetrics, ExecState, Outcome};
+
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -21,7 +25,7 @@ use crate::{
     procfs,
     procscan::ProcScanner,
     session::{Session, SessionError},
-    target::TargetError,
+    target::{BinaryTarget, TargetError},
 };
 
 use super::{
@@ -70,6 +74,10 @@ pub struct Enforcement {
     counted_hits: HashMap<u32, HashMap<u8, u64>>,
     /// Timed deletes of each enforced process already counted, by bucket.
     counted_deletes: HashMap<u32, HashMap<u32, u64>>,
+    /// The exec hook, when new processes are held at exec.
+    exec: Option<ExecState>,
+    /// Process-table entries the last reconcile found unaccounted for.
+    unexplained: HashSet<u32>,
 }
 
 impl Enforcement {
@@ -96,6 +104,8 @@ impl Enforcement {
             workloads: HashMap::new(),
             counted_hits: HashMap::new(),
             counted_deletes: HashMap::new(),
+            exec: None,
+            unexplained: HashSet::new(),
         }
     }
 
@@ -110,16 +120,19 @@ impl Enforcement {
     ) {
         let mut last = Instant::now() - interval;
         while !stop() {
-            for record in self.session.poll(Duration::from_millis(50)) {
+            let exec_fd = self.exec.as_ref().map(ExecState::fd);
+            for record in self.session.poll_also(Duration::from_millis(50), exec_fd) {
                 let workload = self.workload_of(&record);
                 self.metrics.violation(&record, &workload);
                 on_record(&record, &workload);
             }
+            self.exec_step();
             if last.elapsed() >= interval {
                 last = Instant::now();
                 self.reconcile();
             }
         }
+        self.shutdown_exec();
         self.session.finish();
     }
 
@@ -153,7 +166,15 @@ impl Enforcement {
             tracing::info!(pid, "no longer enforced");
         }
 
+        self.sync_exec(&pods);
         for p in &placed {
+            if let Some(pod) = pods.get(&p.pod_uid) {
+                self.note_pod_cgroup(p.pid, pod);
+            }
+            // Held at exec: settled by the hold, not here.
+            if self.exec.as_ref().is_some_and(|e| e.is_pending(p.pid)) {
+                continue;
+            }
             if self.enforced.contains_key(&p.pid) {
                 continue;
             }
@@ -172,10 +193,32 @@ impl Enforcement {
             self.enforced.insert(p.pid, want);
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
+        self.sweep_process_table();
         self.metrics
             .set_enforced(self.enforced.len(), self.session.binary_count());
         self.metrics
             .set_incomplete_checks(&self.session.incomplete_checks());
+    }
+
+    /// Removes process-table entries nothing accounts for: the exec hook
+    /// writes entries itself, and one whose process user space never
+    /// placed (it exited at once, its Pod went) would otherwise stay, and
+    /// act on a later process given the same pid. An entry is removed at
+    /// the second reconcile that finds it unexplained (its exec event may
+    /// be on its way at the first).
+    fn sweep_process_table(&mut self) {
+        let unexplained: HashSet<u32> = self
+            .session
+            .registered_pids()
+            .into_iter()
+            .filter(|pid| !self.enforced.contains_key(pid))
+            .filter(|pid| !self.exec.as_ref().is_some_and(|e| e.is_pending(*pid)))
+            .collect();
+        for pid in unexplained.intersection(&self.unexplained) {
+            tracing::debug!(pid, "process-table entry of no enforced process removed");
+            self.session.forget_process(*pid);
+        }
+        self.unexplained = unexplained;
     }
 
     /// The workload a report is counted under: its process's, else (a
@@ -256,7 +299,12 @@ impl Enforcement {
             .collect()
     }
 
-    fn enforce(&mut self, p: &Placed, pods: &PodMap, want: &Enforced) -> Result<(), Failure> {
+    fn enforce(
+        &mut self,
+        p: &Placed,
+        pods: &PodMap,
+        want: &Enforced,
+    ) -> Result<Arc<BinaryTarget>, Failure> {
         let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
         let file = procfs::file_id(&exe).ok_or(Failure::gone())?;
         if let Some(reason) = self.refused.get(&file) {
@@ -331,7 +379,7 @@ impl Enforcement {
             coverage = %want.coverage,
             "enforcing"
         );
-        Ok(())
+        Ok(target)
     }
 }
 

@@ -69,6 +69,10 @@ impl Agent {
         Agent { child, ops, log }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -145,6 +149,12 @@ impl Agent {
     /// Stops the agent with SIGTERM (bounded).
     pub fn stop(mut self) {
         self.terminate();
+    }
+
+    /// Kills the agent outright (SIGKILL): nothing of its own shutdown runs.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn terminate(&mut self) {
