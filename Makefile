@@ -2,7 +2,8 @@
 #
 #   make demo    build prerequisites + build + the enforcer catching a racy Go
 #                program and the webhook judging sample Pods (needs root for BPF)
-#   make demo-cluster  the node agent against a real API server (root)
+#   make demo-cluster  mapguard installed on a real one-node cluster, killing
+#                a racing Pod, narrated (root)
 #   make test    test prerequisites + lint + every test (what CI runs)
 #   make images  the three container images, built here without a registry
 #                (root; see "Container images" below)
@@ -47,7 +48,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test-rust: go-progs
+# images: the end-to-end test (testenv/tests/e2e.rs) installs them on a real node.
+test-rust: go-progs images
 	$(CARGO) test --no-fail-fast
 
 policy-test: build
@@ -58,11 +60,14 @@ test: deps lint images-check images-smoke test-rust policy-test
 demo: release-bins
 	bash scripts/demo.sh
 
-# The node agent in a (one-node) cluster: a real kube-apiserver and etcd,
-# the webhook, a Pod, a racing Go program in its cgroup, the kill, the
-# MapViolation record and the Event (enforcer/tests/daemon.rs, narrated).
-demo-cluster: go-progs
-	CI=true $(CARGO) test -p mapguard-enforcer --test daemon -- --nocapture
+# mapguard on a real one-node cluster (scripts/cluster.sh), narrated:
+# `kubectl apply -k manifests/` with the images built here, a racing Go
+# Deployment killed in a mapguard.io/mode=kill namespace (record, Event,
+# `kubectl mapguard audit`), the same left alone elsewhere, and what a
+# missing webhook blocks (testenv/tests/e2e.rs).
+demo-cluster: go-progs images
+	$(CARGO) build -p kubectl-mapguard
+	CI=true $(CARGO) test -p mapguard-testenv --test e2e -- --nocapture
 
 # A real one-node Kubernetes (root): etcd, the control plane, a kubelet,
 # containerd, runc and CNI in a network namespace of their own

@@ -3,7 +3,9 @@
 // Without mapguard the Go runtime usually dies with
 // "fatal error: concurrent map writes"; if the race never shows, it exits 0
 // after -duration. With -wait-signal it races only once it receives
-// SIGUSR1 (for enforcers that attach to a process already running).
+// SIGUSR1, with -start-delay only after that long (for enforcers that
+// attach to a process already running: a signal from a test, or a delay in
+// a container that nobody signals).
 package main
 
 import (
@@ -46,6 +48,7 @@ func assigner(m map[int]int, stop <-chan struct{}) {
 func main() {
 	duration := flag.Duration("duration", 10*time.Second, "give up after this long")
 	waitSignal := flag.Bool("wait-signal", false, "start racing on SIGUSR1")
+	startDelay := flag.Duration("start-delay", 0, "start racing after this long")
 	flag.Parse()
 	runtime.GOMAXPROCS(2)
 	if *waitSignal {
@@ -53,6 +56,10 @@ func main() {
 		signal.Notify(usr1, syscall.SIGUSR1)
 		fmt.Println("delete_assign: waiting for SIGUSR1")
 		<-usr1
+	}
+	if *startDelay > 0 {
+		fmt.Printf("delete_assign: racing in %v\n", *startDelay)
+		time.Sleep(*startDelay)
 	}
 
 	m := make(map[int]int)
