@@ -112,6 +112,11 @@ pub(crate) async fn write_kubeconfig(
         path: path.to_owned(),
         source,
     })?;
+    load_kubeconfig(path).await
+}
+
+/// The client configuration of the kubeconfig file at `path`.
+pub(crate) async fn load_kubeconfig(path: &Path) -> Result<kube::Config, TestEnvError> {
     let kubeconfig_err = |source| TestEnvError::Kubeconfig {
         path: path.to_owned(),
         source,

@@ -25,10 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
-
 use crate::TestEnvError;
 use crate::binaries::{install_dir, is_executable, kube_version};
+use crate::files::load_kubeconfig;
 
 /// The script that starts and stops the cluster.
 pub fn cluster_script() -> PathBuf {
@@ -262,17 +261,6 @@ fn exported(stdout: &str, name: &str) -> Option<PathBuf> {
         .rev()
         .find_map(|line| line.strip_prefix(&prefix))
         .map(PathBuf::from)
-}
-
-async fn load_kubeconfig(path: &Path) -> Result<kube::Config, TestEnvError> {
-    let kubeconfig_err = |source| TestEnvError::Kubeconfig {
-        path: path.to_owned(),
-        source,
-    };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_err)?;
-    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(kubeconfig_err)
 }
 
 #[cfg(test)]

@@ -491,14 +491,7 @@ impl E2e {
     /// The agent's gauges (its ops port through the API server's Pod proxy)
     /// and resident memory (`VmRSS` of its process, seen from the host).
     fn agent_sample(&self) -> AgentSample {
-        let pods = self.json(&[
-            "get",
-            "pods",
-            "-n",
-            SYSTEM,
-            "-l",
-            "app.kubernetes.io/name=mapguard-enforcer",
-        ]);
+        let pods = self.agent_pods();
         let pod = &pods["items"][0];
         let name = pod["metadata"]["name"].as_str().expect("the agent's Pod");
         let metrics = self.ok(&[
@@ -664,16 +657,21 @@ impl E2e {
             .sum()
     }
 
-    /// The name of the agent's Pod.
-    fn agent_pod(&self) -> String {
-        let pods = self.json(&[
+    /// The agent's Pods (a List).
+    fn agent_pods(&self) -> Value {
+        self.json(&[
             "get",
             "pods",
             "-n",
             SYSTEM,
             "-l",
             "app.kubernetes.io/name=mapguard-enforcer",
-        ]);
+        ])
+    }
+
+    /// The name of the agent's Pod.
+    fn agent_pod(&self) -> String {
+        let pods = self.agent_pods();
         pods["items"]
             .as_array()
             .into_iter()
@@ -779,12 +777,27 @@ impl E2e {
 
     /// The log of the Pod's container run that ended: `--previous` once it
     /// restarted, else the current one.
+    ///
+    /// A container that ends within milliseconds is restarted again and
+    /// again, and the kubelet removes the older ones: kubectl may then
+    /// print `unable to retrieve container logs for ...` (and succeed) for a
+    /// container that is gone. Such an answer is no log; the next attempt
+    /// reads the container that replaced it.
     fn container_log(&self, namespace: &str, pod: &str) -> String {
-        let previous = self.kubectl(&["logs", "-n", namespace, pod, "--previous"]);
-        if previous.status.success() {
-            return String::from_utf8_lossy(&previous.stdout).into_owned();
-        }
-        self.ok(&["logs", "-n", namespace, pod])
+        const GONE: &str = "unable to retrieve container logs";
+        self.wait_for(&format!("the log of {namespace}/{pod}"), ROLLOUT, || {
+            for args in [
+                &["logs", "-n", namespace, pod, "--previous"][..],
+                &["logs", "-n", namespace, pod][..],
+            ] {
+                let out = self.kubectl(args);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() && !text.starts_with(GONE) {
+                    return Some(text);
+                }
+            }
+            None
+        })
     }
 
     fn apply(&self, object: &Value) {
