@@ -611,16 +611,21 @@ impl E2e {
             .status()
             .expect("run kill -CONT");
         assert!(resumed.success(), "kill -CONT {pid}");
-        // Resumed, it is stopped again (a new violation, or the runtime's
-        // crash path), or it ends: whichever comes first, then judged.
-        let state = self.wait_for("the resumed process stopped again or gone", ROLLOUT, || {
-            let state = process_state(pid);
-            match state {
-                Some('T') if self.violations(&self.stop_ns) >= 2 => Some(state),
-                None => Some(state),
-                _ => None,
-            }
-        });
+        // Resumed, it races on: the new agent reports the race (the
+        // record's count goes up) and stops it again, unless the runtime's
+        // own crash path, reached by the same race, ends the process before
+        // the stop lands (seen here: count 2, process gone).
+        let state = self.wait_for(
+            "the new agent's report of the resumed race",
+            ROLLOUT,
+            || {
+                let state = process_state(pid);
+                match state {
+                    Some('T') | None if self.violations(&self.stop_ns) >= 2 => Some(state),
+                    _ => None,
+                }
+            },
+        );
         let records = self.ok(&["get", "mapviolations", "-n", &self.stop_ns]);
         let out = self.kubectl(&["logs", "-n", SYSTEM, &new]);
         let log = String::from_utf8_lossy(&out.stdout);
@@ -637,10 +642,9 @@ impl E2e {
             indent(&records),
             indent(&about.join("\n"))
         ));
-        assert_eq!(
-            state,
-            Some('T'),
-            "the resumed process raced on and the new agent stopped it again"
+        assert!(
+            self.violations(&self.stop_ns) >= 2,
+            "the resumed process raced on and the new agent reported it (state {state:?})"
         );
         self.ok(&["delete", "deployment", "racer", "-n", &self.stop_ns]);
     }
