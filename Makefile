@@ -57,8 +57,10 @@ policy-test: build
 
 test: deps lint images-check images-smoke test-rust policy-test
 
-demo: release-bins
-	bash scripts/demo.sh
+# The enforcer first (built, then shown), then the webhook, certs-gen and the
+# CI command: the `demo` profile (Cargo.toml), built by scripts/demo.sh.
+demo: build-deps
+	CARGO=$(CARGO) bash scripts/demo.sh
 
 # mapguard on a real one-node cluster (scripts/cluster.sh), narrated:
 # `kubectl apply -k manifests/` with the images built here, a racing Go

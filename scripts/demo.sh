@@ -3,11 +3,23 @@
 #   1. the runtime enforcer catching a racy Go program (audit, kill, stop),
 #   2. the admission webhook judging sample AdmissionReviews over HTTPS,
 #   3. the CI command judging sample manifests.
-# Needs root (BPF); `make demo` builds the binaries first, and this script
-# builds its one racy Go program with one Go toolchain (scripts/demo-go.sh).
+# Needs root (BPF). It builds what it shows, as it goes: the enforcer (the
+# `demo` profile of Cargo.toml: no LTO, no debug info) and its one racy Go
+# program (one Go toolchain, scripts/demo-go.sh) before part 1, the webhook,
+# certs-gen and the CI command before part 2. With MAPGUARD_BIN set, the
+# binaries there are used and nothing of mapguard is built.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${MAPGUARD_BIN:-$root/target/release}
+bin=${MAPGUARD_BIN:-$root/target/demo}
+cargo=${CARGO:-cargo}
+build() { # crate...
+  [ -n "${MAPGUARD_BIN:-}" ] && return 0
+  local args=() started=$SECONDS
+  for c in "$@"; do args+=(-p "$c"); done
+  echo "building $* (cargo --profile demo)"
+  (cd "$root" && "$cargo" build --quiet --profile demo "${args[@]}")
+  echo "built in $((SECONDS - started)) s"
+}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -28,8 +40,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+build mapguard-enforcer
 go=$(bash "$root/scripts/demo-go.sh")
-racy=$root/target/demo/delete_assign
+racy=$root/target/demo-go/delete_assign
 echo "building tests/go/racy/delete_assign with $("$go" version | cut -d' ' -f3)"
 (cd "$root/tests/go" && GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=off CGO_ENABLED=0 \
   "$go" build -o "$racy" ./racy/delete_assign)
@@ -58,6 +71,8 @@ grep -m1 '^mapguard' "$work/kill.err" || true
 echo "exit status $st (137 = SIGKILL)"
 if grep -q 'fatal error: concurrent map' "$work/kill.err"; then echo "unexpected: the runtime printed its fatal error"; fi
 
+echo
+build mapguard-webhook mapguard-certs-gen mapguard-cli
 bold "2. The admission webhook, over HTTPS on 127.0.0.1"
 show "mapguard-certs-gen --out-dir $work/certs --service mapguard-webhook --namespace mapguard-system"
 "$bin/mapguard-certs-gen" --out-dir "$work/certs" --service mapguard-webhook --namespace mapguard-system
