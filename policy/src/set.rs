@@ -18,7 +18,7 @@ use compile::{collect_sources, compile, is_test_file, test_rule_names};
 pub(crate) const DECISION_RULES: [&str; 3] = ["deny", "warn", "patch"];
 
 /// The default policies, compiled into the binary.
-const EMBEDDED: [(&str, &str); 8] = [
+const EMBEDDED: [(&str, &str); 10] = [
     (
         "policies/privileged.rego",
         include_str!("../../policies/privileged.rego"),
@@ -50,6 +50,14 @@ const EMBEDDED: [(&str, &str); 8] = [
     (
         "policies/tamper_test.rego",
         include_str!("../../policies/tamper_test.rego"),
+    ),
+    (
+        "policies/namespace_labels.rego",
+        include_str!("../../policies/namespace_labels.rego"),
+    ),
+    (
+        "policies/namespace_labels_test.rego",
+        include_str!("../../policies/namespace_labels_test.rego"),
     ),
 ];
 
