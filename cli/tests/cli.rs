@@ -219,7 +219,11 @@ fn namespaces_file_makes_the_opt_out_a_deny() {
     // own annotation is what the node agent follows there.
     let without = mapguard(&["check", "-f", "tests/manifests/denied/opt-out.yaml"]);
     assert_eq!(without.status.code(), Some(0), "{}", stdout(&without));
-    assert!(!stdout(&without).contains("mapguard.mode"), "{}", stdout(&without));
+    assert!(
+        !stdout(&without).contains("mapguard.mode"),
+        "{}",
+        stdout(&without)
+    );
 }
 
 #[test]
