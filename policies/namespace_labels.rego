@@ -3,23 +3,21 @@
 # less (mapguard.io/allow-opt-out). A tenant allowed to edit its own
 # Namespace must not be able to lift those demands: changing, adding or
 # removing any mapguard.io/ label of an existing Namespace is denied unless
-# the requester is in one of label_admin_groups or is one of
-# label_admin_users (edit them here, or in the mapguard-policies ConfigMap:
-# the webhook reloads it).
+# the requester is in one of the configured groups or is one of the
+# configured users (data.mapguard_config.namespace_label_admins: the
+# webhook's --label-admin-group, default system:masters, and
+# --label-admin-user; the engine config file's labelAdminGroups and
+# labelAdminUsers for mapguard check).
 package mapguard.namespace_labels
 
 enforcement := "deny"
 
-label_admin_groups := {"system:masters"}
-
-label_admin_users := set()
-
 label_admin if {
 	some group in input.request.userInfo.groups
-	group in label_admin_groups
+	group in data.mapguard_config.namespace_label_admins.groups
 }
 
-label_admin if input.request.userInfo.username in label_admin_users
+label_admin if input.request.userInfo.username in data.mapguard_config.namespace_label_admins.users
 
 deny contains msg if {
 	input.request.kind.kind == "Namespace"
@@ -31,11 +29,11 @@ deny contains msg if {
 	object.get(old, key, null) != object.get(new, key, null)
 	not label_admin
 	msg := sprintf(
-		"%s may not change label %s of namespace %s (%s to %s): the mapguard.io/ labels decide what mapguard enforces on the namespace's Pods, and only the groups (%s) and users listed in policy mapguard.namespace_labels may change them",
+		"%s may not change label %s of namespace %s (%s to %s): the mapguard.io/ labels decide what mapguard enforces on the namespace's Pods, and only the groups (%s) and users configured as their admins may change them",
 		[
 			input.request.userInfo.username, key, input.request.name,
 			json.marshal(object.get(old, key, null)), json.marshal(object.get(new, key, null)),
-			concat(", ", label_admin_groups),
+			concat(", ", data.mapguard_config.namespace_label_admins.groups),
 		],
 	)
 }

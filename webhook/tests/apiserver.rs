@@ -88,7 +88,11 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
 async fn start_watching_webhook(cert_dir: &Path, kubeconfig: &Path) -> Running {
     let webhook = start_webhook(
         cert_dir,
-        &[format!("--kubeconfig={}", kubeconfig.display())],
+        &[
+            format!("--kubeconfig={}", kubeconfig.display()),
+            // The namespace-label admins: system:masters (the default) and carol.
+            "--label-admin-user=carol".to_owned(),
+        ],
     )
     .await;
     let deadline = Instant::now() + PROPAGATION;
@@ -508,7 +512,8 @@ async fn a_pod_asking_for_less_than_its_namespace_is_denied_unless_it_may_opt_ou
 /// A tenant allowed to edit its Namespace (RBAC: cluster-admin, but not in
 /// `system:masters`) cannot drop `mapguard.io/mode` or add
 /// `mapguard.io/allow-opt-out`; its other labels it may change, and so may
-/// an admin the mapguard ones.
+/// an admin (`system:masters`) and a user named by `--label-admin-user`
+/// the mapguard ones.
 async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
     env: &TestEnv,
     client: &Client,
@@ -524,13 +529,16 @@ async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
         .create(&PostParams::default(), &binding)
         .await
         .expect("bind cluster-admin to group tenants");
-    let file = kube::config::Kubeconfig::read_from(env.kubeconfig()).expect("read kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
-        .await
-        .expect("config from the admin's kubeconfig");
-    config.auth_info.impersonate = Some("alice".to_owned());
-    config.auth_info.impersonate_groups = Some(vec!["tenants".to_owned()]);
-    let tenant = Client::try_from(config).expect("tenant client");
+    let member_of_tenants = |user: &'static str| async move {
+        let file = kube::config::Kubeconfig::read_from(env.kubeconfig()).expect("read kubeconfig");
+        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("config from the admin's kubeconfig");
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups = Some(vec!["tenants".to_owned()]);
+        Client::try_from(config).expect("an impersonating client")
+    };
+    let tenant = member_of_tenants("alice").await;
     let label = |client: &Client, labels: serde_json::Value| {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         async move {
@@ -588,6 +596,10 @@ async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
     label(client, json!({"mapguard.io/min-coverage": "sampled"}))
         .await
         .unwrap_or_else(|m| panic!("an admin (system:masters) may change them: {m}"));
+    let carol = member_of_tenants("carol").await;
+    label(&carol, json!({"mapguard.io/min-coverage": "writes"}))
+        .await
+        .unwrap_or_else(|m| panic!("a user named by --label-admin-user may change them: {m}"));
 }
 
 async fn create_namespace(client: &Client, name: &str, mode: Option<&str>) {
