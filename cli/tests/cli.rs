@@ -209,14 +209,21 @@ fn namespaces_file_makes_the_opt_out_a_deny() {
     ]);
     assert_eq!(with.status.code(), Some(1), "{}", stdout(&with));
     assert!(
-        stdout(&with).contains("(mapguard.mode): namespace shop is enforced"),
+        stdout(&with).contains(
+            "(mapguard.mode): namespace shop demands mapguard mode stop (label mapguard.io/mode): annotation mapguard.io/mode=off asks for less"
+        ),
         "{}",
         stdout(&with)
     );
-    // Without namespace data shop is not enforced: allowed, with a warning.
+    // Without namespace data shop demands nothing: allowed, and the Pod's
+    // own annotation is what the node agent follows there.
     let without = mapguard(&["check", "-f", "tests/manifests/denied/opt-out.yaml"]);
     assert_eq!(without.status.code(), Some(0), "{}", stdout(&without));
-    assert!(stdout(&without).contains("WARN"), "{}", stdout(&without));
+    assert!(
+        !stdout(&without).contains("mapguard.mode"),
+        "{}",
+        stdout(&without)
+    );
 }
 
 #[test]

@@ -64,6 +64,21 @@ impl Coverage {
         }
     }
 
+    /// How much is probed, for "at least" comparisons (a namespace's
+    /// `mapguard.io/min-coverage`): `light` < `sampled` < `writes` <
+    /// `full`. `writes` ranks above `sampled` because it watches the writes
+    /// (what the runtime aborts on, and what names both writers) all the
+    /// time, where `sampled` sees every operation only in its windows; the
+    /// policies (policies/mode.rego) use the same order.
+    pub fn strength(self) -> u8 {
+        match self {
+            Coverage::Light => 0,
+            Coverage::Sampled => 1,
+            Coverage::Writes => 2,
+            Coverage::Full => 3,
+        }
+    }
+
     /// Parses an annotation value (`mapguard.io/coverage`).
     pub fn parse(value: &str) -> Option<Coverage> {
         Coverage::from_str(value, false).ok()

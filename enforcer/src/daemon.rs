@@ -1,7 +1,8 @@
 //! `daemon`: the node agent. Runs on every node (a DaemonSet), watches the
 //! Pods bound to its node, places every process of the node in its Pod
 //! through its cgroup, and enforces on the Go processes of Pods annotated
-//! `mapguard.io/mode` with the Pod's action and `mapguard.io/coverage`.
+//! `mapguard.io/mode` with the Pod's action and `mapguard.io/coverage`,
+//! raised to what the Pod's namespace demands (`pods`).
 //! Its ops port serves `/metrics`, `/healthz`, `/readyz` and `/events`.
 //!
 //! Two halves: the Kubernetes side (Pod watch, ops server) on a tokio
@@ -114,6 +115,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
             source,
         })?;
     tracing::info!(node = %args.node, ops = %args.ops_listen, "node agent starting");
+    runtime.spawn(pods::watch_namespaces(client.clone(), Arc::clone(&pods)));
     runtime.spawn(pods::watch(client, args.node.clone(), Arc::clone(&pods)));
     let app = ops::app(Arc::clone(&ops));
     runtime.spawn(async move {

@@ -10,7 +10,8 @@
 //! error, a MapViolation record names both call sites, `kubectl get
 //! mapviolations` lists it and the Pod has the Warning Event; the same
 //! program in a Pod without the annotation and in an `off` Pod is left
-//! alone; with the API server stopped the agent keeps enforcing the Pods it
+//! alone; a Pod asking for audit in a namespace labelled kill after it was
+//! admitted is killed (the namespace's minimum); with the API server stopped the agent keeps enforcing the Pods it
 //! knows, says so on `/readyz`, and writes the records it queued once the
 //! API server is back.
 
@@ -72,6 +73,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         .expect("install the MapViolation CRD");
     namespace(&client, "payments", Some("kill")).await;
     namespace(&client, "shop", None).await;
+    namespace(&client, "ledger", None).await;
 
     say(
         "Namespaces payments (labelled mapguard.io/mode=kill) and shop; the admission webhook registered from manifests/webhook/",
@@ -113,7 +115,10 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     say(
         "Pods created through the API server, bound to the node: payments/checkout (mutated: mapguard.io/mode=kill), shop/catalog (no annotation), shop/opted-out (mode off)",
     );
+    // Audited while its namespace demands nothing yet (stage 2c labels it).
+    let legacy = create_pod(&client, "ledger", "legacy", &[(MODE, "audit")], None).await;
     let kill_cg = container_of(&client, &killed).await;
+    let legacy_cg = container_of(&client, &legacy).await;
     let plain_cg = container_of(&client, &plain).await;
     let off_cg = container_of(&client, &off).await;
     let light_cg = container_of(&client, &light).await;
@@ -322,6 +327,54 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         assert!(
             Instant::now() < deadline,
             "the crashed process stays enforced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 2c. A Pod asking for less than its namespace demands: ledger is
+    //     labelled mapguard.io/mode=kill after legacy was admitted asking
+    //     for audit; the agent enforces the namespace's kill.
+    say("namespace ledger labelled mapguard.io/mode=kill; its Pod legacy still says audit");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            "ledger",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {MODE: "kill"}}})),
+        )
+        .await
+        .expect("label namespace ledger");
+    let deadline = Instant::now() + PROPAGATION;
+    while !agent.log().lines().any(|l| {
+        l.contains("ledger/legacy") && l.contains("namespace demand changed") && l.contains("kill")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not raise ledger/legacy to kill:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut p = start_racer(&legacy_cg, &racy);
+    agent.wait_enforced_at_least(1).await;
+    signal(&p, libc::SIGUSR1);
+    let (status, stderr) = wait(&mut p, Duration::from_secs(30));
+    assert_eq!(
+        status, None,
+        "the Pod asking for audit in a kill namespace was not killed: {stderr}"
+    );
+    let record = wait_for_record(&client, "ledger", 1).await;
+    let status = record.status.as_ref().expect("record status");
+    assert_eq!(
+        (status.pod.as_str(), status.action.as_str()),
+        ("legacy", "killed"),
+        "{status:?}"
+    );
+    say("its racing program was killed: the namespace's mode, not the Pod's audit");
+    let deadline = Instant::now() + PROPAGATION;
+    while agent.metric("mapguard_enforced_processes") > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the killed process stays enforced"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

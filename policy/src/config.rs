@@ -24,7 +24,17 @@ pub struct EngineConfig {
     /// Wall-clock budget of one evaluation, enforced inside regorus by its
     /// execution timer. `None`: unbounded.
     pub eval_timeout: Option<Duration>,
+    /// Who may change the `mapguard.io/` labels of a Namespace (policy
+    /// `mapguard.namespace_labels`): requesters in one of these groups...
+    /// Default: [`DEFAULT_LABEL_ADMIN_GROUPS`].
+    pub label_admin_groups: Vec<String>,
+    /// ... or with one of these user names. Default: none.
+    pub label_admin_users: Vec<String>,
 }
+
+/// Groups that may change the `mapguard.io/` labels of a Namespace when no
+/// configuration says otherwise: the cluster's administrators.
+pub const DEFAULT_LABEL_ADMIN_GROUPS: [&str; 1] = ["system:masters"];
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -35,11 +45,25 @@ impl Default for EngineConfig {
                 .collect(),
             enforcement_overrides: BTreeMap::new(),
             eval_timeout: Some(Duration::from_millis(250)),
+            label_admin_groups: DEFAULT_LABEL_ADMIN_GROUPS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            label_admin_users: Vec::new(),
         }
     }
 }
 
 impl EngineConfig {
+    /// The data document of the settings policies read:
+    /// `{"mapguard_config": {"namespace_label_admins": {"groups": [...], "users": [...]}}}`.
+    pub fn to_data_json(&self) -> serde_json::Value {
+        serde_json::json!({"mapguard_config": {"namespace_label_admins": {
+            "groups": self.label_admin_groups,
+            "users": self.label_admin_users,
+        }}})
+    }
+
     /// Whether requests in `namespace` skip evaluation.
     pub fn is_exempt(&self, namespace: &str) -> bool {
         self.exempt_namespaces.iter().any(|n| n == namespace)
@@ -52,6 +76,8 @@ impl EngineConfig {
     /// enforcement:
     ///   mapguard.gotraceback: dry-run
     /// evalTimeoutMs: 250
+    /// labelAdminGroups: [system:masters]
+    /// labelAdminUsers: []
     /// ```
     ///
     /// Keys left out keep their defaults.
@@ -77,6 +103,12 @@ impl EngineConfig {
         if let Some(ms) = file.eval_timeout_ms {
             config.eval_timeout = (ms > 0).then(|| Duration::from_millis(ms));
         }
+        if let Some(groups) = file.label_admin_groups {
+            config.label_admin_groups = groups;
+        }
+        if let Some(users) = file.label_admin_users {
+            config.label_admin_users = users;
+        }
         Ok(config)
     }
 }
@@ -88,6 +120,8 @@ struct ConfigFile {
     #[serde(default)]
     enforcement: BTreeMap<String, Action>,
     eval_timeout_ms: Option<u64>,
+    label_admin_groups: Option<Vec<String>>,
+    label_admin_users: Option<Vec<String>>,
 }
 
 /// An engine configuration file that cannot be used.
@@ -129,6 +163,12 @@ mod tests {
             Some(&Action::DryRun)
         );
         assert_eq!(config.eval_timeout, None);
+        assert_eq!(config.label_admin_groups, ["system:masters"]);
+        let config = EngineConfig::from_yaml_str("labelAdminUsers: [alice]\n").expect("parses");
+        assert_eq!(
+            config.to_data_json()["mapguard_config"]["namespace_label_admins"],
+            serde_json::json!({"groups": ["system:masters"], "users": ["alice"]})
+        );
     }
 
     #[test]

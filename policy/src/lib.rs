@@ -42,7 +42,9 @@ pub mod subject;
 mod testing;
 
 pub use action::{Action, ParseActionError, parse_enforcement_override};
-pub use config::{ConfigError, DEFAULT_EXEMPT_NAMESPACES, EngineConfig};
+pub use config::{
+    ConfigError, DEFAULT_EXEMPT_NAMESPACES, DEFAULT_LABEL_ADMIN_GROUPS, EngineConfig,
+};
 pub use evaluate::{Decision, EvalError, Finding};
 pub use gatekeeper::{ConstraintInfo, GatekeeperError, Inventory, Syntax, Unsupported};
 pub use namespaces::{NamespaceData, NamespaceError, NamespaceMeta, unpack_lists};

@@ -18,7 +18,7 @@ use compile::{collect_sources, compile, is_test_file, test_rule_names};
 pub(crate) const DECISION_RULES: [&str; 3] = ["deny", "warn", "patch"];
 
 /// The default policies, compiled into the binary.
-const EMBEDDED: [(&str, &str); 8] = [
+const EMBEDDED: [(&str, &str); 10] = [
     (
         "policies/privileged.rego",
         include_str!("../../policies/privileged.rego"),
@@ -50,6 +50,14 @@ const EMBEDDED: [(&str, &str); 8] = [
     (
         "policies/tamper_test.rego",
         include_str!("../../policies/tamper_test.rego"),
+    ),
+    (
+        "policies/namespace_labels.rego",
+        include_str!("../../policies/namespace_labels.rego"),
+    ),
+    (
+        "policies/namespace_labels_test.rego",
+        include_str!("../../policies/namespace_labels_test.rego"),
     ),
 ];
 
@@ -267,7 +275,7 @@ impl PolicySet {
     ) -> Result<PolicySet, LoadError> {
         let gatekeeper = Gatekeeper::from_documents(gatekeeper_documents)?;
         // Everything, for the test runner; errors name their file.
-        let (test_engine, packages) = compile(&sources)?;
+        let (mut test_engine, packages) = compile(&sources)?;
         // Test files stay out of the evaluation engine: with regorus every
         // `data.` reference costs time proportional to the rules loaded.
         let (mut engine, _) = if sources.iter().any(|(p, _)| is_test_file(p)) {
@@ -280,6 +288,14 @@ impl PolicySet {
         } else {
             (test_engine.clone(), Vec::new())
         };
+
+        // The settings policies read (data.mapguard_config), in both.
+        for e in [&mut test_engine, &mut engine] {
+            e.add_data(regorus::Value::from(config.to_data_json()))
+                .map_err(|e| LoadError::Compile {
+                    message: format!("cannot load the engine settings: {e:#}"),
+                })?;
+        }
 
         let mut policies: Vec<PolicyInfo> = Vec::new();
         let mut tests = Vec::new();

@@ -43,6 +43,7 @@ fn default_policies_and_their_actions() {
             ("mapguard.mode".to_string(), Action::Deny),
             ("mapguard.gotraceback".to_string(), Action::Warn),
             ("mapguard.tamper".to_string(), Action::Deny),
+            ("mapguard.namespace_labels".to_string(), Action::Deny),
         ]
     );
 }

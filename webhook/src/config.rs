@@ -121,6 +121,23 @@ pub struct Config {
         default_values_t = mapguard_policy::DEFAULT_EXEMPT_NAMESPACES.map(String::from)
     )]
     pub exempt_namespaces: Vec<String>,
+    /// Group whose members may change the `mapguard.io/` labels of a
+    /// Namespace (policy mapguard.namespace_labels); repeatable.
+    #[arg(
+        long = "label-admin-group",
+        env = "MAPGUARD_LABEL_ADMIN_GROUPS",
+        value_delimiter = ',',
+        default_values_t = mapguard_policy::DEFAULT_LABEL_ADMIN_GROUPS.map(String::from)
+    )]
+    pub label_admin_groups: Vec<String>,
+    /// User (e.g. `system:serviceaccount:gitops:deployer`) who may change
+    /// the `mapguard.io/` labels of a Namespace; repeatable.
+    #[arg(
+        long = "label-admin-user",
+        env = "MAPGUARD_LABEL_ADMIN_USERS",
+        value_delimiter = ','
+    )]
+    pub label_admin_users: Vec<String>,
     /// Enforcement override `PACKAGE=deny|warn|dry-run`; repeatable.
     #[arg(
         long = "enforcement",
@@ -214,6 +231,8 @@ mod tests {
         assert_eq!(config.exempt_namespaces, ["mapguard-system", "kube-system"]);
         assert!(config.policies.is_none());
         assert!(config.kubeconfig.is_none());
+        assert_eq!(config.label_admin_groups, ["system:masters"]);
+        assert!(config.label_admin_users.is_empty());
     }
 
     #[test]

@@ -102,6 +102,8 @@ impl Webhook {
         let mut engine = EngineConfig {
             exempt_namespaces: config.exempt_namespaces.clone(),
             eval_timeout: Some(config.eval_timeout),
+            label_admin_groups: config.label_admin_groups.clone(),
+            label_admin_users: config.label_admin_users.clone(),
             ..EngineConfig::default()
         };
         for o in &config.enforcement {

@@ -45,6 +45,18 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
     // Present before the webhook starts: its initial list must carry them.
     create_namespace(&client, "payments", Some("kill")).await;
     create_namespace(&client, "shop", None).await;
+    create_labelled_namespace(
+        &client,
+        "ledger",
+        json!({MODE: "kill", "mapguard.io/min-coverage": "writes"}),
+    )
+    .await;
+    create_labelled_namespace(
+        &client,
+        "sandbox",
+        json!({MODE: "kill", "mapguard.io/allow-opt-out": "true"}),
+    )
+    .await;
 
     let base = temp_dir("apiserver");
     let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system"))
@@ -62,6 +74,8 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
     exempt_namespaces_are_not_sent_to_the_webhook(&client, &webhook).await;
     namespace_label_change_reaches_the_webhook_through_its_watch(&client).await;
     kubectl_debug_with_a_privileged_container_is_denied(&env, &client).await;
+    a_pod_asking_for_less_than_its_namespace_is_denied_unless_it_may_opt_out(&client).await;
+    a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(&env, &client).await;
 
     webhook.shutdown().await;
     drop(env);
@@ -74,7 +88,11 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
 async fn start_watching_webhook(cert_dir: &Path, kubeconfig: &Path) -> Running {
     let webhook = start_webhook(
         cert_dir,
-        &[format!("--kubeconfig={}", kubeconfig.display())],
+        &[
+            format!("--kubeconfig={}", kubeconfig.display()),
+            // The namespace-label admins: system:masters (the default) and carol.
+            "--label-admin-user=carol".to_owned(),
+        ],
     )
     .await;
     let deadline = Instant::now() + PROPAGATION;
@@ -388,8 +406,208 @@ async fn kubectl_debug_with_a_privileged_container_is_denied(env: &TestEnv, clie
     assert_eq!(ephemeral().await, 1, "the admitted container is added");
 }
 
+/// In `payments` (mode kill) and `ledger` (kill, min-coverage writes) a
+/// Pod asking for a weaker mode or a lower coverage is refused, at CREATE
+/// and when an UPDATE of a running Pod changes its annotations; in
+/// `sandbox` (kill, allow-opt-out) the same requests are admitted.
+async fn a_pod_asking_for_less_than_its_namespace_is_denied_unless_it_may_opt_out(client: &Client) {
+    const COVERAGE: &str = "mapguard.io/coverage";
+    let asking = |name: &str, annotations: serde_json::Value| {
+        let mut p = pod(name, false);
+        p.metadata.annotations =
+            Some(serde_json::from_value(annotations).expect("annotations deserialize"));
+        p
+    };
+    let message = create(
+        client,
+        "payments",
+        &asking("weak", json!({MODE: "audit"})),
+        false,
+    )
+    .await
+    .expect_err("a Pod asking for audit in a kill namespace must be denied");
+    assert!(message.contains(VALIDATE_DENIED), "{message}");
+    assert!(
+        message.contains(
+            "[mapguard.mode] namespace payments demands mapguard mode kill (label mapguard.io/mode): annotation mapguard.io/mode=audit asks for less"
+        ),
+        "{message}"
+    );
+    let message = create(
+        client,
+        "ledger",
+        &asking("light", json!({COVERAGE: "light"})),
+        false,
+    )
+    .await
+    .expect_err("a Pod asking for light coverage where writes is the minimum must be denied");
+    assert!(
+        message.contains("namespace ledger demands mapguard coverage writes or more"),
+        "{message}"
+    );
+    create(
+        client,
+        "ledger",
+        &asking("full", json!({COVERAGE: "full"})),
+        false,
+    )
+    .await
+    .unwrap_or_else(|m| panic!("more coverage than the minimum is admitted: {m}"));
+
+    // A running Pod's annotations changed to something weaker.
+    let patch = |namespace: &str, name: &str, annotations: serde_json::Value| {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let name = name.to_owned();
+        async move {
+            pods.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+            )
+            .await
+            .map_err(api_message)
+        }
+    };
+    let message = patch("payments", "api", json!({MODE: "audit"}))
+        .await
+        .expect_err("an UPDATE weakening a running Pod's mode must be denied");
+    assert!(
+        message.contains("annotation mapguard.io/mode=audit asks for less"),
+        "{message}"
+    );
+    let message = patch("ledger", "full", json!({COVERAGE: "sampled"}))
+        .await
+        .expect_err("an UPDATE lowering a running Pod's coverage must be denied");
+    assert!(
+        message.contains("mapguard.io/coverage=sampled asks for less"),
+        "{message}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "payments");
+    let stored = pods.get("api").await.expect("GET payments/api");
+    assert_eq!(
+        mode_annotation(&stored).as_deref(),
+        Some("kill"),
+        "unchanged"
+    );
+    patch("payments", "api", json!({"team": "a"}))
+        .await
+        .unwrap_or_else(|m| panic!("an UPDATE leaving the mode alone is admitted: {m}"));
+
+    // Where the namespace allows opting out.
+    let created = create(
+        client,
+        "sandbox",
+        &asking("weak", json!({MODE: "audit", COVERAGE: "light"})),
+        false,
+    )
+    .await
+    .unwrap_or_else(|m| panic!("sandbox allows opting out: {m}"));
+    assert_eq!(mode_annotation(&created).as_deref(), Some("audit"));
+    let updated = patch("sandbox", "weak", json!({MODE: "off"}))
+        .await
+        .unwrap_or_else(|m| panic!("sandbox allows opting out on UPDATE too: {m}"));
+    assert_eq!(mode_annotation(&updated).as_deref(), Some("off"));
+}
+
+/// A tenant allowed to edit its Namespace (RBAC: cluster-admin, but not in
+/// `system:masters`) cannot drop `mapguard.io/mode` or add
+/// `mapguard.io/allow-opt-out`; its other labels it may change, and so may
+/// an admin (`system:masters`) and a user named by `--label-admin-user`
+/// the mapguard ones.
+async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
+    env: &TestEnv,
+    client: &Client,
+) {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tenants-edit-everything"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "tenants"}],
+    }))
+    .expect("a ClusterRoleBinding literal deserializes");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind cluster-admin to group tenants");
+    let member_of_tenants = |user: &'static str| async move {
+        let file = kube::config::Kubeconfig::read_from(env.kubeconfig()).expect("read kubeconfig");
+        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("config from the admin's kubeconfig");
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups = Some(vec!["tenants".to_owned()]);
+        Client::try_from(config).expect("an impersonating client")
+    };
+    let tenant = member_of_tenants("alice").await;
+    let label = |client: &Client, labels: serde_json::Value| {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        async move {
+            namespaces
+                .patch(
+                    "payments",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": labels}})),
+                )
+                .await
+                .map_err(api_message)
+        }
+    };
+    let message = label(&tenant, json!({MODE: null}))
+        .await
+        .expect_err("a tenant dropping mapguard.io/mode must be denied");
+    assert!(
+        message.contains(r#"namespaces.validate.mapguard.io" denied the request"#),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            r#"[mapguard.namespace_labels] alice may not change label mapguard.io/mode of namespace payments ("kill" to null)"#
+        ),
+        "{message}"
+    );
+    let message = label(&tenant, json!({"mapguard.io/allow-opt-out": "true"}))
+        .await
+        .expect_err("a tenant adding allow-opt-out must be denied");
+    assert!(
+        message.contains("label mapguard.io/allow-opt-out"),
+        "{message}"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labels = namespaces
+        .get("payments")
+        .await
+        .expect("GET payments")
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get(MODE).map(String::as_str),
+        Some("kill"),
+        "{labels:?}"
+    );
+    assert!(
+        !labels.contains_key("mapguard.io/allow-opt-out"),
+        "{labels:?}"
+    );
+
+    label(&tenant, json!({"team": "payments"}))
+        .await
+        .unwrap_or_else(|m| panic!("a tenant may change its other labels: {m}"));
+    label(client, json!({"mapguard.io/min-coverage": "sampled"}))
+        .await
+        .unwrap_or_else(|m| panic!("an admin (system:masters) may change them: {m}"));
+    let carol = member_of_tenants("carol").await;
+    label(&carol, json!({"mapguard.io/min-coverage": "writes"}))
+        .await
+        .unwrap_or_else(|m| panic!("a user named by --label-admin-user may change them: {m}"));
+}
+
 async fn create_namespace(client: &Client, name: &str, mode: Option<&str>) {
     let labels = mode.map(|m| json!({MODE: m})).unwrap_or_else(|| json!({}));
+    create_labelled_namespace(client, name, labels).await;
+}
+
+async fn create_labelled_namespace(client: &Client, name: &str, labels: serde_json::Value) {
     let namespace: Namespace =
         serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
             .expect("a Namespace literal deserializes");

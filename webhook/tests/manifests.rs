@@ -94,6 +94,13 @@ fn webhook_configurations_call_our_paths_with_v1_reviews() {
                         .filter_map(Value::as_str)
                 })
                 .collect();
+            if hook["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("namespaces.validate.mapguard.io"))
+            {
+                assert_eq!(resources, ["namespaces"], "{file}");
+                continue;
+            }
             // kubectl debug adds containers through this subresource: judged by
             // /validate; /mutate has nothing to add to a running Pod.
             assert_eq!(
@@ -135,6 +142,7 @@ fn only_namespaces_that_opted_in_fail_closed() {
     ] {
         let conf = &manifest(file)[0];
         let hooks = conf["webhooks"].as_array().expect("webhooks");
+        let hooks = &hooks[..2];
         let names: Vec<&str> = hooks.iter().filter_map(|h| h["name"].as_str()).collect();
         assert_eq!(
             names,
@@ -171,4 +179,50 @@ fn only_namespaces_that_opted_in_fail_closed() {
             "{file}: the two webhooks must judge the same requests the same way"
         );
     }
+}
+
+/// The validating configuration's third and fourth webhooks judge changes
+/// to Namespaces (their mapguard.io/ labels): the same pair of selectors on
+/// the object itself, so a namespace enforced before or after the change
+/// fails closed and every other one fails open, and the two differ in
+/// nothing else.
+#[test]
+fn namespace_label_changes_fail_closed_where_a_namespace_is_enforced() {
+    let conf = &manifest("validatingwebhookconfiguration.yaml")[0];
+    let hooks = conf["webhooks"].as_array().expect("webhooks");
+    let names: Vec<&str> = hooks.iter().filter_map(|h| h["name"].as_str()).collect();
+    assert_eq!(
+        names[2..],
+        [
+            "namespaces.validate.mapguard.io",
+            "best-effort.namespaces.validate.mapguard.io"
+        ],
+        "manifests/fail-closed/ patches the fourth by name"
+    );
+    for (hook, operator, policy) in [(&hooks[2], "In", "Fail"), (&hooks[3], "NotIn", "Ignore")] {
+        let name = &hook["name"];
+        assert_eq!(hook["failurePolicy"], policy, "{name}");
+        assert_eq!(
+            hook["rules"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                "resources": ["namespaces"], "scope": "Cluster"}]),
+            "{name}"
+        );
+        assert_eq!(
+            hook["objectSelector"],
+            serde_json::json!({"matchExpressions": [
+                {"key": "mapguard.io/mode", "operator": operator, "values": ["audit", "stop", "kill"]},
+            ]}),
+            "{name}"
+        );
+    }
+    let without = |hook: &Value| {
+        let mut hook = hook.clone();
+        let object = hook.as_object_mut().expect("a webhook is an object");
+        for field in ["name", "objectSelector", "failurePolicy"] {
+            object.remove(field);
+        }
+        hook
+    };
+    assert_eq!(without(&hooks[2]), without(&hooks[3]));
 }

@@ -53,9 +53,10 @@ async fn metrics(State(s): State<Arc<OpsState>>) -> Response {
         .into_response()
 }
 
-/// Ready once the BPF program is loaded and the node's Pods are listed;
-/// unready (with the reason) while the API server is unreachable — the
-/// agent still enforces the Pods it knows then.
+/// Ready once the BPF program is loaded and the node's Pods and the
+/// Namespaces are listed; unready (with the reason) while the API server
+/// is unreachable or the Namespaces cannot be read — the agent still
+/// enforces the Pods it knows then.
 async fn readyz(State(s): State<Arc<OpsState>>) -> Response {
     let mut problems = Vec::new();
     if !s.bpf_ready.load(Ordering::SeqCst) {
@@ -67,6 +68,11 @@ async fn readyz(State(s): State<Arc<OpsState>>) -> Response {
     if let Err(e) = s.pods.connection() {
         problems.push(format!(
             "API server unreachable ({e}); enforcing the pods last known"
+        ));
+    }
+    if let Err(e) = s.pods.namespaces() {
+        problems.push(format!(
+            "{e}; the namespaces' minimum modes and coverages are not applied (the Pods' annotations decide)"
         ));
     }
     if problems.is_empty() {
@@ -194,8 +200,25 @@ mod tests {
         s.bpf_ready.store(true, Ordering::SeqCst);
         s.pods.apply(kube::runtime::watcher::Event::Init);
         s.pods.apply(kube::runtime::watcher::Event::InitDone);
+        let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("namespaces not listed yet; the namespaces' minimum modes"),
+            "{text}"
+        );
+        s.pods.apply_namespace(kube::runtime::watcher::Event::Init);
+        s.pods
+            .apply_namespace(kube::runtime::watcher::Event::InitDone);
         let (status, _) = get_text(app(Arc::clone(&s)), "/readyz").await;
         assert_eq!(status, StatusCode::OK);
+        s.pods
+            .namespaces_failed("cannot read namespaces: forbidden".into());
+        let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("cannot read namespaces: forbidden"), "{text}");
+        s.pods.apply_namespace(kube::runtime::watcher::Event::Init);
+        let (status, _) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "an event means the watch is back");
         s.pods.failed("connection refused".into());
         let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -1,7 +1,19 @@
 //! The Pods bound to this node as the node agent enforces them: each Pod's
 //! action and coverage from its annotations (the node's defaults where it
-//! says nothing, or something invalid), kept current by a watch on the API
-//! server with a field selector on `spec.nodeName`.
+//! says nothing, or something invalid), raised to the minimum its
+//! namespace demands, kept current by a watch on the API server with a
+//! field selector on `spec.nodeName` and a watch on the Namespaces.
+//!
+//! A namespace demands a minimum with its labels `mapguard.io/mode`
+//! (`off` < `audit` < `stop` < `kill`) and `mapguard.io/min-coverage`
+//! ([`Coverage::strength`]); a Pod there gets the stronger of its own
+//! annotation and the namespace's demand, unless the namespace is labelled
+//! `mapguard.io/allow-opt-out: "true"` (then the Pod's annotation wins).
+//! The admission policies (policies/mode.rego) deny a Pod that asks for
+//! less; the agent applies the same rule itself, so a Pod admitted while
+//! the webhook was away, or before its namespace demanded more, gets the
+//! minimum too. Until the Namespaces are listed (or while they cannot be
+//! read) the Pods' annotations alone decide, and `/readyz` says so.
 //!
 //! The initial list is published at once (never a half-listed node); a
 //! re-list after a watch error replaces everything. While the API server is
@@ -14,7 +26,7 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api,
     runtime::{
@@ -31,12 +43,65 @@ pub const MODE_ANNOTATION: &str = "mapguard.io/mode";
 /// Annotation naming a Pod's coverage: `full`, `writes`, `sampled`, `light`.
 pub const COVERAGE_ANNOTATION: &str = "mapguard.io/coverage";
 
+/// Namespace label: the least mode the namespace's Pods get.
+pub const NAMESPACE_MODE_LABEL: &str = "mapguard.io/mode";
+/// Namespace label: the least coverage the namespace's Pods get.
+pub const NAMESPACE_MIN_COVERAGE_LABEL: &str = "mapguard.io/min-coverage";
+/// Namespace label: `"true"` lets the namespace's Pods ask for less.
+pub const NAMESPACE_OPT_OUT_LABEL: &str = "mapguard.io/allow-opt-out";
+
 /// What the node does with Pods that say nothing (or something invalid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeDefaults {
     /// `None`: not enforced.
     pub mode: Option<Mode>,
     pub coverage: Coverage,
+}
+
+/// What a namespace demands of its Pods, from its labels (an invalid
+/// value demands nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespaceDemand {
+    /// The least mode; `None`: none (no label, `off`, or invalid).
+    pub mode: Option<Mode>,
+    /// The least coverage; `None`: none.
+    pub min_coverage: Option<Coverage>,
+    /// `mapguard.io/allow-opt-out: "true"`: the Pods' annotations win.
+    pub opt_out: bool,
+}
+
+impl NamespaceDemand {
+    /// The demand of `namespace` from its labels.
+    pub fn of(namespace: &Namespace) -> NamespaceDemand {
+        let labels = namespace.metadata.labels.as_ref();
+        let get = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+        NamespaceDemand {
+            mode: get(NAMESPACE_MODE_LABEL)
+                .and_then(|v| v.parse::<ModeWord>().ok())
+                .map(|ModeWord(m)| m),
+            min_coverage: get(NAMESPACE_MIN_COVERAGE_LABEL).and_then(Coverage::parse),
+            opt_out: get(NAMESPACE_OPT_OUT_LABEL) == Some("true"),
+        }
+    }
+}
+
+/// Higher is stricter; `None` is `off`.
+fn mode_strength(mode: Option<Mode>) -> u8 {
+    match mode {
+        None => 0,
+        Some(Mode::Audit) => 1,
+        Some(Mode::Stop) => 2,
+        Some(Mode::Kill) => 3,
+    }
+}
+
+fn mode_word(mode: Option<Mode>) -> &'static str {
+    match mode {
+        None => "off",
+        Some(Mode::Audit) => "audit",
+        Some(Mode::Stop) => "stop",
+        Some(Mode::Kill) => "kill",
+    }
 }
 
 /// One Pod of this node as enforced.
@@ -52,41 +117,26 @@ pub struct PodPolicy {
     pub coverage: Coverage,
     /// Container id (without the `containerd://` prefix) → container name.
     pub containers: HashMap<String, String>,
-    /// What was wrong with the Pod's annotations (defaults used instead).
+    /// What was wrong with the Pod's annotations (defaults used instead),
+    /// and where its namespace raised them.
     pub warnings: Vec<String>,
+    /// The annotations as the Pod sets them (mode, coverage).
+    asked: (Option<String>, Option<String>),
 }
 
 impl PodPolicy {
-    /// The policy of `pod` given the node's defaults; `None` for a Pod
-    /// without a UID (never seen from the API server).
-    pub fn of(pod: &Pod, defaults: NodeDefaults) -> Option<PodPolicy> {
+    /// The policy of `pod` given the node's defaults and what its
+    /// namespace demands (`None`: not known); `None` for a Pod without a
+    /// UID (never seen from the API server).
+    pub fn of(
+        pod: &Pod,
+        defaults: NodeDefaults,
+        demand: Option<&NamespaceDemand>,
+    ) -> Option<PodPolicy> {
         let meta = &pod.metadata;
         let uid = meta.uid.clone()?;
         let annotations = meta.annotations.as_ref();
-        let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-        let mut warnings = Vec::new();
-        let mode = match get(MODE_ANNOTATION) {
-            None => defaults.mode,
-            Some("off") => None,
-            Some(value) => match value.parse::<ModeWord>() {
-                Ok(ModeWord(mode)) => Some(mode),
-                Err(()) => {
-                    warnings.push(format!(
-                        "{MODE_ANNOTATION}={value:?} is not audit, stop, kill or off; using the node's default"
-                    ));
-                    defaults.mode
-                }
-            },
-        };
-        let coverage = match get(COVERAGE_ANNOTATION) {
-            None => defaults.coverage,
-            Some(value) => Coverage::parse(value).unwrap_or_else(|| {
-                warnings.push(format!(
-                    "{COVERAGE_ANNOTATION}={value:?} is not full, writes, sampled or light; using the node's default"
-                ));
-                defaults.coverage
-            }),
-        };
+        let get = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
         let containers = pod
             .status
             .iter()
@@ -104,16 +154,78 @@ impl PodPolicy {
                 Some((id.to_string(), c.name.clone()))
             })
             .collect();
-        Some(PodPolicy {
+        let mut policy = PodPolicy {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             uid,
             workload: Workload::of(pod),
-            mode,
-            coverage,
+            mode: None,
+            coverage: defaults.coverage,
             containers,
-            warnings,
-        })
+            warnings: Vec::new(),
+            asked: (get(MODE_ANNOTATION), get(COVERAGE_ANNOTATION)),
+        };
+        policy.settle(defaults, demand);
+        Some(policy)
+    }
+
+    /// Sets `mode`, `coverage` and `warnings` from the Pod's annotations,
+    /// the node's defaults and its namespace's demand.
+    ///
+    /// A Pod without a (valid) mode annotation gets its namespace's mode,
+    /// as the webhook would have injected it, else the node's default.
+    /// Then, unless the namespace allows opting out, the mode and coverage
+    /// are raised to the namespace's minimum.
+    fn settle(&mut self, defaults: NodeDefaults, demand: Option<&NamespaceDemand>) {
+        let demand = demand.copied().unwrap_or_default();
+        let mut warnings = Vec::new();
+        let unset = demand.mode.or(defaults.mode);
+        let mut mode = match self.asked.0.as_deref() {
+            None => unset,
+            Some("off") => None,
+            Some(value) => match value.parse::<ModeWord>() {
+                Ok(ModeWord(mode)) => Some(mode),
+                Err(()) => {
+                    warnings.push(format!(
+                        "{MODE_ANNOTATION}={value:?} is not audit, stop, kill or off; using the namespace's mode or the node's default"
+                    ));
+                    unset
+                }
+            },
+        };
+        let mut coverage = match self.asked.1.as_deref() {
+            None => defaults.coverage,
+            Some(value) => Coverage::parse(value).unwrap_or_else(|| {
+                warnings.push(format!(
+                    "{COVERAGE_ANNOTATION}={value:?} is not full, writes, sampled or light; using the node's default"
+                ));
+                defaults.coverage
+            }),
+        };
+        if !demand.opt_out {
+            if mode_strength(mode) < mode_strength(demand.mode) {
+                warnings.push(format!(
+                    "mode {} is weaker than namespace {}'s {NAMESPACE_MODE_LABEL}={} (no {NAMESPACE_OPT_OUT_LABEL}=\"true\"); enforcing {}",
+                    mode_word(mode),
+                    self.namespace,
+                    mode_word(demand.mode),
+                    mode_word(demand.mode),
+                ));
+                mode = demand.mode;
+            }
+            if let Some(min) = demand.min_coverage
+                && coverage.strength() < min.strength()
+            {
+                warnings.push(format!(
+                    "coverage {coverage} is below namespace {}'s {NAMESPACE_MIN_COVERAGE_LABEL}={min} (no {NAMESPACE_OPT_OUT_LABEL}=\"true\"); enforcing {min}",
+                    self.namespace,
+                ));
+                coverage = min;
+            }
+        }
+        self.mode = mode;
+        self.coverage = coverage;
+        self.warnings = warnings;
     }
 
     /// `namespace/name`.
@@ -144,9 +256,14 @@ struct State {
     connected: bool,
     last_error: Option<String>,
     buffer: Option<PodMap>,
+    namespaces: HashMap<String, NamespaceDemand>,
+    namespaces_synced: bool,
+    namespace_error: Option<String>,
+    namespace_buffer: Option<HashMap<String, NamespaceDemand>>,
 }
 
-/// The node's Pods, shared by the watch (writer) and the enforcement loop.
+/// The node's Pods, shared by the watches (writers) and the enforcement
+/// loop.
 #[derive(Debug)]
 pub struct PodTable {
     defaults: NodeDefaults,
@@ -181,6 +298,17 @@ impl PodTable {
         }
     }
 
+    /// Whether the namespaces' demands are in force: listed, and the watch
+    /// not failing since (the reason when not).
+    pub fn namespaces(&self) -> Result<(), String> {
+        let state = self.read();
+        match (&state.namespace_error, state.namespaces_synced) {
+            (Some(e), _) => Err(e.clone()),
+            (None, false) => Err("namespaces not listed yet".into()),
+            (None, true) => Ok(()),
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -192,10 +320,16 @@ impl PodTable {
     /// Applies one watcher event. The initial list (`Init` … `InitDone`)
     /// is collected and published at once.
     pub fn apply(&self, event: Event<Pod>) {
-        let policy = |pod: &Pod| PodPolicy::of(pod, self.defaults);
         let mut state = self.write();
-        state.connected = true;
-        state.last_error = None;
+        let state = &mut *state;
+        let policy = |pod: &Pod| {
+            let demand = pod
+                .metadata
+                .namespace
+                .as_ref()
+                .and_then(|ns| state.namespaces.get(ns));
+            PodPolicy::of(pod, self.defaults, demand)
+        };
         match event {
             Event::Init => state.buffer = Some(PodMap::new()),
             Event::InitApply(pod) => {
@@ -226,6 +360,8 @@ impl PodTable {
                 }
             }
         }
+        state.connected = true;
+        state.last_error = None;
     }
 
     /// Records a watch failure (the last known Pods stay in force).
@@ -233,6 +369,77 @@ impl PodTable {
         let mut state = self.write();
         state.connected = false;
         state.last_error = Some(error);
+    }
+
+    /// Applies one event of the Namespace watch: the Pods of a namespace
+    /// whose demand changed are settled again at once.
+    pub fn apply_namespace(&self, event: Event<Namespace>) {
+        let mut state = self.write();
+        let state = &mut *state;
+        let name = |ns: &Namespace| ns.metadata.name.clone().unwrap_or_default();
+        match event {
+            Event::Init => state.namespace_buffer = Some(HashMap::new()),
+            Event::InitApply(ns) => {
+                if let Some(buffer) = state.namespace_buffer.as_mut() {
+                    buffer.insert(name(&ns), NamespaceDemand::of(&ns));
+                }
+            }
+            Event::InitDone => {
+                let namespaces = state.namespace_buffer.take().unwrap_or_default();
+                let demanding = namespaces
+                    .values()
+                    .filter(|d| d.mode.is_some() || d.min_coverage.is_some())
+                    .count();
+                tracing::info!(
+                    namespaces = namespaces.len(),
+                    demanding,
+                    "namespaces synced; their demands are in force"
+                );
+                state.namespaces = namespaces;
+                state.namespaces_synced = true;
+                self.settle_all(state);
+            }
+            Event::Apply(ns) => {
+                let demand = NamespaceDemand::of(&ns);
+                if state.namespaces.insert(name(&ns), demand) != Some(demand) {
+                    self.settle_all(state);
+                }
+            }
+            Event::Delete(ns) => {
+                if state.namespaces.remove(&name(&ns)).is_some() {
+                    self.settle_all(state);
+                }
+            }
+        }
+        state.namespace_error = None;
+    }
+
+    /// Records a failure of the Namespace watch: the demands last known
+    /// stay in force (none, if the Namespaces were never listed).
+    pub fn namespaces_failed(&self, error: String) {
+        self.write().namespace_error = Some(error);
+    }
+
+    /// Settles every Pod again with the current namespace demands.
+    fn settle_all(&self, state: &mut State) {
+        let changed: Vec<PodPolicy> = state
+            .pods
+            .values()
+            .filter_map(|p| {
+                let mut settled = p.clone();
+                settled.settle(self.defaults, state.namespaces.get(&p.namespace));
+                (settled != *p).then_some(settled)
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let pods = Arc::make_mut(&mut state.pods);
+        for p in changed {
+            tracing::info!(pod = %p.full_name(), mode = mode_word(p.mode), coverage = %p.coverage, "namespace demand changed the pod's enforcement");
+            log_warnings(&p);
+            pods.insert(p.uid.clone(), p);
+        }
     }
 }
 
@@ -260,11 +467,38 @@ pub async fn watch(client: kube::Client, node: String, table: Arc<PodTable>) {
     }
 }
 
+/// Watches the Namespaces (their labels) until the task is dropped; errors
+/// are retried with backoff. Failing to read them (RBAC: the agent needs
+/// `list` and `watch` on `namespaces`) is logged as an error once per
+/// outage: the Pods' annotations alone decide until they are read.
+pub async fn watch_namespaces(client: kube::Client, table: Arc<PodTable>) {
+    let api: Api<Namespace> = Api::all(client);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    futures_util::pin_mut!(stream);
+    let mut failing = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                failing = false;
+                table.apply_namespace(event);
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::error!(%error, "cannot read namespaces: their mapguard.io/mode and mapguard.io/min-coverage minimums are not applied (the demands last read stay in force; none if never read); retrying");
+                }
+                failing = true;
+                table.namespaces_failed(format!("cannot read namespaces: {error}"));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+    use kube::api::ObjectMeta;
 
     use super::*;
 
@@ -295,15 +529,16 @@ mod tests {
                 &[(MODE_ANNOTATION, "kill"), (COVERAGE_ANNOTATION, "writes")],
             ),
             DEFAULTS,
+            None,
         )
         .expect("policy");
         assert_eq!((p.mode, p.coverage), (Some(Mode::Kill), Coverage::Writes));
         assert!(p.warnings.is_empty());
 
-        let p = PodPolicy::of(&pod("u2", &[]), DEFAULTS).expect("policy");
+        let p = PodPolicy::of(&pod("u2", &[]), DEFAULTS, None).expect("policy");
         assert_eq!((p.mode, p.coverage), (None, Coverage::Sampled), "defaults");
 
-        let p = PodPolicy::of(&pod("u3", &[(MODE_ANNOTATION, "off")]), DEFAULTS).expect("p");
+        let p = PodPolicy::of(&pod("u3", &[(MODE_ANNOTATION, "off")]), DEFAULTS, None).expect("p");
         assert_eq!(p.mode, None);
 
         let node = NodeDefaults {
@@ -316,6 +551,7 @@ mod tests {
                 &[(MODE_ANNOTATION, "explode"), (COVERAGE_ANNOTATION, "all")],
             ),
             node,
+            None,
         )
         .expect("policy");
         assert_eq!((p.mode, p.coverage), (Some(Mode::Audit), Coverage::Light));
@@ -334,7 +570,7 @@ mod tests {
             }]),
             ..PodStatus::default()
         });
-        let policy = PodPolicy::of(&p, DEFAULTS).expect("policy");
+        let policy = PodPolicy::of(&p, DEFAULTS, None).expect("policy");
         assert_eq!(
             policy.containers.get("abc123").map(String::as_str),
             Some("app")
@@ -358,6 +594,207 @@ mod tests {
         assert!(table.snapshot().is_empty());
         assert!(
             table.connection().is_ok(),
+            "an event means the watch is back"
+        );
+    }
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+
+    fn demand(labels: &[(&str, &str)]) -> NamespaceDemand {
+        NamespaceDemand::of(&namespace("shop", labels))
+    }
+
+    fn settled(annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> PodPolicy {
+        PodPolicy::of(&pod("u", annotations), DEFAULTS, Some(&demand(labels))).expect("policy")
+    }
+
+    #[test]
+    fn namespace_labels_parse_into_a_demand() {
+        assert_eq!(demand(&[]), NamespaceDemand::default());
+        assert_eq!(
+            demand(&[
+                (NAMESPACE_MODE_LABEL, "kill"),
+                (NAMESPACE_MIN_COVERAGE_LABEL, "writes"),
+                (NAMESPACE_OPT_OUT_LABEL, "true"),
+            ]),
+            NamespaceDemand {
+                mode: Some(Mode::Kill),
+                min_coverage: Some(Coverage::Writes),
+                opt_out: true,
+            }
+        );
+        let invalid = demand(&[
+            (NAMESPACE_MODE_LABEL, "loud"),
+            (NAMESPACE_MIN_COVERAGE_LABEL, "most"),
+            (NAMESPACE_OPT_OUT_LABEL, "yes"),
+        ]);
+        assert_eq!(
+            invalid,
+            NamespaceDemand::default(),
+            "invalid demands nothing"
+        );
+        assert_eq!(demand(&[(NAMESPACE_MODE_LABEL, "off")]).mode, None);
+    }
+
+    #[test]
+    fn a_pod_asking_for_less_gets_its_namespaces_minimum() {
+        let kill = [
+            (NAMESPACE_MODE_LABEL, "kill"),
+            (NAMESPACE_MIN_COVERAGE_LABEL, "full"),
+        ];
+        let p = settled(
+            &[(MODE_ANNOTATION, "audit"), (COVERAGE_ANNOTATION, "light")],
+            &kill,
+        );
+        assert_eq!((p.mode, p.coverage), (Some(Mode::Kill), Coverage::Full));
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(
+            p.warnings[0]
+                .contains("mode audit is weaker than namespace shop's mapguard.io/mode=kill"),
+            "{:?}",
+            p.warnings
+        );
+        let p = settled(&[(MODE_ANNOTATION, "off")], &kill);
+        assert_eq!(p.mode, Some(Mode::Kill), "off is the weakest mode");
+        let p = settled(&[], &kill);
+        assert_eq!(
+            (p.mode, p.coverage),
+            (Some(Mode::Kill), Coverage::Full),
+            "no annotation: the namespace's mode, the node's coverage raised"
+        );
+        let p = settled(
+            &[(MODE_ANNOTATION, "explode")],
+            &[(NAMESPACE_MODE_LABEL, "stop")],
+        );
+        assert_eq!(
+            p.mode,
+            Some(Mode::Stop),
+            "an invalid annotation asks nothing"
+        );
+    }
+
+    #[test]
+    fn every_weaker_mode_and_coverage_is_raised_stronger_ones_kept() {
+        let modes = [None, Some(Mode::Audit), Some(Mode::Stop), Some(Mode::Kill)];
+        for namespace_mode in modes {
+            for asked in modes {
+                let labels = [(NAMESPACE_MODE_LABEL, mode_word(namespace_mode))];
+                let p = settled(&[(MODE_ANNOTATION, mode_word(asked))], &labels);
+                let expected = if mode_strength(asked) < mode_strength(namespace_mode) {
+                    namespace_mode
+                } else {
+                    asked
+                };
+                assert_eq!(
+                    p.mode, expected,
+                    "namespace {namespace_mode:?}, pod {asked:?}"
+                );
+            }
+        }
+        let coverages = [
+            Coverage::Light,
+            Coverage::Sampled,
+            Coverage::Writes,
+            Coverage::Full,
+        ];
+        for min in coverages {
+            for asked in coverages {
+                let p = settled(
+                    &[(COVERAGE_ANNOTATION, asked.as_str())],
+                    &[(NAMESPACE_MIN_COVERAGE_LABEL, min.as_str())],
+                );
+                let expected = if asked.strength() < min.strength() {
+                    min
+                } else {
+                    asked
+                };
+                assert_eq!(p.coverage, expected, "min {min}, pod {asked}");
+            }
+        }
+    }
+
+    #[test]
+    fn opting_out_lets_the_pods_annotations_win() {
+        let labels = [
+            (NAMESPACE_MODE_LABEL, "kill"),
+            (NAMESPACE_MIN_COVERAGE_LABEL, "full"),
+            (NAMESPACE_OPT_OUT_LABEL, "true"),
+        ];
+        let p = settled(
+            &[(MODE_ANNOTATION, "audit"), (COVERAGE_ANNOTATION, "light")],
+            &labels,
+        );
+        assert_eq!((p.mode, p.coverage), (Some(Mode::Audit), Coverage::Light));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let p = settled(&[(MODE_ANNOTATION, "off")], &labels);
+        assert_eq!(p.mode, None);
+        let p = settled(&[], &labels);
+        assert_eq!(
+            p.mode,
+            Some(Mode::Kill),
+            "no annotation: the namespace's mode"
+        );
+    }
+
+    #[test]
+    fn namespace_changes_settle_the_pods_again() {
+        let table = PodTable::new(DEFAULTS);
+        table.apply(Event::Init);
+        table.apply(Event::InitApply(pod("a", &[(MODE_ANNOTATION, "audit")])));
+        table.apply(Event::InitDone);
+        let mode = |table: &PodTable| table.snapshot().get("a").expect("pod a").mode;
+        assert_eq!(mode(&table), Some(Mode::Audit), "no namespace known yet");
+        assert!(table.namespaces().is_err(), "not listed yet");
+
+        table.apply_namespace(Event::Init);
+        table.apply_namespace(Event::InitApply(namespace(
+            "shop",
+            &[(NAMESPACE_MODE_LABEL, "kill")],
+        )));
+        assert_eq!(mode(&table), Some(Mode::Audit), "published at InitDone");
+        table.apply_namespace(Event::InitDone);
+        assert!(table.namespaces().is_ok());
+        assert_eq!(mode(&table), Some(Mode::Kill), "raised to the namespace's");
+
+        table.apply(Event::Apply(pod("a", &[(MODE_ANNOTATION, "off")])));
+        assert_eq!(mode(&table), Some(Mode::Kill), "a Pod changed later too");
+
+        table.apply_namespace(Event::Apply(namespace(
+            "shop",
+            &[
+                (NAMESPACE_MODE_LABEL, "kill"),
+                (NAMESPACE_OPT_OUT_LABEL, "true"),
+            ],
+        )));
+        assert_eq!(
+            mode(&table),
+            None,
+            "opting out allowed: the annotation's off"
+        );
+
+        table.namespaces_failed("forbidden".into());
+        assert_eq!(table.namespaces(), Err("forbidden".to_string()));
+        assert_eq!(mode(&table), None, "the demands last known stay in force");
+
+        table.apply_namespace(Event::Delete(namespace("shop", &[])));
+        table.apply(Event::Apply(pod("a", &[(MODE_ANNOTATION, "stop")])));
+        assert_eq!(mode(&table), Some(Mode::Stop));
+        assert!(
+            table.namespaces().is_ok(),
             "an event means the watch is back"
         );
     }
