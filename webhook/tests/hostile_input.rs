@@ -278,3 +278,78 @@ async fn eight_3_mib_reviews_of_empty_objects_stay_within_the_memory_limit() {
     drop(server);
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// Bodies within every limit but as costly as the limits allow: a
+/// Deployment whose template holds 20 000 objects of one member (the
+/// costliest shape per byte once unpacked into a Pod: about 43 MB
+/// allocated each, tests/memory_estimate.rs), eight at once. The memory
+/// budget lets two be judged at a time; the others are answered as
+/// overloaded by the failure policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_costly_reviews_within_the_limits_stay_within_the_memory_limit() {
+    let dir = temp_dir("hostile-costly");
+    let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
+    write_dir(&certs, &dir, false).expect("write certs");
+    let mut server = Binary::start(&dir, &[]);
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let timeout = webhook_timeout();
+    let idle_kib = server.status_kib("VmRSS");
+
+    let objects = format!("[{}]", vec!["{\"a\":0}"; 20_000].join(","));
+    let mut review = fixture_json("deployment-kill-namespace-create");
+    review["request"]["object"]["spec"]["template"]["spec"]["x"] = Value::from("@objects@");
+    let text = serde_json::to_string(&review).expect("serialize");
+    let attack: Vec<_> = (0..PARALLEL)
+        .map(|i| {
+            let body = text
+                .replacen("\"@objects@\"", &objects, 1)
+                .replacen(
+                    review["request"]["uid"].as_str().expect("uid"),
+                    &format!("costly-{i}"),
+                    1,
+                )
+                .into_bytes();
+            let connector = connector.clone();
+            let addr = server.addr;
+            tokio::spawn(async move { post_once(&connector, addr, body).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for (i, task) in attack.into_iter().enumerate() {
+        let answer = tokio::time::timeout(timeout * 3, task)
+            .await
+            .unwrap_or_else(|_| panic!("costly request {i} unanswered"))
+            .expect("costly task");
+        answers.push(answer.unwrap_or_else(|e| panic!("costly request {i} got no answer: {e}")));
+    }
+    let peak_kib = server.status_kib("VmHWM");
+    eprintln!(
+        "{PARALLEL} costly reviews within the limits: RSS {} MiB idle, peak {} MiB; answers: {:?}",
+        idle_kib / 1024,
+        peak_kib / 1024,
+        answers
+            .iter()
+            .map(|(status, review)| format!(
+                "{status} {}",
+                message(review).chars().take(60).collect::<String>()
+            ))
+            .collect::<Vec<_>>()
+    );
+    server.assert_alive();
+    assert!(
+        peak_kib <= MEMORY_LIMIT_KIB,
+        "peak RSS {} MiB above the Deployment's limit of {} MiB",
+        peak_kib / 1024,
+        MEMORY_LIMIT_KIB / 1024
+    );
+    for (status, review) in &answers {
+        assert_eq!(*status, StatusCode::OK, "a review answer: {review}");
+    }
+    let (status, review) = post_once(&connector, server.addr, fixture("pod-plain-create"))
+        .await
+        .unwrap_or_else(|e| panic!("review after the costly ones: {e}"));
+    assert_eq!(status, StatusCode::OK, "{review}");
+    assert!(allowed(&review), "{review}");
+    drop(server);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
