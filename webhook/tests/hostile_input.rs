@@ -353,3 +353,111 @@ async fn eight_costly_reviews_within_the_limits_stay_within_the_memory_limit() {
     drop(server);
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// The same attack multiplexed on one HTTP/2 connection, 40 streams (more
+/// than the 32 a connection may have in flight): every stream answered,
+/// memory bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_3_mib_streams_on_one_http2_connection_stay_within_the_memory_limit() {
+    let dir = temp_dir("hostile-h2");
+    let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
+    write_dir(&certs, &dir, false).expect("write certs");
+    let mut server = Binary::start(&dir, &[]);
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let tls = tls_connect(&connector, server.addr).await;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake (prior knowledge)");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let streams: Vec<_> = (0..40)
+        .map(|i| {
+            let mut sender = sender.clone();
+            let body = empty_objects_review(&format!("h2-{i}"));
+            tokio::spawn(async move {
+                let request = Request::post("/validate")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body))
+                    .expect("request builds");
+                sender.ready().await.map_err(|e| e.to_string())?;
+                let response = sender
+                    .send_request(request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = response.status();
+                let bytes = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((status, bytes))
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (status, bytes) = tokio::time::timeout(webhook_timeout() * 3, stream)
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} unanswered"))
+            .expect("stream task")
+            .unwrap_or_else(|e| panic!("stream {i} failed: {e}"));
+        let review: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("stream {i}: {status}: not JSON ({e})"));
+        assert!(!allowed(&review), "stream {i} must be refused: {review}");
+        statuses.push(status.as_u16());
+    }
+    let peak_kib = server.status_kib("VmHWM");
+    eprintln!(
+        "40 x {BODY_BYTES} B streams on one HTTP/2 connection: peak {} MiB; statuses {statuses:?}",
+        peak_kib / 1024
+    );
+    server.assert_alive();
+    assert!(
+        peak_kib <= MEMORY_LIMIT_KIB,
+        "peak RSS {} MiB above the Deployment's limit of {} MiB",
+        peak_kib / 1024,
+        MEMORY_LIMIT_KIB / 1024
+    );
+    drop(server);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// `--max-connections`: a client beyond the limit is not served until an
+/// open connection closes, then it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_the_limit_waits_for_one_to_close() {
+    let dir = temp_dir("hostile-connections");
+    let certs = generate(&CertRequest::new("wh", "ns")).expect("certs");
+    write_dir(&certs, &dir, false).expect("write certs");
+    let server = Binary::start(&dir, &["--max-connections=4".to_owned()]);
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tls_connect(&connector, server.addr).await);
+    }
+    let (_, metrics) = ops_get(server.metrics_addr, "/metrics").await;
+    assert!(metrics.contains("mapguard_connections_open 4"), "{metrics}");
+    let fifth = tokio::spawn({
+        let connector = connector.clone();
+        let addr = server.addr;
+        async move { post_once(&connector, addr, fixture("pod-plain-create")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !fifth.is_finished(),
+        "the fifth connection was served while four were open"
+    );
+    drop(held.pop());
+    let (status, review) = tokio::time::timeout(Duration::from_secs(5), fifth)
+        .await
+        .expect("the fifth connection is served once one closed")
+        .expect("task")
+        .unwrap_or_else(|e| panic!("fifth connection: {e}"));
+    assert_eq!(status, StatusCode::OK, "{review}");
+    assert!(allowed(&review), "{review}");
+    drop(held);
+    drop(server);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
