@@ -2,8 +2,9 @@
 //! with a time limit and a memory reservation, on tokio's blocking pool.
 //!
 //! A request is first admitted ([`Evaluator::admit`]): within `queue_timeout`
-//! of its arrival it must reserve the memory its evaluation may take from
-//! the [`MemoryBudget`] and take a slot of the semaphore. Only then is its
+//! (counted from when its body has been received and looked at) it must
+//! reserve the memory its evaluation may take from the [`MemoryBudget`] and
+//! take a slot of the semaphore. Only then is its
 //! body parsed. Reservation and slot travel into the blocking task and are
 //! released only when the evaluation really ends, so a runaway evaluation
 //! keeps occupying both, and neither the number of busy threads nor the
@@ -141,8 +142,9 @@ impl Evaluator {
         arrived + self.queue_timeout
     }
 
-    /// Reserves `memory` bytes, then an evaluation slot, both by the queue
-    /// deadline of a request that arrived at `arrived`.
+    /// Reserves `memory` bytes, then an evaluation slot, both within the
+    /// queue timeout from `arrived` (the handler passes the moment the body
+    /// was received and looked at).
     pub async fn admit(
         &self,
         memory: usize,
