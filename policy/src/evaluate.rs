@@ -165,30 +165,40 @@ impl PolicySet {
                 inventory,
                 |engine, templates| -> Result<(), EvalError> {
                     engine.set_input(input);
-                    for policy in &self.inner.policies {
-                        for (rule, rule_path) in &policy.rules {
-                            set_budget(engine, deadline, &policy.package)?;
-                            let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
-                                let timed_out = matches!(
-                                    e.downcast_ref::<LimitError>(),
-                                    Some(LimitError::TimeLimitExceeded { .. })
-                                );
-                                rule_error(&e, timed_out, &policy.package, rule_path, deadline)
-                            })?;
-                            let items = set_items(&value, &policy.package, rule_path)?;
-                            collector.record(policy, rule, items)?;
+                    let judged = (|| -> Result<(), EvalError> {
+                        for policy in &self.inner.policies {
+                            for (rule, rule_path) in &policy.rules {
+                                set_budget(engine, deadline, &policy.package)?;
+                                let value = engine.eval_rule(rule_path.clone()).map_err(|e| {
+                                    let timed_out = matches!(
+                                        e.downcast_ref::<LimitError>(),
+                                        Some(LimitError::TimeLimitExceeded { .. })
+                                    );
+                                    rule_error(&e, timed_out, &policy.package, rule_path, deadline)
+                                })?;
+                                let items = set_items(&value, &policy.package, rule_path)?;
+                                collector.record(policy, rule, items)?;
+                            }
                         }
+                        if let Some(review) = &gatekeeper_review {
+                            self.judge_constraints(
+                                templates,
+                                review,
+                                ns,
+                                deadline,
+                                &mut *collector.decision,
+                            )?;
+                        }
+                        Ok(())
+                    })();
+                    // The thread keeps its engines for the next evaluation:
+                    // drop this review's input now, not then, so that a
+                    // large review costs memory only while it is judged.
+                    engine.set_input(regorus::Value::Undefined);
+                    for template in templates.iter_mut() {
+                        template.set_input(regorus::Value::Undefined);
                     }
-                    if let Some(review) = &gatekeeper_review {
-                        self.judge_constraints(
-                            templates,
-                            review,
-                            ns,
-                            deadline,
-                            &mut *collector.decision,
-                        )?;
-                    }
-                    Ok(())
+                    judged
                 },
             )
         }));

@@ -153,7 +153,15 @@ pub(crate) fn unpack(review: &Json) -> Result<Unpacked<'_>, ReviewError> {
             .unwrap_or(Json::Null),
         None => Json::Null,
     };
-    let mut request = request.clone();
+    // Everything of the request but its objects: the controller is not
+    // copied only to be replaced by its Pod.
+    let mut request: Map<String, Json> = request
+        .iter()
+        .filter(|(key, value)| {
+            !(matches!(key.as_str(), "object" | "oldObject") && value.is_object())
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
     let pod_resource = json!({"group": "", "version": "v1", "resource": "pods"});
     request.insert("kind".into(), pod_kind.clone());

@@ -14,7 +14,11 @@
 //!   latency counts from the scheduled send time, so queueing is included;
 //! * closed loop: `MAPGUARD_BENCH_CONNECTIONS` (default 16) connections each
 //!   sending back-to-back for the same duration: maximum throughput;
-//! * policy evaluation alone (`PolicySet::evaluate` on the Pod fixture).
+//! * policy evaluation alone (`PolicySet::evaluate` on the Pod fixture);
+//! * hostile input: the `mapguard-webhook` binary spawned, eight parallel
+//!   3 MiB AdmissionReviews whose Pod object holds an array of empty
+//!   objects, and the process' peak resident set (`VmHWM`) against the
+//!   Deployment's 256 MiB memory limit.
 //!
 //! The server runs on its own 2-thread runtime, the client on another.
 //! With `MAPGUARD_BENCH_STRICT=1` a missed target exits with status 1.
@@ -282,6 +286,79 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The hostile-input phase: the binary spawned with the certificates in
+/// `cert_dir`, eight 3 MiB reviews of empty objects at once; returns the
+/// process' idle and peak RSS in KiB and how many requests got an answer.
+fn hostile_input_peak(
+    rt: &tokio::runtime::Runtime,
+    tls: &TlsConnector,
+    cert_dir: &Path,
+) -> (u64, u64, usize) {
+    const BODY: usize = 3 * 1024 * 1024;
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (addr, metrics_addr) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mapguard-webhook"))
+        .arg(format!("--listen={addr}"))
+        .arg(format!("--metrics-listen={metrics_addr}"))
+        .arg(format!("--tls-cert={}", cert_dir.join("tls.crt").display()))
+        .arg(format!("--tls-key={}", cert_dir.join("tls.key").display()))
+        .arg(format!(
+            "--namespaces-file={}",
+            data_dir().join("namespaces.yaml").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start mapguard-webhook");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "mapguard-webhook not listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status_kib = |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .expect("/proc/PID/status")
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a status field")
+    };
+    let idle = status_kib("VmRSS");
+    let mut review: Value = serde_json::from_slice(
+        &std::fs::read(data_dir().join("pod-plain-create.json")).expect("fixture"),
+    )
+    .expect("fixture JSON");
+    review["request"]["object"] = Value::from("@object@");
+    let envelope = serde_json::to_string(&review).expect("serialize");
+    let room = BODY - envelope.len() - 32;
+    let object = format!("{{\"spec\":{{\"x\":[{{}}{}]}}}}", ",{}".repeat(room / 3));
+    let body = bytes::Bytes::from(envelope.replacen("\"@object@\"", &object, 1));
+    let answered = rt.block_on(async {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let (tls, body) = (tls.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut sender = connect(&tls, addr).await;
+                    call(&mut sender, &body).await
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for call in calls {
+            answered += usize::from(call.await.unwrap_or(false));
+        }
+        answered
+    });
+    let peak = status_kib("VmHWM");
+    let _ = child.kill();
+    let _ = child.wait();
+    (idle, peak, answered)
+}
+
 fn main() {
     let secs = env_u64("MAPGUARD_BENCH_SECS", 10).clamp(1, 120);
     let rate = env_u64("MAPGUARD_BENCH_RATE", 500).clamp(1, 20_000);
@@ -361,6 +438,8 @@ fn main() {
         eprintln!("  {name}: done");
         results.push((*name, figures));
     }
+    let (idle_kib, peak_kib, answered) = hostile_input_peak(&client_rt, &tls, &base.join("certs"));
+    eprintln!("  hostile input: done");
     let (d, a) = (&results[0].1, &results[1].1);
     println!();
     println!(
@@ -433,6 +512,14 @@ fn main() {
         a.eval.pct(0.99),
         us,
     );
+    println!(
+        "{:<38} {:>14}",
+        "hostile input: RSS idle / peak",
+        format!("{} / {} MiB", idle_kib / 1024, peak_kib / 1024)
+    );
+    println!(
+        "  (8 parallel 3 MiB reviews of empty objects to the spawned binary; {answered}/8 answered)"
+    );
 
     let checks = [
         (
@@ -450,6 +537,10 @@ fn main() {
         (
             "no failed requests".to_owned(),
             d.open_errors + a.open_errors == 0,
+        ),
+        (
+            "hostile input: peak RSS <= 256 MiB, all answered".to_owned(),
+            peak_kib <= 256 * 1024 && answered == 8,
         ),
     ];
     println!();

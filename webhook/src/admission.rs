@@ -12,22 +12,28 @@
 //!   fail-open allows with a warning saying why. Never a silent allow.
 //! * A malformed request gets a review-shaped `allowed: false` answer: HTTP
 //!   400 when its uid is unknown, 413 when too large.
+//! * A body is received and looked at within bounds before anything is built
+//!   from it ([`intake`]); its tree is built only once the request holds the
+//!   memory that judging it may take and an evaluation slot
+//!   ([`crate::evaluator::Evaluator::admit`]), and exists once: the typed
+//!   request is read from it with the objects set aside.
 //! * `dryRun: true` requests are judged the same way but only the labelled
 //!   request counter records them (no findings counters, no info logs).
 //! * Findings are counted once per request: by `/validate`, or by `/mutate`
 //!   when it denies (the request then never reaches `/validate`).
 
+pub mod intake;
 pub mod review;
+pub mod scan;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::core::response::StatusSummary;
@@ -39,80 +45,115 @@ use crate::config::FailurePolicy;
 use crate::evaluator::EvalFailure;
 use crate::metrics::{DecisionLabel, Endpoint};
 use crate::state::AppState;
-use review::{Incoming, invalid_response, parse, to_json};
+use intake::{Received, receive};
+use review::{Incoming, invalid_answer, invalid_response, parse, response_for, to_json};
 
 /// `POST /validate`.
-pub async fn validate(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Endpoint::validate, body).await
+pub async fn validate(State(state): State<AppState>, request: Request<Body>) -> Response {
+    handle(state, Endpoint::validate, request).await
 }
 
 /// `POST /mutate`.
-pub async fn mutate(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(state, Endpoint::mutate, body).await
+pub async fn mutate(State(state): State<AppState>, request: Request<Body>) -> Response {
+    handle(state, Endpoint::mutate, request).await
 }
 
-async fn handle(
-    state: AppState,
-    endpoint: Endpoint,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let incoming = match parse(body, state.settings().max_body_bytes) {
-        Ok(incoming) => incoming,
-        Err(invalid) => {
-            tracing::warn!(?endpoint, uid = %invalid.uid, status = %invalid.status, error = %invalid.message, "invalid admission request");
+async fn handle(state: AppState, endpoint: Endpoint, request: Request<Body>) -> Response {
+    let arrived = Instant::now();
+    let received = match receive(&state, request, arrived).await {
+        Ok(received) => received,
+        Err(refused) => {
+            let invalid = refused.invalid;
+            tracing::warn!(?endpoint, uid = %invalid.uid, status = %invalid.code, error = %invalid.message, "invalid admission request");
+            if let Some(reason) = refused.reason {
+                state.metrics().refused(reason);
+            }
             state.metrics().observe_request(
                 endpoint,
                 DecisionLabel::invalid,
                 false,
-                started.elapsed(),
+                arrived.elapsed(),
             );
             return (invalid.status, Json(invalid_response(&invalid))).into_response();
         }
     };
-    let request = &incoming.request;
     let span = tracing::info_span!(
         "admission",
         ?endpoint,
-        uid = %request.uid,
-        kind = %request.kind.kind,
-        namespace = request.namespace.as_deref().unwrap_or(""),
-        name = %request.name,
-        operation = ?request.operation,
-        dry_run = request.dry_run,
+        uid = %received.uid,
+        kind = tracing::field::Empty,
+        namespace = %received.namespace,
+        name = tracing::field::Empty,
+        operation = tracing::field::Empty,
+        dry_run = received.dry_run,
         allowed = tracing::field::Empty,
     );
-    let dry_run = request.dry_run;
-    let (response, label) = judge(&state, endpoint, incoming)
+    let dry_run = received.dry_run;
+    let (status, response, label) = judge(&state, endpoint, received)
         .instrument(span.clone())
         .await;
     span.record("allowed", response.allowed);
     state
         .metrics()
-        .observe_request(endpoint, label, dry_run, started.elapsed());
-    (StatusCode::OK, Json(to_json(response))).into_response()
+        .observe_request(endpoint, label, dry_run, arrived.elapsed());
+    (status, Json(to_json(response))).into_response()
 }
 
 async fn judge(
     state: &AppState,
     endpoint: Endpoint,
-    incoming: Incoming,
-) -> (AdmissionResponse, DecisionLabel) {
-    let Incoming { json, request } = incoming;
-    let namespace = request.namespace.clone().unwrap_or_default();
-    if !namespace.is_empty() && state.is_exempt(&namespace) {
+    received: Received,
+) -> (StatusCode, AdmissionResponse, DecisionLabel) {
+    let arrived_uid = received.uid.clone();
+    if !received.namespace.is_empty() && state.is_exempt(&received.namespace) {
         tracing::debug!("namespace exempt; allowed without evaluation");
-        return (AdmissionResponse::from(&request), DecisionLabel::exempt);
+        return (
+            StatusCode::OK,
+            response_for(&received.uid),
+            DecisionLabel::exempt,
+        );
     }
-    let outcome = state
-        .evaluator()
+    let evaluator = state.evaluator();
+    let admission = match evaluator
+        .admit(
+            received.shape.memory_estimate(),
+            Instant::now(),
+            state.metrics(),
+        )
+        .await
+    {
+        Ok(admission) => admission,
+        Err(failure) => {
+            let (response, label) = failed(state, response_for(&arrived_uid), &failure);
+            return (StatusCode::OK, response, label);
+        }
+    };
+    let Received {
+        bytes, reservation, ..
+    } = received;
+    let parsed = parse(&bytes, &arrived_uid);
+    // The tree now holds what the body held; the admission's reservation
+    // covers it.
+    drop(bytes);
+    drop(reservation);
+    let Incoming { json, request } = match parsed {
+        Ok(incoming) => incoming,
+        Err(invalid) => {
+            tracing::warn!(?endpoint, uid = %invalid.uid, status = %invalid.code, error = %invalid.message, "invalid admission request");
+            return (
+                invalid.status,
+                invalid_answer(&invalid),
+                DecisionLabel::invalid,
+            );
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("kind", request.kind.kind.as_str());
+    span.record("name", request.name.as_str());
+    span.record("operation", tracing::field::debug(&request.operation));
+    let outcome = evaluator
         .evaluate(
+            admission,
             state.policies().current(),
             Arc::new(json),
             state.namespaces().snapshot(),
@@ -120,13 +161,14 @@ async fn judge(
             state.metrics().clone(),
         )
         .await;
-    match outcome {
+    let (response, label) = match outcome {
         Ok(decision) => match respond(state, endpoint, &request, &decision) {
             Ok(answer) => answer,
-            Err(failure) => failed(state, &request, &failure),
+            Err(failure) => failed(state, AdmissionResponse::from(&request), &failure),
         },
-        Err(failure) => failed(state, &request, &failure),
-    }
+        Err(failure) => failed(state, AdmissionResponse::from(&request), &failure),
+    };
+    (StatusCode::OK, response, label)
 }
 
 fn respond(
@@ -182,14 +224,14 @@ fn respond(
     Ok((response, label))
 }
 
-/// The answer for a request that could not be judged.
+/// The answer for a request that could not be judged, from its
+/// undecided `response`.
 fn failed(
     state: &AppState,
-    request: &AdmissionRequest<DynamicObject>,
+    response: AdmissionResponse,
     failure: &EvalFailure,
 ) -> (AdmissionResponse, DecisionLabel) {
     let policy = state.settings().failure_policy;
-    let response = AdmissionResponse::from(request);
     match policy {
         FailurePolicy::FailClosed => {
             tracing::warn!(error = %failure, "request not judged; denied (fail-closed)");

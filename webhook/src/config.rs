@@ -77,6 +77,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a JSON nesting depth between 2 and 100 (serde_json itself stops
+/// at 128 levels).
+fn parse_depth(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(depth) if (2..=100).contains(&depth) => Ok(depth),
+        _ => Err(format!("{s:?} is not a depth between 2 and 100")),
+    }
+}
+
 /// The webhook's configuration: every flag is also an environment variable.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "mapguard-webhook", version, about)]
@@ -166,6 +175,46 @@ pub struct Config {
     /// Largest accepted request body (the API server's own limit is 3 MiB).
     #[arg(long, env = "MAPGUARD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most JSON values (objects, arrays, strings, numbers...) a request
+    /// body may hold; counted before anything is built from it.
+    #[arg(long, env = "MAPGUARD_MAX_JSON_VALUES", default_value_t = crate::state::DEFAULT_MAX_JSON_VALUES)]
+    pub max_json_values: usize,
+    /// Deepest nesting of JSON a request body may hold.
+    #[arg(
+        long,
+        env = "MAPGUARD_MAX_JSON_DEPTH",
+        default_value_t = crate::state::DEFAULT_MAX_JSON_DEPTH,
+        value_parser = parse_depth
+    )]
+    pub max_json_depth: usize,
+    /// Memory (bytes) that admission requests may hold at once: bodies
+    /// being received, and the estimated trees of requests being judged.
+    /// One request may use half of it. Keep it well below the container's
+    /// memory limit.
+    #[arg(long, env = "MAPGUARD_MAX_REQUEST_MEMORY", default_value_t = crate::evaluator::DEFAULT_MEMORY_BUDGET)]
+    pub max_request_memory: usize,
+    /// Connections open at once on the HTTPS port; further ones wait in
+    /// the listen backlog until one closes.
+    #[arg(long, env = "MAPGUARD_MAX_CONNECTIONS", default_value_t = 64)]
+    pub max_connections: usize,
+    /// Requests in flight at once on one HTTP/2 connection.
+    #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
+    pub max_concurrent_streams: u32,
+    /// PEM bundle of the CAs whose client certificates may connect to the
+    /// HTTPS port (the API server's, see README). Without it any TLS client
+    /// may connect.
+    #[arg(long, env = "MAPGUARD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// A name the client certificate must carry (as subject common name or
+    /// DNS subject alternative name); repeatable. Without it any
+    /// certificate from --client-ca is accepted.
+    #[arg(
+        long = "client-name",
+        env = "MAPGUARD_CLIENT_NAMES",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub client_names: Vec<String>,
     /// Time allowed for a TLS handshake, for reading request headers and for
     /// reading a request body (slow clients are cut off after it).
     #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
@@ -228,6 +277,11 @@ mod tests {
         assert_eq!(config.failure_policy, FailurePolicy::FailClosed);
         assert_eq!(config.eval_timeout, Duration::from_secs(2));
         assert_eq!(config.max_body_bytes, 3 * 1024 * 1024);
+        assert_eq!(config.max_json_values, 200_000);
+        assert_eq!(config.max_json_depth, 64);
+        assert_eq!(config.max_request_memory, 128 << 20);
+        assert_eq!(config.max_connections, 64);
+        assert!(config.client_ca.is_none() && config.client_names.is_empty());
         assert_eq!(config.exempt_namespaces, ["mapguard-system", "kube-system"]);
         assert!(config.policies.is_none());
         assert!(config.kubeconfig.is_none());
@@ -257,6 +311,23 @@ mod tests {
         assert!(
             Config::try_parse_from(["x", "--kubeconfig=k", "--namespaces-file=n"]).is_err(),
             "a kubeconfig is useless in offline mode"
+        );
+        assert!(
+            Config::try_parse_from(["x", "--client-name=kube-apiserver"]).is_err(),
+            "names are checked on certificates of --client-ca"
+        );
+        let config = Config::try_parse_from([
+            "x",
+            "--client-ca=/ca.pem",
+            "--client-name=a,b",
+            "--max-json-depth=20",
+        ])
+        .expect("client flags parse");
+        assert_eq!(config.client_names, ["a", "b"]);
+        assert_eq!(config.max_json_depth, 20);
+        assert!(
+            Config::try_parse_from(["x", "--max-json-depth=129"]).is_err(),
+            "serde_json stops at 128 levels anyway"
         );
     }
 }

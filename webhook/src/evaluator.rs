@@ -1,21 +1,31 @@
 //! Bounded policy evaluation: a fixed number of evaluations at once, each
-//! with a time limit, on tokio's blocking pool.
+//! with a time limit and a memory reservation, on tokio's blocking pool.
 //!
-//! A request first waits (at most `queue_timeout`) for a slot of the
-//! semaphore; the slot travels into the blocking task and is released only
-//! when the evaluation really ends, so a runaway evaluation keeps occupying
-//! its slot and the number of busy threads never exceeds the limit. The
-//! engine enforces the time limit itself (regorus' execution timer); the
-//! async side stops waiting at the same limit as a backstop.
+//! A request is first admitted ([`Evaluator::admit`]): within `queue_timeout`
+//! (counted from when its body has been received and looked at) it must
+//! reserve the memory its evaluation may take from the [`MemoryBudget`] and
+//! take a slot of the semaphore. Only then is its
+//! body parsed. Reservation and slot travel into the blocking task and are
+//! released only when the evaluation really ends, so a runaway evaluation
+//! keeps occupying both, and neither the number of busy threads nor the
+//! memory held by trees ever exceeds its limit. The engine enforces the time
+//! limit itself (regorus' execution timer); the async side stops waiting at
+//! the same limit as a backstop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mapguard_policy::{Decision, EvalError, Inventory, NamespaceData, PolicySet};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::budget::{MemoryBudget, Reservation};
 use crate::metrics::{Metrics, RejectReason};
+
+/// The request memory budget when none is configured: what fits the
+/// Deployment's 256 MiB limit beside the process itself and its connections.
+pub const DEFAULT_MEMORY_BUDGET: usize = 128 * 1024 * 1024;
 
 /// Why no decision was produced.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -29,6 +39,18 @@ pub enum EvalFailure {
         waited: Duration,
         /// The configured limit.
         limit: usize,
+    },
+    /// The memory the evaluation may take did not become free in time.
+    #[error(
+        "webhook overloaded: the {needed} bytes its evaluation may take were not free within {waited:?} (--max-request-memory {budget})"
+    )]
+    OutOfMemory {
+        /// How long the request waited.
+        waited: Duration,
+        /// The estimate of the request.
+        needed: usize,
+        /// The whole budget.
+        budget: usize,
     },
     /// The evaluation exceeded its time limit.
     #[error("policy evaluation exceeded its time limit of {limit:?}")]
@@ -48,7 +70,9 @@ impl EvalFailure {
     /// The metric label of this failure.
     pub fn reason(&self) -> RejectReason {
         match self {
-            EvalFailure::Overloaded { .. } => RejectReason::overload,
+            EvalFailure::Overloaded { .. } | EvalFailure::OutOfMemory { .. } => {
+                RejectReason::overload
+            }
             EvalFailure::TimedOut { .. } => RejectReason::timeout,
             EvalFailure::Engine(_) | EvalFailure::Panicked(_) => RejectReason::error,
         }
@@ -62,11 +86,22 @@ pub struct Evaluator {
     limit: usize,
     queue_timeout: Duration,
     eval_timeout: Duration,
+    memory: MemoryBudget,
+}
+
+/// A request allowed to build its trees and be evaluated: its memory
+/// reservation and its evaluation slot.
+#[derive(Debug)]
+pub struct Admission {
+    _memory: Reservation,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Evaluator {
     /// `limit` evaluations at once (at least one), waiting at most
-    /// `queue_timeout` for a slot, each limited to `eval_timeout`.
+    /// `queue_timeout` for a slot, each limited to `eval_timeout`; request
+    /// memory limited to [`DEFAULT_MEMORY_BUDGET`] (see
+    /// [`Evaluator::with_memory_budget`]).
     pub fn new(limit: usize, queue_timeout: Duration, eval_timeout: Duration) -> Self {
         let limit = limit.max(1);
         Self {
@@ -74,7 +109,26 @@ impl Evaluator {
             limit,
             queue_timeout,
             eval_timeout,
+            memory: MemoryBudget::new(DEFAULT_MEMORY_BUDGET, Default::default()),
         }
+    }
+
+    /// The same evaluator with a request memory budget of `bytes`.
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory = MemoryBudget::new(bytes, Default::default());
+        self
+    }
+
+    /// The same evaluator, its memory budget reporting to `gauge` (before
+    /// any request reserved from it).
+    pub(crate) fn with_memory_gauge(mut self, gauge: Gauge) -> Self {
+        self.memory = MemoryBudget::new(self.memory.total(), gauge);
+        self
+    }
+
+    /// The request memory budget (bodies reserve from it too).
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// The per-evaluation time limit.
@@ -82,43 +136,71 @@ impl Evaluator {
         self.eval_timeout
     }
 
-    /// Evaluates `review` with `set`; counts and times it in `metrics`.
+    /// How long a request that arrived at `arrived` may still wait for
+    /// memory and a slot.
+    pub fn queue_deadline(&self, arrived: Instant) -> Instant {
+        arrived + self.queue_timeout
+    }
+
+    /// Reserves `memory` bytes, then an evaluation slot, both within the
+    /// queue timeout from `arrived` (the handler passes the moment the body
+    /// was received and looked at).
+    pub async fn admit(
+        &self,
+        memory: usize,
+        arrived: Instant,
+        metrics: &Metrics,
+    ) -> Result<Admission, EvalFailure> {
+        let deadline = self.queue_deadline(arrived);
+        let reservation = self.memory.reserve(memory, deadline).await.map_err(|e| {
+            self.fail(
+                metrics,
+                EvalFailure::OutOfMemory {
+                    waited: arrived.elapsed(),
+                    needed: e.needed,
+                    budget: e.total,
+                },
+            )
+        })?;
+        let acquire = self.slots.clone().acquire_owned();
+        match tokio::time::timeout_at(deadline.into(), acquire).await {
+            Ok(Ok(slot)) => Ok(Admission {
+                _memory: reservation,
+                _slot: slot,
+            }),
+            // Timed out, or the semaphore was closed (never happens).
+            Ok(Err(_)) | Err(_) => Err(self.fail(
+                metrics,
+                EvalFailure::Overloaded {
+                    waited: arrived.elapsed(),
+                    limit: self.limit,
+                },
+            )),
+        }
+    }
+
+    /// Evaluates `review` with `set` within `admission`; counts and times
+    /// it in `metrics`.
     pub async fn evaluate(
         &self,
+        admission: Admission,
         set: PolicySet,
         review: Arc<Value>,
         namespaces: Arc<NamespaceData>,
         inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,
     ) -> Result<Decision, EvalFailure> {
-        let queued = Instant::now();
-        let permit = match tokio::time::timeout(
-            self.queue_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            // Timed out, or the semaphore was closed (never happens).
-            Ok(Err(_)) | Err(_) => {
-                return Err(self.fail(
-                    &metrics,
-                    EvalFailure::Overloaded {
-                        waited: queued.elapsed(),
-                        limit: self.limit,
-                    },
-                ));
-            }
-        };
         let task_metrics = metrics.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             task_metrics.in_flight().inc();
             let started = Instant::now();
             let timeout = set.config().eval_timeout;
             let result = set.evaluate_with(&review, &namespaces, &inventory, timeout);
             task_metrics.in_flight().dec();
             task_metrics.observe_evaluation(started.elapsed());
+            // The review's tree goes first, then its memory and slot.
+            drop(review);
+            drop(admission);
             result
         });
         let limit = self.eval_timeout;

@@ -13,6 +13,7 @@
 //!   fail-open/fail-closed policy, and Prometheus metrics ([`metrics`]).
 
 pub mod admission;
+pub mod budget;
 pub mod config;
 pub mod evaluator;
 pub mod gatekeeper;
@@ -29,7 +30,6 @@ pub mod tls;
 pub mod watch;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -38,13 +38,13 @@ pub use ops::ops_app;
 pub use state::{AppState, Settings};
 
 /// The admission router: `POST /validate` and `POST /mutate`, with the body
-/// size limit (413 beyond it) and the body read timeout of `state`'s settings.
+/// read timeout of `state`'s settings; the handlers read bodies themselves,
+/// within the size and memory bounds ([`admission::intake`]).
 pub fn app(state: AppState) -> Router {
-    let settings = state.settings().clone();
+    let body_timeout = state.settings().body_timeout;
     Router::new()
         .route("/validate", post(admission::validate))
         .route("/mutate", post(admission::mutate))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(RequestBodyTimeoutLayer::new(settings.body_timeout))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(state)
 }

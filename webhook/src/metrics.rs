@@ -98,6 +98,37 @@ impl RejectReason {
     ];
 }
 
+/// Why a request was refused before its body was parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefuseReason {
+    /// The body is larger than `--max-body-bytes`.
+    body_too_large,
+    /// The body holds more JSON values than `--max-json-values`.
+    too_many_values,
+    /// The body nests deeper than `--max-json-depth`.
+    too_deep,
+    /// Judging the body would take more memory than one request may use.
+    too_much_memory,
+    /// No request memory was free to receive the body in time.
+    memory_busy,
+}
+
+impl RefuseReason {
+    const ALL: [RefuseReason; 5] = [
+        RefuseReason::body_too_large,
+        RefuseReason::too_many_values,
+        RefuseReason::too_deep,
+        RefuseReason::too_much_memory,
+        RefuseReason::memory_busy,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefuseLabels {
+    reason: RefuseReason,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     endpoint: Endpoint,
@@ -151,6 +182,10 @@ pub struct Metrics {
     handshake_failures: Counter,
     inventory_objects: Gauge,
     inventory_dropped: Counter,
+    refused: Family<RefuseLabels, Counter>,
+    request_memory: Gauge,
+    request_memory_budget: Gauge,
+    connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -248,6 +283,30 @@ impl Metrics {
             "Objects left out of the inventory because --inventory-max-objects was reached",
             inventory_dropped.clone(),
         );
+        let refused = Family::<RefuseLabels, Counter>::default();
+        registry.register(
+            "admission_refused",
+            "Admission requests refused before their body was parsed, by reason",
+            refused.clone(),
+        );
+        let request_memory = Gauge::default();
+        registry.register(
+            "request_memory_reserved_bytes",
+            "Memory reserved by admission requests now: bodies being received, and the trees of requests being judged (estimated)",
+            request_memory.clone(),
+        );
+        let request_memory_budget = Gauge::default();
+        registry.register(
+            "request_memory_budget_bytes",
+            "Memory admission requests may reserve at once (--max-request-memory)",
+            request_memory_budget.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the HTTPS admission port (at most --max-connections)",
+            connections.clone(),
+        );
         // Every series with a fixed label set exists from the start, at 0:
         // an alert on a rate or a dashboard sees 0 before the first event,
         // not "no data" (prometheus-client leaves out empty families, HELP
@@ -272,6 +331,9 @@ impl Metrics {
         for reason in RejectReason::ALL {
             drop(rejected.get_or_create(&ReasonLabels { reason }));
         }
+        for reason in RefuseReason::ALL {
+            drop(refused.get_or_create(&RefuseLabels { reason }));
+        }
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -287,7 +349,32 @@ impl Metrics {
             handshake_failures,
             inventory_objects,
             inventory_dropped,
+            refused,
+            request_memory,
+            request_memory_budget,
+            connections,
         }
+    }
+
+    /// Counts a request refused before its body was parsed.
+    pub fn refused(&self, reason: RefuseReason) {
+        self.refused.get_or_create(&RefuseLabels { reason }).inc();
+    }
+
+    /// The gauge of reserved request memory (the budget keeps it current).
+    pub fn request_memory(&self) -> &Gauge {
+        &self.request_memory
+    }
+
+    /// Records the size of the request memory budget.
+    pub fn set_request_memory_budget(&self, bytes: usize) {
+        self.request_memory_budget
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The gauge of open connections on the admission port.
+    pub fn connections(&self) -> &Gauge {
+        &self.connections
     }
 
     /// Objects now in the inventory.

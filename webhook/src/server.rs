@@ -6,6 +6,13 @@
 //! timeout; body read timeouts live in the router. On shutdown every
 //! connection is told to finish its in-flight requests and close; the server
 //! waits for them up to the grace period.
+//!
+//! What one connection may hold is bounded: HTTP/1.1 buffers at most
+//! [`H1_MAX_BUF`] of a request head, HTTP/2 at most [`H2_WINDOW`] of request
+//! bodies not yet read (flow control) and a limited number of streams; and
+//! at most `max_connections` are open at once (further clients wait in the
+//! listen backlog). Bodies themselves are read by the handlers within the
+//! request memory budget.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,9 +23,10 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -26,8 +34,50 @@ use tower::ServiceExt;
 use crate::metrics::Metrics;
 use crate::telemetry::RateLimited;
 
-/// At most one warning per this interval for failed TLS handshakes.
+/// At most one warning per this interval for failed TLS handshakes, and
+/// for the connection limit being reached.
 const HANDSHAKE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bytes of a request head an HTTP/1.1 connection buffers at most (the API
+/// server's heads are a few hundred bytes).
+pub const H1_MAX_BUF: usize = 64 * 1024;
+
+/// HTTP/2 flow-control window of a connection and of each stream: request
+/// body bytes a connection buffers before the handlers read them.
+pub const H2_WINDOW: u32 = 256 * 1024;
+
+/// Bounds on the connections of the admission port.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time allowed for the TLS handshake and for reading request headers.
+    pub client_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Requests in flight at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// An open connection: its place under the limit, counted in the gauge.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, gauge: &Gauge) -> Self {
+        gauge.inc();
+        Open {
+            _slot: slot,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
 
 /// Serves `app` over TLS on `listener` until `shutdown` turns `true`.
 pub async fn serve_tls(
@@ -35,25 +85,51 @@ pub async fn serve_tls(
     app: Router,
     tls: Arc<ServerConfig>,
     metrics: Arc<Metrics>,
-    client_timeout: Duration,
+    limits: ConnectionLimits,
     grace: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let client_timeout = limits.client_timeout;
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(client_timeout)
+        .max_buf_size(H1_MAX_BUF)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_connection_window_size(H2_WINDOW)
+        .initial_stream_window_size(H2_WINDOW)
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let handshake_warning = Arc::new(RateLimited::new(HANDSHAKE_WARNING_INTERVAL));
+    let full_warning = RateLimited::new(HANDSHAKE_WARNING_INTERVAL);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(held_back) = full_warning.check() {
+                    tracing::warn!(
+                        limit = limits.max_connections,
+                        held_back,
+                        "connection limit reached; new clients wait until a connection closes (--max-connections)"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break, // closed: never happens
+                    },
+                    _ = wait_for(&mut shutdown) => break,
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -74,7 +150,9 @@ pub async fn serve_tls(
         let metrics = metrics.clone();
         let handshake_warning = handshake_warning.clone();
         let mut conn_shutdown = shutdown.clone();
+        let open = Open::new(slot, metrics.connections());
         connections.spawn(async move {
+            let _open = open;
             let tls = match tokio::time::timeout(client_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {

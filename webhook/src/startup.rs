@@ -17,7 +17,7 @@ use crate::evaluator::Evaluator;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::namespaces::{self, FileNamespaces, NamespaceCache, NamespaceSource};
 use crate::policies::{PolicySource, PolicyStore};
-use crate::server::{serve_plain, serve_tls};
+use crate::server::{ConnectionLimits, serve_plain, serve_tls};
 use crate::state::{AppState, Settings};
 use crate::tls::{self, ReloadableCert, TlsError};
 use crate::watch::{fingerprint_dir, fingerprint_files, poll_changes};
@@ -50,6 +50,9 @@ pub enum StartupError {
         #[source]
         source: kube::config::KubeconfigError,
     },
+    /// The configured limits contradict each other.
+    #[error("{0}")]
+    Limits(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -65,6 +68,8 @@ pub enum StartupError {
 pub struct Webhook {
     state: AppState,
     cert: Arc<ReloadableCert>,
+    /// Client certificate checks (`--client-ca`).
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     namespaces_file: Option<Arc<FileNamespaces>>,
     kube: Option<(kube::Client, Arc<NamespaceCache>)>,
     /// A client for the Gatekeeper objects' watch (`--gatekeeper-crs`).
@@ -164,10 +169,26 @@ impl Webhook {
             &config.tls_key,
             provider,
         )?);
+        let clients = match &config.client_ca {
+            Some(path) => {
+                let verifier = tls::client_verifier(path, &config.client_names, tls::provider())?;
+                tracing::info!(client_ca = %path.display(), names = ?config.client_names, "client certificates required");
+                Some(verifier)
+            }
+            None => None,
+        };
+        if config.max_request_memory / 2 < config.max_body_bytes {
+            return Err(StartupError::Limits(format!(
+                "--max-request-memory ({}) must be at least twice --max-body-bytes ({}): one request may use half of it",
+                config.max_request_memory, config.max_body_bytes
+            )));
+        }
         let settings = Settings {
             failure_policy: config.failure_policy,
             mutate_enforce: config.mutate_enforce,
             max_body_bytes: config.max_body_bytes,
+            max_json_values: config.max_json_values,
+            max_json_depth: config.max_json_depth,
             body_timeout: config.client_timeout,
             exempt_namespaces: config.exempt_namespaces.clone(),
         };
@@ -175,7 +196,8 @@ impl Webhook {
             config.max_concurrent_evaluations,
             config.queue_timeout,
             config.eval_timeout,
-        );
+        )
+        .with_memory_budget(config.max_request_memory);
         let state = AppState::new(
             policies,
             source,
@@ -186,6 +208,7 @@ impl Webhook {
         Ok(Self {
             state,
             cert,
+            clients,
             namespaces_file,
             kube,
             gatekeeper,
@@ -208,7 +231,8 @@ impl Webhook {
         let (shutdown, rx) = watch::channel(false);
         let state = self.state.clone();
         let metrics = state.metrics().clone();
-        let tls_config = tls::server_config(self.cert.clone(), tls::provider())?;
+        let tls_config =
+            tls::server_config(self.cert.clone(), tls::provider(), self.clients.clone())?;
         let mut tasks = Vec::new();
 
         tasks.push(tokio::spawn(serve_tls(
@@ -216,7 +240,11 @@ impl Webhook {
             app(state.clone()),
             tls_config,
             metrics.clone(),
-            config.client_timeout,
+            ConnectionLimits {
+                client_timeout: config.client_timeout,
+                max_connections: config.max_connections,
+                max_concurrent_streams: config.max_concurrent_streams,
+            },
             config.shutdown_grace,
             rx.clone(),
         )));

@@ -12,6 +12,14 @@ use crate::metrics::Metrics;
 use crate::namespaces::NamespaceSource;
 use crate::policies::PolicyStore;
 
+/// Default of `--max-json-values`: far above any Pod or controller the API
+/// server stores (an object in etcd is at most 1.5 MiB), far below what a
+/// 3 MiB body of empty objects holds (a million).
+pub const DEFAULT_MAX_JSON_VALUES: usize = 200_000;
+/// Default of `--max-json-depth`: Kubernetes objects nest a few tens of
+/// levels at most (managed fields included); serde_json stops at 128.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
 /// Behaviour switches of the admission handlers.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -21,6 +29,10 @@ pub struct Settings {
     pub mutate_enforce: bool,
     /// Largest accepted body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Most JSON values a body may hold; more get 413.
+    pub max_json_values: usize,
+    /// Deepest nesting a body may hold; deeper gets 413.
+    pub max_json_depth: usize,
     /// Time allowed to read a request body.
     pub body_timeout: Duration,
     /// Namespaces allowed without evaluation.
@@ -33,6 +45,8 @@ impl Default for Settings {
             failure_policy: FailurePolicy::FailClosed,
             mutate_enforce: false,
             max_body_bytes: 3 * 1024 * 1024,
+            max_json_values: DEFAULT_MAX_JSON_VALUES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             body_timeout: Duration::from_secs(5),
             exempt_namespaces: mapguard_policy::DEFAULT_EXEMPT_NAMESPACES
                 .iter()
@@ -71,6 +85,8 @@ impl AppState {
         settings: Settings,
     ) -> Self {
         metrics.set_policies(policies.current().policies());
+        metrics.set_request_memory_budget(evaluator.memory().total());
+        let evaluator = evaluator.with_memory_gauge(metrics.request_memory().clone());
         Self {
             inner: Arc::new(Inner {
                 policies,

@@ -5,16 +5,25 @@
 //! handshake reads the current [`CertifiedKey`]; [`ReloadableCert::reload`]
 //! replaces it after the new pair parsed and matched. Established connections
 //! keep the keys they negotiated, so rotation drops nothing.
+//!
+//! With `--client-ca` the handshake also asks for a client certificate and
+//! refuses clients without one signed by a CA of that bundle
+//! ([`client_verifier`]); with `--client-name`, also those whose certificate
+//! carries none of the names.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 /// Errors loading the serving certificate or building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +59,14 @@ pub enum TlsError {
     /// rustls refused the protocol versions.
     #[error("cannot build the TLS configuration: {0}")]
     Config(#[source] rustls::Error),
+    /// The client CA bundle is unusable.
+    #[error("cannot use {path} as --client-ca: {message}")]
+    ClientCa {
+        /// The bundle.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The crypto provider the webhook uses (ring), independent of any
@@ -142,16 +159,150 @@ impl ResolvesServerCert for ReloadableCert {
 }
 
 /// A rustls server configuration with TLS 1.3 and 1.2 only, ALPN `h2` and
-/// `http/1.1`, serving whatever `cert` currently holds.
+/// `http/1.1`, serving whatever `cert` currently holds, and checking client
+/// certificates with `clients` when given.
 pub fn server_config(
     cert: Arc<ReloadableCert>,
     provider: Arc<CryptoProvider>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+        .map_err(TlsError::Config)?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Client certificates signed by a CA of the PEM bundle `ca_path`, and,
+/// when `names` is not empty, carrying one of them as subject common name or
+/// DNS subject alternative name. Clients without such a certificate fail
+/// the handshake.
+pub fn client_verifier(
+    ca_path: &Path,
+    names: &[String],
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let ca_error = |message: String| TlsError::ClientCa {
+        path: ca_path.to_owned(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(ca_path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ca_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_error("no PEM certificate in it".to_owned()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| ca_error(e.to_string()))?;
+    if names.is_empty() {
+        return Ok(inner);
+    }
+    Ok(Arc::new(NamedClients {
+        inner,
+        names: names.to_vec(),
+    }))
+}
+
+/// A client verifier that also requires one of `names` on the certificate.
+#[derive(Debug)]
+struct NamedClients {
+    inner: Arc<dyn ClientCertVerifier>,
+    names: Vec<String>,
+}
+
+/// A client certificate chained to the CA but carried none of the names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "client certificate names {presented:?} are not among the allowed {allowed:?} (--client-name)"
+)]
+struct NameNotAllowed {
+    presented: Vec<String>,
+    allowed: Vec<String>,
+}
+
+/// The subject common names and DNS subject alternative names of a
+/// certificate.
+fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, rustls::Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+impl ClientCertVerifier for NamedClients {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let presented = certificate_names(end_entity)?;
+        if presented.iter().any(|n| self.names.contains(n)) {
+            return Ok(verified);
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(NameNotAllowed {
+                presented,
+                allowed: self.names.clone(),
+            })),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

@@ -226,3 +226,123 @@ fn namespace_label_changes_fail_closed_where_a_namespace_is_enforced() {
     };
     assert_eq!(without(&hooks[2]), without(&hooks[3]));
 }
+
+/// The documents of `manifests/<dir>/<name>`.
+fn manifest_in(dir: &str, name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(dir)
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("YAML"))
+                .expect("JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The NetworkPolicy component: it selects the webhook's Pods, opens the
+/// admission port to an address block only (the API server is no Pod) and
+/// the metrics port to Prometheus Pods only, by the Deployment's port names;
+/// egress stays open (the namespace watch); and it is opt-in: the default
+/// kustomization leaves it out, its own Component lists it.
+#[test]
+fn network_policy_opens_each_port_to_its_one_client() {
+    let policy = &manifest_in("network-policy", "networkpolicy.yaml")[0];
+    let deployment = manifest("deployment.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("podSelector.matchLabels")
+    {
+        assert_eq!(&pod_labels[key], value, "podSelector label {key}");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+
+    let container_ports: Vec<&str> =
+        deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .expect("container ports")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+    let rules = policy["spec"]["ingress"].as_array().expect("ingress rules");
+    let rule_for = |port: &str| {
+        let matching: Vec<&Value> = rules
+            .iter()
+            .filter(|r| {
+                r["ports"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["port"] == port))
+            })
+            .collect();
+        assert_eq!(matching.len(), 1, "one rule for port {port}: {rules:?}");
+        matching[0]
+    };
+    for rule in rules {
+        for port in rule["ports"]
+            .as_array()
+            .expect("every rule names its ports")
+        {
+            let name = port["port"].as_str().expect("ports by name");
+            assert!(
+                container_ports.contains(&name),
+                "{name} is no container port of the Deployment"
+            );
+        }
+    }
+    let https = rule_for("https");
+    for peer in https["from"].as_array().expect("https peers") {
+        let cidr = peer["ipBlock"]["cidr"]
+            .as_str()
+            .expect("the API server as an address block");
+        assert_ne!(cidr, "0.0.0.0/0", "the admission port open to everyone");
+        assert!(peer.get("podSelector").is_none() && peer.get("namespaceSelector").is_none());
+    }
+    let metrics = rule_for("metrics");
+    for peer in metrics["from"].as_array().expect("metrics peers") {
+        assert!(
+            peer.get("ipBlock").is_none(),
+            "metrics open to an address block: {peer}"
+        );
+        assert_eq!(
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "prometheus",
+            "{peer}"
+        );
+    }
+
+    let listed = |dir: &str| -> Vec<String> {
+        let path = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        manifest_in(dir, "kustomization.yaml")[0]["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter_map(|r| r.as_str().map(|r| format!("{path}{r}")))
+            .collect()
+    };
+    assert!(
+        !listed("").iter().any(|r| r.contains("networkpolicy")),
+        "the NetworkPolicy needs the cluster's API server addresses: opt-in only"
+    );
+    assert_eq!(
+        listed("network-policy"),
+        ["network-policy/networkpolicy.yaml"]
+    );
+}

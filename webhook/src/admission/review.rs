@@ -1,26 +1,31 @@
 //! Reading AdmissionReview requests and writing AdmissionReview responses
 //! with kube's `admission` types.
 
-use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use base64::Engine as _;
-use bytes::Bytes;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde::Deserialize;
 use serde_json::Value;
+
+use super::scan::Head;
 
 /// The only review version accepted (the webhook configurations ask for v1).
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// The kind of a review.
 pub const KIND: &str = "AdmissionReview";
 
-/// A request the webhook cannot judge because it is malformed.
+/// A request the webhook cannot judge because it is malformed, too large
+/// or arrived while the webhook had no room for it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InvalidReview {
-    /// HTTP status: 400 (malformed) or 413 (too large); 200 when the uid is
-    /// known, so the API server reads the AdmissionReview answer.
+    /// HTTP status: `code`, or 200 when the uid is known, so that the API
+    /// server reads the AdmissionReview answer.
     pub status: StatusCode,
+    /// The status code inside the answer: 400 (malformed), 413 (too large),
+    /// 503 (no room).
+    pub code: StatusCode,
     /// The request uid when it could be read, else empty.
     pub uid: String,
     /// What is wrong.
@@ -28,14 +33,17 @@ pub struct InvalidReview {
 }
 
 impl InvalidReview {
-    fn new(uid: &str, message: String) -> Self {
-        let status = if uid.is_empty() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
+    /// A malformed request (400).
+    pub fn new(uid: &str, message: String) -> Self {
+        Self::with_code(uid, StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A request refused with `code`.
+    pub fn with_code(uid: &str, code: StatusCode, message: String) -> Self {
+        let status = if uid.is_empty() { code } else { StatusCode::OK };
         Self {
             status,
+            code,
             uid: uid.to_owned(),
             message,
         }
@@ -48,47 +56,26 @@ impl InvalidReview {
 pub struct Incoming {
     /// The whole AdmissionReview as sent.
     pub json: Value,
-    /// The typed request.
+    /// The typed request, without `object` and `oldObject`: policies read
+    /// them from `json`, so they exist once.
     pub request: AdmissionRequest<DynamicObject>,
 }
 
-/// Reads the body into an [`Incoming`] review or says what is wrong with it.
-pub fn parse(
-    body: Result<Bytes, BytesRejection>,
-    max_bytes: usize,
-) -> Result<Incoming, InvalidReview> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            InvalidReview {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                uid: String::new(),
-                message: format!("request body larger than the limit of {max_bytes} bytes"),
-            }
-        } else {
-            InvalidReview::new(
-                "",
-                format!("cannot read request body: {}", rejection.body_text()),
-            )
-        }
-    })?;
-    let json: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| InvalidReview::new("", format!("request body is not valid JSON: {e}")))?;
-    let uid = json
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let api_version = json.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = json.get("kind").and_then(Value::as_str).unwrap_or("");
+/// Checks the fields that name a review: the version and kind, and a
+/// request with a uid.
+pub fn check_head(head: &Head<'_>) -> Result<(), InvalidReview> {
+    let uid = head.uid();
+    let api_version = head.api_version.as_str();
+    let kind = head.kind.as_str();
     if api_version != API_VERSION || kind != KIND {
         return Err(InvalidReview::new(
-            &uid,
+            uid,
             format!(
                 "expected apiVersion {API_VERSION:?} and kind {KIND:?}, got apiVersion {api_version:?} and kind {kind:?}"
             ),
         ));
     }
-    if json.get("request").is_none_or(Value::is_null) {
+    if head.request.0.is_none() {
         return Err(InvalidReview::new(
             "",
             "AdmissionReview has no request".to_owned(),
@@ -100,24 +87,58 @@ pub fn parse(
             "AdmissionReview request has no uid".to_owned(),
         ));
     }
-    let review: AdmissionReview<DynamicObject> = serde_json::from_value(json.clone())
-        .map_err(|e| InvalidReview::new(&uid, format!("invalid AdmissionReview request: {e}")))?;
+    Ok(())
+}
+
+/// Parses `body`, a review whose head passed [`check_head`] with `uid`,
+/// into its tree and kube's typed view of its request. The typed view is
+/// read from the tree with the objects set aside, so nothing large is
+/// copied.
+pub fn parse(body: &[u8], uid: &str) -> Result<Incoming, InvalidReview> {
+    let mut json: Value = serde_json::from_slice(body)
+        .map_err(|e| InvalidReview::new(uid, format!("request body is not valid JSON: {e}")))?;
+    let request = json
+        .get_mut("request")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| InvalidReview::new("", "AdmissionReview has no request".to_owned()))?;
+    let objects: Vec<(String, Value)> = ["object", "oldObject"]
+        .into_iter()
+        .filter_map(|key| Some((key.to_owned(), request.remove(key)?)))
+        .collect();
+    let typed = AdmissionReview::<DynamicObject>::deserialize(&json);
+    if let Some(request) = json.get_mut("request").and_then(Value::as_object_mut) {
+        request.extend(objects);
+    }
+    let review = typed
+        .map_err(|e| InvalidReview::new(uid, format!("invalid AdmissionReview request: {e}")))?;
     let request: AdmissionRequest<DynamicObject> = review
         .try_into()
         .map_err(|_| InvalidReview::new("", "AdmissionReview has no request".to_owned()))?;
     Ok(Incoming { json, request })
 }
 
-/// The response body for a malformed request.
-pub fn invalid_response(invalid: &InvalidReview) -> Value {
+/// The answer to request `uid` before any decision: allowed, nothing else
+/// (what `AdmissionResponse::from(&request)` gives, for a request whose
+/// typed view was not built).
+pub fn response_for(uid: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = uid.to_owned();
+    response.allowed = true;
+    response.result = Default::default();
+    response
+}
+
+/// The answer to a malformed request.
+pub fn invalid_answer(invalid: &InvalidReview) -> AdmissionResponse {
     let mut response = AdmissionResponse::invalid(format!("mapguard: {}", invalid.message));
     response.uid = invalid.uid.clone();
-    response.result.code = if invalid.status == StatusCode::OK {
-        StatusCode::BAD_REQUEST.as_u16()
-    } else {
-        invalid.status.as_u16()
-    };
-    to_json(response)
+    response.result.code = invalid.code.as_u16();
+    response
+}
+
+/// The response body for a malformed request.
+pub fn invalid_response(invalid: &InvalidReview) -> Value {
+    to_json(invalid_answer(invalid))
 }
 
 /// Serializes a response as an AdmissionReview; the JSON patch is written
@@ -141,23 +162,64 @@ pub fn to_json(response: AdmissionResponse) -> Value {
 mod tests {
     use super::*;
 
-    fn body(s: &str) -> Result<Bytes, BytesRejection> {
-        Ok(Bytes::from(s.to_owned()))
+    fn head_check(body: &str) -> Result<(), InvalidReview> {
+        check_head(&Head::read(body.as_bytes()).expect("head reads"))
     }
 
     #[test]
     fn rejects_wrong_kind_and_missing_request() {
-        let err = parse(body(r#"{"apiVersion":"v1","kind":"Pod"}"#), 10).expect_err("wrong kind");
+        let err = head_check(r#"{"apiVersion":"v1","kind":"Pod"}"#).expect_err("wrong kind");
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert!(err.message.contains("AdmissionReview"), "{}", err.message);
-        let err = parse(
-            body(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
-            10,
-        )
-        .expect_err("no request");
+        let err = head_check(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+            .expect_err("no request");
         assert_eq!(err.message, "AdmissionReview has no request");
-        let err = parse(body("{not json"), 10).expect_err("malformed");
+        let err = head_check(
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#,
+        )
+        .expect_err("no uid");
+        assert_eq!(err.message, "AdmissionReview request has no uid");
+        head_check(
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u"}}"#,
+        )
+        .expect("a request with a uid passes");
+    }
+
+    #[test]
+    fn parse_keeps_the_objects_in_the_tree_only() {
+        let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+            "uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},
+            "resource":{"group":"","version":"v1","resource":"pods"},
+            "operation":"UPDATE","userInfo":{},"namespace":"shop",
+            "object":{"metadata":{"name":"a"}},"oldObject":{"metadata":{"name":"b"}}}}"#;
+        let incoming = parse(body, "u-1").expect("parses");
+        assert_eq!(incoming.request.uid, "u-1");
+        assert_eq!(incoming.request.namespace.as_deref(), Some("shop"));
+        assert!(incoming.request.object.is_none());
+        assert_eq!(incoming.json["request"]["object"]["metadata"]["name"], "a");
+        assert_eq!(
+            incoming.json["request"]["oldObject"]["metadata"]["name"],
+            "b"
+        );
+        let err = parse(&body[..40], "u-1").expect_err("cut short");
         assert!(err.message.contains("not valid JSON"), "{}", err.message);
+        assert_eq!(err.status, StatusCode::OK, "uid known: a review answer");
+    }
+
+    #[test]
+    fn a_response_for_a_uid_is_what_kube_builds_from_a_request() {
+        let incoming = parse(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+            "uid":"u-2","kind":{"group":"","version":"v1","kind":"Pod"},
+            "resource":{"group":"","version":"v1","resource":"pods"},
+            "operation":"CREATE","userInfo":{}}}"#,
+            "u-2",
+        )
+        .expect("parses");
+        assert_eq!(
+            to_json(response_for("u-2")),
+            to_json(AdmissionResponse::from(&incoming.request))
+        );
     }
 
     #[test]
