@@ -123,7 +123,9 @@ pub struct Session {
     enforcer: Enforcer,
     monitor: Monitor,
     settings: SampleSettings,
-    /// Analysed binaries by `(device, inode)`, with their crash-path probes.
+    /// Analysed binaries by the `(device, inode)` the kernel places their
+    /// uprobes on (an overlay file's layer file), with their crash-path
+    /// probes.
     binaries: HashMap<(u64, u64), (Arc<BinaryTarget>, ProbeSetId)>,
     guarded: Vec<Guarded>,
     latency: Option<LatencyWindows>,
@@ -169,16 +171,30 @@ impl Session {
     /// paths for every process running it: each with its own mode from the
     /// process table, or all with `mode` (non-zero).
     pub fn binary(&mut self, path: &Path, mode: u8) -> Result<Arc<BinaryTarget>, SessionError> {
+        let file = procfs::file_id(path).ok_or_else(|| SessionError::Target {
+            path: path.to_path_buf(),
+            error: TargetError::GoElf(crate::goelf::GoElfError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        })?;
+        self.binary_file(path, file, mode)
+    }
+
+    /// [`Session::binary`] for the file `file` (`(device, inode)` as the
+    /// kernel keys uprobes: [`procfs::real_file_id`]), read through
+    /// `path`: every overlay mount of one image's file shares its
+    /// analysis, its id and its crash-path probes.
+    pub fn binary_file(
+        &mut self,
+        path: &Path,
+        file: (u64, u64),
+        mode: u8,
+    ) -> Result<Arc<BinaryTarget>, SessionError> {
         let target_error = |error| SessionError::Target {
             path: path.to_path_buf(),
             error,
         };
-        let file = procfs::file_id(path).ok_or_else(|| {
-            target_error(TargetError::GoElf(crate::goelf::GoElfError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            }))
-        })?;
         if let Some((target, _)) = self.binaries.get(&file) {
             return Ok(Arc::clone(target));
         }

@@ -64,7 +64,8 @@ pub struct Enforcement {
     unplaced_logged: HashSet<String>,
     enforced: HashMap<u32, Enforced>,
     /// Files that cannot be enforced (not Go, unsupported release), by
-    /// `(device, inode)`, so they are analysed once.
+    /// the `(device, inode)` of their real file (one for every container
+    /// of an image: `procfs::real_file_id`), so they are analysed once.
     refused: HashMap<(u64, u64), String>,
     /// Processes already counted as failed, so each counts once.
     failed: HashSet<(u32, u64)>,
@@ -306,14 +307,14 @@ impl Enforcement {
         want: &Enforced,
     ) -> Result<Arc<BinaryTarget>, Failure> {
         let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
-        let file = procfs::file_id(&exe).ok_or(Failure::gone())?;
+        let file = procfs::real_file_id(self.scanner.proc_root(), p.pid).ok_or(Failure::gone())?;
         if let Some(reason) = self.refused.get(&file) {
             return Err(Failure {
                 reason: "not_enforceable",
                 message: reason.clone(),
             });
         }
-        let target = match self.session.binary(&exe, 0) {
+        let target = match self.session.binary_file(&exe, file, 0) {
             Ok(t) => t,
             Err(SessionError::Target { error: source, .. }) if procfs::alive(p.pid) => {
                 let binary = std::fs::read_link(&exe).unwrap_or(exe);

@@ -48,6 +48,7 @@ impl Enforcer {
         let cgroups = take_map(&mut self.ebpf, MAP_CGROUPS)?;
         let cgroups = HashMap::try_from(cgroups).map_err(|e| map_error(MAP_CGROUPS, e))?;
         let files = take_map(&mut self.ebpf, MAP_FILES)?;
+        // An LRU hash in the kernel: aya's HashMap reads and writes both.
         let files = HashMap::try_from(files).map_err(|e| map_error(MAP_FILES, e))?;
         let held = take_map(&mut self.ebpf, MAP_HELD)?;
         // Pinned before anything is held: a hold nobody could find after

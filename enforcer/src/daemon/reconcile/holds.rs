@@ -284,7 +284,7 @@ impl Enforcement {
             return Some(Outcome::Exited);
         }
         let exe = self.scanner.proc_root().join(format!("{pid}/exe"));
-        let Some(file) = procfs::file_id(&exe) else {
+        let Some(file) = procfs::real_file_id(self.scanner.proc_root(), pid) else {
             return Some(Outcome::Exited);
         };
         // The binary first: a file that is not Go is released whatever
@@ -297,7 +297,7 @@ impl Enforcement {
             self.exec.as_mut()?.mark_file(hold.file, not_go);
             return Some(Outcome::NotGo);
         }
-        let target = match self.session.binary(&exe, 0) {
+        let target = match self.session.binary_file(&exe, file, 0) {
             Ok(target) => target,
             Err(crate::session::SessionError::Target { error, .. }) if procfs::alive(pid) => {
                 let binary = std::fs::read_link(&exe).unwrap_or(exe.clone());
