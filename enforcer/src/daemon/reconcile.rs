@@ -343,6 +343,7 @@ impl Enforcement {
         let container = Some(
             pod.containers
                 .get(&p.container)
+                .or(pod.sole_container.as_ref())
                 .cloned()
                 .unwrap_or_else(|| p.container.clone()),
         );
