@@ -9,7 +9,10 @@
 //! Each start is held at exec (the hook names the file by its overlay
 //! inode, new for every mount), enforced and killed at its race; the agent
 //! keeps ONE analysed binary: the kernel places uprobes on the layer's
-//! file, shared by the mounts, and so does the agent's key.
+//! file, shared by the mounts, and so does the agent's key. Once no
+//! process runs it, the analysis and its probes are dropped
+//! (`--evict-binaries-after`), and the next start is held and analysed
+//! again.
 
 #[path = "support/agent.rs"]
 mod agent;
@@ -36,6 +39,9 @@ const NODE: &str = "mapguard-overlay-node";
 const PATIENCE: Duration = Duration::from_secs(30);
 /// Overlay mounts of the one lower folder (containers of one image).
 const CONTAINERS: usize = 3;
+/// `--evict-binaries-after`: longer than the test takes between two
+/// processes of the image, so one analysis serves them all.
+const EVICT_AFTER: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_of_one_image_share_one_analysis() {
@@ -93,7 +99,10 @@ async fn containers_of_one_image_share_one_analysis() {
         env.kubeconfig(),
         &events,
         dir.join("agent.log"),
-        &[&format!("--bpf-pin-dir={}", pin_dir.display())],
+        &[
+            &format!("--bpf-pin-dir={}", pin_dir.display()),
+            &format!("--evict-binaries-after={}s", EVICT_AFTER.as_secs()),
+        ],
     );
     agent.wait_ready().await;
     wait_metric(
@@ -140,7 +149,45 @@ async fn containers_of_one_image_share_one_analysis() {
             "one analysis of the image's file, however many mounts run it:\n{}",
             agent.text("/metrics")
         );
+        assert_eq!(
+            agent.metric("mapguard_evicted_binaries_total"),
+            0.0,
+            "dropped in between (the loop took longer than {EVICT_AFTER:?}): one binary proves nothing"
+        );
     }
+
+    // No process runs the image any more: its analysis goes, counted.
+    let started = Instant::now();
+    while agent.metric("mapguard_enforced_binaries") > 0.0 {
+        assert!(
+            started.elapsed() < EVICT_AFTER + PATIENCE,
+            "the analysis of a binary no process runs was kept:\n{}",
+            agent.text("/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(agent.metric("mapguard_evicted_binaries_total"), 1.0);
+    println!(
+        "\n==> no process of the image left: its analysis dropped after {:.1?} (bound {EVICT_AFTER:?}); mapguard_enforced_binaries 0",
+        started.elapsed()
+    );
+    // The image again, from a mount the exec hook knew: held again (the
+    // hook forgot the dropped binary), analysed again, killed.
+    let attached = agent.metric("mapguard_exec_holds_total{outcome=\"attached\"}");
+    let mut racer = start_in(&cg, &image.programs[0], &["-duration", "20s"]);
+    let pid = racer.id();
+    let (status, stderr) = wait(&mut racer, PATIENCE);
+    assert_eq!(status, None, "not killed after the eviction: {stderr}");
+    assert!(!stderr.contains("fatal error: concurrent map"), "{stderr}");
+    let report = wait_violation(&events, pid).await;
+    assert_eq!(report["action"], "killed", "{report}");
+    assert_eq!(
+        agent.metric("mapguard_exec_holds_total{outcome=\"attached\"}"),
+        attached + 1.0,
+        "held again at exec after its binary was dropped"
+    );
+    wait_metric(&agent, "mapguard_enforced_binaries", 1.0).await;
+    println!("\n==> the image again: held, analysed again, killed; mapguard_enforced_binaries 1");
 
     agent.stop();
     drop(bpffs);

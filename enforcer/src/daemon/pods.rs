@@ -112,7 +112,10 @@ impl PodPolicy {
             .collect();
         let sole_container = pod.spec.as_ref().and_then(|spec| {
             let others = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty())
-                || spec.ephemeral_containers.as_ref().is_some_and(|c| !c.is_empty());
+                || spec
+                    .ephemeral_containers
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty());
             match spec.containers.as_slice() {
                 [only] if !others => Some(only.name.clone()),
                 _ => None,

@@ -106,6 +106,12 @@ impl ExecState {
         }
     }
 
+    /// Stops naming the Go `binaries` to the hook (their analyses are
+    /// about to be dropped).
+    pub(super) fn forget_binaries(&mut self, binaries: &[u32]) {
+        self.hook.forget_binaries(binaries);
+    }
+
     /// Releases a held process (if it is still the one held).
     fn release(&mut self, pid: u32, hold: &Hold, outcome: Outcome) {
         // Counted first: whoever sees the process run on sees it counted.
