@@ -65,7 +65,7 @@ pub fn real_file_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
 }
 
 fn is_overlay(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == OVERLAYFS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_MAGIC)
 }
 
 /// The file of an overlay's layers that `exe` (`/proc/PID/exe`) is.
