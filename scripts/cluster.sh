@@ -308,6 +308,12 @@ failSwapOn: false
 resolvConf: ""
 podLogsDir: $STATE/pod-logs
 serializeImagePulls: false
+# A crashed container is restarted after at most 1 s (not 10 s doubling to
+# 5 min): the end-to-end test restarts a killed container 20 times. Kubelet
+# 1.37 has the KubeletCrashLoopBackOffMax feature gate on by default (beta
+# since 1.35), which reads this; 1 s is the least it accepts.
+crashLoopBackOff:
+  maxContainerRestartPeriod: 1s
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 2%

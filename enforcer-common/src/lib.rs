@@ -458,7 +458,9 @@ pub const PROG_EXEC: &str = "mapguard_exec";
 pub const MAP_CGROUPS: &str = "MG_CGROUPS";
 /// Capacity of [`MAP_CGROUPS`].
 pub const MAX_CGROUPS: u32 = 8192;
-/// `HashMap<FileKey, KnownFile>`: executables user space has classified.
+/// `LruHashMap<FileKey, KnownFile>`: executables user space has classified,
+/// by the key the exec hook reads (an overlay file's own inode: one per
+/// container start), least recently used evicted first so it never fills.
 pub const MAP_FILES: &str = "MG_FILES";
 /// Capacity of [`MAP_FILES`].
 pub const MAX_FILES: u32 = 8192;

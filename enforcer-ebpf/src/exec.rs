@@ -27,7 +27,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_send_signal,
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
     programs::RawTracePointContext,
 };
 use mapguard_common::{
@@ -40,8 +40,11 @@ use crate::program::PROCS;
 #[map(name = "MG_CGROUPS")]
 static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 
+/// Least recently used entries go first: every container start names its
+/// file by an overlay inode of its own, so the table would otherwise only
+/// grow; an evicted file costs its next process one hold.
 #[map(name = "MG_FILES")]
-static FILES: HashMap<FileKey, KnownFile> = HashMap::with_max_entries(MAX_FILES, 0);
+static FILES: LruHashMap<FileKey, KnownFile> = LruHashMap::with_max_entries(MAX_FILES, 0);
 
 #[map(name = "MG_HELD")]
 static HELD: HashMap<u32, Hold> = HashMap::with_max_entries(MAX_HELD, 0);

@@ -228,6 +228,13 @@ pub struct DaemonArgs {
     /// How often the node's processes are placed in their Pods.
     #[arg(long, env = "MAPGUARD_SCAN_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub scan_interval: Duration,
+    /// How long an analysed Go binary is kept once no process runs it:
+    /// past it, its analysis, crash-path probes and shared probes are
+    /// dropped (an image's next container is analysed again). Kept a
+    /// while so that a crash-looping container is not analysed at every
+    /// restart.
+    #[arg(long, env = "MAPGUARD_EVICT_BINARIES_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub evict_binaries_after: Duration,
     /// Where the host's /proc is (the agent may see it mounted elsewhere).
     #[arg(long, env = "MAPGUARD_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,

@@ -182,7 +182,8 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         Arc::clone(&pods),
         Arc::clone(&metrics),
         scanner,
-    );
+    )
+    .evicting_binaries_after(args.evict_binaries_after);
     if let Some(hook) = session_with_hook.1 {
         let mut exec_metrics = None;
         metrics.register(|r| exec_metrics = Some(reconcile::ExecMetrics::new(r)));

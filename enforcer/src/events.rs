@@ -76,7 +76,8 @@ pub struct ViolationRecord {
 
 /// Turns kernel records into JSON lines and stderr summaries.
 pub struct Reporter {
-    binaries: Vec<Arc<BinaryTarget>>,
+    /// By id (`BinaryTarget::id`, the `binary_id` the probes carry).
+    binaries: HashMap<u32, Arc<BinaryTarget>>,
     out: Box<dyn Write + Send>,
     pods: HashMap<u32, PodInfo>,
     seen: HashMap<DedupKey, u64>,
@@ -97,7 +98,7 @@ struct DedupKey {
 impl Reporter {
     pub fn new(out: Box<dyn Write + Send>) -> Reporter {
         Reporter {
-            binaries: Vec::new(),
+            binaries: HashMap::new(),
             out,
             pods: HashMap::new(),
             seen: HashMap::new(),
@@ -105,13 +106,14 @@ impl Reporter {
         }
     }
 
-    /// Adds a binary; its index is the `binary_id` the probes carry.
+    /// Adds a binary, under its id (the `binary_id` the probes carry).
     pub fn add_binary(&mut self, target: Arc<BinaryTarget>) {
-        self.binaries.push(target);
+        self.binaries.insert(target.id, target);
     }
 
-    pub fn binaries(&self) -> &[Arc<BinaryTarget>] {
-        &self.binaries
+    /// Forgets binary `id` (no process runs it any more).
+    pub fn remove_binary(&mut self, id: u32) {
+        self.binaries.remove(&id);
     }
 
     /// Writes a `sampling` line: the duty cycle sampled coverage chose for
@@ -229,7 +231,7 @@ impl Reporter {
     }
 
     fn record(&self, v: &Violation) -> ViolationRecord {
-        let binary = self.binaries.get(v.binary_id as usize);
+        let binary = self.binaries.get(&v.binary_id);
         let bias = binary.map_or(0, |b| b.load_bias(v.pid, v.point, v.stack[0]));
         let symbolize = |stack: &[u64; MAX_FRAMES], depth: u8| -> Vec<String> {
             let depth = usize::from(depth).min(MAX_FRAMES);

@@ -410,6 +410,17 @@ impl Enforcer {
         }
     }
 
+    /// Removes `target`'s rows of the runtime's crash messages (its
+    /// crash-path probes removed: no process runs it any more).
+    pub fn forget_fatal_messages(&mut self, target: &BinaryTarget) {
+        for (key, _) in &target.fatal_messages {
+            let _ = self.fatal_messages.remove(&FatalMessage {
+                binary_id: target.id,
+                ..*key
+            });
+        }
+    }
+
     /// How often a set's probes fired since it was added (summed over CPUs).
     pub fn hits(&self, id: ProbeSetId) -> u64 {
         self.hits_by_function(id).iter().map(|(_, n)| n).sum()

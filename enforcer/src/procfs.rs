@@ -1,5 +1,9 @@
 //! What `/proc` says about a process: whether it is alive, its CPU time,
-//! the file it runs.
+//! the file it runs (and, through overlayfs, the file the kernel probes).
+
+mod real_file;
+
+pub use real_file::real_file_id;
 
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 

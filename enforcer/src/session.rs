@@ -123,13 +123,18 @@ pub struct Session {
     enforcer: Enforcer,
     monitor: Monitor,
     settings: SampleSettings,
-    /// Analysed binaries by `(device, inode)`, with their crash-path probes.
+    /// Analysed binaries by the `(device, inode)` the kernel places their
+    /// uprobes on (an overlay file's layer file), with their crash-path
+    /// probes.
     binaries: HashMap<(u64, u64), (Arc<BinaryTarget>, ProbeSetId)>,
     guarded: Vec<Guarded>,
     latency: Option<LatencyWindows>,
     /// Map-function probes for every process of a binary, by binary id
     /// (the node agent's exec hook enforces new processes with them).
     shared_map_ops: HashMap<u32, ProbeSetId>,
+    /// The id the next binary analysed gets (ids are never reused: a late
+    /// report of a binary dropped is not taken for another's).
+    next_binary_id: u32,
 }
 
 impl Session {
@@ -156,6 +161,7 @@ impl Session {
             guarded: Vec::new(),
             latency: args.delete_latency(Duration::ZERO),
             shared_map_ops: HashMap::new(),
+            next_binary_id: 0,
         })
     }
 
@@ -169,21 +175,36 @@ impl Session {
     /// paths for every process running it: each with its own mode from the
     /// process table, or all with `mode` (non-zero).
     pub fn binary(&mut self, path: &Path, mode: u8) -> Result<Arc<BinaryTarget>, SessionError> {
+        let file = procfs::file_id(path).ok_or_else(|| SessionError::Target {
+            path: path.to_path_buf(),
+            error: TargetError::GoElf(crate::goelf::GoElfError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        })?;
+        self.binary_file(path, file, mode)
+    }
+
+    /// [`Session::binary`] for the file `file` (`(device, inode)` as the
+    /// kernel keys uprobes: [`procfs::real_file_id`]), read through
+    /// `path`: every overlay mount of one image's file shares its
+    /// analysis, its id and its crash-path probes.
+    pub fn binary_file(
+        &mut self,
+        path: &Path,
+        file: (u64, u64),
+        mode: u8,
+    ) -> Result<Arc<BinaryTarget>, SessionError> {
         let target_error = |error| SessionError::Target {
             path: path.to_path_buf(),
             error,
         };
-        let file = procfs::file_id(path).ok_or_else(|| {
-            target_error(TargetError::GoElf(crate::goelf::GoElfError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            }))
-        })?;
         if let Some((target, _)) = self.binaries.get(&file) {
             return Ok(Arc::clone(target));
         }
-        let id = self.monitor.reporter.binaries().len() as u32;
+        let id = self.next_binary_id;
         let target = Arc::new(BinaryTarget::analyse(path, id).map_err(target_error)?);
+        self.next_binary_id += 1;
         let backstops =
             self.enforcer
                 .add_probes(&target, Probes::Backstops, Scope::AllProcesses { mode })?;
@@ -343,9 +364,51 @@ impl Session {
         self.monitor.reporter.set_pod(pid, pod);
     }
 
-    /// Binaries analysed and probed so far.
+    /// Binaries analysed and probed (and not dropped).
     pub fn binary_count(&self) -> usize {
         self.binaries.len()
+    }
+
+    /// The ids of the binaries analysed and probed.
+    pub fn binary_ids(&self) -> Vec<u32> {
+        self.binaries.values().map(|(t, _)| t.id).collect()
+    }
+
+    /// The binaries of the processes in the process table (whoever
+    /// registered them: user space or the exec hook).
+    pub fn binaries_in_use(&self) -> std::collections::HashSet<u32> {
+        self.enforcer
+            .registered_pids()
+            .into_iter()
+            .filter_map(|pid| self.enforcer.registered(pid))
+            .map(|entry| entry.binary_id)
+            .collect()
+    }
+
+    /// Drops binary `id` (no process runs it): its crash-path probes, its
+    /// shared map-function probes, its rows of the crash messages and its
+    /// analysis. A process of the file later is analysed again, under a
+    /// new id. The exec hook must not name the id any more (the caller
+    /// sees to that first).
+    pub fn drop_binary(&mut self, id: u32) {
+        let Some(file) = self
+            .binaries
+            .iter()
+            .find(|(_, (t, _))| t.id == id)
+            .map(|(file, _)| *file)
+        else {
+            return;
+        };
+        let Some((target, backstops)) = self.binaries.remove(&file) else {
+            return;
+        };
+        self.enforcer.remove_probes(backstops);
+        if let Some(shared) = self.shared_map_ops.remove(&id) {
+            self.enforcer.remove_probes(shared);
+        }
+        self.enforcer.forget_fatal_messages(&target);
+        self.monitor.reporter.remove_binary(id);
+        tracing::info!(binary = %target.name.display(), binary_id = id, "no process runs the binary any more: its analysis and probes dropped");
     }
 
     /// Checks the probes could not complete so far (see

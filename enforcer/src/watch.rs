@@ -2,7 +2,10 @@
 //! process of some binaries, including ones started later (`--exe`), until
 //! interrupted (or, for `--pid`, until all of them have exited).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::{
     config::WatchArgs,
@@ -107,7 +110,11 @@ fn watch_pid(
             WatchError::NoProcess { pid }
         }
     };
-    let target = session.binary(&exe, 0).map_err(|e| match e {
+    // Keyed by the file the kernel probes: processes of one image in
+    // several containers share one analysis.
+    let file = crate::procfs::real_file_id(Path::new("/proc"), pid)
+        .ok_or(WatchError::NoProcess { pid })?;
+    let target = session.binary_file(&exe, file, 0).map_err(|e| match e {
         SessionError::Target { .. } if alive(pid) => WatchError::Session(e),
         e => gone_or(e),
     })?;

@@ -75,7 +75,7 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     // A bpffs of the test's own for the pinned table of holds.
     let pin_dir = dir.join("pin");
     std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let bpffs = BpfFs::mount(&pin_dir);
+    let bpffs = support::BpfFs::mount(&pin_dir);
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),
@@ -342,41 +342,6 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     drop(cg);
     drop(env);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A bpffs mounted for the test's pinned maps; unmounted on drop.
-struct BpfFs(std::ffi::CString);
-
-impl BpfFs {
-    fn mount(dir: &Path) -> BpfFs {
-        use std::os::unix::ffi::OsStrExt as _;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
-        // SAFETY: NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                path.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount bpffs on {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
-        BpfFs(path)
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        // SAFETY: a NUL-terminated path.
-        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 /// `holds_total{outcome}`.

@@ -119,6 +119,7 @@ pub struct Metrics {
     pair_bound: usize,
     processes: Gauge,
     binaries: Gauge,
+    evicted_binaries: Counter,
     attach_failures: Family<ReasonLabels, Counter>,
     unplaced: Counter,
     incomplete_checks: Family<CheckLabels, Gauge>,
@@ -205,6 +206,12 @@ impl Metrics {
             "Go binaries analysed and probed on this node",
             binaries.clone(),
         );
+        let evicted_binaries = Counter::default();
+        r.register(
+            "mapguard_evicted_binaries",
+            "Analyses of Go binaries dropped (with their probes) once no process ran them for --evict-binaries-after",
+            evicted_binaries.clone(),
+        );
         let attach_failures = Family::<ReasonLabels, Counter>::default();
         r.register(
             "mapguard_attach_failures",
@@ -260,6 +267,7 @@ impl Metrics {
             pair_bound: usize::MAX,
             processes,
             binaries,
+            evicted_binaries,
             attach_failures,
             unplaced,
             incomplete_checks,
@@ -382,6 +390,10 @@ impl Metrics {
         self.attach_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn binary_evicted(&self) {
+        self.evicted_binaries.inc();
     }
 
     pub fn unplaced(&self) {

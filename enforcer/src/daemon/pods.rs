@@ -117,6 +117,12 @@ pub struct PodPolicy {
     pub coverage: Coverage,
     /// Container id (without the `containerd://` prefix) → container name.
     pub containers: HashMap<String, String>,
+    /// The name of the Pod's container when its spec has exactly one (no
+    /// init or ephemeral ones): the name of a container whose id the
+    /// status does not list yet (the kubelet reports a restarted
+    /// container's new id after it started, and the agent has enforced it
+    /// at exec before that).
+    pub sole_container: Option<String>,
     /// What was wrong with the Pod's annotations (defaults used instead),
     /// and where its namespace raised them.
     pub warnings: Vec<String>,
@@ -154,6 +160,17 @@ impl PodPolicy {
                 Some((id.to_string(), c.name.clone()))
             })
             .collect();
+        let sole_container = pod.spec.as_ref().and_then(|spec| {
+            let others = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty())
+                || spec
+                    .ephemeral_containers
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty());
+            match spec.containers.as_slice() {
+                [only] if !others => Some(only.name.clone()),
+                _ => None,
+            }
+        });
         let mut policy = PodPolicy {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -162,6 +179,7 @@ impl PodPolicy {
             mode: None,
             coverage: defaults.coverage,
             containers,
+            sole_container,
             warnings: Vec::new(),
             asked: (get(MODE_ANNOTATION), get(COVERAGE_ANNOTATION)),
         };
@@ -497,7 +515,7 @@ pub async fn watch_namespaces(client: kube::Client, table: Arc<PodTable>) {
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
     use kube::api::ObjectMeta;
 
     use super::*;
@@ -575,6 +593,28 @@ mod tests {
             policy.containers.get("abc123").map(String::as_str),
             Some("app")
         );
+    }
+
+    #[test]
+    fn a_pod_of_one_container_names_it_for_ids_not_listed_yet() {
+        let with = |names: &[&str]| {
+            let mut p = pod("u6", &[]);
+            p.spec = Some(PodSpec {
+                containers: names
+                    .iter()
+                    .map(|n| Container {
+                        name: n.to_string(),
+                        ..Container::default()
+                    })
+                    .collect(),
+                ..PodSpec::default()
+            });
+            PodPolicy::of(&p, DEFAULTS, None)
+                .expect("policy")
+                .sole_container
+        };
+        assert_eq!(with(&["racer"]).as_deref(), Some("racer"));
+        assert_eq!(with(&["app", "sidecar"]), None, "ambiguous: the id is kept");
     }
 
     #[test]

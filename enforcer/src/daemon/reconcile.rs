@@ -64,7 +64,8 @@ pub struct Enforcement {
     unplaced_logged: HashSet<String>,
     enforced: HashMap<u32, Enforced>,
     /// Files that cannot be enforced (not Go, unsupported release), by
-    /// `(device, inode)`, so they are analysed once.
+    /// the `(device, inode)` of their real file (one for every container
+    /// of an image: `procfs::real_file_id`), so they are analysed once.
     refused: HashMap<(u64, u64), String>,
     /// Processes already counted as failed, so each counts once.
     failed: HashSet<(u32, u64)>,
@@ -78,6 +79,10 @@ pub struct Enforcement {
     exec: Option<ExecState>,
     /// Process-table entries the last reconcile found unaccounted for.
     unexplained: HashSet<u32>,
+    /// How long a binary no process runs is kept (`None`: for ever).
+    evict_after: Option<Duration>,
+    /// Binaries no process runs, since when.
+    idle: HashMap<u32, Instant>,
 }
 
 impl Enforcement {
@@ -106,7 +111,16 @@ impl Enforcement {
             counted_deletes: HashMap::new(),
             exec: None,
             unexplained: HashSet::new(),
+            evict_after: None,
+            idle: HashMap::new(),
         }
+    }
+
+    /// Drops the analysis of a binary (and its probes) once no process has
+    /// run it for `after`.
+    pub fn evicting_binaries_after(mut self, after: Duration) -> Enforcement {
+        self.evict_after = Some(after);
+        self
     }
 
     /// Runs until `stop` returns true: reports what the probes find as it
@@ -194,6 +208,7 @@ impl Enforcement {
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
         self.sweep_process_table();
+        self.evict_idle_binaries();
         self.metrics
             .set_enforced(self.enforced.len(), self.session.binary_count());
         self.metrics
@@ -219,6 +234,46 @@ impl Enforcement {
             self.session.forget_process(*pid);
         }
         self.unexplained = unexplained;
+    }
+
+    /// Drops the binaries no process has run for `evict_after`: the exec
+    /// hook first stops naming them (no new process is registered with
+    /// them by the kernel), then, for those still unused (the hook may
+    /// have registered one just before), their analyses and probes go.
+    fn evict_idle_binaries(&mut self) {
+        let Some(after) = self.evict_after else {
+            return;
+        };
+        let in_use = self.session.binaries_in_use();
+        let analysed = self.session.binary_ids();
+        let now = Instant::now();
+        self.idle
+            .retain(|id, _| analysed.contains(id) && !in_use.contains(id));
+        for id in analysed.iter().filter(|id| !in_use.contains(id)) {
+            self.idle.entry(*id).or_insert(now);
+        }
+        let due: Vec<u32> = self
+            .idle
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= after)
+            .map(|(id, _)| *id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        if let Some(exec) = self.exec.as_mut() {
+            exec.forget_binaries(&due);
+        }
+        let in_use = self.session.binaries_in_use();
+        for id in due {
+            // Registered meanwhile: kept (its file is held again next time).
+            if in_use.contains(&id) {
+                continue;
+            }
+            self.idle.remove(&id);
+            self.session.drop_binary(id);
+            self.metrics.binary_evicted();
+        }
     }
 
     /// The workload a report is counted under: its process's, else (a
@@ -306,14 +361,14 @@ impl Enforcement {
         want: &Enforced,
     ) -> Result<Arc<BinaryTarget>, Failure> {
         let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
-        let file = procfs::file_id(&exe).ok_or(Failure::gone())?;
+        let file = procfs::real_file_id(self.scanner.proc_root(), p.pid).ok_or(Failure::gone())?;
         if let Some(reason) = self.refused.get(&file) {
             return Err(Failure {
                 reason: "not_enforceable",
                 message: reason.clone(),
             });
         }
-        let target = match self.session.binary(&exe, 0) {
+        let target = match self.session.binary_file(&exe, file, 0) {
             Ok(t) => t,
             Err(SessionError::Target { error: source, .. }) if procfs::alive(p.pid) => {
                 let binary = std::fs::read_link(&exe).unwrap_or(exe);
@@ -342,6 +397,7 @@ impl Enforcement {
         let container = Some(
             pod.containers
                 .get(&p.container)
+                .or(pod.sole_container.as_ref())
                 .cloned()
                 .unwrap_or_else(|| p.container.clone()),
         );

@@ -14,7 +14,7 @@ use aya::{
 };
 use mapguard_common::{
     CgroupPolicy, ExecConfig, ExecEvent, FileKey, Hold, KnownFile, MAP_CGROUPS, MAP_EXEC_CONFIG,
-    MAP_EXECS, MAP_FILES, MAP_HELD, PROG_EXEC,
+    MAP_EXECS, MAP_FILES, MAP_HELD, PROG_EXEC, file_kind,
 };
 
 use super::{Enforcer, LoaderError, btf, map_error, program_error, take_map};
@@ -48,6 +48,7 @@ impl Enforcer {
         let cgroups = take_map(&mut self.ebpf, MAP_CGROUPS)?;
         let cgroups = HashMap::try_from(cgroups).map_err(|e| map_error(MAP_CGROUPS, e))?;
         let files = take_map(&mut self.ebpf, MAP_FILES)?;
+        // An LRU hash in the kernel: aya's HashMap reads and writes both.
         let files = HashMap::try_from(files).map_err(|e| map_error(MAP_FILES, e))?;
         let held = take_map(&mut self.ebpf, MAP_HELD)?;
         // Pinned before anything is held: a hold nobody could find after
@@ -106,6 +107,21 @@ impl ExecHook {
         self.files
             .insert(key, file, 0)
             .map_err(|e| map_error(MAP_FILES, e))
+    }
+
+    /// Forgets every file known as one of the Go `binaries` (their
+    /// analyses dropped): their next processes are held again.
+    pub fn forget_binaries(&mut self, binaries: &[u32]) {
+        let keys: Vec<FileKey> = self
+            .files
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, f)| f.kind == file_kind::GO && binaries.contains(&f.binary_id))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            let _ = self.files.remove(&key);
+        }
     }
 
     pub fn file(&self, key: &FileKey) -> Option<KnownFile> {

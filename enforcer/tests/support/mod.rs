@@ -383,3 +383,38 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         v[mid]
     }
 }
+
+/// A bpffs mounted for the test's pinned maps; unmounted on drop.
+pub struct BpfFs(std::ffi::CString);
+
+impl BpfFs {
+    pub fn mount(dir: &Path) -> BpfFs {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                path.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount bpffs on {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        BpfFs(path)
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}

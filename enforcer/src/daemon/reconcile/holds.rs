@@ -106,6 +106,12 @@ impl ExecState {
         }
     }
 
+    /// Stops naming the Go `binaries` to the hook (their analyses are
+    /// about to be dropped).
+    pub(super) fn forget_binaries(&mut self, binaries: &[u32]) {
+        self.hook.forget_binaries(binaries);
+    }
+
     /// Releases a held process (if it is still the one held).
     fn release(&mut self, pid: u32, hold: &Hold, outcome: Outcome) {
         // Counted first: whoever sees the process run on sees it counted.
@@ -284,7 +290,7 @@ impl Enforcement {
             return Some(Outcome::Exited);
         }
         let exe = self.scanner.proc_root().join(format!("{pid}/exe"));
-        let Some(file) = procfs::file_id(&exe) else {
+        let Some(file) = procfs::real_file_id(self.scanner.proc_root(), pid) else {
             return Some(Outcome::Exited);
         };
         // The binary first: a file that is not Go is released whatever
@@ -297,7 +303,7 @@ impl Enforcement {
             self.exec.as_mut()?.mark_file(hold.file, not_go);
             return Some(Outcome::NotGo);
         }
-        let target = match self.session.binary(&exe, 0) {
+        let target = match self.session.binary_file(&exe, file, 0) {
             Ok(target) => target,
             Err(crate::session::SessionError::Target { error, .. }) if procfs::alive(pid) => {
                 let binary = std::fs::read_link(&exe).unwrap_or(exe.clone());
