@@ -573,8 +573,8 @@ impl E2e {
 
     /// Step 6: a `stop` Pod's process is stopped (SIGSTOP); the agent's Pod
     /// is deleted and the DaemonSet's new one finds the stopped process and
-    /// enforces it again: resumed (SIGCONT), it races on and is stopped
-    /// again, counted in the same record.
+    /// enforces it again, reporting nothing twice: resumed (SIGCONT), it
+    /// races on and is stopped again, counted in the same record.
     fn a_new_agent_takes_over_a_stopped_pod(&self) {
         self.ok(&["create", "namespace", &self.stop_ns]);
         self.ok(&["label", "namespace", &self.stop_ns, "mapguard.io/mode=stop"]);
@@ -601,6 +601,7 @@ impl E2e {
             self.stop_ns, record["status"]["action"]
         ));
 
+        let before = self.violations(&self.stop_ns);
         let old = self.agent_pod();
         self.ok(&["delete", "pod", "-n", SYSTEM, &old]);
         let new = self.wait_for("a new agent Pod, ready", ROLLOUT, || {
@@ -633,6 +634,13 @@ impl E2e {
             "agent Pod {old} deleted; the DaemonSet's new {new} enforces the stopped process (still state T):\n    {}",
             line.trim()
         ));
+        // Nothing is reported twice: the new agent found the process
+        // stopped and reports nothing of the race its predecessor reported.
+        assert_eq!(
+            self.violations(&self.stop_ns),
+            before,
+            "the new agent reported the stopped process's race again"
+        );
         let resumed = Command::new("kill")
             .args(["-CONT", &pid.to_string()])
             .status()
