@@ -205,8 +205,8 @@ async fn bundles(client: &Client) -> Vec<(String, String)> {
     }
     assert_eq!(
         out.len(),
-        4,
-        "two webhooks in each configuration (manifests/webhook/: opted-in namespaces fail closed, the others open)"
+        6,
+        "every webhook of both configurations (manifests/webhook/: Pods and Namespaces, opted-in namespaces fail closed, the others open)"
     );
     out
 }

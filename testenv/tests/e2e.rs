@@ -299,7 +299,17 @@ impl E2e {
     /// Returns the agent as it was after the first kill.
     fn racing_pods_are_killed_where_asked_and_left_alone_elsewhere(&self) -> AgentSample {
         self.ok(&["create", "namespace", &self.kill_ns]);
-        self.ok(&["label", "namespace", &self.kill_ns, "mapguard.io/mode=kill"]);
+        // min-coverage=full: the agent raises the Pod (no coverage
+        // annotation: the node's default, sampled) to full, so the first
+        // race is caught by the map functions' probes with both call sites
+        // whether or not a sampling window of the (shared) binary is open.
+        self.ok(&[
+            "label",
+            "namespace",
+            &self.kill_ns,
+            "mapguard.io/mode=kill",
+            "mapguard.io/min-coverage=full",
+        ]);
         self.ok(&["create", "namespace", &self.plain_ns]);
         let delay = format!("{}ms", RACE_START_DELAY.as_millis());
         say(&format!(

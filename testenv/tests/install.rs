@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use mapguard_testenv::TestEnv;
@@ -323,13 +323,32 @@ async fn an_upgrade_keeps_the_ca_bundle_certs_gen_set(env: &TestEnv) {
             json!({"webhooks": [{"name": name, "clientConfig": {"caBundle": bundle}}]}),
         )
     };
-    for name in ["validate.mapguard.io", "best-effort.validate.mapguard.io"] {
+    // Every webhook of both configurations, as certs-gen patches them.
+    let validating_names: Vec<String> = validating
+        .get(CONFIGURATION)
+        .await
+        .expect("GET validating")
+        .webhooks
+        .into_iter()
+        .flatten()
+        .map(|h| h.name)
+        .collect();
+    let mutating_names: Vec<String> = mutating
+        .get(CONFIGURATION)
+        .await
+        .expect("GET mutating")
+        .webhooks
+        .into_iter()
+        .flatten()
+        .map(|h| h.name)
+        .collect();
+    for name in &validating_names {
         validating
             .patch(CONFIGURATION, &params, &patch(name))
             .await
             .unwrap_or_else(|e| panic!("set the caBundle of {name}: {e}"));
     }
-    for name in ["mutate.mapguard.io", "best-effort.mutate.mapguard.io"] {
+    for name in &mutating_names {
         mutating
             .patch(CONFIGURATION, &params, &patch(name))
             .await
@@ -348,9 +367,10 @@ async fn an_upgrade_keeps_the_ca_bundle_certs_gen_set(env: &TestEnv) {
     let v = validating.get(CONFIGURATION).await.expect("GET validating");
     let m = mutating.get(CONFIGURATION).await.expect("GET mutating");
     let expected = base64_decode(bundle);
-    for (kind, bundles) in [
+    for (kind, count, bundles) in [
         (
             "validating",
+            validating_names.len(),
             stored(v.webhooks.map(|w| {
                 w.into_iter()
                     .map(|h| h.client_config.ca_bundle.map(|b| b.0))
@@ -359,6 +379,7 @@ async fn an_upgrade_keeps_the_ca_bundle_certs_gen_set(env: &TestEnv) {
         ),
         (
             "mutating",
+            mutating_names.len(),
             stored(m.webhooks.map(|w| {
                 w.into_iter()
                     .map(|h| h.client_config.ca_bundle.map(|b| b.0))
@@ -368,7 +389,7 @@ async fn an_upgrade_keeps_the_ca_bundle_certs_gen_set(env: &TestEnv) {
     ] {
         assert_eq!(
             bundles,
-            vec![Some(expected.clone()); 2],
+            vec![Some(expected.clone()); count],
             "the {kind} caBundles after the upgrade"
         );
     }
@@ -408,11 +429,18 @@ async fn without_a_webhook_only_opted_in_namespaces_refuse_pods(
         (&plain, None),
         (&off, Some("off")),
     ] {
-        kubectl_ok(env, &["create", "namespace", namespace]).await;
-        if let Some(mode) = label {
-            let label = format!("mapguard.io/mode={mode}");
-            kubectl_ok(env, &["label", "namespace", namespace, &label]).await;
-        }
+        // Created with its label: a Namespace's creation is not judged,
+        // a change of its mapguard.io/ labels is, by a webhook that is
+        // missing here (and fails closed for enforced namespaces).
+        let labels = label.map(|mode| json!({"mapguard.io/mode": mode}));
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": namespace, "labels": labels},
+        }))
+        .expect("a Namespace");
+        Api::<Namespace>::all(env.client())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {:?}: {e}", namespace.metadata.name));
     }
     let client = env.client();
     let create = |namespace: &str, name: &str| {
@@ -661,6 +689,8 @@ async fn each_service_account_can_do_nothing_more(env: &TestEnv) {
     let webhook = ["namespaces [] [] [list watch]"];
     let enforcer = [
         "pods [] [] [list watch]",
+        // The namespaces' minimum mode and coverage (mapguard.io/ labels).
+        "namespaces [] [] [list watch]",
         "mapviolations.mapguard.io [] [] [get list create update delete]",
         "mapviolations.mapguard.io/status [] [] [update]",
         "events.events.k8s.io [] [] [create patch]",
