@@ -16,6 +16,7 @@ use crate::{
     config::{EnforceArgs, LatencyWindows},
     coverage::{Coverage, SampleSettings},
     events::{Reporter, ViolationRecord},
+    goelf::ReadLimits,
     loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
     monitor::Monitor,
     output, procfs,
@@ -130,6 +131,8 @@ pub struct Session {
     /// Map-function probes for every process of a binary, by binary id
     /// (the node agent's exec hook enforces new processes with them).
     shared_map_ops: HashMap<u32, ProbeSetId>,
+    /// How much of an executable an analysis may read.
+    read_limits: ReadLimits,
 }
 
 impl Session {
@@ -156,6 +159,7 @@ impl Session {
             guarded: Vec::new(),
             latency: args.delete_latency(Duration::ZERO),
             shared_map_ops: HashMap::new(),
+            read_limits: args.read.limits(),
         })
     }
 
@@ -183,7 +187,8 @@ impl Session {
             return Ok(Arc::clone(target));
         }
         let id = self.monitor.reporter.binaries().len() as u32;
-        let target = Arc::new(BinaryTarget::analyse(path, id).map_err(target_error)?);
+        let target =
+            Arc::new(BinaryTarget::analyse(path, id, self.read_limits).map_err(target_error)?);
         let backstops =
             self.enforcer
                 .add_probes(&target, Probes::Backstops, Scope::AllProcesses { mode })?;
