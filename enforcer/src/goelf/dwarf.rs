@@ -21,9 +21,11 @@ pub enum DwarfError {
     Gimli(#[from] gimli::Error),
 }
 
-/// The sections read: entries and their names (not line tables, ranges,
-/// locations or frames).
-const NEEDED: [gimli::SectionId; 5] = [
+/// The sections read: entries, their names, and the line programs that
+/// `gimli` parses with each unit (not ranges, locations or frames).
+const NEEDED: [gimli::SectionId; 7] = [
+    gimli::SectionId::DebugLine,
+    gimli::SectionId::DebugAddr,
     gimli::SectionId::DebugInfo,
     gimli::SectionId::DebugAbbrev,
     gimli::SectionId::DebugStr,
