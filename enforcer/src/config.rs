@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     coverage::{Coverage, SampleSettings, parse_budget, parse_duration},
+    goelf::ReadLimits,
     loader::{AttachKind, ProbeAt, ProbeProgram},
 };
 
@@ -137,6 +138,8 @@ pub struct EnforceArgs {
     /// or the first of these the kernel supports.
     #[arg(long, value_enum, env = "MAPGUARD_ATTACH", default_value_t = AttachKind::Auto)]
     pub attach: AttachKind,
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// Benchmark hook: which BPF program the probes run.
     #[arg(long, value_enum, hide = true, env = "MAPGUARD_PROBE_PROGRAM", default_value_t = ProbeProgram::Enforce)]
     pub probe_program: ProbeProgram,
@@ -196,10 +199,49 @@ pub struct WatchArgs {
     pub exe: Vec<PathBuf>,
 }
 
+/// How much of an executable the analysis may read (`exec`, `watch`,
+/// `daemon` and `scan`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ReadArgs {
+    /// Executables larger than this are refused without being read (e.g.
+    /// `1GiB`, `300MiB`, `500M`, or bytes); the biggest real Go services
+    /// are a few hundred MB.
+    #[arg(long, env = "MAPGUARD_MAX_BINARY_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub max_binary_size: u64,
+}
+
+impl ReadArgs {
+    pub fn limits(&self) -> ReadLimits {
+        ReadLimits::with_max_file(self.max_binary_size)
+    }
+}
+
+/// A byte count: a number with an optional unit `K`, `M`, `G` (powers of
+/// 1024, also written `KiB`, `MiB`, `GiB`; a trailing `B` is allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1GiB, 300MiB, 500M)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (K, M, G)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[derive(Debug, Args)]
 pub struct ScanArgs {
     /// The Go binary to analyse.
     pub binary: PathBuf,
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// Print JSON instead of a table.
     #[arg(long, env = "MAPGUARD_SCAN_JSON")]
     pub json: bool,

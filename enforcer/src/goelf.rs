@@ -11,6 +11,7 @@
 //! table ([`release::RELEASES`]), whose layouts were verified here. Others
 //! are refused rather than guessed at.
 
+mod analysis;
 pub mod disasm;
 pub mod dwarf;
 mod elf;
@@ -20,18 +21,25 @@ pub mod plan;
 pub mod release;
 pub mod version;
 
-use std::path::{Path, PathBuf};
+mod source;
 
-use object::{Object, ObjectSection, ObjectSymbol};
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+};
+
 use serde::Serialize;
 
+use analysis::{Parts, read_error};
 use elf::Segments;
+use source::{Image, OpenError};
 
 pub use disasm::StepHandling;
 pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
 pub use pclntab::{Frame, FuncInfo, PclntabError, Symbolizer};
 pub use plan::{ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, ProbePlan};
 pub use release::{BackstopVia, MapRuntime, MessageClass, Release};
+pub use source::{DEFAULT_MAX_BINARY_SIZE, MAX_PIECE, ReadLimits, Size};
 pub use version::GoVersion;
 
 /// Why a binary cannot be analysed.
@@ -42,6 +50,23 @@ pub enum GoElfError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: {size} executable, over the --max-binary-size limit of {limit}")]
+    TooLarge {
+        path: PathBuf,
+        size: Size,
+        limit: Size,
+    },
+    #[error("{path}: {what} is {size}, over the {limit} limit on one read")]
+    PieceTooLarge {
+        path: PathBuf,
+        what: String,
+        size: Size,
+        limit: Size,
+    },
+    #[error("{path}: {what} lies outside the file")]
+    OutsideFile { path: PathBuf, what: String },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: PathBuf },
     #[error("{path} is not an ELF file")]
     NotElf { path: PathBuf },
     #[error("{path} is a malformed ELF file: {source}")]
@@ -124,7 +149,9 @@ impl std::fmt::Display for MapImpl {
 /// An analysed Go executable.
 pub struct GoBinary {
     path: PathBuf,
-    data: Vec<u8>,
+    /// The file, read on demand (function code, data) until [`Self::close`].
+    image: Image,
+    max_piece: u64,
     segments: Segments,
     version: GoVersion,
     release: &'static Release,
@@ -137,156 +164,76 @@ pub struct GoBinary {
 }
 
 impl GoBinary {
-    /// Reads and analyses `path`.
+    /// Reads and analyses `path` within the default [`ReadLimits`].
     pub fn open(path: &Path) -> Result<GoBinary, GoElfError> {
-        let data = std::fs::read(path).map_err(|source| GoElfError::Io {
-            path: path.into(),
-            source,
+        Self::open_limited(path, path, ReadLimits::default())
+    }
+
+    /// Reads and analyses the executable at `path` (which may be
+    /// `/proc/PID/exe`), named `name` in messages: opened once, refused
+    /// before reading when over `limits.max_file`, then read a piece at a
+    /// time (headers, the sections and ranges the analysis uses).
+    pub fn open_limited(
+        path: &Path,
+        name: &Path,
+        limits: ReadLimits,
+    ) -> Result<GoBinary, GoElfError> {
+        let image = Image::open(path, limits).map_err(|e| match e {
+            OpenError::Io(source) => GoElfError::Io {
+                path: name.into(),
+                source,
+            },
+            OpenError::NotRegular => GoElfError::NotRegular { path: name.into() },
+            OpenError::TooLarge(size) => GoElfError::TooLarge {
+                path: name.into(),
+                size: Size(size),
+                limit: Size(limits.max_file),
+            },
         })?;
-        Self::from_bytes(path, data)
+        Self::analyse(name, image, limits)
     }
 
     /// Analyses an executable already in memory (`path` is for messages).
     pub fn from_bytes(path: &Path, data: Vec<u8>) -> Result<GoBinary, GoElfError> {
-        let path_buf = || path.to_path_buf();
-        if !data.starts_with(b"\x7fELF") {
-            return Err(GoElfError::NotElf { path: path_buf() });
-        }
-        let file = object::File::parse(&*data).map_err(|source| {
-            // object refuses ELF files of machines it cannot describe; report the machine.
-            match elf::elf_machine(&data) {
-                Some(m) if m != object::elf::EM_X86_64 => GoElfError::NotX86_64 {
-                    path: path_buf(),
-                    arch: format!("e_machine {m}"),
-                },
-                _ => GoElfError::BadElf {
-                    path: path_buf(),
-                    source,
-                },
-            }
-        })?;
-        if file.architecture() != object::Architecture::X86_64 {
-            return Err(GoElfError::NotX86_64 {
-                path: path_buf(),
-                arch: format!("{:?}", file.architecture()),
-            });
-        }
-        let segments = Segments::of(&file);
-        let read_vaddr =
-            |vaddr: u64, len: usize| segments.read(&data, vaddr, len).map(<[u8]>::to_vec);
+        Self::analyse(
+            path,
+            Image::Bytes(data),
+            ReadLimits::with_max_file(u64::MAX),
+        )
+    }
 
-        // Version (works stripped: the section, else the magic).
-        let buildinfo_section = file
-            .section_by_name(".go.buildinfo")
-            .and_then(|s| s.data().ok());
-        let pcln_section = [".gopclntab", ".data.rel.ro.gopclntab"]
-            .iter()
-            .find_map(|n| file.section_by_name(n))
-            .and_then(|s| s.data().ok());
-        let pcln = pcln_section.or_else(|| pclntab::find_by_magic(&data).map(|at| &data[at..]));
-        let Some(blob) = version::find_buildinfo(buildinfo_section, &data) else {
-            return Err(match pcln {
-                // A pclntab without build info: a Go binary too old to say its version.
-                Some(_) => GoElfError::Version {
-                    path: path_buf(),
-                    source: version::VersionError::NoBuildInfo,
-                },
-                None => GoElfError::NotGo { path: path_buf() },
-            });
-        };
-        let raw =
-            version::read_version(blob, read_vaddr).map_err(|source| GoElfError::Version {
-                path: path_buf(),
-                source,
-            })?;
-        let version = GoVersion::parse(&raw).map_err(|source| GoElfError::Version {
-            path: path_buf(),
-            source,
-        })?;
-        let (release, maps) = release::lookup(&version).map_err(|why| match why {
-            release::Unsupported::Release => GoElfError::UnsupportedGoVersion {
-                path: path_buf(),
-                found: version.raw.clone(),
-                supported: release::supported_list(),
-            },
-            release::Unsupported::Experiment(experiment) => GoElfError::UnsupportedExperiment {
-                path: path_buf(),
-                found: version.raw.clone(),
-                experiment,
-            },
-        })?;
-        let mut layout = RuntimeLayout::from_table(release, maps);
-        // DWARF is optional: a stripped binary uses the table alone.
-        let stripped = file.section_by_name(".debug_info").is_none();
-        let layout_corrections = match dwarf::struct_members(&file, layout::DWARF_STRUCTS) {
-            Ok(structs) => layout.apply_dwarf(&structs),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable DWARF, using the layout table");
-                Vec::new()
+    fn analyse(path: &Path, image: Image, limits: ReadLimits) -> Result<GoBinary, GoElfError> {
+        let head = image
+            .read(0, image.len().min(64), 64)
+            .map_err(|e| read_error(path, "the ELF header", e, limits))?;
+        if !head.starts_with(b"\x7fELF") {
+            return Err(GoElfError::NotElf { path: path.into() });
+        }
+        let machine = elf::elf_machine(&head);
+        drop(head);
+        let parts = match &image {
+            Image::Bytes(data) => Parts::read(path, &image, &data[..], machine, limits)?,
+            Image::File { file, .. } => {
+                // object reads headers and symbols through this cache; the
+                // big sections are read by `image` (pread on the same file).
+                let cache = object::ReadCache::new(file);
+                Parts::read(path, &image, &cache, machine, limits)?
             }
+            Image::Closed => unreachable!("a fresh image is open"),
         };
-        for c in &layout_corrections {
-            tracing::warn!(path = %path.display(), correction = %c, "DWARF layout differs from the verified table");
-        }
-
-        let pcln = pcln.ok_or_else(|| GoElfError::NoPclntab { path: path_buf() })?;
-        let pclntab_error = |source| GoElfError::Pclntab {
-            path: path_buf(),
-            source,
-        };
-        let text_hint = file.section_by_name(".text").map(|s| s.address());
-        let mut symbolizer = Symbolizer::parse(pcln, text_hint).map_err(pclntab_error)?;
-        let pcln_file_offset = (pcln.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize) as u64;
-        let moduledata = segments
-            .vaddr_of(pcln_file_offset)
-            .and_then(|vaddr| symbolizer.find_moduledata(vaddr, segments.contents(&data)));
-        let md_word = |offset: u64| {
-            let offset = usize::try_from(offset).ok()?;
-            let bytes = moduledata?.get(offset..offset + 8)?;
-            Some(u64::from_le_bytes(bytes.try_into().ok()?))
-        };
-        if symbolizer.text_start() == 0 {
-            // No textStart in the pclntab header and no section headers:
-            // the text start is the module data's.
-            let text = md_word(layout.moduledata_text).ok_or_else(|| GoElfError::Pclntab {
-                path: path_buf(),
-                source: PclntabError::Corrupt("no text start (no .text section, no module data)"),
-            })?;
-            symbolizer = Symbolizer::parse(pcln, Some(text)).map_err(pclntab_error)?;
-        }
-        check_map_impl(&symbolizer, maps).map_err(|found| GoElfError::MapImplMismatch {
-            path: path_buf(),
-            version: version.raw.clone(),
-            expected: maps.imp,
-            found,
-        })?;
-        // Inline trees live in go:func.*: from the symbol table, else via moduledata.
-        let gofunc = file
-            .symbols()
-            .find(|s| s.name() == Ok("go:func.*"))
-            .map(|s| s.address())
-            .or_else(|| md_word(layout.moduledata_gofunc));
-        match gofunc.and_then(|g| Some((g, segments.tail(&data, g)?))) {
-            Some((vaddr, bytes)) => symbolizer.set_gofunc(vaddr, bytes.to_vec()),
-            None => {
-                tracing::warn!(path = %path.display(), "go:func.* not found: inlined calls are not expanded")
-            }
-        }
-
-        let pie = file.kind() == object::ObjectKind::Dynamic;
-        drop(file);
         Ok(GoBinary {
             path: path.to_path_buf(),
-            data,
-            segments,
-            version,
-            release,
-            maps,
-            pie,
-            stripped,
-            layout,
-            layout_corrections,
-            symbolizer,
+            image,
+            segments: parts.segments,
+            version: parts.version,
+            release: parts.release,
+            maps: parts.maps,
+            pie: parts.pie,
+            stripped: parts.stripped,
+            layout: parts.layout,
+            layout_corrections: parts.layout_corrections,
+            symbolizer: parts.symbolizer,
+            max_piece: limits.max_piece,
         })
     }
 
@@ -369,10 +316,12 @@ impl GoBinary {
     }
 
     /// Virtual addresses of every copy of `bytes` in the binary's loaded
-    /// data.
+    /// data (at most 64; read a chunk at a time).
     pub fn find_data(&self, bytes: &[u8]) -> Vec<u64> {
-        memchr::memmem::find_iter(&self.data, bytes)
-            .filter_map(|offset| self.segments.vaddr_of(offset as u64))
+        self.segments
+            .file_ranges()
+            .flat_map(|range| self.image.find(range, bytes, 1, 64))
+            .filter_map(|offset| self.segments.vaddr_of(offset))
             .collect()
     }
 
@@ -381,10 +330,20 @@ impl GoBinary {
         self.segments.vaddr_of(offset)
     }
 
-    /// The machine code of a function, from the file.
-    pub fn function_code(&self, f: &FuncInfo) -> Option<&[u8]> {
-        self.segments
-            .read(&self.data, f.entry, usize::try_from(f.end - f.entry).ok()?)
+    /// The machine code of a function, read from the file (`None` after
+    /// [`Self::close`], or for a function outside the file's segments or
+    /// larger than the read limit).
+    pub fn function_code(&self, f: &FuncInfo) -> Option<Cow<'_, [u8]>> {
+        let range = self.segments.range(f.entry, f.end.checked_sub(f.entry)?)?;
+        self.image
+            .read(range.start, range.end - range.start, self.max_piece)
+            .ok()
+    }
+
+    /// Lets the file go: what stays is what symbolization and reports use.
+    /// [`Self::function_code`] and [`Self::find_data`] find nothing after.
+    pub fn close(&mut self) {
+        self.image = Image::Closed;
     }
 
     /// Disassembles every map function the binary has and plans its probe.

@@ -34,7 +34,9 @@ fn main() {
     let result: anyhow::Result<i32> = match &config.command {
         Command::Exec(args) => exec::run(args).map_err(Into::into),
         Command::Watch(args) => watch::run(args).map_err(Into::into),
-        Command::Scan(args) => target::scan(&args.binary, args.json).map_err(Into::into),
+        Command::Scan(args) => {
+            target::scan(&args.binary, args.json, args.read.limits()).map_err(Into::into)
+        }
         Command::Daemon(args) => daemon::run(args).map_err(Into::into),
     };
     match result {

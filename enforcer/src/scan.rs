@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::goelf::{
-    GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, RuntimeLayout,
+    GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, ReadLimits, RuntimeLayout,
     StepHandling,
 };
 
@@ -54,9 +54,9 @@ pub struct Summary {
 }
 
 impl ScanReport {
-    /// Opens and analyses `path`.
-    pub fn for_path(path: &Path) -> Result<ScanReport, GoElfError> {
-        ScanReport::new(&GoBinary::open(path)?)
+    /// Opens and analyses `path` within `limits`.
+    pub fn for_path(path: &Path, limits: ReadLimits) -> Result<ScanReport, GoElfError> {
+        ScanReport::new(&GoBinary::open_limited(path, path, limits)?)
     }
 
     pub fn new(bin: &GoBinary) -> Result<ScanReport, GoElfError> {

@@ -16,6 +16,7 @@ use crate::{
     config::{EnforceArgs, LatencyWindows},
     coverage::{Coverage, SampleSettings},
     events::{Reporter, ViolationRecord},
+    goelf::ReadLimits,
     loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
     monitor::Monitor,
     output, procfs,
@@ -135,6 +136,8 @@ pub struct Session {
     /// The id the next binary analysed gets (ids are never reused: a late
     /// report of a binary dropped is not taken for another's).
     next_binary_id: u32,
+    /// How much of an executable an analysis may read.
+    read_limits: ReadLimits,
 }
 
 impl Session {
@@ -162,6 +165,7 @@ impl Session {
             latency: args.delete_latency(Duration::ZERO),
             shared_map_ops: HashMap::new(),
             next_binary_id: 0,
+            read_limits: args.read.limits(),
         })
     }
 
@@ -203,7 +207,8 @@ impl Session {
             return Ok(Arc::clone(target));
         }
         let id = self.next_binary_id;
-        let target = Arc::new(BinaryTarget::analyse(path, id).map_err(target_error)?);
+        let target =
+            Arc::new(BinaryTarget::analyse(path, id, self.read_limits).map_err(target_error)?);
         self.next_binary_id += 1;
         let backstops =
             self.enforcer

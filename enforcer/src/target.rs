@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
 use crate::goelf::{
-    ArgLoc, BackstopVia, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe,
+    ArgLoc, BackstopVia, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe, ReadLimits,
 };
 
 /// Why a binary cannot be enforced on.
@@ -17,6 +17,20 @@ pub enum TargetError {
     GoElf(#[from] GoElfError),
     #[error("{path}: no Go map functions found to probe (does the program use maps?)")]
     NothingToProbe { path: PathBuf },
+}
+
+impl TargetError {
+    /// The `reason` label of `mapguard_attach_failures_total` for it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TargetError::GoElf(GoElfError::NotGo { .. }) => "not_go",
+            TargetError::GoElf(GoElfError::UnsupportedGoVersion { .. }) => "unsupported_go",
+            TargetError::GoElf(GoElfError::TooLarge { .. } | GoElfError::PieceTooLarge { .. }) => {
+                "too_large"
+            }
+            _ => "not_enforceable",
+        }
+    }
 }
 
 /// One uprobe to attach.
@@ -62,18 +76,17 @@ pub struct BinaryTarget {
 }
 
 impl BinaryTarget {
-    /// Analyses `path` and compiles its probe plan. `id` is the index the
-    /// loader's binary table will give it.
-    pub fn analyse(path: &Path, id: u32) -> Result<BinaryTarget, TargetError> {
+    /// Analyses `path` within `limits` and compiles its probe plan. `id` is
+    /// the index the loader's binary table will give it.
+    pub fn analyse(path: &Path, id: u32, limits: ReadLimits) -> Result<BinaryTarget, TargetError> {
         // Read through `path` (which may be `/proc/PID/exe`), analysed and
         // named as the file it is.
         let name = std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf());
-        let data = std::fs::read(path).map_err(|source| GoElfError::Io {
-            path: name.clone(),
-            source,
-        })?;
-        let binary = GoBinary::from_bytes(&name, data)?;
+        let mut binary = GoBinary::open_limited(path, &name, limits)?;
         let plan = binary.probe_plan()?;
+        // Everything read from the file from now on is in the plan and the
+        // symbolizer: let the file go.
+        binary.close();
         let layout = binary.layout();
         let (writing_offset, writing_mask) = layout.map.writing_flag();
         let base = ProbeConfig {
@@ -241,12 +254,39 @@ fn reg_number(r: GoReg) -> u8 {
 
 /// `scan`: prints what mapguard would probe in a binary (goscan's
 /// [`crate::scan::ScanReport`]: a table, or JSON with `json`); exit status 0.
-pub fn scan(path: &Path, json: bool) -> Result<i32, TargetError> {
-    let report = crate::scan::ScanReport::for_path(path)?;
+pub fn scan(path: &Path, json: bool, limits: ReadLimits) -> Result<i32, TargetError> {
+    let report = crate::scan::ScanReport::for_path(path, limits)?;
     if json {
         println!("{}", report.to_json());
     } else {
         print!("{report}");
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// A file over `--max-binary-size` is refused as `too_large` before it
+    /// is read (its content here is not even an ELF header).
+    #[test]
+    fn over_the_size_cap_counts_as_too_large() {
+        let path = std::env::temp_dir().join(format!("mapguard-too-large-{}", std::process::id()));
+        let mut f = std::fs::File::create(&path).expect("create");
+        f.write_all(&[0u8; 8192]).expect("write");
+        let limits = ReadLimits::with_max_file(4096);
+        let err = BinaryTarget::analyse(&path, 0, limits).expect_err("over the cap");
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(err.reason(), "too_large", "{err}");
+        assert!(
+            err.to_string()
+                .contains("8 KiB executable, over the --max-binary-size limit of 4 KiB"),
+            "{err}"
+        );
+        let not_go = TargetError::GoElf(GoElfError::NotGo { path: path.clone() });
+        assert_eq!(not_go.reason(), "not_go");
+    }
 }

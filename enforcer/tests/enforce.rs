@@ -473,6 +473,7 @@ fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
     let target = mapguard_enforcer::target::BinaryTarget::analyse(
         &program(versions()[0], "clean", "mutex"),
         0,
+        Default::default(),
     )
     .expect("analyse");
     let set = perf

@@ -84,7 +84,7 @@ fn violation(binary: &GoBinary, action: u8) -> Violation {
 fn records_are_symbolized_deduplicated_and_summarized() {
     let path = program("go1.23", "racy", "delete_assign");
     let binary = GoBinary::open(&path).expect("open test binary");
-    let target = BinaryTarget::analyse(&path, 0).expect("analyse test binary");
+    let target = BinaryTarget::analyse(&path, 0, Default::default()).expect("analyse test binary");
     let sink = Sink::default();
     let mut reporter = Reporter::new(Box::new(sink.clone()));
     reporter.add_binary(std::sync::Arc::new(target));

@@ -25,7 +25,7 @@ use crate::{
     procfs,
     procscan::ProcScanner,
     session::{Session, SessionError},
-    target::{BinaryTarget, TargetError},
+    target::BinaryTarget,
 };
 
 use super::{
@@ -375,13 +375,7 @@ impl Enforcement {
                 let message = format!("{}: {source}", binary.display());
                 self.refused.insert(file, message.clone());
                 return Err(Failure {
-                    reason: match source {
-                        TargetError::GoElf(crate::goelf::GoElfError::NotGo { .. }) => "not_go",
-                        TargetError::GoElf(crate::goelf::GoElfError::UnsupportedGoVersion {
-                            ..
-                        }) => "unsupported_go",
-                        _ => "not_enforceable",
-                    },
+                    reason: source.reason(),
                     message,
                 });
             }

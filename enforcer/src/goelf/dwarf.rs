@@ -15,21 +15,51 @@ pub enum DwarfError {
         section: &'static str,
         source: object::Error,
     },
+    #[error("DWARF sections of {0} bytes (decompressed), over the {1}-byte read limit")]
+    TooLarge(u64, u64),
     #[error("malformed DWARF: {0}")]
     Gimli(#[from] gimli::Error),
 }
 
+/// The sections read: entries, their names, and the line programs that
+/// `gimli` parses with each unit (not ranges, locations or frames).
+const NEEDED: [gimli::SectionId; 7] = [
+    gimli::SectionId::DebugLine,
+    gimli::SectionId::DebugAddr,
+    gimli::SectionId::DebugInfo,
+    gimli::SectionId::DebugAbbrev,
+    gimli::SectionId::DebugStr,
+    gimli::SectionId::DebugLineStr,
+    gimli::SectionId::DebugStrOffsets,
+];
+
 /// Member offsets (`name -> offset`) of the named struct types, for those
-/// present. Returns an empty map when the binary has no DWARF.
-pub fn struct_members(
-    file: &object::File<'_>,
+/// present. Returns an empty map when the binary has no DWARF. The sections
+/// read may total `max_bytes` once decompressed.
+pub fn struct_members<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
     wanted: &[&str],
+    max_bytes: u64,
 ) -> Result<HashMap<String, HashMap<String, u64>>, DwarfError> {
     let mut out: HashMap<String, HashMap<String, u64>> = HashMap::new();
     if file.section_by_name(".debug_info").is_none() {
         return Ok(out);
     }
+    let total: u64 = NEEDED
+        .iter()
+        .filter_map(|id| file.section_by_name(id.name()))
+        .map(|s| {
+            s.compressed_file_range()
+                .map_or(u64::MAX, |r| r.uncompressed_size.max(r.compressed_size))
+        })
+        .fold(0, u64::saturating_add);
+    if total > max_bytes {
+        return Err(DwarfError::TooLarge(total, max_bytes));
+    }
     let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, DwarfError> {
+        if !NEEDED.contains(&id) {
+            return Ok(Cow::Borrowed(&[][..]));
+        }
         match file.section_by_name(id.name()) {
             Some(s) => s.uncompressed_data().map_err(|source| DwarfError::Section {
                 section: id.name(),

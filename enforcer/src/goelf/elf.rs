@@ -2,7 +2,7 @@
 //! address ↔ file offset, which is what uprobes attach to), the link base
 //! and load bias of PIE executables, and the raw `e_machine`.
 
-use std::path::Path;
+use std::{ops::Range, path::Path};
 
 use object::{Object, ObjectSegment};
 
@@ -19,7 +19,7 @@ struct Segment {
 pub(super) struct Segments(Vec<Segment>);
 
 impl Segments {
-    pub fn of(file: &object::File<'_>) -> Segments {
+    pub fn of<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> Segments {
         Segments(
             file.segments()
                 .map(|s| {
@@ -54,31 +54,33 @@ impl Segments {
             .map(|s| offset - s.file_offset + s.vaddr)
     }
 
-    /// `len` bytes at `vaddr`, if they are all in one segment's file data.
-    pub fn read<'a>(&self, data: &'a [u8], vaddr: u64, len: usize) -> Option<&'a [u8]> {
+    /// File range of the `len` bytes at `vaddr`, if they are all in one
+    /// segment's file data.
+    pub fn range(&self, vaddr: u64, len: u64) -> Option<Range<u64>> {
         let seg = self.containing(vaddr)?;
-        let start = usize::try_from(vaddr - seg.vaddr + seg.file_offset).ok()?;
-        let seg_end = usize::try_from(seg.file_offset + seg.file_size).ok()?;
-        let end = start.checked_add(len).filter(|e| *e <= seg_end)?;
-        data.get(start..end)
+        let start = vaddr - seg.vaddr + seg.file_offset;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= seg.file_offset + seg.file_size)?;
+        Some(start..end)
     }
 
-    /// The bytes from `vaddr` to the end of its segment's file data.
-    pub fn tail<'a>(&self, data: &'a [u8], vaddr: u64) -> Option<&'a [u8]> {
+    /// File range from `vaddr` to the end of its segment's file data.
+    pub fn tail(&self, vaddr: u64) -> Option<Range<u64>> {
         let seg = self.containing(vaddr)?;
-        self.read(
-            data,
-            vaddr,
-            usize::try_from(seg.vaddr + seg.file_size - vaddr).ok()?,
-        )
+        self.range(vaddr, seg.vaddr + seg.file_size - vaddr)
     }
 
-    /// Each segment's file bytes.
-    pub fn contents<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0.iter().filter_map(move |s| {
-            let start = usize::try_from(s.file_offset).ok()?;
-            data.get(start..start.checked_add(usize::try_from(s.file_size).ok()?)?)
-        })
+    /// File range from file offset `offset` to the end of its segment.
+    pub fn tail_of_offset(&self, offset: u64) -> Option<Range<u64>> {
+        self.tail(self.vaddr_of(offset)?)
+    }
+
+    /// Each segment's file range.
+    pub fn file_ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.0
+            .iter()
+            .map(|s| s.file_offset..s.file_offset.saturating_add(s.file_size))
     }
 
     /// Link-time address of the segment at file offset 0 (0x400000 for Go
@@ -117,4 +119,71 @@ pub(super) fn elf_machine(data: &[u8]) -> Option<u16> {
     } else {
         u16::from_le_bytes([b[0], b[1]])
     })
+}
+
+/// Checks, before `object` parses the file (which reads the section and
+/// program header tables and the symbol tables whole), that those are of a
+/// sane size: a forged header must not make the parser read a gigabyte.
+/// `Err` names what is too large and its size.
+pub(super) fn preflight<'d, R: object::ReadRef<'d>>(
+    data: R,
+    max_piece: u64,
+) -> Result<(), (&'static str, u64)> {
+    use object::elf::{FileHeader32, FileHeader64};
+    match data
+        .read_bytes_at(4, 1)
+        .ok()
+        .and_then(|b| b.first().copied())
+    {
+        Some(object::elf::ELFCLASS64) => {
+            preflight_class::<FileHeader64<object::Endianness>, R>(data, max_piece)
+        }
+        Some(object::elf::ELFCLASS32) => {
+            preflight_class::<FileHeader32<object::Endianness>, R>(data, max_piece)
+        }
+        _ => Ok(()), // object reports it
+    }
+}
+
+/// At most this many section or program headers (ELF's own limit without
+/// extended numbering is 65280).
+const MAX_HEADERS: u64 = 1 << 16;
+
+fn preflight_class<'d, Elf, R>(data: R, max_piece: u64) -> Result<(), (&'static str, u64)>
+where
+    Elf: object::read::elf::FileHeader<Endian = object::Endianness>,
+    R: object::ReadRef<'d>,
+{
+    use object::read::elf::SectionHeader;
+    let Ok(header) = Elf::parse(data) else {
+        return Ok(()); // object reports it
+    };
+    let Ok(endian) = header.endian() else {
+        return Ok(());
+    };
+    let phnum = header.phnum(endian, data).map_or(0, |n| n as u64);
+    if phnum > MAX_HEADERS {
+        return Err((
+            "program header table",
+            phnum * u64::from(header.e_phentsize(endian)),
+        ));
+    }
+    let shnum = header.shnum(endian, data).map_or(0, |n| n as u64);
+    if shnum > MAX_HEADERS {
+        return Err((
+            "section header table",
+            shnum * u64::from(header.e_shentsize(endian)),
+        ));
+    }
+    let Ok(sections) = header.sections(endian, data) else {
+        return Ok(());
+    };
+    for s in sections.iter() {
+        let kind = s.sh_type(endian);
+        let size: u64 = s.sh_size(endian).into();
+        if matches!(kind, object::elf::SHT_SYMTAB | object::elf::SHT_DYNSYM) && size > max_piece {
+            return Err(("symbol table", size));
+        }
+    }
+    Ok(())
 }

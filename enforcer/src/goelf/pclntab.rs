@@ -19,6 +19,9 @@ pub const PCLNTAB_MAGIC_120: u32 = 0xFFFF_FFF1;
 const HEADER_LEN: usize = 8 + 8 * 8;
 /// Bytes of `_func` read here: entryOff..startLine + funcID/flag/pad/nfuncdata.
 const FUNC_RECORD_LEN: usize = 44;
+/// Longest function or file name read (Go's longest, generic
+/// instantiations, are a few KiB).
+const MAX_NAME_LEN: usize = 64 << 10;
 
 /// Why a pclntab could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub enum PclntabError {
     BadMagic(u32),
     #[error("pclntab is truncated or corrupt: {0}")]
     Corrupt(&'static str),
+    #[error(
+        "pclntab header claims {nfunc} functions, more than its {len} bytes can hold (forged or corrupt)"
+    )]
+    TooManyFunctions { nfunc: u64, len: usize },
     #[error("pclntab is for pointer size {0}, expected 8 (amd64)")]
     PtrSize(u8),
 }
@@ -81,7 +88,15 @@ impl Symbolizer {
     /// Parses the table. `data` starts at the magic; `text_start_hint`
     /// replaces a zero `textStart` header field (Go 1.26 on leaves it zero:
     /// the runtime reads `moduledata.text` instead).
-    pub fn parse(data: &[u8], text_start_hint: Option<u64>) -> Result<Symbolizer, PclntabError> {
+    ///
+    /// Linear in the table's size whatever its content: every count is
+    /// bounded by the bytes it indexes, and the names read by the bytes of
+    /// the name table.
+    pub fn parse(
+        data: impl Into<Vec<u8>>,
+        text_start_hint: Option<u64>,
+    ) -> Result<Symbolizer, PclntabError> {
+        let data: Vec<u8> = data.into();
         if data.len() < HEADER_LEN {
             return Err(PclntabError::Corrupt("shorter than its header"));
         }
@@ -96,7 +111,15 @@ impl Symbolizer {
             |i: usize| u64::from_le_bytes(data[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes"));
         let off = |i: usize| usize::try_from(word(i)).ok().filter(|o| *o <= data.len());
         let corrupt = PclntabError::Corrupt;
-        let nfunc = usize::try_from(word(0)).map_err(|_| corrupt("nfunc"))?;
+        let nfunc = word(0);
+        // Each function has a functab pair and a `_func` record of its own.
+        if nfunc.saturating_mul((8 + FUNC_RECORD_LEN) as u64) > data.len() as u64 {
+            return Err(PclntabError::TooManyFunctions {
+                nfunc,
+                len: data.len(),
+            });
+        }
+        let nfunc = nfunc as usize;
         let mut text_start = word(2);
         if text_start == 0 {
             text_start = text_start_hint.unwrap_or(0);
@@ -106,10 +129,7 @@ impl Symbolizer {
         let filetab_off = off(5).ok_or(corrupt("filetab offset"))?;
         let pctab_off = off(6).ok_or(corrupt("pctab offset"))?;
         let pcln_off = off(7).ok_or(corrupt("functab offset"))?;
-        let functab_len = nfunc
-            .checked_add(1)
-            .and_then(|n| n.checked_mul(8))
-            .ok_or(corrupt("nfunc"))?;
+        let functab_len = (nfunc + 1) * 8;
         let functab = data
             .get(
                 pcln_off
@@ -120,33 +140,36 @@ impl Symbolizer {
             .ok_or(corrupt("functab past end"))?;
         let u32_at =
             |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-
-        let mut sym = Symbolizer {
-            data: data.to_vec(),
-            min_lc: u64::from(data[6].max(1)),
-            text_start,
-            funcname_off,
-            cu_off,
-            filetab_off,
-            pctab_off,
-            funcs: Vec::with_capacity(nfunc),
-            by_name: HashMap::with_capacity(nfunc),
-            gofunc: None,
+        // The name table ends where the next table starts (Go lays them out
+        // in header order); names read may total twice its size (a real
+        // table stores each once), so that forged offsets pointing many
+        // functions at one long name cost linear time, not quadratic.
+        let names_end = if cu_off > funcname_off {
+            cu_off
+        } else {
+            data.len()
         };
+        let mut name_budget = 2 * (names_end - funcname_off);
+
+        let mut funcs = Vec::with_capacity(nfunc);
         for i in 0..nfunc {
-            let entry = text_start + u64::from(u32_at(functab, 8 * i));
-            let end = text_start + u64::from(u32_at(functab, 8 * (i + 1)));
+            let entry = text_start.wrapping_add(u64::from(u32_at(functab, 8 * i)));
+            let end = text_start.wrapping_add(u64::from(u32_at(functab, 8 * (i + 1))));
             let func_off = pcln_off + u32_at(functab, 8 * i + 4) as usize;
-            let rec = sym
-                .data
+            let rec = data
                 .get(func_off..func_off + FUNC_RECORD_LEN)
                 .ok_or(corrupt("_func past end"))?;
-            let name_off = u32_at(rec, 4) as usize;
+            let name_at = funcname_off
+                .checked_add(u32_at(rec, 4) as usize)
+                .filter(|at| *at < names_end)
+                .ok_or(corrupt("function name outside the name table"))?;
+            let room = (names_end - name_at).min(name_budget).min(MAX_NAME_LEN);
+            let name = cstr_in(&data[name_at..name_at + room]).ok_or(corrupt(
+                "function name unterminated, too long or past the name table",
+            ))?;
+            name_budget -= name.len() + 1;
             let start_line = u32_at(rec, 36);
-            let name = sym
-                .cstr(funcname_off + name_off)
-                .ok_or(corrupt("function name"))?;
-            sym.funcs.push(FuncInfo {
+            funcs.push(FuncInfo {
                 name,
                 entry,
                 end,
@@ -154,13 +177,31 @@ impl Symbolizer {
                 func_off,
             });
         }
-        if sym.funcs.windows(2).any(|w| w[0].entry > w[1].entry) {
+        if funcs.windows(2).any(|w| w[0].entry > w[1].entry) {
             return Err(corrupt("functab not sorted"));
         }
-        for (i, f) in sym.funcs.iter().enumerate() {
-            sym.by_name.entry(f.name.clone()).or_insert(i);
+        let mut by_name = HashMap::with_capacity(nfunc);
+        for (i, f) in funcs.iter().enumerate() {
+            by_name.entry(f.name.clone()).or_insert(i);
         }
-        Ok(sym)
+        Ok(Symbolizer {
+            min_lc: u64::from(data[6].max(1)),
+            data,
+            text_start,
+            funcname_off,
+            cu_off,
+            filetab_off,
+            pctab_off,
+            funcs,
+            by_name,
+            gofunc: None,
+        })
+    }
+
+    /// The same table with another text start (when the header's is zero
+    /// and the module data's is found after parsing).
+    pub fn with_text_start(self, text_start: u64) -> Result<Symbolizer, PclntabError> {
+        Symbolizer::parse(self.data, Some(text_start))
     }
 
     /// Start of the text the table describes (ELF virtual address).
@@ -307,25 +348,20 @@ impl Symbolizer {
 
     fn cstr(&self, at: usize) -> Option<String> {
         let tail = self.data.get(at..)?;
-        let len = tail.iter().position(|b| *b == 0)?;
-        Some(String::from_utf8_lossy(&tail[..len]).into_owned())
+        cstr_in(&tail[..tail.len().min(MAX_NAME_LEN)])
     }
 }
 
-/// Finds a pclntab by its header bytes (magic, two zero pads, minLC 1,
-/// pointer size 8) when the section headers were removed.
-pub fn find_by_magic(file: &[u8]) -> Option<usize> {
-    let mut pat = PCLNTAB_MAGIC_120.to_le_bytes().to_vec();
-    pat.extend([0, 0, 1, 8]);
-    let mut at = 0;
-    while at + HEADER_LEN <= file.len() {
-        if file[at..].starts_with(&pat) {
-            return Some(at);
-        }
-        at += 8;
-    }
-    None
+/// The NUL-terminated string at the start of `bytes`, if it ends there.
+fn cstr_in(bytes: &[u8]) -> Option<String> {
+    let len = memchr::memchr(0, bytes)?;
+    Some(String::from_utf8_lossy(&bytes[..len]).into_owned())
 }
+
+/// The first bytes of an amd64 pclntab (magic, two zero pads, minLC 1,
+/// pointer size 8), 8-aligned: how it is found when the section headers
+/// were removed.
+pub const HEADER_MAGIC: [u8; 8] = [0xF1, 0xFF, 0xFF, 0xFF, 0, 0, 1, 8];
 
 #[cfg(test)]
 mod tests {
@@ -334,24 +370,71 @@ mod tests {
     #[test]
     fn rejects_wrong_magic_and_truncation() {
         assert!(matches!(
-            Symbolizer::parse(&[0u8; 10], None),
+            Symbolizer::parse([0u8; 10], None),
             Err(PclntabError::Corrupt(_))
         ));
-        let mut old = vec![0u8; HEADER_LEN];
+        let mut old = [0u8; HEADER_LEN];
         old[0..4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
         assert_eq!(
-            Symbolizer::parse(&old, None).unwrap_err(),
+            Symbolizer::parse(&old[..], None).unwrap_err(),
             PclntabError::BadMagic(0xFFFF_FFF0)
         );
         let mut hdr = vec![0u8; HEADER_LEN];
         hdr[0..4].copy_from_slice(&PCLNTAB_MAGIC_120.to_le_bytes());
         hdr[6] = 1;
         hdr[7] = 8;
-        hdr[8] = 200; // nfunc = 200 but no functab
+        hdr[8] = 200; // nfunc = 200 in a table of 72 bytes
         hdr[64] = 72; // pcln offset inside the data
+        assert_eq!(
+            Symbolizer::parse(&hdr[..], None).unwrap_err(),
+            PclntabError::TooManyFunctions {
+                nfunc: 200,
+                len: 72
+            }
+        );
+        hdr[8] = 1; // one function: room for it, but no functab
+        hdr.resize(HEADER_LEN + 8 + FUNC_RECORD_LEN, 0);
+        hdr[64] = 200;
         assert!(matches!(
-            Symbolizer::parse(&hdr, None),
+            Symbolizer::parse(&hdr[..], None),
             Err(PclntabError::Corrupt(_))
         ));
+    }
+
+    /// Every function named by one long unterminated run of bytes: each
+    /// name would be read to the end of the table, n times over.
+    #[test]
+    fn names_cost_linear_time() {
+        let nfunc = 20_000usize;
+        let names = 1 << 20;
+        let functab_at = HEADER_LEN + names;
+        let recs_at = functab_at + (nfunc + 1) * 8;
+        let mut t = vec![0u8; recs_at + nfunc * FUNC_RECORD_LEN];
+        t[0..4].copy_from_slice(&PCLNTAB_MAGIC_120.to_le_bytes());
+        t[6] = 1;
+        t[7] = 8;
+        let put =
+            |t: &mut Vec<u8>, at: usize, v: u64| t[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        put(&mut t, 8, nfunc as u64);
+        put(&mut t, 8 + 8 * 3, HEADER_LEN as u64); // funcnametab
+        for i in 4..7 {
+            put(&mut t, 8 + 8 * i, (HEADER_LEN + names) as u64); // cu, file, pc tables after it
+        }
+        put(&mut t, 8 + 8 * 7, functab_at as u64);
+        t[HEADER_LEN..HEADER_LEN + names - 1].fill(b'a');
+        for i in 0..=nfunc {
+            let at = functab_at + 8 * i;
+            t[at..at + 4].copy_from_slice(&(i as u32).to_le_bytes());
+            let rec = (recs_at + i.min(nfunc - 1) * FUNC_RECORD_LEN - functab_at) as u32;
+            t[at + 4..at + 8].copy_from_slice(&rec.to_le_bytes());
+        }
+        let started = std::time::Instant::now();
+        let err = Symbolizer::parse(&t[..], None).unwrap_err();
+        assert_eq!(
+            err,
+            PclntabError::Corrupt("function name unterminated, too long or past the name table")
+        );
+        // Linear: a few MB of names read; quadratic would be 20 GB.
+        eprintln!("refused in {:?}", started.elapsed());
     }
 }

@@ -254,7 +254,7 @@ fn plan_backstop(bin: &GoBinary, backstop: &Backstop) -> Result<PlannedBackstop,
     };
     let file_offset = bin.file_offset(func.entry).ok_or_else(unmapped)?;
     let code = bin.function_code(func).ok_or_else(unmapped)?;
-    let handling = disasm::decode(code, func.entry)
+    let handling = disasm::decode(&code, func.entry)
         .first()
         .map_or(StepHandling::Rejected, |i| i.handling);
     let messages = backstop
@@ -295,7 +295,7 @@ fn plan_one(
         vaddr: func.entry,
     };
     let code = bin.function_code(func).ok_or_else(unmapped)?;
-    let insns = disasm::decode(code, func.entry);
+    let insns = disasm::decode(&code, func.entry);
     let reg = match cand.arg {
         MapArg::Reg(reg) | MapArg::ViaIter(reg) => reg,
     };

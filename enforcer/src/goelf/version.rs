@@ -9,7 +9,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// Magic at the start of the build-info blob (14 bytes, then pointer size and flags).
-const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
+pub const BUILDINFO_MAGIC: &[u8] = b"\xff Go buildinf:";
 /// Size of the build-info header before the inline strings start.
 const BUILDINFO_HEADER_LEN: usize = 32;
 /// Flag bit: version and module strings are stored inline (Go 1.18+).

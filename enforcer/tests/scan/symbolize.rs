@@ -32,7 +32,7 @@ fn check_symbolizer(v: &str, bin: &GoBinary) {
         .expect("mapdelete_fast64")
         .entry;
     let code = bin.function_code(deleter).expect("deleter code");
-    let call = Decoder::with_ip(64, code, deleter.entry, DecoderOptions::NONE)
+    let call = Decoder::with_ip(64, &code, deleter.entry, DecoderOptions::NONE)
         .into_iter()
         .find(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == target)
         .unwrap_or_else(|| panic!("{v}: deleter calls mapdelete_fast64"));
@@ -175,7 +175,7 @@ fn inlined_calls_symbolize_to_the_inlined_function_and_its_call_site() {
                 .expect("mapassign_fast64")
                 .entry;
             let code = bin.function_code(stage).expect("code");
-            let call = Decoder::with_ip(64, code, stage.entry, DecoderOptions::NONE)
+            let call = Decoder::with_ip(64, &code, stage.entry, DecoderOptions::NONE)
                 .into_iter()
                 .find(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == target)
                 .unwrap_or_else(|| panic!("{v} {variant}: main.stage calls mapassign_fast64"));

@@ -5,7 +5,7 @@
 //! then to its call site, as Go's own tracebacks do.
 //!
 //! Funcdata offsets are relative to `moduledata.gofunc`, found through the
-//! `runtime.firstmoduledata` record ([`Symbolizer::find_moduledata`]): its
+//! `runtime.firstmoduledata` record ([`Symbolizer::moduledata_magic`]): its
 //! first word points at the pclntab header and its second at the
 //! function-name table, which is how it is located without symbols.
 
@@ -40,29 +40,15 @@ impl Symbolizer {
         self.gofunc.is_some()
     }
 
-    /// The `runtime.moduledata` record of this pclntab (at `pclntab_vaddr`):
-    /// the bytes from its start to the end of its segment, found by
-    /// scanning the `segments`' bytes for a record whose first word points
-    /// at the pclntab header and whose second at its function-name table.
-    /// Its field offsets are per release
-    /// (`super::super::release::ModuledataLayout`).
-    pub fn find_moduledata<'a>(
-        &self,
-        pclntab_vaddr: u64,
-        segments: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Option<&'a [u8]> {
-        let want_header = pclntab_vaddr.to_le_bytes();
-        let want_names = (pclntab_vaddr + self.funcname_off as u64).to_le_bytes();
-        for bytes in segments {
-            let mut at = 0;
-            while at + 16 <= bytes.len() {
-                if bytes[at..at + 8] == want_header && bytes[at + 8..at + 16] == want_names {
-                    return Some(&bytes[at..]);
-                }
-                at += 8;
-            }
-        }
-        None
+    /// What starts the `runtime.moduledata` record of this pclntab (at
+    /// `pclntab_vaddr`), 8-aligned: a word pointing at the pclntab header
+    /// and one pointing at its function-name table. Its other field offsets
+    /// are per release (`super::super::release::ModuledataLayout`).
+    pub fn moduledata_magic(&self, pclntab_vaddr: u64) -> [u8; 16] {
+        let mut magic = [0; 16];
+        magic[..8].copy_from_slice(&pclntab_vaddr.to_le_bytes());
+        magic[8..].copy_from_slice(&(pclntab_vaddr + self.funcname_off as u64).to_le_bytes());
+        magic
     }
 
     /// The inlined call `pc` belongs to in `f`, if any.
