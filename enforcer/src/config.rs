@@ -32,7 +32,7 @@ pub enum Command {
     Scan(ScanArgs),
     /// The node agent: enforce on the Go processes of this node's Pods as
     /// their `mapguard.io/mode` and `mapguard.io/coverage` annotations say.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
 }
 
 /// What happens to a process when a violation is detected.
