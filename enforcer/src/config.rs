@@ -33,7 +33,7 @@ pub enum Command {
     Scan(ScanArgs),
     /// The node agent: enforce on the Go processes of this node's Pods as
     /// their `mapguard.io/mode` and `mapguard.io/coverage` annotations say.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
 }
 
 /// What happens to a process when a violation is detected.
@@ -257,10 +257,19 @@ pub struct DaemonArgs {
     /// service account.
     #[arg(long, env = "MAPGUARD_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Address of the ops port (`/metrics`, `/healthz`, `/readyz`,
-    /// `/events`), plain HTTP.
+    /// Address of the ops port (`/metrics`, `/healthz`, `/readyz`), plain
+    /// HTTP.
     #[arg(long, env = "MAPGUARD_OPS_LISTEN", default_value = "0.0.0.0:9091")]
     pub ops_listen: std::net::SocketAddr,
+    /// The Unix socket that serves `/events` (every JSON line the agent
+    /// writes, all tenants' stacks and Pods), mode 0600: never the ops
+    /// port. A socket left there is replaced; anything else is refused.
+    #[arg(
+        long,
+        env = "MAPGUARD_EVENTS_SOCKET",
+        default_value = "/run/mapguard/events.sock"
+    )]
+    pub events_socket: PathBuf,
     /// Action for Pods without a valid `mapguard.io/mode` annotation.
     #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_MODE", default_value_t = PodMode::Off)]
     pub default_mode: PodMode,

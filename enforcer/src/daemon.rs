@@ -3,13 +3,16 @@
 //! through its cgroup, and enforces on the Go processes of Pods annotated
 //! `mapguard.io/mode` with the Pod's action and `mapguard.io/coverage`,
 //! raised to what the Pod's namespace demands (`pods`).
-//! Its ops port serves `/metrics`, `/healthz`, `/readyz` and `/events`.
+//! Its ops port serves `/metrics`, `/healthz` and `/readyz`; `/events`,
+//! the live stream of its JSON lines, is served on a Unix socket only
+//! (`events_socket`), since any Pod may reach the ops port.
 //!
 //! Two halves: the Kubernetes side (Pod watch, ops server) on a tokio
 //! runtime, and the enforcement loop (BPF, process placement, reports) on
 //! a thread of its own, which never waits on the API server: while it is
 //! unreachable, the Pods last known stay enforced and `/readyz` says so.
 
+pub mod events_socket;
 pub mod metrics;
 pub mod ops;
 pub mod pods;
@@ -55,6 +58,8 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    EventsSocket(#[from] events_socket::EventsSocketError),
+    #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
     Output(#[from] output::OutputError),
@@ -69,6 +74,8 @@ pub enum DaemonError {
 /// Runs until SIGTERM or SIGINT; returns the exit status (128+N).
 pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     signals::install().map_err(DaemonError::Signals)?;
+    // Before any other thread exists (the bind narrows the umask).
+    let events_listener = events_socket::bind(&args.events_socket)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -114,13 +121,33 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
             addr: args.ops_listen,
             source,
         })?;
-    tracing::info!(node = %args.node, ops = %args.ops_listen, "node agent starting");
+    let events_listener = {
+        let _runtime = runtime.enter();
+        tokio::net::UnixListener::from_std(events_listener).map_err(|source| {
+            events_socket::EventsSocketError::Io {
+                path: args.events_socket.clone(),
+                source,
+            }
+        })?
+    };
+    tracing::info!(
+        node = %args.node,
+        ops = %args.ops_listen,
+        events_socket = %args.events_socket.display(),
+        "node agent starting"
+    );
     runtime.spawn(pods::watch_namespaces(client.clone(), Arc::clone(&pods)));
     runtime.spawn(pods::watch(client, args.node.clone(), Arc::clone(&pods)));
     let app = ops::app(Arc::clone(&ops));
     runtime.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "ops server failed");
+        }
+    });
+    let events_app = ops::events_app(Arc::clone(&ops));
+    runtime.spawn(async move {
+        if let Err(e) = axum::serve(events_listener, events_app).await {
+            tracing::error!(error = %e, "events socket server failed");
         }
     });
 
@@ -235,6 +262,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         }
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    events_socket::remove(&args.events_socket);
     Ok(status)
 }
 

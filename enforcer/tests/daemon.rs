@@ -24,6 +24,7 @@ mod pod_process;
 mod support;
 
 use std::{
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Child,
     time::{Duration, Instant},
@@ -125,8 +126,13 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
 
     let events_file = dir.join("events.jsonl");
     say(&format!(
-        "mapguard-enforcer daemon --node {NODE} (ops port: /readyz, /metrics, /events)"
+        "mapguard-enforcer daemon --node {NODE} (ops port: /readyz, /metrics; /events on a Unix socket)"
     ));
+    // A socket a previous agent left at the events socket's path: replaced.
+    drop(
+        std::os::unix::net::UnixListener::bind(events_file.with_extension("sock"))
+            .expect("a stale socket"),
+    );
     // The responder in dry run, at the first violation.
     let mut agent = Agent::start(
         NODE,
@@ -140,6 +146,20 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         ],
     );
     agent.wait_ready().await;
+    // The event stream (every tenant's stacks and Pods) is not on the ops
+    // port, which any Pod may reach; only on the socket, the agent's only.
+    let (status, _) = agent::http_get(agent.ops, "/events").expect("the ops port answers");
+    assert_eq!(status, 404, "/events on the ops port");
+    let (status, _) = agent::http_get(agent.ops, "/metrics").expect("the ops port answers");
+    assert_eq!(status, 200, "/metrics on the ops port");
+    let socket = std::fs::symlink_metadata(&agent.events_socket).expect("the events socket");
+    assert!(socket.file_type().is_socket(), "{socket:?}");
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600, "its mode");
+    let mut stream = agent.events();
+    say(&format!(
+        "the ops port answers 404 for /events; {} (mode 0600) streams it",
+        agent.events_socket.display()
+    ));
 
     // 1. The racing program in the kill Pod is killed before the runtime
     //    reports, with a record and an Event.
@@ -255,6 +275,14 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         line.contains("\"pod\":\"checkout\"") && line.contains("\"namespace\":\"payments\""),
         "the report names the Pod: {line}"
     );
+    let streamed = stream.line_with("\"event\":\"violation\"");
+    assert!(
+        streamed.contains("\"pod\":\"checkout\"")
+            && streamed.contains("\"namespace\":\"payments\"")
+            && streamed.contains("delete_assign/main.go:"),
+        "the socket streams the violation: {streamed}"
+    );
+    say("the violation line was streamed on the events socket");
 
     // 2. The same program in Pods that are not enforced: the agent leaves
     //    them alone (the Go runtime aborts them itself).
@@ -420,6 +448,46 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     agent.stop();
     webhook.shutdown().await;
     drop(env);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Something other than a socket at `--events-socket` (a file, a folder):
+/// the agent refuses to start and says why, and leaves it as it was.
+#[test]
+fn the_agent_refuses_an_events_socket_path_that_is_not_a_socket() {
+    let dir = std::env::temp_dir().join(format!(
+        "mapguard-daemon-socket-test-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("folder")).expect("create the test folder");
+    let file = dir.join("file");
+    std::fs::write(&file, "keep me\n").expect("a regular file");
+    for (path, kind) in [
+        (&file, "a regular file"),
+        (&dir.join("folder"), "a directory"),
+    ] {
+        let out = std::process::Command::new(support::enforcer())
+            .args(["daemon", "--node", NODE, "--ops-listen", "127.0.0.1:0"])
+            .arg(format!(
+                "--kubeconfig={}",
+                dir.join("no-kubeconfig").display()
+            ))
+            .arg(format!("--events-socket={}", path.display()))
+            .output()
+            .expect("run mapguard-enforcer daemon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} exists and is not a socket ({kind}); refusing to replace it",
+                path.display()
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me\n");
+    assert!(dir.join("folder").is_dir());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,6 +1,7 @@
-//! The node agent's ops port (plain HTTP): `/metrics`, `/healthz`,
-//! `/readyz` and `/events`, a live stream of the JSON lines the agent
-//! writes (violations, sampling choices).
+//! The node agent's ops port (plain HTTP): `/metrics`, `/healthz` and
+//! `/readyz`; and, on a Unix socket of its own (`events_socket`), never on
+//! the ops port, `/events`: a live stream of the JSON lines the agent
+//! writes (violations, sampling choices), every tenant's stacks and Pods.
 
 use std::{
     convert::Infallible,
@@ -32,12 +33,19 @@ pub struct OpsState {
     pub bpf_ready: AtomicBool,
 }
 
-/// The ops router.
+/// The ops port's router: what Prometheus and the kubelet read. No
+/// `/events`: any Pod that reaches the agent reaches this port.
 pub fn app(state: Arc<OpsState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// The events socket's router: `/events` only.
+pub fn events_app(state: Arc<OpsState>) -> Router {
+    Router::new()
         .route("/events", get(events))
         .with_state(state)
 }
@@ -229,6 +237,39 @@ mod tests {
         let (status, text) = get_text(app(s), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(text.contains("mapguard_api_server_connected"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_is_not_on_the_ops_port() {
+        let s = state();
+        let (status, _) = get_text(app(Arc::clone(&s)), "/events").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "/events on the ops port");
+        let (status, _) = get_text(app(Arc::clone(&s)), "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = get_text(events_app(Arc::clone(&s)), "/metrics").await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "the socket serves events only"
+        );
+        let resp = events_app(Arc::clone(&s))
+            .oneshot(
+                Request::get("/events")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        Broadcast::new(s.events.clone())
+            .write_all(b"{\"pod\":\"checkout\"}\n")
+            .expect("write");
+        let mut body = resp.into_body().into_data_stream();
+        let line = futures_util::StreamExt::next(&mut body)
+            .await
+            .expect("a line")
+            .expect("bytes");
+        assert_eq!(line, Bytes::from("{\"pod\":\"checkout\"}\n"));
     }
 
     #[test]

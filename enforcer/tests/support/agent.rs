@@ -1,6 +1,6 @@
 //! The node agent (`mapguard-enforcer daemon`) as a process of its own, for
 //! the tests that run it against the real API server: its ops port over
-//! plain HTTP, readiness and enforcement waits, and a stop that never
+//! plain HTTP, its event stream on its Unix socket, readiness and enforcement waits, and a stop that never
 //! leaves it running (its probes would stay), also when a test panics.
 //!
 //! Include it with `#[path = "support/agent.rs"] mod agent;` next to
@@ -8,8 +8,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,41 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 pub struct Agent {
     child: Child,
     pub ops: SocketAddr,
+    /// `--events-socket`: next to the events file.
+    pub events_socket: PathBuf,
     log: PathBuf,
+}
+
+/// The agent's `/events` stream, read from its Unix socket.
+pub struct EventStream {
+    reader: BufReader<UnixStream>,
+}
+
+impl EventStream {
+    /// The next line that contains `needle` (within the patience).
+    pub fn line_with(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        // A read that times out keeps what it read: a line is cleared only
+        // once whole.
+        let mut line = String::new();
+        loop {
+            match self.reader.read_line(&mut line) {
+                Ok(0) => panic!("the event stream ended before a line with {needle}"),
+                Ok(_) if line.contains(needle) => return line,
+                Ok(_) => line.clear(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading the event stream: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle} on the event stream"
+            );
+        }
+    }
 }
 
 impl Agent {
@@ -55,18 +90,52 @@ impl Agent {
         flags: &[&str],
     ) -> Agent {
         let ops = free_port();
+        let events_socket = events.with_extension("sock");
         let child = Command::new(crate::support::enforcer())
             .args(["daemon", "--node", node, "--scan-interval", "200ms"])
             .args(flags)
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--ops-listen={ops}"))
             .arg(format!("--events={}", events.display()))
+            .arg(format!("--events-socket={}", events_socket.display()))
             .env("MAPGUARD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("agent log"))
             .spawn()
             .expect("start mapguard-enforcer daemon");
-        Agent { child, ops, log }
+        Agent {
+            child,
+            ops,
+            events_socket,
+            log,
+        }
+    }
+
+    /// Subscribes to `/events` on the agent's Unix socket (HTTP/1.0: the
+    /// body is the lines themselves, until the agent closes it).
+    pub fn events(&self) -> EventStream {
+        let mut stream = UnixStream::connect(&self.events_socket).unwrap_or_else(|e| {
+            panic!(
+                "connect to the events socket {}: {e}",
+                self.events_socket.display()
+            )
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("read timeout");
+        write!(stream, "GET /events HTTP/1.0\r\nHost: agent\r\n\r\n").expect("request");
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        assert!(status.contains(" 200 "), "/events on the socket: {status}");
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).expect("header");
+            if header.trim().is_empty() {
+                break;
+            }
+        }
+        EventStream { reader }
     }
 
     pub fn pid(&self) -> u32 {
