@@ -189,12 +189,18 @@ fn the_daemonset_gets_only_what_bpf_needs(documents: &[Value]) {
         .collect();
     assert_eq!(
         host_paths.iter().map(|(_, p)| *p).collect::<BTreeSet<_>>(),
-        BTreeSet::from(["/sys/kernel/btf", "/sys/fs/bpf", "/proc", "/sys/fs/cgroup"])
+        BTreeSet::from([
+            "/sys/kernel/btf",
+            "/sys/fs/bpf",
+            "/proc",
+            "/sys/fs/cgroup",
+            "/run/mapguard"
+        ])
     );
     for mount in container["volumeMounts"].as_array().expect("mounts") {
-        // The BPF filesystem alone is writable: the table of processes
-        // held at exec is pinned there.
-        if mount["mountPath"] == "/sys/fs/bpf" {
+        // Writable: the BPF filesystem (the table of processes held at
+        // exec is pinned there) and the events socket's folder.
+        if mount["mountPath"] == "/sys/fs/bpf" || mount["mountPath"] == "/run/mapguard" {
             assert_eq!(mount["readOnly"], Value::Null, "{mount}");
             continue;
         }
