@@ -11,18 +11,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use support::*;
 
+/// The documents of `manifests/webhook/<name>`.
 fn manifest(name: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/webhook")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("YAML"))
-                .expect("JSON")
-        })
-        .filter(|v| !v.is_null())
-        .collect()
+    manifest_in("webhook", name)
 }
 
 #[test]
