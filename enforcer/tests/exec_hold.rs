@@ -24,12 +24,11 @@ mod pod_process;
 mod support;
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use agent::Agent;
+use agent::{Agent, wait_violation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::PostParams};
 use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
@@ -89,12 +88,9 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
         ],
     );
     agent.wait_ready().await;
-    wait_metric(
-        &agent,
-        "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
-        1.0,
-    )
-    .await;
+    agent
+        .wait_metric("mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}", 1.0)
+        .await;
 
     // 1. A program that races in its first milliseconds: held at exec,
     //    probed, released, killed at its first race.
@@ -117,12 +113,12 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
         !stderr.contains("fatal error: concurrent map"),
         "the Go runtime reported before mapguard acted: {stderr}"
     );
-    wait_metric(
-        &agent,
-        "mapguard_exec_holds_total{outcome=\"attached\"}",
-        holds_before + 1.0,
-    )
-    .await;
+    agent
+        .wait_metric(
+            "mapguard_exec_holds_total{outcome=\"attached\"}",
+            holds_before + 1.0,
+        )
+        .await;
     let report = wait_violation(&events, pid).await;
     assert_both_call_sites(&report);
     assert_eq!(report["action"], "killed", "{report}");
@@ -206,12 +202,12 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     )
     .await;
     let sampled_cg = container_of(&client, &sampled).await;
-    wait_metric(
-        &agent,
-        "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
-        roots + 1.0,
-    )
-    .await;
+    agent
+        .wait_metric(
+            "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
+            roots + 1.0,
+        )
+        .await;
     let mut held_for = Vec::new();
     for (cgroup, held) in [(&sampled_cg, true), (&cg, true), (&cg, false)] {
         let before = hold_seconds(&agent);
@@ -240,12 +236,12 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
         Qos::BestEffort,
         Name::Containerd,
     ));
-    wait_metric(
-        &agent,
-        "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
-        roots + 1.0,
-    )
-    .await;
+    agent
+        .wait_metric(
+            "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
+            roots + 1.0,
+        )
+        .await;
     let mut held = start_in(&unknown, &clean, &["-duration", "200ms"]);
     let deadline = Instant::now() + PATIENCE;
     while state(held.id()) != Some('T') {
@@ -293,14 +289,13 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
         &flags,
     );
     doomed.wait_ready().await;
-    wait_metric(
-        &doomed,
-        "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
-        2.0,
-    )
-    .await;
+    doomed
+        .wait_metric("mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}", 2.0)
+        .await;
     let mut orphan = start_in(&unknown, &clean, &["-duration", "200ms"]);
-    wait_metric(&doomed, "mapguard_exec_held_processes", 1.0).await;
+    doomed
+        .wait_metric("mapguard_exec_held_processes", 1.0)
+        .await;
     doomed.kill();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -380,39 +375,6 @@ fn hook_run_time(agent: u32) -> Option<(u64, u64)> {
 
 fn total_holds(agent: &Agent) -> f64 {
     agent.metric("mapguard_exec_holds_total")
-}
-
-async fn wait_metric(agent: &Agent, name: &str, at_least: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    while agent.metric(name) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {at_least}:\n{}\n{}",
-            agent.text("/metrics"),
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The violation reported for `pid` in the agent's events.
-async fn wait_violation(events: &Path, pid: u32) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(events).unwrap_or_default();
-        if let Some(v) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["event"] == "violation" && v["pid"] == pid)
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no violation reported for pid {pid}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn assert_both_call_sites(report: &Value) {

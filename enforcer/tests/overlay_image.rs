@@ -28,12 +28,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::Agent;
+use agent::{Agent, wait_violation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
 use mapguard_testenv::TestEnv;
 use pod_process::{container_of, start_in, wait};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const NODE: &str = "mapguard-overlay-node";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -105,12 +105,9 @@ async fn containers_of_one_image_share_one_analysis() {
         ],
     );
     agent.wait_ready().await;
-    wait_metric(
-        &agent,
-        "mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}",
-        1.0,
-    )
-    .await;
+    agent
+        .wait_metric("mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}", 1.0)
+        .await;
 
     for (n, program) in image.programs.iter().enumerate() {
         let attached = agent.metric("mapguard_exec_holds_total{outcome=\"attached\"}");
@@ -130,12 +127,12 @@ async fn containers_of_one_image_share_one_analysis() {
         let report = wait_violation(&events, pid).await;
         assert_eq!(report["action"], "killed", "{report}");
         // Held at exec (a new overlay inode to the hook), then settled.
-        wait_metric(
-            &agent,
-            "mapguard_exec_holds_total{outcome=\"attached\"}",
-            attached + 1.0,
-        )
-        .await;
+        agent
+            .wait_metric(
+                "mapguard_exec_holds_total{outcome=\"attached\"}",
+                attached + 1.0,
+            )
+            .await;
         // Counted at the next reconcile (every 200 ms).
         std::thread::sleep(Duration::from_millis(600));
         let binaries = agent.metric("mapguard_enforced_binaries");
@@ -186,7 +183,7 @@ async fn containers_of_one_image_share_one_analysis() {
         attached + 1.0,
         "held again at exec after its binary was dropped"
     );
-    wait_metric(&agent, "mapguard_enforced_binaries", 1.0).await;
+    agent.wait_metric("mapguard_enforced_binaries", 1.0).await;
     println!("\n==> the image again: held, analysed again, killed; mapguard_enforced_binaries 1");
 
     agent.stop();
@@ -264,38 +261,5 @@ impl Drop for Image {
                 unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
             }
         }
-    }
-}
-
-async fn wait_metric(agent: &Agent, name: &str, at_least: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    while agent.metric(name) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {at_least}:\n{}\n{}",
-            agent.text("/metrics"),
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The violation reported for `pid` in the agent's events.
-async fn wait_violation(events: &Path, pid: u32) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(events).unwrap_or_default();
-        if let Some(v) = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["event"] == "violation" && v["pid"] == pid)
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no violation reported for pid {pid}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

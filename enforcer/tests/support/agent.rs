@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// How long the agent may take to see a change.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -162,6 +164,20 @@ impl Agent {
             .sum()
     }
 
+    /// Waits until the metric `name` is at least `at_least`.
+    pub async fn wait_metric(&self, name: &str, at_least: f64) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.metric(name) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached {at_least}:\n{}\n{}",
+                self.text("/metrics"),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_ready(&mut self) {
         self.wait_readiness(200, "ready").await;
     }
@@ -252,5 +268,25 @@ impl Drop for Agent {
         } else {
             self.terminate();
         }
+    }
+}
+
+/// The violation reported for `pid` in the agent's events.
+pub async fn wait_violation(events: &Path, pid: u32) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        if let Some(v) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "violation" && v["pid"] == pid)
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no violation reported for pid {pid}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
