@@ -113,9 +113,54 @@ pub(crate) fn is_suite(doc: &Json) -> bool {
 
 /// Whether a YAML document is Gatekeeper's, by its `apiVersion`.
 pub(crate) fn is_gatekeeper(doc: &Json) -> bool {
+    is_template(doc) || is_constraint(doc)
+}
+
+fn api_version_starts(doc: &Json, group: &str) -> bool {
     doc.get("apiVersion")
         .and_then(Json::as_str)
-        .is_some_and(|v| v.starts_with(TEMPLATES_GROUP) || v.starts_with(CONSTRAINTS_GROUP))
+        .is_some_and(|v| v.starts_with(group))
+}
+
+fn is_template(doc: &Json) -> bool {
+    api_version_starts(doc, TEMPLATES_GROUP)
+}
+
+fn is_constraint(doc: &Json) -> bool {
+    api_version_starts(doc, CONSTRAINTS_GROUP)
+}
+
+/// A Gatekeeper document from outside the policy files (an object of the
+/// cluster), admitted to a set on its own: a bad one is left out alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// How errors name it (`cluster: K8sRequiredLabels owner`).
+    pub path: String,
+    /// The template or constraint.
+    pub document: Json,
+    /// The version admitted last time, served while this one is rejected.
+    pub previous: Option<Json>,
+}
+
+/// What became of one [`Candidate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// In the set.
+    Current,
+    /// Rejected; its previous version is in the set instead.
+    Previous(GatekeeperError),
+    /// Rejected; not in the set.
+    Rejected(GatekeeperError),
+}
+
+impl Admitted {
+    /// Why the candidate's own version is not in the set.
+    pub fn error(&self) -> Option<&GatekeeperError> {
+        match self {
+            Admitted::Current => None,
+            Admitted::Previous(e) | Admitted::Rejected(e) => Some(e),
+        }
+    }
 }
 
 /// The templates and constraints of one policy set.
@@ -131,62 +176,171 @@ impl Gatekeeper {
     /// the constraints that name them.
     pub(crate) fn from_documents(docs: &[(String, Json)]) -> Result<Gatekeeper, GatekeeperError> {
         let mut set = Gatekeeper::default();
-        let api_version = |d: &Json| {
-            d.get("apiVersion")
-                .and_then(Json::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        for (path, doc) in docs {
-            if !api_version(doc).starts_with(TEMPLATES_GROUP) {
-                continue;
-            }
-            let loaded = template::load(path, doc).map_err(|e| GatekeeperError::Template {
-                path: path.clone(),
-                source: e.into(),
-            })?;
-            let kind = match &loaded {
-                Loaded::Template(t) => &t.kind,
-                Loaded::Unsupported { kind, .. } => kind,
-            };
-            let first = set
-                .templates
-                .iter()
-                .find(|t| &t.kind == kind)
-                .map(|t| t.path.clone())
-                .or_else(|| {
-                    set.unsupported
-                        .iter()
-                        .find(|u| &u.kind == kind)
-                        .map(|u| u.path.clone())
-                });
-            if let Some(first_path) = first {
-                return Err(GatekeeperError::DuplicateKind {
-                    path: path.clone(),
-                    first_path,
-                    kind: kind.clone(),
-                });
-            }
-            match loaded {
-                Loaded::Template(t) => set.templates.push(*t),
-                Loaded::Unsupported { kind, reason } => {
-                    tracing::warn!(%path, %kind, %reason, "ConstraintTemplate skipped");
-                    set.unsupported.push(Unsupported {
-                        path: path.clone(),
-                        kind,
-                        reason,
-                    });
-                }
-            }
+        for (path, doc) in docs.iter().filter(|(_, d)| is_template(d)) {
+            set.add_template(path, doc)?;
         }
-        for (path, doc) in docs {
-            if api_version(doc).starts_with(CONSTRAINTS_GROUP)
-                && let Some(constraint) = set.constraint(path, doc)?
-            {
-                set.constraints.push(constraint);
-            }
+        for (path, doc) in docs.iter().filter(|(_, d)| is_constraint(d)) {
+            set.add_constraint(path, doc)?;
         }
         Ok(set)
+    }
+
+    /// Builds the set from `fixed` documents (any error fails the whole
+    /// set) and `candidates`, each admitted on its own: a candidate
+    /// template that does not compile, or defines a kind already defined,
+    /// and a candidate constraint that does not fit its template are left
+    /// out; when a rejected candidate has a previous version, that version
+    /// is tried in its place. Returns what became of each candidate, in
+    /// order.
+    pub(crate) fn with_candidates(
+        fixed: &[(String, Json)],
+        candidates: &[Candidate],
+    ) -> Result<(Gatekeeper, Vec<Admitted>), GatekeeperError> {
+        let current: Vec<(&str, &Json)> = candidates
+            .iter()
+            .map(|c| (c.path.as_str(), &c.document))
+            .collect();
+        let (set, first) = Self::screened(fixed, &current)?;
+        fn previous<'a>(
+            (c, result): (&'a Candidate, &Result<(), GatekeeperError>),
+        ) -> Option<&'a Json> {
+            result.as_ref().err().and(c.previous.as_ref())
+        }
+        if candidates.iter().zip(&first).all(|r| previous(r).is_none()) {
+            let admitted = first
+                .into_iter()
+                .map(|r| r.map_or_else(Admitted::Rejected, |()| Admitted::Current))
+                .collect();
+            return Ok((set, admitted));
+        }
+        // Again, with the previous versions of the rejected ones.
+        let chosen: Vec<(&str, &Json, bool)> = candidates
+            .iter()
+            .zip(&first)
+            .map(|r| match previous(r) {
+                Some(p) => (r.0.path.as_str(), p, true),
+                None => (r.0.path.as_str(), &r.0.document, false),
+            })
+            .collect();
+        let documents: Vec<(&str, &Json)> = chosen.iter().map(|(p, d, _)| (*p, *d)).collect();
+        let (set, second) = Self::screened(fixed, &documents)?;
+        let admitted = first
+            .into_iter()
+            .zip(second)
+            .zip(&chosen)
+            .map(
+                |((first, second), (_, _, previous))| match (first, second, previous) {
+                    (Err(e), Ok(()), true) => Admitted::Previous(e),
+                    (Err(e), Err(_), true) => Admitted::Rejected(e),
+                    (_, Ok(()), _) => Admitted::Current,
+                    (_, Err(e), _) => Admitted::Rejected(e),
+                },
+            )
+            .collect();
+        Ok((set, admitted))
+    }
+
+    /// One pass of [`Gatekeeper::with_candidates`].
+    #[allow(clippy::type_complexity)]
+    fn screened(
+        fixed: &[(String, Json)],
+        candidates: &[(&str, &Json)],
+    ) -> Result<(Gatekeeper, Vec<Result<(), GatekeeperError>>), GatekeeperError> {
+        let mut set = Gatekeeper::default();
+        let mut results = vec![Ok(()); candidates.len()];
+        for (path, doc) in fixed.iter().filter(|(_, d)| is_template(d)) {
+            set.add_template(path, doc)?;
+        }
+        // Kinds whose only template was rejected, and that template's path.
+        let mut rejected_kinds: BTreeMap<&str, &str> = BTreeMap::new();
+        for (i, (path, doc)) in candidates.iter().enumerate() {
+            if is_template(doc)
+                && let Err(e) = set.add_template(path, doc)
+            {
+                if let Some(kind) = doc
+                    .pointer("/spec/crd/spec/names/kind")
+                    .and_then(Json::as_str)
+                {
+                    rejected_kinds.entry(kind).or_insert(path);
+                }
+                results[i] = Err(e);
+            }
+        }
+        for (path, doc) in fixed.iter().filter(|(_, d)| is_constraint(d)) {
+            set.add_constraint(path, doc)?;
+        }
+        for (i, (path, doc)) in candidates.iter().enumerate() {
+            if !is_constraint(doc) {
+                continue;
+            }
+            let kind = doc.get("kind").and_then(Json::as_str).unwrap_or("");
+            let defined = set.templates.iter().any(|t| t.kind == kind)
+                || set.unsupported.iter().any(|u| u.kind == kind);
+            results[i] = match rejected_kinds.get(kind) {
+                Some(template) if !defined => Err(GatekeeperError::Constraint {
+                    path: path.to_string(),
+                    kind: kind.to_string(),
+                    name: doc
+                        .pointer("/metadata/name")
+                        .and_then(Json::as_str)
+                        .unwrap_or("<unnamed>")
+                        .to_string(),
+                    message: format!("its ConstraintTemplate ({template}) is rejected"),
+                }),
+                _ => set.add_constraint(path, doc),
+            };
+        }
+        Ok((set, results))
+    }
+
+    /// Compiles one template into the set.
+    fn add_template(&mut self, path: &str, doc: &Json) -> Result<(), GatekeeperError> {
+        let loaded = template::load(path, doc).map_err(|e| GatekeeperError::Template {
+            path: path.to_string(),
+            source: e.into(),
+        })?;
+        let kind = match &loaded {
+            Loaded::Template(t) => &t.kind,
+            Loaded::Unsupported { kind, .. } => kind,
+        };
+        let first = self
+            .templates
+            .iter()
+            .find(|t| &t.kind == kind)
+            .map(|t| t.path.clone())
+            .or_else(|| {
+                self.unsupported
+                    .iter()
+                    .find(|u| &u.kind == kind)
+                    .map(|u| u.path.clone())
+            });
+        if let Some(first_path) = first {
+            return Err(GatekeeperError::DuplicateKind {
+                path: path.to_string(),
+                first_path,
+                kind: kind.clone(),
+            });
+        }
+        match loaded {
+            Loaded::Template(t) => self.templates.push(*t),
+            Loaded::Unsupported { kind, reason } => {
+                tracing::warn!(%path, %kind, %reason, "ConstraintTemplate skipped");
+                self.unsupported.push(Unsupported {
+                    path: path.to_string(),
+                    kind,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one constraint and adds it to the set.
+    fn add_constraint(&mut self, path: &str, doc: &Json) -> Result<(), GatekeeperError> {
+        if let Some(constraint) = self.constraint(path, doc)? {
+            self.constraints.push(constraint);
+        }
+        Ok(())
     }
 
     /// Reads one constraint; `None` for a constraint of a skipped template.

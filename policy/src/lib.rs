@@ -46,7 +46,9 @@ pub use config::{
     ConfigError, DEFAULT_EXEMPT_NAMESPACES, DEFAULT_LABEL_ADMIN_GROUPS, EngineConfig,
 };
 pub use evaluate::{Decision, EvalError, Finding};
-pub use gatekeeper::{ConstraintInfo, GatekeeperError, Inventory, Syntax, Unsupported};
+pub use gatekeeper::{
+    Admitted, Candidate, ConstraintInfo, GatekeeperError, Inventory, Syntax, Unsupported,
+};
 pub use namespaces::{NamespaceData, NamespaceError, NamespaceMeta, unpack_lists};
 pub use set::{LoadError, PolicyInfo, PolicySet};
 pub use subject::{ReviewError, Subject};

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use regorus::Engine;
 
 use crate::diagnostic::one_line;
-use crate::gatekeeper::{self, ConstraintInfo, Gatekeeper, GatekeeperError, Unsupported};
+use crate::gatekeeper::{
+    self, Admitted, Candidate, ConstraintInfo, Gatekeeper, GatekeeperError, Unsupported,
+};
 use crate::{Action, EngineConfig};
 use compile::{collect_sources, compile, is_test_file, test_rule_names};
 
@@ -183,38 +185,27 @@ impl PolicySet {
     /// and the Gatekeeper ConstraintTemplates and Constraints of its
     /// `*.yaml`/`*.yml` files (other YAML documents are ignored).
     pub fn load_dir(dir: &Path, config: &EngineConfig) -> Result<PolicySet, LoadError> {
-        Self::load_dir_with(dir, &[], config)
-    }
-
-    /// As [`PolicySet::load_dir`], with Gatekeeper documents from elsewhere
-    /// (the cluster's ConstraintTemplates and Constraints) added.
-    pub fn load_dir_with(
-        dir: &Path,
-        extra_documents: &[(String, serde_json::Value)],
-        config: &EngineConfig,
-    ) -> Result<PolicySet, LoadError> {
-        let mut files = Vec::new();
-        collect_sources(dir, &mut files)?;
-        files.sort();
-        let mut sources = Vec::new();
-        let mut documents = Vec::new();
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFile {
-                path: file.clone(),
-                source,
-            })?;
-            let path = file.display().to_string();
-            if file.extension().is_some_and(|e| e == "rego") {
-                sources.push((path, text));
-            } else {
-                documents.extend(gatekeeper_documents(&path, &text)?);
-            }
-        }
-        if sources.is_empty() && documents.is_empty() && extra_documents.is_empty() {
+        let (sources, documents) = read_dir(dir)?;
+        if sources.is_empty() && documents.is_empty() {
             return Err(LoadError::Empty(dir.to_path_buf()));
         }
-        documents.extend_from_slice(extra_documents);
         Self::from_parts(sources, &documents, config)
+    }
+
+    /// As [`PolicySet::load_dir`], with Gatekeeper templates and constraints
+    /// from elsewhere (the cluster's objects), each admitted on its own: a
+    /// bad one is left out (or its previous version kept) and the rest of
+    /// the set still compiles. Returns what became of each candidate.
+    pub fn load_dir_with(
+        dir: &Path,
+        candidates: &[Candidate],
+        config: &EngineConfig,
+    ) -> Result<(PolicySet, Vec<Admitted>), LoadError> {
+        let (sources, documents) = read_dir(dir)?;
+        if sources.is_empty() && documents.is_empty() && candidates.is_empty() {
+            return Err(LoadError::Empty(dir.to_path_buf()));
+        }
+        Self::with_candidates(sources, &documents, candidates, config)
     }
 
     /// Compiles only the `*.rego` files under `dir` (what `policy test` runs
@@ -244,19 +235,27 @@ impl PolicySet {
     /// The default policies (`policies/*.rego` of this repository, tests included).
     pub fn embedded(config: &EngineConfig) -> PolicySet {
         // The embedded sources are compiled and tested by this crate's tests.
-        Self::embedded_with(&[], config).expect("embedded default policies must compile")
+        Self::from_parts(embedded_sources(), &[], config)
+            .expect("embedded default policies must compile")
     }
 
-    /// The default policies and Gatekeeper documents from elsewhere.
+    /// The default policies and Gatekeeper candidates from elsewhere, as
+    /// [`PolicySet::load_dir_with`].
     pub fn embedded_with(
-        extra_documents: &[(String, serde_json::Value)],
+        candidates: &[Candidate],
         config: &EngineConfig,
-    ) -> Result<PolicySet, LoadError> {
-        let sources = EMBEDDED
-            .iter()
-            .map(|(path, rego)| (path.to_string(), rego.to_string()))
-            .collect();
-        Self::from_parts(sources, extra_documents, config)
+    ) -> Result<(PolicySet, Vec<Admitted>), LoadError> {
+        Self::with_candidates(embedded_sources(), &[], candidates, config)
+    }
+
+    fn with_candidates(
+        sources: Vec<(String, String)>,
+        documents: &[(String, serde_json::Value)],
+        candidates: &[Candidate],
+        config: &EngineConfig,
+    ) -> Result<(PolicySet, Vec<Admitted>), LoadError> {
+        let (gatekeeper, admitted) = Gatekeeper::with_candidates(documents, candidates)?;
+        Ok((Self::compile_with(sources, gatekeeper, config)?, admitted))
     }
 
     /// Compiles `(path, rego)` pairs.
@@ -274,6 +273,15 @@ impl PolicySet {
         config: &EngineConfig,
     ) -> Result<PolicySet, LoadError> {
         let gatekeeper = Gatekeeper::from_documents(gatekeeper_documents)?;
+        Self::compile_with(sources, gatekeeper, config)
+    }
+
+    /// Compiles `(path, rego)` pairs beside compiled Gatekeeper objects.
+    fn compile_with(
+        sources: Vec<(String, String)>,
+        gatekeeper: Gatekeeper,
+        config: &EngineConfig,
+    ) -> Result<PolicySet, LoadError> {
         // Everything, for the test runner; errors name their file.
         let (mut test_engine, packages) = compile(&sources)?;
         // Test files stay out of the evaluation engine: with regorus every
@@ -398,6 +406,39 @@ impl PolicySet {
     pub fn test_count(&self) -> usize {
         self.inner.tests.len()
     }
+}
+
+/// The `(path, rego)` pairs and Gatekeeper `(path, document)` pairs of
+/// every file under `dir`, in path order.
+#[allow(clippy::type_complexity)]
+fn read_dir(
+    dir: &Path,
+) -> Result<(Vec<(String, String)>, Vec<(String, serde_json::Value)>), LoadError> {
+    let mut files = Vec::new();
+    collect_sources(dir, &mut files)?;
+    files.sort();
+    let mut sources = Vec::new();
+    let mut documents = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::ReadFile {
+            path: file.clone(),
+            source,
+        })?;
+        let path = file.display().to_string();
+        if file.extension().is_some_and(|e| e == "rego") {
+            sources.push((path, text));
+        } else {
+            documents.extend(gatekeeper_documents(&path, &text)?);
+        }
+    }
+    Ok((sources, documents))
+}
+
+fn embedded_sources() -> Vec<(String, String)> {
+    EMBEDDED
+        .iter()
+        .map(|(path, rego)| (path.to_string(), rego.to_string()))
+        .collect()
 }
 
 /// The Gatekeeper documents of one YAML file (every other document is

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use mapguard_policy::{Action, EngineConfig, LoadError, NamespaceData, PolicySet};
+use mapguard_policy::{
+    Action, Admitted, Candidate, EngineConfig, LoadError, NamespaceData, PolicySet,
+};
 use serde_json::{Value, json};
 
 fn fixtures() -> PathBuf {
@@ -293,6 +295,106 @@ fn bad_templates_and_constraints_are_clear_errors() {
 
     let e = load("yaml", "apiVersion: [\n").unwrap_err().to_string();
     assert!(e.starts_with("invalid YAML in "), "{e}");
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).expect("YAML")
+}
+
+fn max_containers(name: &str, max: &str) -> Value {
+    yaml(&format!(
+        "apiVersion: constraints.gatekeeper.sh/v1beta1\nkind: K8sMaxContainers\nmetadata:\n  name: {name}\nspec:\n  parameters:\n    max: {max}\n"
+    ))
+}
+
+fn candidate(path: &str, document: Value, previous: Option<Value>) -> Candidate {
+    Candidate {
+        path: path.to_owned(),
+        document,
+        previous,
+    }
+}
+
+fn constraint_labels(set: &PolicySet) -> Vec<String> {
+    set.constraints().map(|c| c.label()).collect()
+}
+
+#[test]
+fn candidates_are_admitted_one_by_one() {
+    let config = EngineConfig::default();
+    let candidates = [
+        candidate("t", yaml(TEMPLATE), None),
+        candidate("a", max_containers("a", "1"), None),
+        candidate("bad", max_containers("bad", "\"two\""), None),
+        candidate("b", max_containers("b", "3"), None),
+    ];
+    let (set, admitted) = PolicySet::embedded_with(&candidates, &config).expect("the set compiles");
+    assert_eq!(
+        constraint_labels(&set),
+        ["K8sMaxContainers a", "K8sMaxContainers b"]
+    );
+    assert_eq!(admitted[..2], [Admitted::Current, Admitted::Current]);
+    assert_eq!(admitted[3], Admitted::Current);
+    let e = admitted[2].error().expect("rejected").to_string();
+    assert!(
+        e.ends_with("bad: K8sMaxContainers bad: spec.parameters do not match the template's schema: /max: \"two\" is not of type \"integer\""),
+        "{e}"
+    );
+    assert!(matches!(admitted[2], Admitted::Rejected(_)));
+    // The constraints admitted still judge.
+    let three = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}]}});
+    let found = findings(&set, &review("", "Pod", "default", three));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "K8sMaxContainers a");
+
+    // A template that does not compile: rejected with its constraints; a
+    // second template of the same kind: rejected, the first one serves.
+    let broken = yaml(&TEMPLATE.replace("> input.parameters.max", "> undefined_var"));
+    let (set, admitted) = PolicySet::embedded_with(
+        &[
+            candidate("t", broken.clone(), None),
+            candidate("a", max_containers("a", "1"), None),
+        ],
+        &config,
+    )
+    .expect("the set compiles");
+    assert_eq!(constraint_labels(&set), Vec::<String>::new());
+    let e = admitted[1].error().expect("rejected").to_string();
+    assert_eq!(
+        e,
+        "a: K8sMaxContainers a: its ConstraintTemplate (t) is rejected"
+    );
+    let (_, admitted) = PolicySet::embedded_with(
+        &[
+            candidate("t", yaml(TEMPLATE), None),
+            candidate("t2", yaml(TEMPLATE), None),
+        ],
+        &config,
+    )
+    .expect("the set compiles");
+    assert_eq!(admitted[0], Admitted::Current);
+    assert!(
+        admitted[1]
+            .error()
+            .expect("rejected")
+            .to_string()
+            .contains("both define kind"),
+        "{admitted:?}"
+    );
+
+    // With its previous version: that one serves, and its constraints.
+    let (set, admitted) = PolicySet::embedded_with(
+        &[
+            candidate("t", broken, Some(yaml(TEMPLATE))),
+            candidate("a", max_containers("a", "1"), None),
+        ],
+        &config,
+    )
+    .expect("the set compiles");
+    assert!(matches!(admitted[0], Admitted::Previous(_)), "{admitted:?}");
+    assert_eq!(admitted[1], Admitted::Current);
+    assert_eq!(constraint_labels(&set), ["K8sMaxContainers a"]);
 }
 
 #[test]

@@ -888,6 +888,7 @@ async fn the_optional_components_install_with_their_rights() {
         "watch k8srequiredlabels.constraints.gatekeeper.sh",
         "create customresourcedefinitions.apiextensions.k8s.io",
         "patch customresourcedefinitions.apiextensions.k8s.io",
+        "create events.events.k8s.io -n default",
     ] {
         assert!(
             can_i(&env, "mapguard-webhook", check).await,
@@ -898,6 +899,7 @@ async fn the_optional_components_install_with_their_rights() {
         "delete customresourcedefinitions.apiextensions.k8s.io",
         "create constrainttemplates.templates.gatekeeper.sh",
         "delete k8srequiredlabels.constraints.gatekeeper.sh",
+        "create events.events.k8s.io -n kube-system",
     ] {
         assert!(
             !can_i(&env, "mapguard-webhook", check).await,

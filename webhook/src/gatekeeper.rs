@@ -6,31 +6,36 @@
 //! (`<kind>.constraints.gatekeeper.sh`, cluster-scoped, `v1beta1` and
 //! `v1alpha1`) is created by server-side apply, and a watch on that kind
 //! keeps its constraints. Every change recompiles the policy set (files
-//! plus these objects, [`PolicyStore::set_cluster_documents`]); a set that
-//! does not compile is refused and counted as a failed reload, and the last
-//! good one keeps serving, as with files.
+//! plus these objects, [`PolicyStore::set_cluster_documents`]).
 //!
-//! The CRD accepts any `spec.parameters`: they are checked against the
-//! template's schema when the set is compiled, so a constraint of the wrong
-//! shape is reported by the webhook (log, `mapguard_policy_reloads_total`)
-//! rather than by `kubectl apply`.
+//! Each object is admitted on its own: a template whose Rego does not
+//! compile, a second template of a kind, a constraint whose parameters do
+//! not fit its template's schema (the CRD accepts any `spec.parameters`)
+//! or whose template is rejected, is left out alone, and its last admitted
+//! version keeps serving if there is one. Each rejection is reported on the
+//! object, as a Warning Event (reason `Rejected`, `kubectl describe`
+//! shows it), in the log and in `mapguard_gatekeeper_rejected_objects`;
+//! the other objects serve. `/readyz` waits until the templates and the
+//! constraints of each template's kind were listed and compiled in once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{self, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde_json::{Value as Json, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::metrics::{Metrics, ReloadResult};
-use crate::policies::PolicyStore;
+use crate::metrics::{GatekeeperKind, ReloadResult};
+use crate::state::AppState;
 
 const TEMPLATES_GROUP: &str = "templates.gatekeeper.sh";
 const CONSTRAINTS_GROUP: &str = "constraints.gatekeeper.sh";
@@ -38,6 +43,8 @@ const CONSTRAINTS_GROUP: &str = "constraints.gatekeeper.sh";
 const MANAGER: &str = "mapguard-webhook";
 /// How long changes are gathered before one recompilation.
 const SETTLE: Duration = Duration::from_millis(200);
+/// Longest Event note the API accepts.
+const MAX_NOTE: usize = 1024;
 
 fn template_resource() -> ApiResource {
     ApiResource {
@@ -113,19 +120,76 @@ struct Objects {
     templates: BTreeMap<String, Json>,
     /// By (kind, constraint name).
     constraints: BTreeMap<(String, String), Json>,
+    /// Whether the templates were listed once.
+    templates_listed: bool,
+    /// Kinds whose constraints were listed once (or that can have none:
+    /// their CRD was refused).
+    kinds_listed: BTreeSet<String>,
+}
+
+fn template_label(name: &str) -> String {
+    format!("cluster: ConstraintTemplate {name}")
+}
+
+fn constraint_label(kind: &str, name: &str) -> String {
+    format!("cluster: {kind} {name}")
 }
 
 impl Objects {
+    /// `(label, document)` of every object, templates first.
     fn documents(&self) -> Vec<(String, Json)> {
         let templates = self
             .templates
             .iter()
-            .map(|(name, t)| (format!("cluster: ConstraintTemplate {name}"), t.clone()));
+            .map(|(name, t)| (template_label(name), t.clone()));
         let constraints = self
             .constraints
             .iter()
-            .map(|((kind, name), c)| (format!("cluster: {kind} {name}"), c.clone()));
+            .map(|((kind, name), c)| (constraint_label(kind, name), c.clone()));
         templates.chain(constraints).collect()
+    }
+
+    /// The kinds the templates define.
+    fn kinds(&self) -> Vec<String> {
+        self.templates.values().filter_map(template_kind).collect()
+    }
+
+    /// Whether every object of the cluster was listed once.
+    fn listed(&self) -> bool {
+        self.templates_listed && self.kinds().iter().all(|k| self.kinds_listed.contains(k))
+    }
+
+    /// The object a label names, and its kind.
+    fn reference(&self, label: &str) -> Option<(GatekeeperKind, ObjectReference)> {
+        let found = self
+            .templates
+            .iter()
+            .find(|(name, _)| template_label(name) == label)
+            .map(|(_, t)| (GatekeeperKind::ConstraintTemplate, t))
+            .or_else(|| {
+                self.constraints
+                    .iter()
+                    .find(|((kind, name), _)| constraint_label(kind, name) == label)
+                    .map(|(_, c)| (GatekeeperKind::Constraint, c))
+            });
+        let (kind, object) = found?;
+        let text = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+        };
+        Some((
+            kind,
+            ObjectReference {
+                api_version: text("/apiVersion"),
+                kind: text("/kind"),
+                name: text("/metadata/name"),
+                uid: text("/metadata/uid"),
+                resource_version: text("/metadata/resourceVersion"),
+                ..ObjectReference::default()
+            },
+        ))
     }
 }
 
@@ -139,15 +203,20 @@ fn document(object: &DynamicObject, resource: &ApiResource) -> Option<(String, J
     Some((name, json))
 }
 
-/// Watches templates and their constraints until dropped.
-pub async fn run(client: Client, store: Arc<PolicyStore>, metrics: Arc<Metrics>) {
+/// Watches templates and their constraints until dropped; marks `state`
+/// ready once all were listed and compiled in.
+pub async fn run(client: Client, state: AppState) {
     let objects = Arc::new(Mutex::new(Objects::default()));
     let changed = Arc::new(Notify::new());
     let _compiler = AbortOnDrop(tokio::spawn(compile_on_change(
         objects.clone(),
         changed.clone(),
-        store,
-        metrics,
+        state.clone(),
+    )));
+    let _reporter = AbortOnDrop(tokio::spawn(report_rejections(
+        client.clone(),
+        objects.clone(),
+        state,
     )));
     let mut watches: BTreeMap<String, AbortOnDrop> = BTreeMap::new();
     let resource = template_resource();
@@ -175,7 +244,10 @@ pub async fn run(client: Client, store: Arc<PolicyStore>, metrics: Arc<Metrics>)
                         buffer.insert(name, json);
                     }
                 }
-                Event::InitDone => held.templates = initial.take().unwrap_or_default(),
+                Event::InitDone => {
+                    held.templates = initial.take().unwrap_or_default();
+                    held.templates_listed = true;
+                }
                 Event::Apply(t) => {
                     if let Some((name, json)) = document(&t, &resource) {
                         held.templates.insert(name, json);
@@ -190,9 +262,10 @@ pub async fn run(client: Client, store: Arc<PolicyStore>, metrics: Arc<Metrics>)
             if initial.is_some() {
                 continue;
             }
-            let kinds: Vec<String> = held.templates.values().filter_map(template_kind).collect();
+            let kinds = held.kinds();
             watches.retain(|kind, _| kinds.contains(kind));
             held.constraints.retain(|(kind, _), _| kinds.contains(kind));
+            held.kinds_listed.retain(|kind| kinds.contains(kind));
             for kind in kinds {
                 if let std::collections::btree_map::Entry::Vacant(slot) = watches.entry(kind) {
                     let task = tokio::spawn(watch_constraints(
@@ -231,6 +304,13 @@ async fn watch_constraints(
         )
         .await
     {
+        if matches!(&error, kube::Error::Api(status) if status.is_invalid()) {
+            // No constraint of this kind can exist: nothing to wait for.
+            let mut held = objects.lock().unwrap_or_else(|e| e.into_inner());
+            if held.kinds_listed.insert(kind.clone()) {
+                changed.notify_one();
+            }
+        }
         let error = crate::telemetry::error_chain(&error);
         tracing::warn!(%kind, %error, "cannot create the constraint CRD; retrying");
         tokio::time::sleep(delay).await;
@@ -268,6 +348,7 @@ async fn watch_constraints(
                     objects
                         .constraints
                         .extend(initial.take().unwrap_or_default());
+                    objects.kinds_listed.insert(kind.clone());
                 }
                 Event::Apply(c) => {
                     if let Some((k, json)) = key(&c) {
@@ -288,22 +369,19 @@ async fn watch_constraints(
     }
 }
 
-/// Recompiles after each burst of changes.
-async fn compile_on_change(
-    objects: Arc<Mutex<Objects>>,
-    changed: Arc<Notify>,
-    store: Arc<PolicyStore>,
-    metrics: Arc<Metrics>,
-) {
+/// Recompiles after each burst of changes; the first compilation of
+/// everything listed makes the webhook ready.
+async fn compile_on_change(objects: Arc<Mutex<Objects>>, changed: Arc<Notify>, state: AppState) {
+    let metrics = state.metrics().clone();
     loop {
         changed.notified().await;
         tokio::time::sleep(SETTLE).await;
-        let documents = objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .documents();
+        let (documents, listed) = {
+            let held = objects.lock().unwrap_or_else(|e| e.into_inner());
+            (held.documents(), held.listed())
+        };
         let count = documents.len();
-        let store = store.clone();
+        let store = state.policies().clone();
         let compiled = tokio::task::spawn_blocking(move || {
             store.set_cluster_documents(documents).map(|n| (n, store))
         })
@@ -314,9 +392,14 @@ async fn compile_on_change(
                 metrics.set_policies(store.current().policies());
                 tracing::info!(
                     objects = count,
+                    rejected = store.rejections().borrow().len(),
                     policies = n,
+                    listed,
                     "Gatekeeper objects from the cluster compiled in"
                 );
+                if listed {
+                    state.set_gatekeeper_synced(true);
+                }
             }
             Ok(Err(error)) => {
                 metrics.policy_reload(ReloadResult::failure);
@@ -325,6 +408,90 @@ async fn compile_on_change(
             Err(error) => tracing::error!(%error, "compiling Gatekeeper objects panicked"),
         }
     }
+}
+
+/// Reports each rejected object once per distinct error: a Warning Event
+/// on it, a log line, and the count per kind in
+/// `mapguard_gatekeeper_rejected_objects`.
+async fn report_rejections(client: Client, objects: Arc<Mutex<Objects>>, state: AppState) {
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
+    let mut rejections = state.policies().rejections();
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let list = rejections.borrow_and_update().clone();
+        let mut now = BTreeMap::new();
+        let mut templates = 0;
+        let mut constraints = 0;
+        for rejection in list.iter() {
+            let found = objects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reference(&rejection.label);
+            // Deleted since: the next compilation leaves it out.
+            let Some((kind, reference)) = found else {
+                continue;
+            };
+            match kind {
+                GatekeeperKind::ConstraintTemplate => templates += 1,
+                GatekeeperKind::Constraint => constraints += 1,
+            }
+            now.insert(rejection.label.clone(), rejection.message.clone());
+            if reported.get(&rejection.label) == Some(&rejection.message) {
+                continue;
+            }
+            let serving = if rejection.previous_serving {
+                "its previous version keeps serving"
+            } else {
+                "not served"
+            };
+            tracing::warn!(
+                object = %rejection.label,
+                error = %rejection.message,
+                serving,
+                "Gatekeeper object rejected"
+            );
+            let event = events::Event {
+                type_: EventType::Warning,
+                reason: "Rejected".into(),
+                note: Some(truncate(
+                    format!("mapguard: {}; {serving}", rejection.message),
+                    MAX_NOTE,
+                )),
+                action: "Compile".into(),
+                secondary: None,
+            };
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                let error = crate::telemetry::error_chain(&error);
+                tracing::warn!(object = %rejection.label, %error, "cannot publish the rejection Event");
+            }
+        }
+        let metrics = state.metrics();
+        metrics.set_gatekeeper_rejected(GatekeeperKind::ConstraintTemplate, templates);
+        metrics.set_gatekeeper_rejected(GatekeeperKind::Constraint, constraints);
+        reported = now;
+        if rejections.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// A task aborted when its handle is dropped.

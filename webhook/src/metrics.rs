@@ -124,6 +124,27 @@ impl RefuseReason {
     ];
 }
 
+/// The kinds of Gatekeeper objects of the cluster (`--gatekeeper-crs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum GatekeeperKind {
+    /// A `templates.gatekeeper.sh` ConstraintTemplate.
+    ConstraintTemplate,
+    /// A constraint of any `constraints.gatekeeper.sh` kind.
+    Constraint,
+}
+
+impl GatekeeperKind {
+    const ALL: [GatekeeperKind; 2] = [
+        GatekeeperKind::ConstraintTemplate,
+        GatekeeperKind::Constraint,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GatekeeperLabels {
+    kind: GatekeeperKind,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefuseLabels {
     reason: RefuseReason,
@@ -186,6 +207,7 @@ pub struct Metrics {
     request_memory: Gauge,
     request_memory_budget: Gauge,
     connections: Gauge,
+    gatekeeper_rejected: Family<GatekeeperLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -307,6 +329,12 @@ impl Metrics {
             "Connections open on the HTTPS admission port (at most --max-connections)",
             connections.clone(),
         );
+        let gatekeeper_rejected = Family::<GatekeeperLabels, Gauge>::default();
+        registry.register(
+            "gatekeeper_rejected_objects",
+            "Gatekeeper objects of the cluster (--gatekeeper-crs) whose current version is not serving: it does not compile or fit its template (an Event on the object says why)",
+            gatekeeper_rejected.clone(),
+        );
         // Every series with a fixed label set exists from the start, at 0:
         // an alert on a rate or a dashboard sees 0 before the first event,
         // not "no data" (prometheus-client leaves out empty families, HELP
@@ -334,6 +362,9 @@ impl Metrics {
         for reason in RefuseReason::ALL {
             drop(refused.get_or_create(&RefuseLabels { reason }));
         }
+        for kind in GatekeeperKind::ALL {
+            drop(gatekeeper_rejected.get_or_create(&GatekeeperLabels { kind }));
+        }
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -353,7 +384,15 @@ impl Metrics {
             request_memory,
             request_memory_budget,
             connections,
+            gatekeeper_rejected,
         }
+    }
+
+    /// Records how many Gatekeeper objects of `kind` are rejected now.
+    pub fn set_gatekeeper_rejected(&self, kind: GatekeeperKind, n: usize) {
+        self.gatekeeper_rejected
+            .get_or_create(&GatekeeperLabels { kind })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts a request refused before its body was parsed.

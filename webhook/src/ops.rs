@@ -23,7 +23,8 @@ async fn healthz() -> &'static str {
 }
 
 /// Readiness: policies and certificate loaded, HTTPS serving, namespace
-/// cache synced.
+/// cache synced, and with `--gatekeeper-crs` the cluster's templates and
+/// constraints listed and compiled in.
 async fn readyz(State(state): State<AppState>) -> Response {
     let reasons = state.not_ready_reasons();
     if reasons.is_empty() {

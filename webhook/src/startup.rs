@@ -205,6 +205,9 @@ impl Webhook {
             Arc::new(Metrics::new()),
             settings,
         );
+        if gatekeeper.is_some() {
+            state.set_gatekeeper_synced(false);
+        }
         Ok(Self {
             state,
             cert,
@@ -342,11 +345,10 @@ impl Webhook {
         }
         if let Some(client) = self.gatekeeper {
             let mut stop = rx.clone();
-            let store = state.policies().clone();
-            let metrics = state.metrics().clone();
+            let state = state.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
-                    _ = crate::gatekeeper::run(client, store, metrics) => {}
+                    _ = crate::gatekeeper::run(client, state) => {}
                     _ = crate::server::wait_for(&mut stop) => {}
                 }
             }));

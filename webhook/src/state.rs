@@ -70,6 +70,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     settings: Settings,
     tls_ready: AtomicBool,
+    /// Whether the cluster's Gatekeeper objects were listed and compiled in
+    /// (true when `--gatekeeper-crs` is off).
+    gatekeeper_synced: AtomicBool,
     /// `data.inventory` for Gatekeeper templates (`--inventory`).
     inventory: RwLock<Arc<Inventory>>,
 }
@@ -95,6 +98,7 @@ impl AppState {
                 metrics,
                 settings,
                 tls_ready: AtomicBool::new(false),
+                gatekeeper_synced: AtomicBool::new(true),
                 inventory: RwLock::new(Arc::new(Inventory::default())),
             }),
         }
@@ -157,6 +161,14 @@ impl AppState {
         self.inner.tls_ready.store(ready, Ordering::Release);
     }
 
+    /// Marks whether the cluster's Gatekeeper objects are compiled in
+    /// (`--gatekeeper-crs` sets false at start, its first sync true).
+    pub fn set_gatekeeper_synced(&self, synced: bool) {
+        self.inner
+            .gatekeeper_synced
+            .store(synced, Ordering::Release);
+    }
+
     /// Reasons the webhook is not ready yet (empty when ready).
     pub fn not_ready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
@@ -165,6 +177,9 @@ impl AppState {
         }
         if !self.inner.namespaces.is_synced() {
             reasons.push("namespace cache not synced yet");
+        }
+        if !self.inner.gatekeeper_synced.load(Ordering::Acquire) {
+            reasons.push("Gatekeeper templates and constraints not synced yet");
         }
         reasons
     }

@@ -183,24 +183,32 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
     })
     .await;
 
-    // A template that no longer compiles: refused, the last good set serves.
+    // A template that no longer compiles: rejected, its last good version
+    // keeps serving.
     let broken = RESERVED_NAMES_TEMPLATE
         .replace("name == input.parameters.names[_]", "name == undefined_var");
     kubectl_ok(&env, &["apply", "-f", "-"], Some(&broken)).await;
-    eventually(
-        "the broken template is counted as a failed reload",
-        async || {
-            ops_get(webhook.metrics_addr, "/metrics")
-                .await
-                .1
-                .contains(r#"mapguard_policy_reloads_total{result="failure"} 1"#)
-        },
-    )
+    eventually("the broken template is counted as rejected", async || {
+        ops_get(webhook.metrics_addr, "/metrics")
+            .await
+            .1
+            .contains(r#"mapguard_gatekeeper_rejected_objects{kind="ConstraintTemplate"} 1"#)
+    })
     .await;
-    assert!(!allowed(&judge().await), "the last good set keeps denying");
+    assert!(
+        !allowed(&judge().await),
+        "the last good version keeps denying"
+    );
 
     // Fixed again, then the constraint deleted: allowed.
     kubectl_ok(&env, &["apply", "-f", "-"], Some(RESERVED_NAMES_TEMPLATE)).await;
+    eventually("the fixed template is no longer rejected", async || {
+        ops_get(webhook.metrics_addr, "/metrics")
+            .await
+            .1
+            .contains(r#"mapguard_gatekeeper_rejected_objects{kind="ConstraintTemplate"} 0"#)
+    })
+    .await;
     kubectl_ok(
         &env,
         &[
@@ -308,6 +316,183 @@ async fn referential_templates_see_the_inventory_the_webhook_watches() {
     .await;
     eventually("a deleted Ingress leaves the inventory", async || {
         allowed(&judge().await)
+    })
+    .await;
+
+    webhook.shutdown().await;
+    drop(env);
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}
+
+/// A K8sReservedNames constraint `name` reserving `names` (YAML).
+fn reserved(name: &str, names: &str) -> String {
+    format!(
+        "apiVersion: constraints.gatekeeper.sh/v1beta1\nkind: K8sReservedNames\nmetadata:\n  name: {name}\nspec:\n  match:\n    kinds: [{{apiGroups: [\"\"], kinds: [\"Pod\"]}}]\n  parameters:\n    names: {names}\n"
+    )
+}
+
+/// The fixture Pod CREATE, with the Pod named `name`.
+fn pod_named(name: &str) -> Vec<u8> {
+    let mut review = fixture_json("pod-plain-create");
+    review["request"]["name"] = serde_json::json!(name);
+    review["request"]["object"]["metadata"]["name"] = serde_json::json!(name);
+    serde_json::to_vec(&review).expect("JSON")
+}
+
+/// The `Rejected` Events of the object `name`, as `(kind, note)`.
+async fn rejected_events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client(), "default");
+    let list = events.list(&Default::default()).await.expect("list Events");
+    list.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Rejected"))
+        .filter_map(|e| {
+            let regarding = e.regarding?;
+            (regarding.name.as_deref() == Some(name)).then(|| {
+                (
+                    regarding.kind.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_template_or_constraint_is_rejected_alone_and_the_good_ones_survive_a_restart() {
+    let test = "a_bad_template_or_constraint_is_rejected_alone_and_the_good_ones_survive_a_restart";
+    let Some(env) = TestEnv::start_or_skip(test).await else {
+        return;
+    };
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/gatekeeper/constrainttemplates-crd.yaml");
+    kubectl_ok(&env, &["apply", "-f", crd.to_str().expect("utf-8")], None).await;
+    kubectl_ok(
+        &env,
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/constrainttemplates.templates.gatekeeper.sh",
+        ],
+        None,
+    )
+    .await;
+    let base = temp_dir("gatekeeper-rejected");
+    let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system")).expect("certs");
+    write_dir(&certs, &base.join("certs"), false).expect("write certs");
+    let flags = [
+        format!("--kubeconfig={}", env.kubeconfig().display()),
+        "--gatekeeper-crs".to_owned(),
+    ];
+    let webhook = start_webhook(&base.join("certs"), &flags).await;
+
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(RESERVED_NAMES_TEMPLATE)).await;
+    eventually("the constraint CRD is created", async || {
+        kubectl(
+            &env,
+            &["get", "crd", "k8sreservednames.constraints.gatekeeper.sh"],
+            None,
+        )
+        .await
+        .status
+        .success()
+    })
+    .await;
+    kubectl_ok(
+        &env,
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/k8sreservednames.constraints.gatekeeper.sh",
+        ],
+        None,
+    )
+    .await;
+    // Two good constraints, one whose parameters do not fit the schema, and
+    // a second template whose Rego does not compile.
+    let objects = [
+        reserved("reserved-a", "[shop-api]"),
+        reserved("reserved-bad", "shop-api"),
+        reserved("reserved-b", "[web-b]"),
+        RESERVED_NAMES_TEMPLATE
+            .replace("k8sreservednames", "k8sbroken")
+            .replace("K8sReservedNames", "K8sBroken")
+            .replace("name == input.parameters.names[_]", "name == undefined_var"),
+    ]
+    .join("---\n");
+    kubectl_ok(&env, &["apply", "-f", "-"], Some(&objects)).await;
+
+    let connector = tls_connector(&certs.ca_cert_pem, &[&TLS13]);
+    let judge = async |addr, name: &str| {
+        let mut client = http1(tls_connect(&connector, addr).await).await;
+        send(&mut client, "/validate", pod_named(name)).await.1
+    };
+    eventually("both good constraints deny", async || {
+        !allowed(&judge(webhook.addr, "shop-api").await)
+            && !allowed(&judge(webhook.addr, "web-b").await)
+    })
+    .await;
+    assert_eq!(
+        message(&judge(webhook.addr, "web-b").await),
+        "mapguard denied Pod default/web-b: [K8sReservedNames reserved-b] the name web-b is reserved"
+    );
+    assert!(allowed(&judge(webhook.addr, "web-c").await));
+    let rejected_counted = async |addr| {
+        let metrics = ops_get(addr, "/metrics").await.1;
+        metrics.contains(r#"mapguard_gatekeeper_rejected_objects{kind="ConstraintTemplate"} 1"#)
+            && metrics.contains(r#"mapguard_gatekeeper_rejected_objects{kind="Constraint"} 1"#)
+    };
+    eventually(
+        "one template and one constraint counted as rejected",
+        async || rejected_counted(webhook.metrics_addr).await,
+    )
+    .await;
+    let mut found = Vec::new();
+    eventually("each bad object has its Event", async || {
+        found = rejected_events(&env, "reserved-bad").await;
+        found.extend(rejected_events(&env, "k8sbroken").await);
+        found.len() == 2
+    })
+    .await;
+    found.sort();
+    assert_eq!(found[0].0, "ConstraintTemplate", "{found:?}");
+    assert!(
+        found[0]
+            .1
+            .starts_with("mapguard: ConstraintTemplate k8sbroken: its Rego does not compile:")
+            && found[0].1.ends_with("; not served"),
+        "{found:?}"
+    );
+    assert_eq!(found[1].0, "K8sReservedNames", "{found:?}");
+    assert_eq!(
+        found[1].1,
+        "mapguard: K8sReservedNames reserved-bad: spec.parameters do not match the template's schema: /names: \"shop-api\" is not of type \"array\"; not served",
+        "{found:?}"
+    );
+    webhook.shutdown().await;
+
+    // A restart: not ready until the cluster's objects are compiled in, then
+    // the good ones deny at once.
+    let webhook = start_webhook(&base.join("certs"), &flags).await;
+    let (status, body) = ops_get(webhook.metrics_addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("Gatekeeper templates and constraints not synced yet"),
+        "{body}"
+    );
+    eventually("ready after the first sync", async || {
+        ops_get(webhook.metrics_addr, "/readyz").await.0 == 200
+    })
+    .await;
+    for name in ["shop-api", "web-b"] {
+        let review = judge(webhook.addr, name).await;
+        assert!(!allowed(&review), "{name} once ready: {review}");
+    }
+    eventually("the bad ones counted again", async || {
+        rejected_counted(webhook.metrics_addr).await
     })
     .await;
 
