@@ -2,9 +2,9 @@
 # (mapguard.io/mode, mapguard.io/min-coverage) and whether they may ask for
 # less (mapguard.io/allow-opt-out). A tenant allowed to edit its own
 # Namespace must not be able to lift those demands: changing, adding or
-# removing any mapguard.io/ label of an existing Namespace is denied unless
-# the requester is in one of the configured groups or is one of the
-# configured users (data.mapguard_config.namespace_label_admins: the
+# removing any mapguard.io/ label of an existing Namespace, and creating a
+# Namespace that carries one, is denied unless the requester is in one of
+# the configured groups or is one of the configured users (data.mapguard_config.namespace_label_admins: the
 # webhook's --label-admin-group, default system:masters, and
 # --label-admin-user; the engine config file's labelAdminGroups and
 # labelAdminUsers for mapguard check).
@@ -33,6 +33,22 @@ deny contains msg if {
 		[
 			input.request.userInfo.username, key, input.request.name,
 			json.marshal(object.get(old, key, null)), json.marshal(object.get(new, key, null)),
+			concat(", ", data.mapguard_config.namespace_label_admins.groups),
+		],
+	)
+}
+
+deny contains msg if {
+	input.request.kind.kind == "Namespace"
+	input.request.operation == "CREATE"
+	labels := object.get(object.get(input.request.object, "metadata", {}), "labels", {})
+	some key, value in labels
+	startswith(key, "mapguard.io/")
+	not label_admin
+	msg := sprintf(
+		"%s may not create namespace %s with label %s=%s: the mapguard.io/ labels decide what mapguard enforces on the namespace's Pods, and only the groups (%s) and users configured as their admins may set them; create it without, and ask an admin to label it",
+		[
+			input.request.userInfo.username, input.request.name, key, json.marshal(value),
 			concat(", ", data.mapguard_config.namespace_label_admins.groups),
 		],
 	)

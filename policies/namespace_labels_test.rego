@@ -77,9 +77,26 @@ test_no_admins_configured_denies_everyone if {
 	count(namespace_labels.deny) == 1 with input as r with data.mapguard_config as none
 }
 
-test_creating_and_other_kinds_not_judged if {
-	create := json.patch(tenant({}, {"mapguard.io/allow-opt-out": "true"}), [{"op": "replace", "path": "/request/operation", "value": "CREATE"}])
-	count(namespace_labels.deny) == 0 with input as create with data.mapguard_config as admins
+# A CREATE of Namespace shop with labels, by user in groups.
+create(labels, user, groups) := json.patch(update({}, labels, user, groups), [
+	{"op": "replace", "path": "/request/operation", "value": "CREATE"},
+	{"op": "remove", "path": "/request/oldObject"},
+])
+
+test_tenant_creating_a_namespace_with_mapguard_labels_denied if {
+	msgs := namespace_labels.deny with input as create({"mapguard.io/allow-opt-out": "true", "team": "a"}, "alice", ["tenants"]) with data.mapguard_config as admins
+	msgs == {"alice may not create namespace shop with label mapguard.io/allow-opt-out=\"true\": the mapguard.io/ labels decide what mapguard enforces on the namespace's Pods, and only the groups (system:masters) and users configured as their admins may set them; create it without, and ask an admin to label it"}
+	count(namespace_labels.deny) == 2 with input as create({"mapguard.io/mode": "audit", "mapguard.io/min-coverage": "light"}, "alice", ["tenants"]) with data.mapguard_config as admins
+}
+
+test_creating_a_namespace_without_mapguard_labels_or_as_admin_allowed if {
+	count(namespace_labels.deny) == 0 with input as create({"team": "a"}, "alice", ["tenants"]) with data.mapguard_config as admins
+	count(namespace_labels.deny) == 0 with input as create({"mapguard.io/mode": "kill"}, "admin", ["system:masters"]) with data.mapguard_config as admins
+	r := json.patch(create({}, "alice", ["tenants"]), [{"op": "remove", "path": "/request/object/metadata/labels"}])
+	count(namespace_labels.deny) == 0 with input as r with data.mapguard_config as admins
+}
+
+test_other_kinds_not_judged if {
 	pod := json.patch(tenant({"mapguard.io/mode": "kill"}, {}), [{"op": "replace", "path": "/request/kind/kind", "value": "Pod"}])
 	count(namespace_labels.deny) == 0 with input as pod with data.mapguard_config as admins
 }

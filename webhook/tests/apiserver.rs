@@ -600,6 +600,58 @@ async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
     label(&carol, json!({"mapguard.io/min-coverage": "writes"}))
         .await
         .unwrap_or_else(|m| panic!("a user named by --label-admin-user may change them: {m}"));
+
+    // Creating a Namespace that carries the labels is setting them: the
+    // same admins only (a weak mode in fail-closed webhook's reach, an
+    // opt-out in the best-effort one's).
+    let new_namespace = |client: &Client, name: &'static str, labels: serde_json::Value| {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        async move {
+            let namespace: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                    .expect("a Namespace literal deserializes");
+            namespaces
+                .create(&PostParams::default(), &namespace)
+                .await
+                .map(drop)
+                .map_err(api_message)
+        }
+    };
+    let message = new_namespace(&tenant, "alice-audit", json!({MODE: "audit"}))
+        .await
+        .expect_err("a tenant creating a namespace with mapguard.io/mode must be denied");
+    assert!(
+        message.contains(r#"namespaces.validate.mapguard.io" denied the request"#)
+            && message.contains(
+                r#"[mapguard.namespace_labels] alice may not create namespace alice-audit with label mapguard.io/mode="audit""#
+            ),
+        "{message}"
+    );
+    let message = new_namespace(
+        &tenant,
+        "alice-opt-out",
+        json!({"mapguard.io/allow-opt-out": "true"}),
+    )
+    .await
+    .expect_err("a tenant creating a namespace with allow-opt-out must be denied");
+    assert!(
+        message.contains(r#"best-effort.namespaces.validate.mapguard.io" denied the request"#)
+            && message.contains("with label mapguard.io/allow-opt-out=\"true\""),
+        "{message}"
+    );
+    new_namespace(&tenant, "alice-plain", json!({"team": "alice"}))
+        .await
+        .unwrap_or_else(|m| panic!("a tenant may create a namespace without them: {m}"));
+    new_namespace(&carol, "carol-kill", json!({MODE: "kill"}))
+        .await
+        .unwrap_or_else(|m| panic!("a label admin may create one with them: {m}"));
+    new_namespace(
+        client,
+        "admin-opt-out",
+        json!({"mapguard.io/allow-opt-out": "true"}),
+    )
+    .await
+    .unwrap_or_else(|m| panic!("an admin (system:masters) may create one with them: {m}"));
 }
 
 async fn create_namespace(client: &Client, name: &str, mode: Option<&str>) {

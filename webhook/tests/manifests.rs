@@ -195,7 +195,7 @@ fn namespace_label_changes_fail_closed_where_a_namespace_is_enforced() {
         assert_eq!(hook["failurePolicy"], policy, "{name}");
         assert_eq!(
             hook["rules"],
-            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
                 "resources": ["namespaces"], "scope": "Cluster"}]),
             "{name}"
         );
