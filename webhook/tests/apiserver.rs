@@ -602,8 +602,7 @@ async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
         .unwrap_or_else(|m| panic!("a user named by --label-admin-user may change them: {m}"));
 
     // Creating a Namespace that carries the labels is setting them: the
-    // same admins only (a weak mode in fail-closed webhook's reach, an
-    // opt-out in the best-effort one's).
+    // same admins only.
     let new_namespace = |client: &Client, name: &'static str, labels: serde_json::Value| {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         async move {
@@ -621,7 +620,7 @@ async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
         .await
         .expect_err("a tenant creating a namespace with mapguard.io/mode must be denied");
     assert!(
-        message.contains(r#"namespaces.validate.mapguard.io" denied the request"#)
+        message.contains(r#"create.namespaces.validate.mapguard.io" denied the request"#)
             && message.contains(
                 r#"[mapguard.namespace_labels] alice may not create namespace alice-audit with label mapguard.io/mode="audit""#
             ),
@@ -635,7 +634,7 @@ async fn a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(
     .await
     .expect_err("a tenant creating a namespace with allow-opt-out must be denied");
     assert!(
-        message.contains(r#"best-effort.namespaces.validate.mapguard.io" denied the request"#)
+        message.contains(r#"create.namespaces.validate.mapguard.io" denied the request"#)
             && message.contains("with label mapguard.io/allow-opt-out=\"true\""),
         "{message}"
     );

@@ -186,16 +186,26 @@ fn namespace_label_changes_fail_closed_where_a_namespace_is_enforced() {
         names[2..],
         [
             "namespaces.validate.mapguard.io",
-            "best-effort.namespaces.validate.mapguard.io"
+            "best-effort.namespaces.validate.mapguard.io",
+            "create.namespaces.validate.mapguard.io"
         ],
         "manifests/fail-closed/ patches the fourth by name"
     );
+    let create = &hooks[4];
+    assert_eq!(create["failurePolicy"], "Ignore");
+    assert_eq!(
+        create["rules"],
+        serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+            "resources": ["namespaces"], "scope": "Cluster"}])
+    );
+    assert_eq!(create["objectSelector"], Value::Null);
+    assert_eq!(create["namespaceSelector"], hooks[2]["namespaceSelector"]);
     for (hook, operator, policy) in [(&hooks[2], "In", "Fail"), (&hooks[3], "NotIn", "Ignore")] {
         let name = &hook["name"];
         assert_eq!(hook["failurePolicy"], policy, "{name}");
         assert_eq!(
             hook["rules"],
-            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
                 "resources": ["namespaces"], "scope": "Cluster"}]),
             "{name}"
         );
