@@ -196,6 +196,7 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabels, Counter>,
     rejected: Family<ReasonLabels, Counter>,
     tls_reloads: Family<ResultLabels, Counter>,
+    client_ca_reloads: Family<ResultLabels, Counter>,
     namespace_reloads: Family<ResultLabels, Counter>,
     findings: Family<FindingLabels, Counter>,
     policies_loaded: Gauge,
@@ -262,6 +263,12 @@ impl Metrics {
             "tls_reloads",
             "Serving certificate reloads by result",
             tls_reloads.clone(),
+        );
+        let client_ca_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "client_ca_reloads",
+            "Client CA bundle (--client-ca) reloads by result",
+            client_ca_reloads.clone(),
         );
         let namespace_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -352,7 +359,12 @@ impl Metrics {
             }
         }
         for result in ReloadResult::ALL {
-            for family in [&policy_reloads, &tls_reloads, &namespace_reloads] {
+            for family in [
+                &policy_reloads,
+                &tls_reloads,
+                &client_ca_reloads,
+                &namespace_reloads,
+            ] {
                 drop(family.get_or_create(&ResultLabels { result }));
             }
         }
@@ -373,6 +385,7 @@ impl Metrics {
             policy_reloads,
             rejected,
             tls_reloads,
+            client_ca_reloads,
             namespace_reloads,
             findings,
             policies_loaded,
@@ -467,6 +480,13 @@ impl Metrics {
     /// Counts a serving certificate reload.
     pub fn tls_reload(&self, result: ReloadResult) {
         self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a client CA bundle reload.
+    pub fn client_ca_reload(&self, result: ReloadResult) {
+        self.client_ca_reloads
             .get_or_create(&ResultLabels { result })
             .inc();
     }

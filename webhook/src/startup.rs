@@ -19,7 +19,7 @@ use crate::namespaces::{self, FileNamespaces, NamespaceCache, NamespaceSource};
 use crate::policies::{PolicySource, PolicyStore};
 use crate::server::{ConnectionLimits, serve_plain, serve_tls};
 use crate::state::{AppState, Settings};
-use crate::tls::{self, ReloadableCert, TlsError};
+use crate::tls::{self, ReloadableCert, ReloadableClientCa, TlsError};
 use crate::watch::{fingerprint_dir, fingerprint_files, poll_changes};
 use crate::{app, ops_app};
 
@@ -69,7 +69,7 @@ pub struct Webhook {
     state: AppState,
     cert: Arc<ReloadableCert>,
     /// Client certificate checks (`--client-ca`).
-    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    clients: Option<Arc<ReloadableClientCa>>,
     namespaces_file: Option<Arc<FileNamespaces>>,
     kube: Option<(kube::Client, Arc<NamespaceCache>)>,
     /// A client for the Gatekeeper objects' watch (`--gatekeeper-crs`).
@@ -171,7 +171,11 @@ impl Webhook {
         )?);
         let clients = match &config.client_ca {
             Some(path) => {
-                let verifier = tls::client_verifier(path, &config.client_names, tls::provider())?;
+                let verifier = Arc::new(ReloadableClientCa::load(
+                    path,
+                    &config.client_names,
+                    tls::provider(),
+                )?);
                 tracing::info!(client_ca = %path.display(), names = ?config.client_names, "client certificates required");
                 Some(verifier)
             }
@@ -234,8 +238,11 @@ impl Webhook {
         let (shutdown, rx) = watch::channel(false);
         let state = self.state.clone();
         let metrics = state.metrics().clone();
-        let tls_config =
-            tls::server_config(self.cert.clone(), tls::provider(), self.clients.clone())?;
+        let verifier = self
+            .clients
+            .clone()
+            .map(|c| c as Arc<dyn rustls::server::danger::ClientCertVerifier>);
+        let tls_config = tls::server_config(self.cert.clone(), tls::provider(), verifier)?;
         let mut tasks = Vec::new();
 
         tasks.push(tokio::spawn(serve_tls(
@@ -297,6 +304,26 @@ impl Webhook {
                     Err(error) => {
                         metrics.tls_reload(ReloadResult::failure);
                         tracing::error!(%error, "certificate reload rejected; the previous certificate keeps serving");
+                    }
+                },
+                rx.clone(),
+            )));
+        }
+        if let Some(clients) = self.clients {
+            let files = vec![clients.path().to_path_buf()];
+            let metrics = metrics.clone();
+            tasks.push(tokio::spawn(poll_changes(
+                "client-ca",
+                interval,
+                move || fingerprint_files(&files),
+                move || match clients.reload() {
+                    Ok(()) => {
+                        metrics.client_ca_reload(ReloadResult::success);
+                        tracing::info!("client CA bundle reloaded");
+                    }
+                    Err(error) => {
+                        metrics.client_ca_reload(ReloadResult::failure);
+                        tracing::error!(%error, "client CA bundle reload rejected; the previous CAs stay trusted");
                     }
                 },
                 rx.clone(),

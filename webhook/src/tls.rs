@@ -9,7 +9,8 @@
 //! With `--client-ca` the handshake also asks for a client certificate and
 //! refuses clients without one signed by a CA of that bundle
 //! ([`client_verifier`]); with `--client-name`, also those whose certificate
-//! carries none of the names.
+//! carries none of the names. The bundle is re-read when it changes
+//! ([`ReloadableClientCa`]), so a rotated CA is trusted without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -169,11 +170,20 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?;
+    let client_auth = clients.is_some();
     let builder = match clients {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(cert);
+    if client_auth {
+        // A resumed session is not checked again: after a CA rotation a
+        // client of a removed CA could go on resuming. Every new
+        // connection shows its certificate (the API server keeps its
+        // connections open, so this costs little).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -211,6 +221,103 @@ pub fn client_verifier(
         inner,
         names: names.to_vec(),
     }))
+}
+
+/// The `--client-ca` check, swappable at run time: every handshake uses
+/// the verifier built from the bundle's last good content.
+///
+/// It sends no CA names in its certificate request (the hints of a bundle
+/// that may change under it would be stale): clients send their
+/// certificate anyway, and the API server has only one.
+#[derive(Debug)]
+pub struct ReloadableClientCa {
+    path: PathBuf,
+    names: Vec<String>,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ReloadableClientCa {
+    /// Reads the bundle once; fails if it is unusable.
+    pub fn load(
+        path: &Path,
+        names: &[String],
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let verifier = client_verifier(path, names, provider.clone())?;
+        Ok(Self {
+            path: path.to_owned(),
+            names: names.to_vec(),
+            provider,
+            current: RwLock::new(verifier),
+        })
+    }
+
+    /// The bundle watched for changes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the bundle; on success new handshakes trust its CAs, on
+    /// failure the current ones stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let verifier = client_verifier(&self.path, &self.names, self.provider.clone())?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ClientCertVerifier for ReloadableClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
 }
 
 /// A client verifier that also requires one of `names` on the certificate.

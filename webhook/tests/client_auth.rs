@@ -1,7 +1,8 @@
 //! `--client-ca` and `--client-name`: only a client presenting a certificate
 //! from that CA, carrying one of the names, gets an answer on the admission
-//! port; the operations port stays plain HTTP for everyone. Real
-//! certificates (rcgen), the real server, a real rustls client.
+//! port; the operations port stays plain HTTP for everyone; a rotated CA
+//! bundle is trusted without a restart. Real certificates (rcgen), the real
+//! server, a real rustls client.
 
 mod support;
 
@@ -71,40 +72,16 @@ fn connector(server_ca: &str, identity: Option<&(String, String)>) -> TlsConnect
 }
 
 /// POSTs a genuine review; `Ok` with the status when the server answered,
-/// `Err` with what failed when it refused the client.
+/// `Err` with what failed when it refused the client (TLS 1.3: the server
+/// checks the client's certificate after the client's side of the
+/// handshake is done; its refusal arrives with the request).
 async fn review_as(
     connector: &TlsConnector,
     addr: std::net::SocketAddr,
 ) -> Result<StatusCode, String> {
-    use axum::body::Body;
-    use axum::http::{Request, header};
-    let tcp = tokio::net::TcpStream::connect(addr)
+    post_once(connector, addr, fixture("pod-plain-create"))
         .await
-        .map_err(|e| format!("TCP connect: {e}"))?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let request = Request::post("/validate")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(fixture("pod-plain-create")))
-        .expect("request builds");
-    // TLS 1.3: the server checks the client's certificate after the
-    // client's side of the handshake is done; its refusal arrives here.
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    Ok(response.status())
+        .map(|(status, _)| status)
 }
 
 #[tokio::test]
@@ -169,6 +146,83 @@ async fn only_clients_with_an_allowed_certificate_are_answered() {
         review_as(&connector(server_ca, None), server.addr).await,
         Ok(StatusCode::OK)
     );
+    server.shutdown().await;
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Writes `text` to `path` the way a Secret volume changes: a new file
+/// renamed over the old one.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[tokio::test]
+async fn a_rotated_client_ca_is_trusted_without_a_restart() {
+    let dir = temp_dir("client-ca-rotation");
+    let serving = generate(&CertRequest::new("wh", "ns")).expect("serving certs");
+    write_dir(&serving, &dir, false).expect("write serving certs");
+    let old_ca = client_ca("old client CA");
+    let new_ca = client_ca("new client CA");
+    let ca_file = dir.join("client-ca.crt");
+    std::fs::write(&ca_file, old_ca.pem()).expect("write client CA");
+    let server = start_webhook(
+        &dir,
+        &[
+            format!("--client-ca={}", ca_file.display()),
+            "--client-name=kube-apiserver".to_owned(),
+            "--reload-interval=100ms".to_owned(),
+        ],
+    )
+    .await;
+    let server_ca = &serving.ca_cert_pem;
+    let old = connector(
+        server_ca,
+        Some(&client_cert(&old_ca, "kube-apiserver", &[])),
+    );
+    let new = connector(
+        server_ca,
+        Some(&client_cert(&new_ca, "kube-apiserver", &[])),
+    );
+    assert_eq!(review_as(&old, server.addr).await, Ok(StatusCode::OK));
+    let answer = review_as(&new, server.addr).await;
+    assert!(answer.is_err(), "the new CA is not trusted yet: {answer:?}");
+
+    // During the rotation the bundle holds both, then only the new one.
+    replace_file(&ca_file, &format!("{}{}", old_ca.pem(), new_ca.pem()));
+    wait_for_metric(
+        server.metrics_addr,
+        r#"mapguard_client_ca_reloads_total{result="success"} 1"#,
+        "the bundle with both CAs is not loaded",
+    )
+    .await;
+    assert_eq!(review_as(&old, server.addr).await, Ok(StatusCode::OK));
+    assert_eq!(review_as(&new, server.addr).await, Ok(StatusCode::OK));
+    replace_file(&ca_file, &new_ca.pem());
+    wait_for_metric(
+        server.metrics_addr,
+        r#"mapguard_client_ca_reloads_total{result="success"} 2"#,
+        "the bundle with the new CA is not loaded",
+    )
+    .await;
+    assert_eq!(review_as(&new, server.addr).await, Ok(StatusCode::OK));
+    let answer = review_as(&old, server.addr).await;
+    assert!(
+        answer.is_err(),
+        "the old CA is no longer trusted: {answer:?}"
+    );
+
+    // A broken bundle is refused; the last good one stays.
+    replace_file(&ca_file, "not a certificate\n");
+    wait_for_metric(
+        server.metrics_addr,
+        r#"mapguard_client_ca_reloads_total{result="failure"} 1"#,
+        "the broken bundle is not counted",
+    )
+    .await;
+    assert_eq!(review_as(&new, server.addr).await, Ok(StatusCode::OK));
+
     server.shutdown().await;
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -21,7 +21,6 @@ use rustls::version::TLS13;
 use serde::Deserialize;
 use serde_json::Value;
 use support::*;
-use tokio_rustls::TlsConnector;
 
 /// The Deployment's memory limit (manifests/webhook/deployment.yaml).
 const MEMORY_LIMIT_KIB: u64 = 256 * 1024;
@@ -160,49 +159,6 @@ fn empty_objects_review(uid: &str) -> Vec<u8> {
     let body = review_with_object(uid, &object);
     assert!(body.len() <= BODY_BYTES, "{} bytes", body.len());
     body
-}
-
-/// One POST on a new HTTP/1.1 connection; an error says what failed.
-async fn post_once(
-    connector: &TlsConnector,
-    addr: SocketAddr,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Value), String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("TCP connect: {e}"))?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let request = Request::post("/validate")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .expect("request builds");
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = response.status();
-    let bytes = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
-        .await
-        .map_err(|e| format!("response body: {e}"))?;
-    let json = serde_json::from_slice(&bytes).map_err(|e| {
-        format!(
-            "{status}: response is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    })?;
-    Ok((status, json))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

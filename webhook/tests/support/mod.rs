@@ -337,3 +337,48 @@ pub async fn wait_for_metric(metrics_addr: SocketAddr, needle: &str, what: &str)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One POST of `body` to `/validate` on a new TLS connection (HTTP/1.1):
+/// the status and the JSON answer, or what failed (TCP, TLS handshake,
+/// request, body).
+pub async fn post_once(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Value), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("server name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = Request::post("/validate")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("request builds");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let bytes = axum::body::to_bytes(Body::new(response.into_body()), 1 << 20)
+        .await
+        .map_err(|e| format!("response body: {e}"))?;
+    let json = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{status}: response is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    Ok((status, json))
+}
