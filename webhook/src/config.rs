@@ -201,8 +201,8 @@ pub struct Config {
     #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
     pub max_concurrent_streams: u32,
     /// PEM bundle of the CAs whose client certificates may connect to the
-    /// HTTPS port (the API server's, see README). Without it any TLS client
-    /// may connect.
+    /// HTTPS port (the API server's, see README); re-read when it changes
+    /// (every --reload-interval). Without it any TLS client may connect.
     #[arg(long, env = "MAPGUARD_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
     /// A name the client certificate must carry (as subject common name or
@@ -219,8 +219,8 @@ pub struct Config {
     /// reading a request body (slow clients are cut off after it).
     #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     pub client_timeout: Duration,
-    /// Interval of the change checks on the policy directory, the TLS files
-    /// and the namespaces file.
+    /// Interval of the change checks on the policy directory, the TLS files,
+    /// the --client-ca bundle and the namespaces file.
     #[arg(long, env = "MAPGUARD_RELOAD_INTERVAL", value_parser = parse_duration, default_value = "2s")]
     pub reload_interval: Duration,
     /// Also serve Gatekeeper ConstraintTemplates and Constraints applied to
