@@ -38,7 +38,7 @@ use mapguard_common::{
 use crate::program::PROCS;
 
 #[map(name = "MG_CGROUPS")]
-static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+pub(crate) static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 
 /// Least recently used entries go first: every container start names its
 /// file by an overlay inode of its own, so the table would otherwise only
