@@ -87,6 +87,11 @@ impl ExecState {
         }
     }
 
+    /// The Pods whose cgroup the hook knows: (uid, cgroup id).
+    pub(super) fn pod_cgroups(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.pods.iter().map(|(uid, (id, _))| (uid.as_str(), *id))
+    }
+
     pub(super) fn fd(&self) -> std::os::fd::RawFd {
         self.hook.fd()
     }
