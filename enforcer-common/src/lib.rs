@@ -535,7 +535,12 @@ pub struct CgroupPolicy {
     pub mode: u8,
     /// [`shared_ops`] a process of this Pod is checked for by shared probes.
     pub shared_ops: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero while the Pod is at a per-Pod bound of user space (its
+    /// processes, their probe ids): the hook registers none of its new
+    /// processes (they are held, and user space refuses them), so that the
+    /// Pod takes no further slot of [`MAP_PROCS`].
+    pub at_limit: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<CgroupPolicy>() == 8);
 

@@ -203,6 +203,10 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
     // 4. A second process in the Pod whose first holds probe ids (full
     //    coverage): over --max-probes-per-pod, not enforced, counted.
     let probes = "mapguard_pod_limit_refusals_total{namespace=\"default\",workload=\"quiet\",workload_kind=\"Pod\",limit=\"probes\"}";
+    //    The exec hook, told the Pod is at its bound, does not register it
+    //    in the kernel's process table either (it would have: the Pod's
+    //    binary is probed for all its processes since stage 1).
+    let hook_enforced = agent.metric("mapguard_exec_enforced_total");
     let second = Kid(start_in(
         &quiet_cg,
         &racy,
@@ -211,6 +215,12 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
     agent.wait_metric(probes, 1.0).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(agent.metric(probes), 1.0, "{}", agent.text("/metrics"));
+    assert_eq!(
+        agent.metric("mapguard_exec_enforced_total"),
+        hook_enforced,
+        "the hook registered a process of a Pod at its bound:\n{}",
+        agent.log()
+    );
     assert_eq!(
         agent.metric("mapguard_enforced_processes"),
         (MAX_PROCESSES + 1) as f64

@@ -50,24 +50,56 @@ pub(super) struct Drops {
 }
 
 impl Enforcement {
-    /// The bound Pod `p.pod_uid` is at, if any: how many of its processes
-    /// are enforced, and the probe ids they hold.
-    pub(super) fn pod_at_limit(&mut self, p: &Placed, pods: &PodMap) -> Option<String> {
-        let mut processes = 0;
-        let mut probes = 0;
+    /// What the enforced processes of each Pod hold: uid → (processes,
+    /// probe ids), leaving out process `except`.
+    fn holdings(&self, except: Option<u32>) -> HashMap<&str, (usize, usize)> {
+        let mut held: HashMap<&str, (usize, usize)> = HashMap::new();
         for (pid, e) in &self.enforced {
-            if e.pod_uid == p.pod_uid && *pid != p.pid {
-                processes += 1;
-                probes += self.session.probe_ids_of(*pid);
+            if Some(*pid) == except {
+                continue;
             }
+            let entry = held.entry(e.pod_uid.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += self.session.probe_ids_of(*pid);
         }
-        let limit = if processes >= self.limits.processes {
-            "processes"
+        held
+    }
+
+    /// The bound a Pod holding `processes` and `probes` is at, if any.
+    fn limit_reached(&self, (processes, probes): (usize, usize)) -> Option<&'static str> {
+        if processes >= self.limits.processes {
+            Some("processes")
         } else if probes >= self.limits.probes {
-            "probes"
+            Some("probes")
         } else {
-            return None;
-        };
+            None
+        }
+    }
+
+    /// The Pods at a bound (the exec hook registers none of their new
+    /// processes).
+    pub(super) fn pods_at_limit(&self) -> HashSet<String> {
+        self.holdings(None)
+            .into_iter()
+            .filter(|(_, held)| self.limit_reached(*held).is_some())
+            .map(|(uid, _)| uid.to_string())
+            .collect()
+    }
+
+    /// The bound Pod `p.pod_uid` is at, if any: how many of its processes
+    /// are enforced, and the probe ids they hold. A process refused is
+    /// counted once; the exec hook is told at once.
+    pub(super) fn pod_at_limit(&mut self, p: &Placed, pods: &PodMap) -> Option<String> {
+        let held = self
+            .holdings(Some(p.pid))
+            .get(p.pod_uid.as_str())
+            .copied()
+            .unwrap_or_default();
+        let limit = self.limit_reached(held)?;
+        let (processes, probes) = held;
+        if let Some(exec) = self.exec.as_mut() {
+            exec.set_at_limit(&p.pod_uid);
+        }
         let pod = pods.get(&p.pod_uid)?;
         if self.drops.refused.insert((p.pid, p.start)) {
             self.metrics.pod_limit_refused(&workload_labels(pod), limit);
