@@ -541,7 +541,7 @@ impl Enforcer {
         let limit = match per_second {
             0 => EventLimit::default(),
             n => {
-                let interval_ns = 1_000_000_000 / u64::from(n);
+                let interval_ns = (1_000_000_000 / u64::from(n)).max(1);
                 EventLimit {
                     interval_ns,
                     burst_ns: interval_ns * u64::from(burst.max(1)),
