@@ -148,20 +148,14 @@ fn reporting_cgroup() -> u64 {
     key
 }
 
-/// Whether `cgroup` may report at `now` under [`EVENT_LIMIT`].
-/// Unsynchronized: reports of one cgroup on several CPUs at once may let a
-/// few more through, never fewer. Never inlined (nor the other helpers
-/// here): their stack must not add to the deepest call chain's, which the
-/// verifier bounds to 512 bytes.
+/// Whether `cgroup` may report at `now` under a limit of one report per
+/// `interval` ns on average, `burst / interval` of them at once (see
+/// `EventLimit`). Unsynchronized: reports
+/// of one cgroup on several CPUs at once may let a few more through, never
+/// fewer. Never inlined (nor the other helpers here): their stack must not
+/// add to the deepest call chain's, which the verifier bounds to 512 bytes.
 #[inline(never)]
-fn admit(cgroup: u64, now: u64) -> bool {
-    let Some(limit) = EVENT_LIMIT.get(0) else {
-        return true;
-    };
-    let (interval, burst) = (limit.interval_ns, limit.burst_ns);
-    if interval == 0 {
-        return true;
-    }
+fn admit(cgroup: u64, now: u64, interval: u64, burst: u64) -> bool {
     let bucket = match EVENT_BUCKETS.get_ptr_mut(&cgroup) {
         Some(bucket) => bucket,
         None => {
@@ -188,10 +182,17 @@ fn admit(cgroup: u64, now: u64) -> bool {
 /// report's assembly (the deepest call chain's stack is at its bound).
 #[inline(never)]
 fn admitted() -> bool {
+    let Some(limit) = EVENT_LIMIT.get(0) else {
+        return true;
+    };
+    let (interval, burst) = (limit.interval_ns, limit.burst_ns);
+    if interval == 0 {
+        return true;
+    }
     let cgroup = reporting_cgroup();
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if admit(cgroup, now) {
+    if admit(cgroup, now, interval, burst) {
         return true;
     }
     count_drop(cgroup, true);
