@@ -4,7 +4,7 @@
 //!
 //! A hostile Pod floods violation reports (`corrupt/writing_flag_flood`:
 //! every map read it makes is a report, and the Go runtime never aborts
-//! it); another Pod's program races once. The flooder's reports over its
+//! it); another Pod's program races once (a `kill` Pod: one report). The flooder's reports over its
 //! Pod's `--event-rate` are dropped in the kernel and counted for its
 //! workload, so the node's one ring buffer keeps room and the other Pod's
 //! race is reported. A third Pod starts more processes than
@@ -67,7 +67,16 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
         ("mapguard.io/coverage", "full"),
     ];
     let flooder_pod = create_pod(&client, "flooder", &audit_full).await;
-    let quiet_pod = create_pod(&client, "quiet", &audit_full).await;
+    // Killed at its first race: one report, the single race of the finding.
+    let quiet_pod = create_pod(
+        &client,
+        "quiet",
+        &[
+            ("mapguard.io/mode", "kill"),
+            ("mapguard.io/coverage", "full"),
+        ],
+    )
+    .await;
     let crowd_pod = create_pod(
         &client,
         "crowd",
@@ -145,7 +154,9 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
             .contains("delete_assign/main.go:"),
         "{report}"
     );
-    let _ = wait(&mut quiet, Duration::from_secs(60));
+    assert_eq!(report["action"], "killed", "{report}");
+    let (status, _) = wait(&mut quiet, Duration::from_secs(60));
+    assert_eq!(status, None, "killed at its first race");
     let metrics = agent.text("/metrics");
     assert!(
         !metrics
