@@ -313,8 +313,9 @@ pub struct DaemonArgs {
     )]
     pub record_queue_per_namespace: usize,
     /// Violation reports each Pod may send from the kernel per second, on
-    /// average (its containers together; a process outside a known Pod:
-    /// its own cgroup). Reports beyond it and --event-burst are dropped in
+    /// average (its containers together once the exec hook knows the
+    /// Pod's cgroup, with --exec-hold; otherwise each process's own cgroup,
+    /// a container). Reports beyond it and --event-burst are dropped in
     /// the kernel, before the node's shared ring buffer, and counted per
     /// workload (`mapguard_dropped_events_total{reason="rate_limited"}`);
     /// the action (stop, kill) is still taken. A Pod racing in a tight loop
@@ -322,7 +323,8 @@ pub struct DaemonArgs {
     /// 0: no limit.
     #[arg(long, env = "MAPGUARD_EVENT_RATE", default_value_t = 100)]
     pub event_rate: u32,
-    /// Reports a Pod may send at once, above --event-rate.
+    /// The most reports a Pod may send at once (the bucket --event-rate
+    /// refills).
     #[arg(long, env = "MAPGUARD_EVENT_BURST", default_value_t = 200)]
     pub event_burst: u32,
     /// Processes of one Pod put under enforcement at most (slots of the
