@@ -449,6 +449,44 @@ pub struct LatencyKey {
 }
 const _: () = assert!(core::mem::size_of::<LatencyKey>() == 8);
 
+/// `Array<EventLimit>` of one entry: how many violation reports each Pod
+/// (cgroup) may put into [`MAP_EVENTS`] (set by the node agent).
+pub const MAP_EVENT_LIMIT: &str = "MG_EVENT_LIMIT";
+/// `LruHashMap<u64 cgroup v2 id, u64>`: each reporting cgroup's token
+/// bucket, as the time it is full again (see [`EventLimit`]). The key is
+/// the Pod's cgroup where [`MAP_CGROUPS`] names it (every container of a
+/// Pod shares one budget), else the reporting task's own cgroup.
+pub const MAP_EVENT_BUCKETS: &str = "MG_EVENT_BUCKETS";
+/// `LruPerCpuHashMap<u64 cgroup v2 id, CgroupDrops>`: the reports each
+/// cgroup (keyed as in [`MAP_EVENT_BUCKETS`]) dropped and lost.
+pub const MAP_CGROUP_DROPS: &str = "MG_CGROUP_DROPS";
+/// Capacity of [`MAP_EVENT_BUCKETS`] and [`MAP_CGROUP_DROPS`] (least
+/// recently reporting evicted).
+pub const MAX_EVENT_CGROUPS: u32 = 8192;
+
+/// The per-cgroup limit on reports ([`MAP_EVENT_LIMIT`]), a token bucket
+/// kept as a theoretical arrival time (GCRA): a cgroup may report once per
+/// `interval_ns` on average and `burst_ns / interval_ns` times at once.
+/// `interval_ns` 0: no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventLimit {
+    pub interval_ns: u64,
+    pub burst_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventLimit>() == 16);
+
+/// One cgroup's lost reports on one CPU ([`MAP_CGROUP_DROPS`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupDrops {
+    /// Reports dropped by the limit.
+    pub limited: u64,
+    /// Reports that did not fit in the ring buffer.
+    pub lost: u64,
+}
+const _: () = assert!(core::mem::size_of::<CgroupDrops>() == 16);
+
 /// The exec hook (`sched_process_exec`, node agent only): where new
 /// processes of the kubelet's Pods are put under enforcement before their
 /// first instruction, or held (SIGSTOP) until user space has attached.
@@ -497,7 +535,12 @@ pub struct CgroupPolicy {
     pub mode: u8,
     /// [`shared_ops`] a process of this Pod is checked for by shared probes.
     pub shared_ops: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero while the Pod is at a per-Pod bound of user space (its
+    /// processes, their probe ids): the hook registers none of its new
+    /// processes (they are held, and user space refuses them), so that the
+    /// Pod takes no further slot of [`MAP_PROCS`].
+    pub at_limit: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<CgroupPolicy>() == 8);
 
@@ -620,4 +663,6 @@ mod pod {
     unsafe impl aya::Pod for super::Hold {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ExecConfig {}
+    unsafe impl aya::Pod for super::EventLimit {}
+    unsafe impl aya::Pod for super::CgroupDrops {}
 }

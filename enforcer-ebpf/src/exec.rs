@@ -5,8 +5,9 @@
 //! Runs in the exec'ing task once the new image is in place. The process's
 //! cgroup (v2 id) and its ancestors are looked up in [`CGROUPS`], deepest
 //! first wins:
-//! - a resolved Pod with a mode, running a file user space knows as a Go
-//!   binary whose probes are in place for every process of the file: the
+//! - a resolved Pod with a mode and below its per-Pod bounds, running a
+//!   file user space knows as a Go binary whose probes are in place for
+//!   every process of the file: the
 //!   hook writes the process-table entry itself ([`PROCS`]) and tells user
 //!   space (the breakpoints of inode-wide probes are in the new image
 //!   already);
@@ -38,7 +39,7 @@ use mapguard_common::{
 use crate::program::PROCS;
 
 #[map(name = "MG_CGROUPS")]
-static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+pub(crate) static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 
 /// Least recently used entries go first: every container start names its
 /// file by an overlay inode of its own, so the table would otherwise only
@@ -100,7 +101,11 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
             return Some(());
         }
         let covered = policy.shared_ops == shared_ops::NONE || known.shared_map_ops != 0;
-        if known.kind == file_kind::GO && policy.kind == cgroup_kind::POD && covered {
+        if known.kind == file_kind::GO
+            && policy.kind == cgroup_kind::POD
+            && policy.at_limit == 0
+            && covered
+        {
             let entry = ProcConfig {
                 mode: policy.mode,
                 shared_ops: policy.shared_ops,

@@ -301,6 +301,44 @@ pub struct DaemonArgs {
     /// unreachable); more are dropped and counted.
     #[arg(long, env = "MAPGUARD_RECORD_QUEUE", default_value_t = 1000)]
     pub record_queue: usize,
+    /// Of --record-queue, the most one namespace may hold: its further
+    /// new call-site pairs are dropped and counted
+    /// (`mapguard_dropped_events_total{reason="record_queue_full"}`), and
+    /// the writer serves the namespaces in turn, so a namespace racing at
+    /// many call sites cannot delay or crowd out another's records.
+    #[arg(
+        long,
+        env = "MAPGUARD_RECORD_QUEUE_PER_NAMESPACE",
+        default_value_t = 100
+    )]
+    pub record_queue_per_namespace: usize,
+    /// Violation reports each Pod may send from the kernel per second, on
+    /// average (its containers together once the exec hook knows the
+    /// Pod's cgroup, with --exec-hold; otherwise each process's own cgroup,
+    /// a container). Reports beyond it and --event-burst are dropped in
+    /// the kernel, before the node's shared ring buffer, and counted per
+    /// workload (`mapguard_dropped_events_total{reason="rate_limited"}`);
+    /// the action (stop, kill) is still taken. A Pod racing in a tight loop
+    /// then cannot fill the ring buffer and hide another Pod's race.
+    /// 0: no limit.
+    #[arg(long, env = "MAPGUARD_EVENT_RATE", default_value_t = 100)]
+    pub event_rate: u32,
+    /// The most reports a Pod may send at once (the bucket --event-rate
+    /// refills).
+    #[arg(long, env = "MAPGUARD_EVENT_BURST", default_value_t = 200)]
+    pub event_burst: u32,
+    /// Processes of one Pod put under enforcement at most (slots of the
+    /// node's process table, 4096 in all); the Pod's further processes are
+    /// not enforced, counted in
+    /// `mapguard_pod_limit_refusals_total{limit="processes"}`.
+    #[arg(long, env = "MAPGUARD_MAX_PROCESSES_PER_POD", default_value_t = 512)]
+    pub max_processes_per_pod: usize,
+    /// Probe ids one Pod's processes may hold (of 16384 on the node; about
+    /// 25 to 50 a process under `full`, `writes` or `sampled`): a process of
+    /// a Pod at the bound is not enforced, counted in
+    /// `mapguard_pod_limit_refusals_total{limit="probes"}`.
+    #[arg(long, env = "MAPGUARD_MAX_PROBES_PER_POD", default_value_t = 4096)]
+    pub max_probes_per_pod: usize,
     /// Publish a Warning Event on the Pod for each race.
     #[arg(long, env = "MAPGUARD_POD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_events: bool,

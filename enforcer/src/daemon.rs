@@ -33,7 +33,7 @@ use crate::{
     events::ViolationRecord,
     output,
     procscan::ProcScanner,
-    records::{Origin, PodRef, RecordWriter, RecordsConfig},
+    records::{Admission, Origin, PodRef, RecordWriter, RecordsConfig},
     session::{Session, SessionError},
     signals,
 };
@@ -108,6 +108,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         let config = RecordsConfig {
             max_records_per_namespace: args.max_records_per_namespace,
             queue_capacity: args.record_queue,
+            queue_per_namespace: args.record_queue_per_namespace,
             events: args.pod_events,
             ..RecordsConfig::new(args.node.clone())
         };
@@ -161,6 +162,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         args.enforce
             .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
     );
+    session.set_event_limit(args.event_rate, args.event_burst)?;
     // Holds an agent that died left: its hook went with it, the
     // processes are still stopped.
     let pin = args.bpf_pin_dir.join("held");
@@ -210,7 +212,11 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         Arc::clone(&metrics),
         scanner,
     )
-    .evicting_binaries_after(args.evict_binaries_after);
+    .evicting_binaries_after(args.evict_binaries_after)
+    .with_pod_limits(reconcile::PodLimits {
+        processes: args.max_processes_per_pod,
+        probes: args.max_probes_per_pod,
+    });
     if let Some(hook) = session_with_hook.1 {
         let mut exec_metrics = None;
         metrics.register(|r| exec_metrics = Some(reconcile::ExecMetrics::new(r)));
@@ -225,6 +231,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     let interval = args.scan_interval;
     let thread_stop = Arc::clone(&stop);
     let thread_records = Arc::clone(&records);
+    let thread_metrics = Arc::clone(&metrics);
     let thread = std::thread::Builder::new()
         .name("enforce".into())
         .spawn(move || {
@@ -232,7 +239,9 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
                 interval,
                 || thread_stop.load(Ordering::SeqCst),
                 |record, workload| {
-                    submit(&thread_records, record);
+                    if submit(&thread_records, record) == Some(Admission::Dropped) {
+                        thread_metrics.dropped_events(workload, "record_queue_full", 1);
+                    }
                     if let Some(respond) = &respond {
                         respond.send(record, workload);
                     }
@@ -280,26 +289,26 @@ fn can_resume_any_process() -> bool {
 }
 
 /// Hands a violation of a placed process to the records writer (every
-/// occurrence: repeats count).
-fn submit(records: &RecordWriter, record: &ViolationRecord) {
+/// occurrence: repeats count); `None` for a process of no known Pod.
+fn submit(records: &RecordWriter, record: &ViolationRecord) -> Option<Admission> {
     let (Some(namespace), Some(name), Some(uid)) =
         (&record.namespace, &record.pod, &record.pod_uid)
     else {
-        return;
+        return None;
     };
     let pod = PodRef {
         namespace: namespace.clone(),
         name: name.clone(),
         uid: uid.clone(),
     };
-    records.submit(
+    Some(records.submit(
         record,
         Origin {
             pod: &pod,
             container: record.container.as_deref(),
             go_version: record.go_version.as_deref(),
         },
-    );
+    ))
 }
 
 /// Hands violations and crashes of placed processes to the responder's

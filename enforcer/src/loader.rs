@@ -34,9 +34,9 @@ use aya::{
     },
 };
 use mapguard_common::{
-    FatalMessage, LatencyKey, MAP_DELETE_LATENCY, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS,
-    MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig,
-    op, stat,
+    CgroupDrops, EventLimit, FatalMessage, LatencyKey, MAP_CGROUP_DROPS, MAP_DELETE_LATENCY,
+    MAP_EVENT_LIMIT, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS, MAP_PROBES, MAP_PROCS, MAP_STATS,
+    MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig, op, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -137,6 +137,8 @@ pub struct Enforcer {
     stats: PerCpuArray<MapData, u64>,
     fatal_messages: HashMap<MapData, FatalMessage, u8>,
     delete_latency: PerCpuHashMap<MapData, LatencyKey, u64>,
+    event_limit: Array<MapData, EventLimit>,
+    cgroup_drops: PerCpuHashMap<MapData, u64, CgroupDrops>,
     sets: Vec<Option<ProbeSet>>,
 }
 
@@ -199,6 +201,13 @@ impl Enforcer {
         let delete_latency = take_map(&mut ebpf, MAP_DELETE_LATENCY)?;
         let delete_latency = PerCpuHashMap::try_from(delete_latency)
             .map_err(|e| map_error(MAP_DELETE_LATENCY, e))?;
+        let event_limit = take_map(&mut ebpf, MAP_EVENT_LIMIT)?;
+        let event_limit =
+            Array::try_from(event_limit).map_err(|e| map_error(MAP_EVENT_LIMIT, e))?;
+        let cgroup_drops = take_map(&mut ebpf, MAP_CGROUP_DROPS)?;
+        // A per-CPU LRU hash in the kernel: aya's PerCpuHashMap reads it.
+        let cgroup_drops =
+            PerCpuHashMap::try_from(cgroup_drops).map_err(|e| map_error(MAP_CGROUP_DROPS, e))?;
         Ok(Enforcer {
             ebpf,
             program: name,
@@ -212,6 +221,8 @@ impl Enforcer {
             stats,
             fatal_messages,
             delete_latency,
+            event_limit,
+            cgroup_drops,
             sets: Vec::new(),
         })
     }
@@ -391,6 +402,14 @@ impl Enforcer {
         result
     }
 
+    /// Probe ids a set holds.
+    pub fn probe_count(&self, id: ProbeSetId) -> usize {
+        self.sets
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.ids.len())
+    }
+
     /// Whether a set's probes are attached now.
     pub fn is_enabled(&self, id: ProbeSetId) -> bool {
         self.sets
@@ -513,6 +532,44 @@ impl Enforcer {
         for key in keys {
             let _ = self.delete_latency.remove(&key);
         }
+    }
+
+    /// Limits the violation reports of each cgroup (Pod) to `per_second`
+    /// on average and `burst` at once; the rest are dropped in the kernel
+    /// and counted ([`Enforcer::cgroup_drops`]). `per_second` 0: no limit.
+    pub fn set_event_limit(&mut self, per_second: u32, burst: u32) -> Result<(), LoaderError> {
+        let limit = match per_second {
+            0 => EventLimit::default(),
+            n => {
+                let interval_ns = (1_000_000_000 / u64::from(n)).max(1);
+                EventLimit {
+                    interval_ns,
+                    burst_ns: interval_ns * u64::from(burst.max(1)),
+                }
+            }
+        };
+        self.event_limit
+            .set(0, limit, 0)
+            .map_err(|e| map_error(MAP_EVENT_LIMIT, e))
+    }
+
+    /// The reports each cgroup dropped to the limit and lost to a full
+    /// ring buffer so far (summed over CPUs), by cgroup (v2) id: a Pod's
+    /// cgroup for a Pod the exec hook knows, else a process's own.
+    pub fn cgroup_drops(&self) -> Vec<(u64, CgroupDrops)> {
+        self.cgroup_drops
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, per_cpu)| {
+                let sum = per_cpu
+                    .iter()
+                    .fold(CgroupDrops::default(), |a, c| CgroupDrops {
+                        limited: a.limited + c.limited,
+                        lost: a.lost + c.lost,
+                    });
+                (id, sum)
+            })
+            .collect()
     }
 
     /// Zeroes a probe id's hit counters (ids are reused).
@@ -703,6 +760,7 @@ fn map_fds(ebpf: &Ebpf) -> Vec<(String, std::os::fd::RawFd)> {
                 | Map::LruHashMap(d)
                 | Map::PerCpuArray(d)
                 | Map::PerCpuHashMap(d)
+                | Map::PerCpuLruHashMap(d)
                 | Map::RingBuf(d) => d,
                 _ => return None,
             };

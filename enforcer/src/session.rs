@@ -416,6 +416,32 @@ impl Session {
         tracing::info!(binary = %target.name.display(), binary_id = id, "no process runs the binary any more: its analysis and probes dropped");
     }
 
+    /// Limits each cgroup's (Pod's) violation reports in the kernel
+    /// ([`Enforcer::set_event_limit`]).
+    pub fn set_event_limit(&mut self, per_second: u32, burst: u32) -> Result<(), SessionError> {
+        Ok(self.enforcer.set_event_limit(per_second, burst)?)
+    }
+
+    /// Reports each cgroup dropped and lost so far
+    /// ([`Enforcer::cgroup_drops`]).
+    pub fn cgroup_drops(&self) -> Vec<(u64, mapguard_common::CgroupDrops)> {
+        self.enforcer.cgroup_drops()
+    }
+
+    /// Probe ids process `pid`'s own probe sets hold.
+    pub fn probe_ids_of(&self, pid: u32) -> usize {
+        self.guarded
+            .iter()
+            .filter(|g| g.pid == Some(pid))
+            .map(|g| {
+                g.map_ops.map_or(0, |id| self.enforcer.probe_count(id))
+                    + g.latency
+                        .as_ref()
+                        .map_or(0, |t| self.enforcer.probe_count(t.returns))
+            })
+            .sum()
+    }
+
     /// Checks the probes could not complete so far (see
     /// `mapguard_common::stat`).
     pub fn incomplete_checks(&self) -> Vec<(&'static str, u64)> {

@@ -7,8 +7,10 @@
 //! to this node whose mode is not `off`: a process the agent cannot place
 //! is never probed on the hot path and never signalled.
 
+mod fairness;
 mod holds;
 
+pub use fairness::PodLimits;
 pub use holds::{ExecMetrics, ExecState, Outcome};
 
 use std::{
@@ -83,6 +85,12 @@ pub struct Enforcement {
     evict_after: Option<Duration>,
     /// Binaries no process runs, since when.
     idle: HashMap<u32, Instant>,
+    /// What one Pod may hold of the process table and the probe ids.
+    limits: PodLimits,
+    /// Reports dropped in the kernel, by cgroup, and whose they are.
+    drops: fairness::Drops,
+    /// Where the v2 cgroup hierarchy is mounted.
+    unified: Option<std::path::PathBuf>,
 }
 
 impl Enforcement {
@@ -113,7 +121,16 @@ impl Enforcement {
             unexplained: HashSet::new(),
             evict_after: None,
             idle: HashMap::new(),
+            limits: PodLimits::default(),
+            drops: fairness::Drops::default(),
+            unified: crate::cgroup::unified::mount_point(),
         }
+    }
+
+    /// Bounds what one Pod's processes may hold.
+    pub fn with_pod_limits(mut self, limits: PodLimits) -> Enforcement {
+        self.limits = limits;
+        self
     }
 
     /// Drops the analysis of a binary (and its probes) once no process has
@@ -208,6 +225,7 @@ impl Enforcement {
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
         self.sweep_process_table();
+        self.count_dropped_events(&pods);
         self.evict_idle_binaries();
         self.metrics
             .set_enforced(self.enforced.len(), self.session.binary_count());
@@ -360,6 +378,12 @@ impl Enforcement {
         pods: &PodMap,
         want: &Enforced,
     ) -> Result<Arc<BinaryTarget>, Failure> {
+        if let Some(message) = self.pod_at_limit(p, pods) {
+            return Err(Failure {
+                reason: fairness::POD_LIMIT,
+                message,
+            });
+        }
         let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
         let file = procfs::real_file_id(self.scanner.proc_root(), p.pid).ok_or(Failure::gone())?;
         if let Some(reason) = self.refused.get(&file) {
@@ -422,6 +446,7 @@ impl Enforcement {
                     Failure::gone()
                 }
             })?;
+        self.note_process_cgroup(p.pid, workload_labels(pod), pod.full_name());
         tracing::info!(
             pid = p.pid,
             pod = %pod.full_name(),

@@ -87,6 +87,26 @@ impl ExecState {
         }
     }
 
+    /// The Pods whose cgroup the hook knows: (uid, cgroup id).
+    pub(super) fn pod_cgroups(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.pods.iter().map(|(uid, (id, _))| (uid.as_str(), *id))
+    }
+
+    /// Tells the hook that Pod `uid` is at a per-Pod bound: it registers
+    /// none of its new processes.
+    pub(super) fn set_at_limit(&mut self, uid: &str) {
+        let Some((id, policy)) = self.pods.get_mut(uid) else {
+            return;
+        };
+        let limited = CgroupPolicy {
+            at_limit: 1,
+            ..*policy
+        };
+        if *policy != limited && self.hook.set_cgroup(*id, limited).is_ok() {
+            *policy = limited;
+        }
+    }
+
     pub(super) fn fd(&self) -> std::os::fd::RawFd {
         self.hook.fd()
     }
