@@ -10,6 +10,7 @@ use aya_ebpf::{
 use mapguard_common::{Violation, WRITER_FRAMES, Writer, action, stat};
 
 use crate::{
+    process::acting_mode,
     program::{Hit, barrier, count},
     regs::read_u64,
     stack::walk_stack,
@@ -128,7 +129,6 @@ pub(crate) fn report(
         event.conflicting_goid = 0;
         event.conflicting_depth = 0;
     }
-    event.action = hit.mode;
     event.detected_by = detected_by;
     event.message = message;
     event.op = op;
@@ -144,10 +144,15 @@ pub(crate) fn report(
     // SAFETY: context reads at constant offsets.
     let (ip, sp, fp) = unsafe { ((*hit.regs).rip, (*hit.regs).rsp, (*hit.regs).rbp) };
     event.depth = walk_stack(ip, sp, fp, &mut event.stack);
+    // None: the entry of a process gone, whose pid this one got. Asked
+    // last, so that nothing is kept across the calls above (the stack of
+    // the deepest chain is near its bound).
+    let mode = acting_mode(hit)?;
+    event.action = mode;
     if EVENTS.output::<Violation>(&*event, 0).is_err() {
         count(stat::EVENT_LOST);
     }
-    let signal = match hit.mode {
+    let signal = match mode {
         action::STOP => SIGSTOP,
         action::KILL => SIGKILL,
         _ => return Some(()),

@@ -8,8 +8,10 @@
 //! is never probed on the hot path and never signalled.
 
 mod holds;
+mod stops;
 
 pub use holds::{ExecMetrics, ExecState, Outcome};
+pub use stops::{StopMetrics, StopState};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -77,6 +79,8 @@ pub struct Enforcement {
     counted_deletes: HashMap<u32, HashMap<u32, u64>>,
     /// The exec hook, when new processes are held at exec.
     exec: Option<ExecState>,
+    /// The deadlines of the processes the probes stopped.
+    stops: Option<StopState>,
     /// Process-table entries the last reconcile found unaccounted for.
     unexplained: HashSet<u32>,
     /// How long a binary no process runs is kept (`None`: for ever).
@@ -110,6 +114,7 @@ impl Enforcement {
             counted_hits: HashMap::new(),
             counted_deletes: HashMap::new(),
             exec: None,
+            stops: None,
             unexplained: HashSet::new(),
             evict_after: None,
             idle: HashMap::new(),
@@ -120,6 +125,12 @@ impl Enforcement {
     /// run it for `after`.
     pub fn evicting_binaries_after(mut self, after: Duration) -> Enforcement {
         self.evict_after = Some(after);
+        self
+    }
+
+    /// Applies stop deadlines (every scan interval).
+    pub fn with_stops(mut self, stops: StopState) -> Enforcement {
+        self.stops = Some(stops);
         self
     }
 
@@ -144,6 +155,9 @@ impl Enforcement {
             if last.elapsed() >= interval {
                 last = Instant::now();
                 self.reconcile();
+                if let Some(stops) = &mut self.stops {
+                    stops.step();
+                }
             }
         }
         self.shutdown_exec();
