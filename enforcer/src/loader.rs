@@ -37,8 +37,8 @@ use aya::{
 };
 use mapguard_common::{
     FatalMessage, LatencyKey, MAP_DELETE_LATENCY, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS,
-    MAP_PROBES, MAP_PROCS, MAP_STATS, MAP_TASK_CONFIG, MAX_PROBES, PROG_BARE, PROG_MAP_OP,
-    ProbeConfig, ProcConfig, TaskConfig, op, stat,
+    MAP_PROBES, MAP_PROCS, MAP_STATS, MAP_TASK_CONFIG, MAX_PROBES, NS_PER_CLOCK_TICK, PROG_BARE,
+    PROG_MAP_OP, ProbeConfig, ProcConfig, TaskConfig, op, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -551,9 +551,7 @@ impl Enforcer {
             shared_ops,
             _pad: [0; 2],
             binary_id,
-            // Gone already: an entry no process matches (not 0, which
-            // the probes take as "not recorded").
-            start: crate::procfs::start_time(pid).unwrap_or(u64::MAX),
+            start: start_ticks(pid),
         };
         self.procs
             .insert(pid, cfg, 0)
@@ -689,6 +687,16 @@ impl Drop for Enforcer {
         });
         tracing::debug!(count, elapsed = ?started.elapsed(), "probes detached");
     }
+}
+
+/// Process `pid`'s start time as its process-table entry carries it
+/// (`ProcConfig::start`): 0 (not checked) where `/proc` counts in other
+/// ticks than the probes; gone already, an entry no process matches.
+fn start_ticks(pid: u32) -> u64 {
+    if crate::procfs::ticks_per_second() != Some(1_000_000_000 / NS_PER_CLOCK_TICK) {
+        return 0;
+    }
+    crate::procfs::start_time(pid).unwrap_or(u64::MAX)
 }
 
 /// Hands the probes the `task_struct` offsets of a process's start time

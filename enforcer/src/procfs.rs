@@ -38,6 +38,13 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
 }
 
+/// Clock ticks per second of `/proc`'s times (`USER_HZ`).
+pub fn ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(per_second).ok().filter(|t| *t > 0)
+}
+
 /// When `pid` started, in clock ticks since boot (field 22 of its stat):
 /// with the pid, a process's identity.
 pub fn start_time(pid: u32) -> Option<u64> {
