@@ -1,7 +1,7 @@
 //! What the kernel side knows of a process beyond its pid: when it
 //! started (pids are reused: a process-table entry is for the process
-//! that started then, [`is_current`]) and whether a probe stopped it
-//! ([`record_stop`]).
+//! that started then) and whether a probe stopped it; both are settled
+//! when a probe reports ([`acting_mode`]).
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_current_task},
@@ -36,9 +36,8 @@ pub(crate) fn current_start() -> Option<u64> {
 /// The action a report of `hit` takes: `None` when its mode came from a
 /// process-table entry (a probe shared by every process of a binary)
 /// written for another process that had the same pid (not known until
-/// user space registers it: no report). A stop is
-/// recorded here before it is made, or not made (the action is then
-/// `audit`). Only for reports: the hot path pays nothing. Not inlined: a
+/// user space registers it: no report). A stop is recorded here before
+/// it is made, or not made (the action is then `audit`). Only for reports: the hot path pays nothing. Not inlined: a
 /// report's call chain (map_op → on_crash → copy_other → walk_stack)
 /// comes close to the BPF stack's 512 bytes, and this function's frame
 /// sits beside it, not on top of it.

@@ -161,6 +161,8 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         args.enforce
             .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
     );
+    // Before anything can be stopped (the exec hook registers processes).
+    let stops = stop_state(&mut session, args, &metrics);
     // Holds an agent that died left: its hook went with it, the
     // processes are still stopped.
     let pin = args.bpf_pin_dir.join("held");
@@ -199,7 +201,6 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
             }
         }
     }
-    let stops = stop_state(&mut session, args, &metrics);
     let session_with_hook = (session, hook);
     ops.bpf_ready.store(true, Ordering::SeqCst);
     tracing::info!("BPF program loaded; enforcing");
