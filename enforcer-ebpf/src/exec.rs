@@ -36,7 +36,7 @@ use mapguard_common::{
     MAX_FILES, MAX_HELD, ProcConfig, cgroup_kind, exec_what, file_kind, shared_ops,
 };
 
-use crate::program::PROCS;
+use crate::{process::current_start, program::PROCS};
 
 #[map(name = "MG_CGROUPS")]
 pub(crate) static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
@@ -111,6 +111,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
                 shared_ops: policy.shared_ops,
                 _pad: [0; 2],
                 binary_id: known.binary_id,
+                // The exec'ing task leads its process once exec is done.
+                start: current_start().unwrap_or(0),
             };
             if PROCS.insert(&pid, &entry, 0).is_ok() {
                 event.what = exec_what::ENFORCED;

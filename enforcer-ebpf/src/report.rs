@@ -22,6 +22,7 @@ use mapguard_common::{
 
 use crate::{
     exec::CGROUPS,
+    process::acting_mode,
     program::{Hit, barrier, count},
     regs::read_u64,
     stack::walk_stack,
@@ -240,7 +241,7 @@ pub(crate) fn report(
     // Over its cgroup's limit, the report is dropped before it is put
     // together (the stack walks are most of its cost); the action is taken
     // all the same.
-    if admitted() {
+    let mode = if admitted() {
         let event = SCRATCH.get_ptr_mut(0)?;
         // SAFETY: per-CPU value pointer, valid for this program run.
         let event = unsafe { &mut *event };
@@ -255,7 +256,6 @@ pub(crate) fn report(
             event.conflicting_goid = 0;
             event.conflicting_depth = 0;
         }
-        event.action = hit.mode;
         event.detected_by = detected_by;
         event.message = message;
         event.op = op;
@@ -271,12 +271,20 @@ pub(crate) fn report(
         // SAFETY: context reads at constant offsets.
         let (ip, sp, fp) = unsafe { ((*hit.regs).rip, (*hit.regs).rsp, (*hit.regs).rbp) };
         event.depth = walk_stack(ip, sp, fp, &mut event.stack);
+        // None: the entry of a process gone, whose pid this one got. Asked
+        // last, so that nothing is kept across the calls above (the stack
+        // of the deepest chain is near its bound).
+        let mode = acting_mode(hit)?;
+        event.action = mode;
         if EVENTS.output::<Violation>(&*event, 0).is_err() {
             count(stat::EVENT_LOST);
             count_drop(reporting_cgroup(), false);
         }
-    }
-    let signal = match hit.mode {
+        mode
+    } else {
+        acting_mode(hit)?
+    };
+    let signal = match mode {
         action::STOP => SIGSTOP,
         action::KILL => SIGKILL,
         _ => return Some(()),

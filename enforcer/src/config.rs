@@ -75,6 +75,25 @@ pub struct PolicyArgs {
     pub coverage: Coverage,
 }
 
+/// What the node agent does to a process stopped past `--stop-deadline`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AfterStop {
+    /// SIGCONT: it runs on.
+    Resume,
+    /// SIGKILL.
+    Kill,
+}
+
+impl AfterStop {
+    /// Label value of `mapguard_stop_deadline_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AfterStop::Resume => "resume",
+            AfterStop::Kill => "kill",
+        }
+    }
+}
+
 /// A Pod's action as the node agent knows it: a [`Mode`], or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
 pub enum PodMode {
@@ -374,8 +393,20 @@ pub struct DaemonArgs {
     /// over.
     #[arg(long, env = "MAPGUARD_EXEC_HOLD_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub exec_hold_timeout: Duration,
-    /// bpffs folder where the table of held processes is pinned, so an
-    /// agent started after one that died releases what it held. Without a
+    /// Longest a process stays stopped by mapguard (`stop` mode): past
+    /// it, it is resumed or killed (--after-stop-deadline). Kept across
+    /// agent restarts (the table of stops is pinned in --bpf-pin-dir).
+    #[arg(long, env = "MAPGUARD_STOP_DEADLINE", default_value = "10m", value_parser = parse_duration)]
+    pub stop_deadline: Duration,
+    /// What happens to a stopped process at --stop-deadline: `kill`
+    /// (SIGKILL: its container restarts; a process that raced once races
+    /// again when resumed, and its maps may be corrupt) or `resume`
+    /// (SIGCONT).
+    #[arg(long, value_enum, env = "MAPGUARD_AFTER_STOP_DEADLINE", default_value_t = AfterStop::Kill)]
+    pub after_stop_deadline: AfterStop,
+    /// bpffs folder where the tables of held and stopped processes are
+    /// pinned, so an agent started after one that died releases what it
+    /// held and applies the deadline of what it stopped. Without a
     /// writable bpffs there, nothing is held (an error says so).
     #[arg(
         long,

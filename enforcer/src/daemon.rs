@@ -163,6 +163,8 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
             .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
     );
     session.set_event_limit(args.event_rate, args.event_burst)?;
+    // Before anything can be stopped (the exec hook registers processes).
+    let stops = stop_state(&mut session, args, &metrics);
     // Holds an agent that died left: its hook went with it, the
     // processes are still stopped.
     let pin = args.bpf_pin_dir.join("held");
@@ -228,6 +230,9 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         );
         enforcement = enforcement.with_exec(exec);
     }
+    if let Some(stops) = stops {
+        enforcement = enforcement.with_stops(stops);
+    }
     let interval = args.scan_interval;
     let thread_stop = Arc::clone(&stop);
     let thread_records = Arc::clone(&records);
@@ -273,6 +278,39 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     events_socket::remove(&args.events_socket);
     Ok(status)
+}
+
+/// The deadlines of stops: the kernel's table of stopped processes,
+/// pinned (after the stops a previous agent left there are taken) so that
+/// the next agent finds this one's. Unpinned (an error logged), deadlines
+/// hold while this agent runs.
+fn stop_state(
+    session: &mut Session,
+    args: &DaemonArgs,
+    metrics: &Metrics,
+) -> Option<reconcile::StopState> {
+    let pin = args.bpf_pin_dir.join("stopped");
+    let adopted = crate::loader::take_pinned_stops(&pin).unwrap_or_default();
+    let _ = std::fs::create_dir_all(&args.bpf_pin_dir);
+    let table = match session.stop_table() {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::error!(error = %e, "no deadline for stops: a process stopped by mapguard stays stopped");
+            return None;
+        }
+    };
+    if let Err(e) = table.pin(&pin) {
+        tracing::error!(error = %e, "stops are not kept across agent restarts: a process stopped when this agent dies stays stopped");
+    }
+    let mut stop_metrics = None;
+    metrics.register(|r| stop_metrics = Some(reconcile::StopMetrics::new(r)));
+    Some(reconcile::StopState::new(
+        table,
+        args.stop_deadline,
+        args.after_stop_deadline,
+        stop_metrics.expect("registered"),
+        adopted,
+    ))
 }
 
 /// Whether this process may signal any process (`CAP_KILL` effective):

@@ -16,10 +16,12 @@ pub mod btf;
 mod exec;
 mod multi;
 mod sets;
+mod stops;
 
 pub use exec::{ExecHook, take_pinned_holds};
 pub use multi::{MultiError, MultiLink, MultiProgram};
 pub use sets::{ProbeSetId, Probes, Scope};
+pub use stops::{StopTable, take_pinned_stops};
 
 use sets::{IdPool, ProbeSet};
 
@@ -36,7 +38,8 @@ use aya::{
 use mapguard_common::{
     CgroupDrops, EventLimit, FatalMessage, LatencyKey, MAP_CGROUP_DROPS, MAP_DELETE_LATENCY,
     MAP_EVENT_LIMIT, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS, MAP_PROBES, MAP_PROCS, MAP_STATS,
-    MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig, op, stat,
+    MAP_TASK_CONFIG, MAX_PROBES, NS_PER_CLOCK_TICK, PROG_BARE, PROG_MAP_OP, ProbeConfig,
+    ProcConfig, TaskConfig, op, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -165,6 +168,7 @@ impl Enforcer {
             return Err(LoaderError::NotRoot { uid });
         }
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|e| LoaderError::Load(Box::new(e)))?;
+        configure_task_offsets(&mut ebpf)?;
         let name = match program {
             ProbeProgram::Enforce => PROG_MAP_OP,
             ProbeProgram::Bare => PROG_BARE,
@@ -590,7 +594,9 @@ impl Enforcer {
     /// Puts process `pid` under enforcement with `mode` (one of
     /// `mapguard_common::action`); probes shared by every process of its
     /// binary check `shared_ops` of its map operations
-    /// (`mapguard_common::shared_ops`; the crash paths always).
+    /// (`mapguard_common::shared_ops`; the crash paths always). The entry
+    /// carries the process's start time: a later process given the same
+    /// pid is not acted on.
     pub fn register(
         &mut self,
         pid: u32,
@@ -603,6 +609,7 @@ impl Enforcer {
             shared_ops,
             _pad: [0; 2],
             binary_id,
+            start: start_ticks(pid),
         };
         self.procs
             .insert(pid, cfg, 0)
@@ -738,6 +745,54 @@ impl Drop for Enforcer {
         });
         tracing::debug!(count, elapsed = ?started.elapsed(), "probes detached");
     }
+}
+
+/// Process `pid`'s start time as its process-table entry carries it
+/// (`ProcConfig::start`): 0 (not checked) where `/proc` counts in other
+/// ticks than the probes; gone already, an entry no process matches.
+fn start_ticks(pid: u32) -> u64 {
+    if crate::procfs::ticks_per_second() != Some(1_000_000_000 / NS_PER_CLOCK_TICK) {
+        return 0;
+    }
+    crate::procfs::start_time(pid).unwrap_or(u64::MAX)
+}
+
+/// Hands the probes the `task_struct` offsets of a process's start time
+/// (from the kernel's BTF). Without BTF, start times are not checked: a
+/// pid reused before the next scan can get its predecessor's action.
+fn configure_task_offsets(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let offsets = match btf::task_config(std::path::Path::new(btf::VMLINUX_BTF)) {
+        Ok(offsets) => offsets,
+        Err(e) => {
+            tracing::warn!(error = %e, "process start times are not checked (a reused pid may get the action of the process that had it until the next scan)");
+            return Ok(());
+        }
+    };
+    update_task_config(ebpf, |cfg| {
+        cfg.group_leader = offsets.group_leader;
+        cfg.start_boottime = offsets.start_boottime;
+    })
+}
+
+/// Changes the probes' [`TaskConfig`] in place.
+fn update_task_config(
+    ebpf: &mut Ebpf,
+    change: impl FnOnce(&mut TaskConfig),
+) -> Result<(), LoaderError> {
+    let map = ebpf
+        .map_mut(MAP_TASK_CONFIG)
+        .ok_or(LoaderError::MissingMap {
+            name: MAP_TASK_CONFIG,
+        })?;
+    let mut config: Array<&mut MapData, TaskConfig> =
+        Array::try_from(map).map_err(|e| map_error(MAP_TASK_CONFIG, e))?;
+    let mut cfg = config
+        .get(&0, 0)
+        .map_err(|e| map_error(MAP_TASK_CONFIG, e))?;
+    change(&mut cfg);
+    config
+        .set(0, cfg, 0)
+        .map_err(|e| map_error(MAP_TASK_CONFIG, e))
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoaderError> {

@@ -21,6 +21,11 @@ pub fn alive(pid: u32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// The state letter of `pid` (`R`, `S`, `T` stopped, `Z`...).
+pub fn state(pid: u32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
 /// User plus system CPU time `pid` has used (all its threads).
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let fields = stat_fields(pid)?;
@@ -31,6 +36,13 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
     Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// Clock ticks per second of `/proc`'s times (`USER_HZ`).
+pub fn ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(per_second).ok().filter(|t| *t > 0)
 }
 
 /// When `pid` started, in clock ticks since boot (field 22 of its stat):
@@ -92,6 +104,8 @@ mod tests {
     fn this_process_is_alive_and_uses_cpu() {
         let me = std::process::id();
         assert!(alive(me));
+        // The main thread's state: running, or waiting for the test's.
+        assert!(matches!(state(me), Some('R' | 'S')), "{:?}", state(me));
         let spent = cpu_time(me).expect("own CPU time");
         let start = std::time::Instant::now();
         let mut x = 0u64;

@@ -355,6 +355,11 @@ impl Session {
         self.shared_map_ops.contains_key(&binary_id)
     }
 
+    /// The kernel's table of processes the probes stopped (node agent).
+    pub fn stop_table(&mut self) -> Result<crate::loader::StopTable, SessionError> {
+        Ok(self.enforcer.stop_table()?)
+    }
+
     /// Loads and attaches the node agent's exec hook.
     pub fn exec_hook(
         &mut self,

@@ -9,9 +9,11 @@
 
 mod fairness;
 mod holds;
+mod stops;
 
 pub use fairness::PodLimits;
 pub use holds::{ExecMetrics, ExecState, Outcome};
+pub use stops::{StopMetrics, StopState};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -79,6 +81,8 @@ pub struct Enforcement {
     counted_deletes: HashMap<u32, HashMap<u32, u64>>,
     /// The exec hook, when new processes are held at exec.
     exec: Option<ExecState>,
+    /// The deadlines of the processes the probes stopped.
+    stops: Option<StopState>,
     /// Process-table entries the last reconcile found unaccounted for.
     unexplained: HashSet<u32>,
     /// How long a binary no process runs is kept (`None`: for ever).
@@ -118,6 +122,7 @@ impl Enforcement {
             counted_hits: HashMap::new(),
             counted_deletes: HashMap::new(),
             exec: None,
+            stops: None,
             unexplained: HashSet::new(),
             evict_after: None,
             idle: HashMap::new(),
@@ -137,6 +142,12 @@ impl Enforcement {
     /// run it for `after`.
     pub fn evicting_binaries_after(mut self, after: Duration) -> Enforcement {
         self.evict_after = Some(after);
+        self
+    }
+
+    /// Applies stop deadlines (every scan interval).
+    pub fn with_stops(mut self, stops: StopState) -> Enforcement {
+        self.stops = Some(stops);
         self
     }
 
@@ -161,6 +172,9 @@ impl Enforcement {
             if last.elapsed() >= interval {
                 last = Instant::now();
                 self.reconcile();
+                if let Some(stops) = &mut self.stops {
+                    stops.step();
+                }
             }
         }
         self.shutdown_exec();
