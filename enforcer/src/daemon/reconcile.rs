@@ -425,14 +425,14 @@ impl Enforcement {
         dev: Option<u64>,
     ) -> Result<Arc<BinaryTarget>, Failure> {
         let file = match self.files.process(process, dev) {
-            Progress::Pending => return Err(Failure::pending()),
-            Progress::Failed { reason, message } => {
+            None => return Err(Failure::pending()),
+            Some(Progress::Failed { reason, message }) => {
                 return Err(Failure {
                     reason,
                     message: message.clone(),
                 });
             }
-            Progress::Opened { file, .. } => *file,
+            Some(Progress::Opened { file, .. }) => *file,
         };
         if let Some((reason, message)) = self.refused.get(&file) {
             return Err(Failure {
@@ -443,11 +443,17 @@ impl Enforcement {
         if let Some(target) = self.session.known_binary(file) {
             return Ok(target);
         }
+        if self.files.gave_up(file) {
+            return Err(Failure {
+                reason: "timeout",
+                message: "analysing its executable took longer than --file-timeout".into(),
+            });
+        }
         if self.files.analysing(file) {
             return Err(Failure::pending());
         }
         let opened = match self.files.process(process, dev) {
-            Progress::Opened { opened, .. } => opened.take(),
+            Some(Progress::Opened { opened, .. }) => opened.take(),
             _ => None,
         };
         let Some(opened) = opened else {
@@ -458,7 +464,7 @@ impl Enforcement {
         };
         let id = self.session.reserve_binary_id();
         if let Err(opened) = self.files.analyse(process, file, opened, dev, id) {
-            if let Progress::Opened { opened: slot, .. } = self.files.process(process, dev) {
+            if let Some(Progress::Opened { opened: slot, .. }) = self.files.process(process, dev) {
                 *slot = Some(opened);
             }
         }

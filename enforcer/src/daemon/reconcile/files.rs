@@ -55,10 +55,9 @@ struct Running {
     dev: Option<u64>,
 }
 
-/// Where the file work of one process stands.
+/// Where the file work of one process stands, once its executable is
+/// opened (or could not be).
 pub(super) enum Progress {
-    /// Not done yet.
-    Pending,
     /// Its executable is opened and identified: `file`. `opened` is the
     /// descriptor, until an analysis takes it.
     Opened { file: FileKey, opened: Option<File> },
@@ -124,8 +123,14 @@ impl FileWork {
     }
 
     /// Where process `process` stands, its executable on filesystem `dev`
-    /// (as the scan saw it); starts opening it if nothing is under way.
-    pub(super) fn process(&mut self, process: ProcessKey, dev: Option<u64>) -> &mut Progress {
+    /// (as the scan saw it): `None` while its executable is being opened
+    /// (opening starts here, when nothing is under way and fewer than
+    /// [`MAX_RUNNING`] operations run).
+    pub(super) fn process(
+        &mut self,
+        process: ProcessKey,
+        dev: Option<u64>,
+    ) -> Option<&mut Progress> {
         if !self.progress.contains_key(&process) && !self.opening.contains_key(&process) {
             if self.unresponsive(dev) {
                 self.progress.insert(
@@ -139,7 +144,7 @@ impl FileWork {
                 self.open(process, dev);
             }
         }
-        self.progress.entry(process).or_insert(Progress::Pending)
+        self.progress.get_mut(&process)
     }
 
     fn open(&mut self, process: ProcessKey, dev: Option<u64>) {
@@ -162,9 +167,15 @@ impl FileWork {
         }
     }
 
-    /// Whether file `file` is being analysed (or timed out analysing).
+    /// Whether file `file` is being analysed.
     pub(super) fn analysing(&self, file: FileKey) -> bool {
-        self.analysing.contains_key(&file) || self.timed_out.contains(&file)
+        self.analysing.contains_key(&file)
+    }
+
+    /// Whether the analysis of file `file` was given up, its thread still
+    /// blocked.
+    pub(super) fn gave_up(&self, file: FileKey) -> bool {
+        self.timed_out.contains(&file)
     }
 
     /// Starts analysing `opened` (file `file`, on filesystem `dev`) under
@@ -178,7 +189,7 @@ impl FileWork {
         dev: Option<u64>,
         id: u32,
     ) -> Result<(), File> {
-        if self.running() >= MAX_RUNNING || self.analysing(file) {
+        if self.running() >= MAX_RUNNING || self.analysing(file) || self.gave_up(file) {
             return Err(opened);
         }
         let tx = self.tx.clone();
@@ -309,5 +320,55 @@ impl FileWork {
     /// again).
     pub(super) fn forget(&mut self, process: ProcessKey) {
         self.progress.remove(&process);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More processes than operations may run at once: every one is
+    /// opened in turn, none left waiting for good.
+    #[test]
+    fn more_processes_than_threads_are_all_opened() {
+        let mut children: Vec<std::process::Child> = (0..MAX_RUNNING * 2)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("spawn sleep")
+            })
+            .collect();
+        let mut work = FileWork::new(
+            Path::new("/proc"),
+            ReadLimits::default(),
+            Duration::from_secs(10),
+        );
+        let keys: Vec<ProcessKey> = children.iter().map(|c| (c.id(), 0)).collect();
+        let sleep =
+            crate::procfs::real_file_id(Path::new("/proc"), keys[0].0).expect("sleep's file");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            work.collect();
+            let opened = keys
+                .iter()
+                .filter(|k| {
+                    matches!(work.process(**k, None), Some(Progress::Opened { file, .. }) if *file == sleep)
+                })
+                .count();
+            if opened == keys.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{opened} of {} processes opened",
+                keys.len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
