@@ -463,10 +463,10 @@ impl Enforcement {
             return Err(Failure::pending());
         };
         let id = self.session.reserve_binary_id();
-        if let Err(opened) = self.files.analyse(process, file, opened, dev, id) {
-            if let Some(Progress::Opened { opened: slot, .. }) = self.files.process(process, dev) {
-                *slot = Some(opened);
-            }
+        if let Err(opened) = self.files.analyse(process, file, opened, dev, id)
+            && let Some(Progress::Opened { opened: slot, .. }) = self.files.process(process, dev)
+        {
+            *slot = Some(opened);
         }
         Err(Failure::pending())
     }

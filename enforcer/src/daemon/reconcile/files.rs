@@ -44,7 +44,7 @@ enum Done {
     Analysed {
         file: FileKey,
         dev: Option<u64>,
-        result: Result<BinaryTarget, TargetError>,
+        result: Box<Result<BinaryTarget, TargetError>>,
     },
 }
 
@@ -199,7 +199,7 @@ impl FileWork {
         let spawned = std::thread::Builder::new()
             .name("analyse".into())
             .spawn(move || {
-                let result = BinaryTarget::analyse_file(opened, &path, id, limits);
+                let result = Box::new(BinaryTarget::analyse_file(opened, &path, id, limits));
                 let _ = tx.send(Done::Analysed { file, dev, result });
             });
         if spawned.is_ok() {
@@ -246,7 +246,10 @@ impl FileWork {
                         self.timed_out.remove(&file);
                         continue;
                     }
-                    analyses.push(Analysis { file, result });
+                    analyses.push(Analysis {
+                        file,
+                        result: *result,
+                    });
                 }
             }
         }
