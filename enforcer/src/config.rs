@@ -305,6 +305,17 @@ pub struct DaemonArgs {
     /// restart.
     #[arg(long, env = "MAPGUARD_EVICT_BINARIES_AFTER", default_value = "5m", value_parser = parse_duration)]
     pub evict_binaries_after: Duration,
+    /// Longest a process's executable may take to be opened, identified
+    /// and analysed (off the enforcement loop, on a thread of its own):
+    /// past it the process is left unenforced (counted as `timeout`), and
+    /// while that operation is still blocked the other executables of its
+    /// filesystem are not tried.
+    #[arg(long, env = "MAPGUARD_FILE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub file_timeout: Duration,
+    /// `/healthz` fails once the enforcement loop has made no progress
+    /// for this long (the kubelet then restarts the agent).
+    #[arg(long, env = "MAPGUARD_HEALTHZ_STALL_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub healthz_stall_after: Duration,
     /// Where the host's /proc is (the agent may see it mounted elsewhere).
     #[arg(long, env = "MAPGUARD_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,

@@ -39,7 +39,7 @@ use crate::{
 };
 
 use metrics::{Metrics, WorkloadLabels};
-use ops::{Broadcast, OpsState, Tee};
+use ops::{Broadcast, Heartbeat, OpsState, Tee};
 use pods::{NodeDefaults, PodTable};
 use reconcile::Enforcement;
 use responder::{Cause, Responder, ResponderConfig, ResponseAction, Trigger};
@@ -93,6 +93,8 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         pods: Arc::clone(&pods),
         events: events.clone(),
         bpf_ready: AtomicBool::new(false),
+        heartbeat: Arc::new(Heartbeat::default()),
+        stall_after: args.healthz_stall_after,
     });
 
     let kube_config = runtime.block_on(kube_config(args))?;
@@ -218,7 +220,9 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     .with_pod_limits(reconcile::PodLimits {
         processes: args.max_processes_per_pod,
         probes: args.max_probes_per_pod,
-    });
+    })
+    .with_file_timeout(args.file_timeout)
+    .with_heartbeat(Arc::clone(&ops.heartbeat));
     if let Some(hook) = session_with_hook.1 {
         let mut exec_metrics = None;
         metrics.register(|r| exec_metrics = Some(reconcile::ExecMetrics::new(r)));

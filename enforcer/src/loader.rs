@@ -232,45 +232,32 @@ impl Enforcer {
     }
 
     /// Configures and attaches a probe set: `which` of `target`'s probes
-    /// for `scope`. The set starts switched on.
+    /// for `scope`, through the descriptor of the file analysed (never a
+    /// path, which may name another file by now). The set starts
+    /// switched on.
     pub fn add_probes(
         &mut self,
         target: &BinaryTarget,
         which: Probes,
         scope: Scope,
     ) -> Result<ProbeSetId, LoaderError> {
-        self.add_probes_at(target, &target.path, which, scope)
+        self.configure(target, which, scope, true)
     }
 
-    /// [`Enforcer::add_probes`] attaching through `path`, another name of
-    /// `target`'s file (`/proc/PID/exe` of a process running it: the name
-    /// the target was analysed under may be gone with its process).
-    pub fn add_probes_at(
-        &mut self,
-        target: &BinaryTarget,
-        path: &std::path::Path,
-        which: Probes,
-        scope: Scope,
-    ) -> Result<ProbeSetId, LoaderError> {
-        self.configure(target, path, which, scope, true)
-    }
-
-    /// [`Enforcer::add_probes_at`] leaving the set switched off (not
+    /// [`Enforcer::add_probes`] leaving the set switched off (not
     /// attached until [`Enforcer::set_enabled`]).
     pub fn add_probes_off(
         &mut self,
         target: &BinaryTarget,
-        path: &std::path::Path,
         which: Probes,
         scope: Scope,
     ) -> Result<ProbeSetId, LoaderError> {
-        self.configure(target, path, which, scope, false)
+        self.configure(target, which, scope, false)
     }
 
     fn configure(
         &mut self,
         target: &BinaryTarget,
-        path: &std::path::Path,
         which: Probes,
         scope: Scope,
         attach: bool,
@@ -319,7 +306,8 @@ impl Enforcer {
             return Err(e);
         }
         let mut set = ProbeSet {
-            path: path.to_path_buf(),
+            file: target.file.clone(),
+            name: target.name.clone(),
             symbols: points.iter().map(|(_, p)| p.symbol.clone()).collect(),
             ops: points.iter().map(|(_, p)| p.cfg.op).collect(),
             ids,
@@ -331,7 +319,7 @@ impl Enforcer {
             self.ids.give_back(set.ids);
             return Err(e);
         }
-        tracing::debug!(path = %set.path.display(), probes = count, ?scope, ?which, "probes attached");
+        tracing::debug!(path = %set.name.display(), probes = count, ?scope, ?which, "probes attached");
         let slot = self.sets.iter().position(Option::is_none);
         let id = match slot {
             Some(i) => {
@@ -348,10 +336,11 @@ impl Enforcer {
 
     /// Attaches a configured set's probes.
     fn link(&mut self, set: &mut ProbeSet) -> Result<(), LoaderError> {
+        let path = set.file.attach_path();
         match &self.multi {
             Some(program) => {
                 let cookies: Vec<u64> = set.ids.clone().map(u64::from).collect();
-                let link = program.attach(&set.path, &set.offsets, &cookies, set.pid)?;
+                let link = program.attach(&path, &set.offsets, &cookies, set.pid)?;
                 set.links.push(Link::Multi(link));
             }
             None => {
@@ -369,10 +358,10 @@ impl Enforcer {
                     };
                     let program = uprobe(&mut self.ebpf, self.program)?;
                     let link = program
-                        .attach(attach_point, &set.path, scope)
+                        .attach(attach_point, &path, scope)
                         .and_then(|id| program.take_link(id))
                         .map_err(|e| LoaderError::Attach {
-                            path: set.path.clone(),
+                            path: set.name.clone(),
                             symbol: symbol.clone(),
                             file_offset: *offset,
                             source: Box::new(e),

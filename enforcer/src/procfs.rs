@@ -3,7 +3,7 @@
 
 mod real_file;
 
-pub use real_file::real_file_id;
+pub use real_file::{OpenedExe, open_exe, real_file_id};
 
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
@@ -83,6 +83,46 @@ pub fn boot_ns() -> u64 {
 pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.dev(), meta.ino()))
+}
+
+/// `(device, inode)` of the file `path` (relative to `dir`) names, from
+/// what the kernel holds in memory (`statx` with `AT_STATX_DONT_SYNC`): a
+/// filesystem that does not answer — a dead network mount, a FUSE server
+/// that never replies — is not asked. A magic link (`PID/exe`) leads
+/// straight to the file, without a lookup on its filesystem.
+pub fn cached_file_id(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+) -> Result<(u64, u64), nix::errno::Errno> {
+    use std::os::fd::AsRawFd as _;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path and a statx buffer of our own.
+    let rc = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: filled by a successful statx.
+    let stx = unsafe { stx.assume_init() };
+    Ok((
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        stx.stx_ino,
+    ))
+}
+
+/// [`cached_file_id`] of `PID/exe` under `proc_root`.
+pub fn cached_exe_id(proc_root: &std::path::Path, pid: u32) -> Option<(u64, u64)> {
+    let path = std::ffi::CString::new(format!("{}/{pid}/exe", proc_root.display())).ok()?;
+    // SAFETY: AT_FDCWD is valid for the whole call.
+    let cwd = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+    cached_file_id(cwd, &path).ok()
 }
 
 /// Every live process running the file `(device, inode)`.

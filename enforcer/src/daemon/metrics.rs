@@ -138,6 +138,7 @@ pub struct Metrics {
     processes: Gauge,
     binaries: Gauge,
     evicted_binaries: Counter,
+    stuck_file_operations: Gauge,
     attach_failures: Family<ReasonLabels, Counter>,
     unplaced: Counter,
     incomplete_checks: Family<CheckLabels, Gauge>,
@@ -242,6 +243,12 @@ impl Metrics {
             "Analyses of Go binaries dropped (with their probes) once no process ran them for --evict-binaries-after",
             evicted_binaries.clone(),
         );
+        let stuck_file_operations = Gauge::default();
+        r.register(
+            "mapguard_stuck_file_operations",
+            "Operations on executables given up after --file-timeout whose threads are still blocked (a filesystem that does not answer)",
+            stuck_file_operations.clone(),
+        );
         let attach_failures = Family::<ReasonLabels, Counter>::default();
         r.register(
             "mapguard_attach_failures",
@@ -300,6 +307,7 @@ impl Metrics {
             processes,
             binaries,
             evicted_binaries,
+            stuck_file_operations,
             attach_failures,
             unplaced,
             incomplete_checks,
@@ -443,6 +451,10 @@ impl Metrics {
     pub fn set_enforced(&self, processes: usize, binaries: usize) {
         self.processes.set(processes as i64);
         self.binaries.set(binaries as i64);
+    }
+
+    pub fn set_stuck_file_operations(&self, n: usize) {
+        self.stuck_file_operations.set(n as i64);
     }
 
     pub fn attach_failed(&self, reason: &'static str) {
