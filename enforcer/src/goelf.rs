@@ -37,7 +37,9 @@ use source::{Image, OpenError};
 pub use disasm::StepHandling;
 pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
 pub use pclntab::{Frame, FuncInfo, PclntabError, Symbolizer};
-pub use plan::{ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, ProbePlan};
+pub use plan::{
+    ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, PlannedWrapper, ProbePlan,
+};
 pub use release::{BackstopVia, MapRuntime, MessageClass, Release};
 pub use source::{DEFAULT_MAX_BINARY_SIZE, MAX_PIECE, ReadLimits, Size};
 pub use version::GoVersion;

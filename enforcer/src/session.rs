@@ -22,6 +22,7 @@ use crate::{
     output, procfs,
     sampler::{Estimate, Sampled, Sampler},
     target::{BinaryTarget, TargetError},
+    vocab::Op,
 };
 
 /// Why a session could not start or take on a target.
@@ -663,7 +664,21 @@ impl Session {
                     .take(8)
                     .map(|(f, n)| format!("{f}={n}"))
                     .collect();
-                tracing::info!(target = %g.label, hits = %top.join(" "), "probe hits by map function");
+                // By operation too (all of them, where the functions are
+                // the top eight): one read is one hit.
+                let by_op: Vec<String> = self
+                    .enforcer
+                    .hits_by_op(id)
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(op, n)| format!("{}={n}", Op::from_kernel(*op)))
+                    .collect();
+                tracing::info!(
+                    target = %g.label,
+                    by_op = %by_op.join(" "),
+                    hits = %top.join(" "),
+                    "probe hits by map function"
+                );
             }
             if let Some(s) = &g.sampler {
                 tracing::info!(
