@@ -865,10 +865,10 @@ async fn the_responder_alone_may_evict_and_cordon(env: &TestEnv) {
         );
     }
     let cluster = [
-        "mapviolations.mapguard.io [] [] [get list watch]",
+        "mapviolations.mapguard.io [] [] [list watch]",
         "pods [] [] [get]",
         "pods/eviction [] [] [create]",
-        "nodes [] [] [get patch]",
+        "nodes [] [] [patch]",
         "events.events.k8s.io [] [] [create patch]",
     ];
     let home = [
