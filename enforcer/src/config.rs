@@ -34,6 +34,11 @@ pub enum Command {
     /// The node agent: enforce on the Go processes of this node's Pods as
     /// their `mapguard.io/mode` and `mapguard.io/coverage` annotations say.
     Daemon(Box<DaemonArgs>),
+    /// The opt-in responder (one in the cluster, an identity of its own):
+    /// evicts the Pod or cordons the node of a workload whose violations
+    /// and crashes, as the node agents' records count them, pass a
+    /// threshold.
+    Respond(RespondArgs),
 }
 
 /// What happens to a process when a violation is detected.
@@ -267,6 +272,42 @@ pub struct ScanArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RespondArgs {
+    /// A kubeconfig file; without it, `KUBECONFIG` or the in-cluster
+    /// service account.
+    #[arg(long, env = "MAPGUARD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the ops port (`/metrics`, `/healthz`, `/readyz`), plain
+    /// HTTP.
+    #[arg(long, env = "MAPGUARD_OPS_LISTEN", default_value = "0.0.0.0:9092")]
+    pub ops_listen: std::net::SocketAddr,
+    /// The responder's own namespace, where it keeps its cluster budget
+    /// (the ConfigMap `mapguard-responder-budget`, which only it may write).
+    #[arg(long, env = "MAPGUARD_NAMESPACE", default_value = "mapguard-system")]
+    pub namespace: String,
+    /// What to do when a workload passes the threshold: evict the Pod
+    /// (Eviction API; PodDisruptionBudgets honoured) or cordon its node.
+    #[arg(long, env = "MAPGUARD_RESPOND", value_enum, default_value = "evict")]
+    pub action: crate::responder::ResponseAction,
+    /// Violations and crashes of one workload that trigger the responder.
+    #[arg(long, env = "MAPGUARD_RESPOND_THRESHOLD", default_value_t = 3)]
+    pub threshold: u32,
+    /// Window the threshold counts in.
+    #[arg(long, env = "MAPGUARD_RESPOND_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub window: Duration,
+    /// At most one action per workload per this long.
+    #[arg(long, env = "MAPGUARD_RESPOND_WORKLOAD_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub workload_interval: Duration,
+    /// At most this many actions per hour in the whole cluster (kept in
+    /// the budget ConfigMap).
+    #[arg(long, env = "MAPGUARD_RESPOND_CLUSTER_PER_HOUR", default_value_t = 3)]
+    pub cluster_per_hour: u32,
+    /// Decide and record (Events, metric) but change nothing.
+    #[arg(long, env = "MAPGUARD_RESPOND_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// This node's name (set from the downward API `spec.nodeName` in the
     /// DaemonSet): only Pods bound to it are watched.
@@ -372,28 +413,6 @@ pub struct DaemonArgs {
     /// Publish a Warning Event on the Pod for each race.
     #[arg(long, env = "MAPGUARD_POD_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_events: bool,
-    /// The opt-in responder: when a workload's violations and crashes on
-    /// this node reach --respond-threshold within --respond-window, evict
-    /// the Pod (Eviction API; PodDisruptionBudgets honoured) or cordon the
-    /// node. Needs the RBAC of manifests/responder/.
-    #[arg(long, env = "MAPGUARD_RESPOND", value_enum, default_value = "off")]
-    pub respond: crate::daemon::responder::ResponseAction,
-    /// Violations and crashes of one workload that trigger the responder.
-    #[arg(long, env = "MAPGUARD_RESPOND_THRESHOLD", default_value_t = 3)]
-    pub respond_threshold: u32,
-    /// Window the threshold counts in.
-    #[arg(long, env = "MAPGUARD_RESPOND_WINDOW", default_value = "10m", value_parser = parse_duration)]
-    pub respond_window: Duration,
-    /// At most one action per workload per this long (per node).
-    #[arg(long, env = "MAPGUARD_RESPOND_WORKLOAD_INTERVAL", default_value = "1h", value_parser = parse_duration)]
-    pub respond_workload_interval: Duration,
-    /// At most this many actions per hour in the whole cluster (counted
-    /// from the responder's Events).
-    #[arg(long, env = "MAPGUARD_RESPOND_CLUSTER_PER_HOUR", default_value_t = 3)]
-    pub respond_cluster_per_hour: u32,
-    /// Decide and record (Events, metric) but change nothing.
-    #[arg(long, env = "MAPGUARD_RESPOND_DRY_RUN")]
-    pub respond_dry_run: bool,
     /// Hold new processes of enforced Pods at exec (SIGSTOP from the
     /// kernel) until their probes are in place; `false`: the /proc scan
     /// alone finds them (a race in their first moments is missed).

@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod ops;
 pub mod pods;
 pub mod reconcile;
-pub mod responder;
 pub mod workload;
 
 use std::{
@@ -38,11 +37,10 @@ use crate::{
     signals,
 };
 
-use metrics::{Metrics, WorkloadLabels};
+use metrics::Metrics;
 use ops::{Broadcast, Heartbeat, OpsState, Tee};
 use pods::{NodeDefaults, PodTable};
 use reconcile::Enforcement;
-use responder::{Cause, Responder, ResponderConfig, ResponseAction, Trigger};
 
 /// Why the node agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +95,13 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         stall_after: args.healthz_stall_after,
     });
 
-    let kube_config = runtime.block_on(kube_config(args))?;
+    let kube_config = runtime.block_on(kube_config(args.kubeconfig.as_deref()))?;
     let client = {
         // The client's buffer task needs the runtime.
         let _runtime = runtime.enter();
         kube::Client::try_from(kube_config.clone())
             .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?
     };
-    let respond = spawn_responder(&runtime, args, &kube_config, &metrics)?;
     let records = {
         let _runtime = runtime.enter();
         let config = RecordsConfig {
@@ -251,9 +248,6 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
                     if submit(&thread_records, record) == Some(Admission::Dropped) {
                         thread_metrics.dropped_events(workload, "record_queue_full", 1);
                     }
-                    if let Some(respond) = &respond {
-                        respond.send(record, workload);
-                    }
                 },
             )
         })
@@ -353,69 +347,12 @@ fn submit(records: &RecordWriter, record: &ViolationRecord) -> Option<Admission>
     ))
 }
 
-/// Hands violations and crashes of placed processes to the responder's
-/// task without blocking the enforcement loop (a full queue drops).
-struct RespondQueue(tokio::sync::mpsc::Sender<Trigger>);
-
-impl RespondQueue {
-    fn send(&self, record: &ViolationRecord, workload: &WorkloadLabels) {
-        let (Some(namespace), Some(pod)) = (&record.namespace, &record.pod) else {
-            return;
-        };
-        let trigger = Trigger {
-            namespace: namespace.clone(),
-            pod: pod.clone(),
-            workload: format!("{}/{}", workload.workload_kind, workload.workload),
-            cause: if record.crash_message.is_some() {
-                Cause::Crash
-            } else {
-                Cause::Violation
-            },
-        };
-        if self.0.try_send(trigger).is_err() {
-            tracing::debug!("responder queue full; a trigger dropped");
-        }
-    }
-}
-
-/// Starts the responder's task if `--respond` asks for one.
-fn spawn_responder(
-    runtime: &tokio::runtime::Runtime,
-    args: &DaemonArgs,
-    kube: &kube::Config,
-    metrics: &Metrics,
-) -> Result<Option<RespondQueue>, DaemonError> {
-    if args.respond == ResponseAction::Off {
-        return Ok(None);
-    }
-    let config = ResponderConfig {
-        action: args.respond,
-        threshold: args.respond_threshold,
-        window: args.respond_window,
-        workload_interval: args.respond_workload_interval,
-        cluster_per_hour: args.respond_cluster_per_hour,
-        dry_run: args.respond_dry_run,
-    };
-    tracing::info!(?config, "responder on");
-    let responder = {
-        let _runtime = runtime.enter();
-        Responder::new(kube, args.node.clone(), config)
-            .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?
-    };
-    metrics.register(|r| responder.register(r));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Trigger>(256);
-    runtime.spawn(async move {
-        while let Some(trigger) = rx.recv().await {
-            responder.observe(&trigger).await;
-        }
-    });
-    Ok(Some(RespondQueue(tx)))
-}
-
 /// The API server configuration: `--kubeconfig`, else `KUBECONFIG` or the
 /// in-cluster service account (kube's inference).
-async fn kube_config(args: &DaemonArgs) -> Result<kube::Config, DaemonError> {
-    let config = match &args.kubeconfig {
+pub(crate) async fn kube_config(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<kube::Config, DaemonError> {
+    let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| DaemonError::Kubeconfig(format!("{}: {e}", path.display())))?;
