@@ -8,7 +8,9 @@ EXPOSE, LABEL, every COPY destination) is compared with the OCI archive
 target/images/mapguard-<name>.tar: its config (User, Entrypoint,
 ExposedPorts, Labels) and the files of its layers. The archive's tag must be
 the one manifests/ use, and the manifests that run the image must ask for
-its user (runAsUser) and only ports it exposes (containerPort).
+its user or the non-root user it has a home for (runAsUser: the enforcer
+image's agent runs as root, its responder as the owner of /home/nonroot)
+and only ports it exposes (containerPort).
 
 Exits 1 with one line per disagreement.
 
@@ -149,13 +151,17 @@ def check(name, images_dir):
     if not uses:
         problems.append(f"mapguard-{name}: no manifest runs {image}")
     uid = (have.get("User") or "0").split(":")[0]
+    users = {uid}
+    home = files.get("/home/nonroot")
+    if home is not None and home.isdir():
+        users.add(str(home.uid))
     for path, tags, text in uses:
         rel = path.relative_to(ROOT)
         if tags != {tag}:
             problems.append(f"mapguard-{name}: {rel} runs {sorted(tags)}, the archive is tagged {tag}")
         for run_as in re.findall(r"runAsUser:\s*(\d+)", text):
-            if run_as != uid:
-                problems.append(f"mapguard-{name}: {rel} has runAsUser {run_as}, the image's user is {uid}")
+            if run_as not in users:
+                problems.append(f"mapguard-{name}: {rel} has runAsUser {run_as}, the image's users are {sorted(users)}")
         for port in re.findall(r"containerPort:\s*(\d+)", text):
             if f"{port}/tcp" not in have_ports:
                 problems.append(f"mapguard-{name}: {rel} uses containerPort {port}, which the image does not expose")

@@ -30,7 +30,7 @@ out=${MAPGUARD_IMAGES_DIR:-$root/target/images}
 # binary alone (the manifests pass the arguments).
 IMAGES=(
   "webhook    65532:65532  8443 9090"
-  "enforcer   0:0          9091"
+  "enforcer   0:0          9091 9092"
   "certs-gen  65532:65532"
 )
 SOURCE=https://github.com/mapguard/mapguard

@@ -149,7 +149,8 @@ pub mod stat {
     pub const FATAL_UNREADABLE: u32 = 2;
     /// A violation did not fit in the event ring buffer.
     pub const EVENT_LOST: u32 = 3;
-    /// `bpf_send_signal` failed.
+    /// `bpf_send_signal` failed, or a stop was not made because the
+    /// table of stopped processes ([`super::MAP_STOPPED`]) is full.
     pub const SIGNAL_FAILED: u32 = 4;
     /// A goroutine's entry could not be created (its operations go
     /// unrecorded: a race with it cannot name it).
@@ -290,8 +291,61 @@ pub struct ProcConfig {
     /// The binary it runs: probes shared by every process of a file act
     /// only on processes registered with that file's binary.
     pub binary_id: u32,
+    /// When the process started, in clock ticks since boot (field 22 of
+    /// `/proc/PID/stat`, [`NS_PER_CLOCK_TICK`]): with the pid, its
+    /// identity. A shared probe acts on the entry only for the process that
+    /// started then, never for a later one given the same pid. 0: not
+    /// known, not checked.
+    pub start: u64,
 }
-const _: () = assert!(core::mem::size_of::<ProcConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 16);
+
+/// Nanoseconds in a clock tick of `/proc/PID/stat`'s start times (the
+/// kernel's `USER_HZ`, 100 on every architecture Linux exports it for).
+pub const NS_PER_CLOCK_TICK: u64 = 10_000_000;
+
+/// `Array<TaskConfig>` of one entry: where a process's start time lies in
+/// the kernel's `task_struct`.
+pub const MAP_TASK_CONFIG: &str = "MG_TASK_CONFIG";
+
+/// What the probes know how to learn of the current process
+/// ([`MAP_TASK_CONFIG`]). All zero: start times are not checked, stops
+/// not recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskConfig {
+    /// Byte offset of `task_struct.group_leader`, from the running
+    /// kernel's BTF.
+    pub group_leader: u32,
+    /// Byte offset of `task_struct.start_boottime` (`CLOCK_BOOTTIME` ns);
+    /// 0: not known, start times are not checked.
+    pub start_boottime: u32,
+    /// Non-zero when user space applies deadlines to stops (the node
+    /// agent): each stop is then recorded in [`MAP_STOPPED`] first.
+    pub record_stops: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TaskConfig>() == 16);
+
+/// `HashMap<u32 tgid, Stop>`: processes the probes stopped (`stop` mode)
+/// that user space has not released yet, where it applies deadlines to
+/// stops ([`TaskConfig::record_stops`], the node agent). Written before
+/// the SIGSTOP is sent, and pinned, so that a stop always has a deadline:
+/// a restarted agent finds the stops of one that died.
+pub const MAP_STOPPED: &str = "MG_STOPPED";
+/// Capacity of [`MAP_STOPPED`]; with it full, a violation of a `stop`
+/// process is reported but not stopped (counted as `signal_failed`).
+pub const MAX_STOPPED: u32 = 4096;
+
+/// A process a probe stopped ([`MAP_STOPPED`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stop {
+    /// `bpf_ktime_get_boot_ns` at the (latest) stop: the process started
+    /// before it, a later process given the same pid after it.
+    pub boot_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Stop>() == 8);
 
 /// One goroutine's write into a map: who, what, where from. Neither its
 /// time nor its goroutine id is recorded (each costs a helper call on every
@@ -449,6 +503,44 @@ pub struct LatencyKey {
 }
 const _: () = assert!(core::mem::size_of::<LatencyKey>() == 8);
 
+/// `Array<EventLimit>` of one entry: how many violation reports each Pod
+/// (cgroup) may put into [`MAP_EVENTS`] (set by the node agent).
+pub const MAP_EVENT_LIMIT: &str = "MG_EVENT_LIMIT";
+/// `LruHashMap<u64 cgroup v2 id, u64>`: each reporting cgroup's token
+/// bucket, as the time it is full again (see [`EventLimit`]). The key is
+/// the Pod's cgroup where [`MAP_CGROUPS`] names it (every container of a
+/// Pod shares one budget), else the reporting task's own cgroup.
+pub const MAP_EVENT_BUCKETS: &str = "MG_EVENT_BUCKETS";
+/// `LruPerCpuHashMap<u64 cgroup v2 id, CgroupDrops>`: the reports each
+/// cgroup (keyed as in [`MAP_EVENT_BUCKETS`]) dropped and lost.
+pub const MAP_CGROUP_DROPS: &str = "MG_CGROUP_DROPS";
+/// Capacity of [`MAP_EVENT_BUCKETS`] and [`MAP_CGROUP_DROPS`] (least
+/// recently reporting evicted).
+pub const MAX_EVENT_CGROUPS: u32 = 8192;
+
+/// The per-cgroup limit on reports ([`MAP_EVENT_LIMIT`]), a token bucket
+/// kept as a theoretical arrival time (GCRA): a cgroup may report once per
+/// `interval_ns` on average and `burst_ns / interval_ns` times at once.
+/// `interval_ns` 0: no limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventLimit {
+    pub interval_ns: u64,
+    pub burst_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventLimit>() == 16);
+
+/// One cgroup's lost reports on one CPU ([`MAP_CGROUP_DROPS`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupDrops {
+    /// Reports dropped by the limit.
+    pub limited: u64,
+    /// Reports that did not fit in the ring buffer.
+    pub lost: u64,
+}
+const _: () = assert!(core::mem::size_of::<CgroupDrops>() == 16);
+
 /// The exec hook (`sched_process_exec`, node agent only): where new
 /// processes of the kubelet's Pods are put under enforcement before their
 /// first instruction, or held (SIGSTOP) until user space has attached.
@@ -497,7 +589,12 @@ pub struct CgroupPolicy {
     pub mode: u8,
     /// [`shared_ops`] a process of this Pod is checked for by shared probes.
     pub shared_ops: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero while the Pod is at a per-Pod bound of user space (its
+    /// processes, their probe ids): the hook registers none of its new
+    /// processes (they are held, and user space refuses them), so that the
+    /// Pod takes no further slot of [`MAP_PROCS`].
+    pub at_limit: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<CgroupPolicy>() == 8);
 
@@ -620,4 +717,8 @@ mod pod {
     unsafe impl aya::Pod for super::Hold {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ExecConfig {}
+    unsafe impl aya::Pod for super::EventLimit {}
+    unsafe impl aya::Pod for super::CgroupDrops {}
+    unsafe impl aya::Pod for super::TaskConfig {}
+    unsafe impl aya::Pod for super::Stop {}
 }

@@ -5,8 +5,9 @@
 //! Runs in the exec'ing task once the new image is in place. The process's
 //! cgroup (v2 id) and its ancestors are looked up in [`CGROUPS`], deepest
 //! first wins:
-//! - a resolved Pod with a mode, running a file user space knows as a Go
-//!   binary whose probes are in place for every process of the file: the
+//! - a resolved Pod with a mode and below its per-Pod bounds, running a
+//!   file user space knows as a Go binary whose probes are in place for
+//!   every process of the file: the
 //!   hook writes the process-table entry itself ([`PROCS`]) and tells user
 //!   space (the breakpoints of inode-wide probes are in the new image
 //!   already);
@@ -35,10 +36,10 @@ use mapguard_common::{
     MAX_FILES, MAX_HELD, ProcConfig, cgroup_kind, exec_what, file_kind, shared_ops,
 };
 
-use crate::program::PROCS;
+use crate::{process::current_start, program::PROCS};
 
 #[map(name = "MG_CGROUPS")]
-static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+pub(crate) static CGROUPS: HashMap<u64, CgroupPolicy> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 
 /// Least recently used entries go first: every container start names its
 /// file by an overlay inode of its own, so the table would otherwise only
@@ -100,12 +101,18 @@ fn try_exec(ctx: &RawTracePointContext) -> Option<()> {
             return Some(());
         }
         let covered = policy.shared_ops == shared_ops::NONE || known.shared_map_ops != 0;
-        if known.kind == file_kind::GO && policy.kind == cgroup_kind::POD && covered {
+        if known.kind == file_kind::GO
+            && policy.kind == cgroup_kind::POD
+            && policy.at_limit == 0
+            && covered
+        {
             let entry = ProcConfig {
                 mode: policy.mode,
                 shared_ops: policy.shared_ops,
                 _pad: [0; 2],
                 binary_id: known.binary_id,
+                // The exec'ing task leads its process once exec is done.
+                start: current_start().unwrap_or(0),
             };
             if PROCS.insert(&pid, &entry, 0).is_ok() {
                 event.what = exec_what::ENFORCED;

@@ -18,6 +18,8 @@
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
+mod process;
+#[cfg(target_arch = "bpf")]
 mod program;
 #[cfg(target_arch = "bpf")]
 mod regs;

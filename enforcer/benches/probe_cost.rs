@@ -17,6 +17,12 @@
 //!   gives the cost of one timed delete and so of the node agent's sampled
 //!   delete durations (a window of 100 ms in every 10 s by default).
 //!
+//! - a loop of reads `m[k]` alone (`mapheavy -reads`: one
+//!   `mapaccess1_fast64` per iteration, which Go 1.27 made a wrapper of
+//!   `mapaccess2_fast64`), plain and under `--mode audit`: what one read
+//!   costs. A read is one probe hit on every release, so the releases'
+//!   per-read costs must agree (each within 10 % of their median).
+//!
 //! Per-hit cost = (ns/iteration under probes − plain ns/iteration) / 3.
 //! Target: the enforcer adds at most 50% to the bare hit cost at the same
 //! offset. Two measures of what it adds, both printed:
@@ -51,6 +57,9 @@ mod support;
 const CALLS_PER_ITER: f64 = 3.0;
 /// Relative overhead of the enforcer over a bare probe it should stay under.
 const TARGET_OVERHEAD: f64 = 0.5;
+/// How far a release's cost per map read may be from the median over the
+/// releases (a read is one probe hit on every release).
+const TARGET_READ_SPREAD: f64 = 0.10;
 /// Share of the time the node agent times deletes by default
 /// (`--delete-latency-on 100ms`, `--delete-latency-period 10s`).
 const DAEMON_TIMED_SHARE: f64 = 0.01;
@@ -145,6 +154,22 @@ const SETUPS: &[Setup] = &[
         binary: "bench/mapheavy",
         enforcer: Some(&["--mode", "audit"]),
         program_args: &["-shared"],
+        iterations: 300_000,
+    },
+    // One read `m[k]` per iteration (mapaccess1_fast64; in Go 1.27 a
+    // wrapper of mapaccess2_fast64, whose probe alone counts it).
+    Setup {
+        name: "plain, reads m[k]",
+        binary: "bench/mapheavy",
+        enforcer: None,
+        program_args: &["-reads"],
+        iterations: 5_000_000,
+    },
+    Setup {
+        name: "mapguard audit, reads m[k]",
+        binary: "bench/mapheavy",
+        enforcer: Some(&["--mode", "audit"]),
+        program_args: &["-reads"],
         iterations: 300_000,
     },
 ];
@@ -245,6 +270,8 @@ struct Figures {
     kernel: f64,
     /// What timing one delete adds (ns).
     timed_delete: f64,
+    /// What mapguard adds to one read `m[k]` (ns).
+    read: f64,
     met: bool,
 }
 
@@ -298,6 +325,7 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
     };
     let plain = ns("plain");
     let hit = |name: &str| (ns(name) - plain) / CALLS_PER_ITER;
+    let is_read = |s: &Setup| s.program_args.contains(&"-reads");
     println!(
         "\n{go}: mapheavy, {CALLS_PER_ITER} probed map calls per iteration, median of {runs} runs"
     );
@@ -306,8 +334,14 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
         "configuration", "ns/iter", "ns/probe hit", "vs plain"
     );
     for (setup, v) in &results {
+        // The read loop against its own plain run, one call per iteration.
+        let (base, calls) = if is_read(setup) {
+            (ns("plain, reads m[k]"), 1.0)
+        } else {
+            (plain, CALLS_PER_ITER)
+        };
         let per_hit = if setup.enforcer.is_some() {
-            format!("{:.0}", hit(setup.name))
+            format!("{:.0}", (v - base) / calls)
         } else {
             "-".into()
         };
@@ -316,9 +350,11 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
             setup.name,
             v,
             per_hit,
-            v / plain
+            v / base
         );
     }
+    let read = ns("mapguard audit, reads m[k]") - ns("plain, reads m[k]");
+    println!("  one map read m[k] under mapguard (full coverage): {read:+.0} ns");
     let (bare, bare_entry) = (hit("bare probe @ push rbp"), hit("bare probe @ entry"));
     println!(
         "  uprobe_multi link vs perf event, bare hit at push rbp: {:.0} vs {:.0} ns",
@@ -386,6 +422,7 @@ fn bench_version(progs: &Path, go: &str, runs: usize) -> Result<Figures> {
         enforce,
         kernel,
         timed_delete,
+        read,
         met,
     })
 }
@@ -428,6 +465,34 @@ fn main() -> Result<()> {
             f.timed_delete * DAEMON_TIMED_SHARE
         );
     }
+    let reads = support::median(figures.iter().map(|f| f.read).collect());
+    println!(
+        "\nper map read m[k] under mapguard (one probe hit on every release), median of {runs} runs:"
+    );
+    let mut reads_met = true;
+    for f in &figures {
+        let off = f.read / reads - 1.0;
+        reads_met &= off.abs() <= TARGET_READ_SPREAD;
+        println!(
+            "  {:<8} {:>7.0} ns ({:+.0}% from the median over the releases)",
+            f.go,
+            f.read,
+            off * 100.0
+        );
+    }
+    for pair in figures.windows(2) {
+        println!(
+            "  {} / {}: {:.2}",
+            pair[1].go,
+            pair[0].go,
+            pair[1].read / pair[0].read
+        );
+    }
+    println!(
+        "probe_cost: a read costs the same on every release (each within {:.0}% of the median) {}",
+        TARGET_READ_SPREAD * 100.0,
+        if reads_met { "met" } else { "MISSED" }
+    );
     let all_met = figures.iter().all(|f| f.met);
     println!(
         "\nprobe_cost: enforcer overhead target (<= +{:.0}% over a bare probe, every release) {}",

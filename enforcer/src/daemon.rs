@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod ops;
 pub mod pods;
 pub mod reconcile;
-pub mod responder;
 pub mod workload;
 
 use std::{
@@ -33,16 +32,15 @@ use crate::{
     events::ViolationRecord,
     output,
     procscan::ProcScanner,
-    records::{Origin, PodRef, RecordWriter, RecordsConfig},
+    records::{Admission, Origin, PodRef, RecordWriter, RecordsConfig},
     session::{Session, SessionError},
     signals,
 };
 
-use metrics::{Metrics, WorkloadLabels};
-use ops::{Broadcast, OpsState, Tee};
+use metrics::Metrics;
+use ops::{Broadcast, Heartbeat, OpsState, Tee};
 use pods::{NodeDefaults, PodTable};
 use reconcile::Enforcement;
-use responder::{Cause, Responder, ResponderConfig, ResponseAction, Trigger};
 
 /// Why the node agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -93,21 +91,23 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         pods: Arc::clone(&pods),
         events: events.clone(),
         bpf_ready: AtomicBool::new(false),
+        heartbeat: Arc::new(Heartbeat::default()),
+        stall_after: args.healthz_stall_after,
     });
 
-    let kube_config = runtime.block_on(kube_config(args))?;
+    let kube_config = runtime.block_on(kube_config(args.kubeconfig.as_deref()))?;
     let client = {
         // The client's buffer task needs the runtime.
         let _runtime = runtime.enter();
         kube::Client::try_from(kube_config.clone())
             .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?
     };
-    let respond = spawn_responder(&runtime, args, &kube_config, &metrics)?;
     let records = {
         let _runtime = runtime.enter();
         let config = RecordsConfig {
             max_records_per_namespace: args.max_records_per_namespace,
             queue_capacity: args.record_queue,
+            queue_per_namespace: args.record_queue_per_namespace,
             events: args.pod_events,
             ..RecordsConfig::new(args.node.clone())
         };
@@ -161,6 +161,9 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         args.enforce
             .delete_latency(crate::config::DAEMON_DELETE_LATENCY_ON),
     );
+    session.set_event_limit(args.event_rate, args.event_burst)?;
+    // Before anything can be stopped (the exec hook registers processes).
+    let stops = stop_state(&mut session, args, &metrics);
     // Holds an agent that died left: its hook went with it, the
     // processes are still stopped.
     let pin = args.bpf_pin_dir.join("held");
@@ -210,7 +213,13 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         Arc::clone(&metrics),
         scanner,
     )
-    .evicting_binaries_after(args.evict_binaries_after);
+    .evicting_binaries_after(args.evict_binaries_after)
+    .with_pod_limits(reconcile::PodLimits {
+        processes: args.max_processes_per_pod,
+        probes: args.max_probes_per_pod,
+    })
+    .with_file_timeout(args.file_timeout)
+    .with_heartbeat(Arc::clone(&ops.heartbeat));
     if let Some(hook) = session_with_hook.1 {
         let mut exec_metrics = None;
         metrics.register(|r| exec_metrics = Some(reconcile::ExecMetrics::new(r)));
@@ -222,9 +231,13 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         );
         enforcement = enforcement.with_exec(exec);
     }
+    if let Some(stops) = stops {
+        enforcement = enforcement.with_stops(stops);
+    }
     let interval = args.scan_interval;
     let thread_stop = Arc::clone(&stop);
     let thread_records = Arc::clone(&records);
+    let thread_metrics = Arc::clone(&metrics);
     let thread = std::thread::Builder::new()
         .name("enforce".into())
         .spawn(move || {
@@ -232,9 +245,8 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
                 interval,
                 || thread_stop.load(Ordering::SeqCst),
                 |record, workload| {
-                    submit(&thread_records, record);
-                    if let Some(respond) = &respond {
-                        respond.send(record, workload);
+                    if submit(&thread_records, record) == Some(Admission::Dropped) {
+                        thread_metrics.dropped_events(workload, "record_queue_full", 1);
                     }
                 },
             )
@@ -266,6 +278,39 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     Ok(status)
 }
 
+/// The deadlines of stops: the kernel's table of stopped processes,
+/// pinned (after the stops a previous agent left there are taken) so that
+/// the next agent finds this one's. Unpinned (an error logged), deadlines
+/// hold while this agent runs.
+fn stop_state(
+    session: &mut Session,
+    args: &DaemonArgs,
+    metrics: &Metrics,
+) -> Option<reconcile::StopState> {
+    let pin = args.bpf_pin_dir.join("stopped");
+    let adopted = crate::loader::take_pinned_stops(&pin).unwrap_or_default();
+    let _ = std::fs::create_dir_all(&args.bpf_pin_dir);
+    let table = match session.stop_table() {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::error!(error = %e, "no deadline for stops: a process stopped by mapguard stays stopped");
+            return None;
+        }
+    };
+    if let Err(e) = table.pin(&pin) {
+        tracing::error!(error = %e, "stops are not kept across agent restarts: a process stopped when this agent dies stays stopped");
+    }
+    let mut stop_metrics = None;
+    metrics.register(|r| stop_metrics = Some(reconcile::StopMetrics::new(r)));
+    Some(reconcile::StopState::new(
+        table,
+        args.stop_deadline,
+        args.after_stop_deadline,
+        stop_metrics.expect("registered"),
+        adopted,
+    ))
+}
+
 /// Whether this process may signal any process (`CAP_KILL` effective):
 /// what releasing a held process of another user takes.
 fn can_resume_any_process() -> bool {
@@ -280,91 +325,34 @@ fn can_resume_any_process() -> bool {
 }
 
 /// Hands a violation of a placed process to the records writer (every
-/// occurrence: repeats count).
-fn submit(records: &RecordWriter, record: &ViolationRecord) {
+/// occurrence: repeats count); `None` for a process of no known Pod.
+fn submit(records: &RecordWriter, record: &ViolationRecord) -> Option<Admission> {
     let (Some(namespace), Some(name), Some(uid)) =
         (&record.namespace, &record.pod, &record.pod_uid)
     else {
-        return;
+        return None;
     };
     let pod = PodRef {
         namespace: namespace.clone(),
         name: name.clone(),
         uid: uid.clone(),
     };
-    records.submit(
+    Some(records.submit(
         record,
         Origin {
             pod: &pod,
             container: record.container.as_deref(),
             go_version: record.go_version.as_deref(),
         },
-    );
-}
-
-/// Hands violations and crashes of placed processes to the responder's
-/// task without blocking the enforcement loop (a full queue drops).
-struct RespondQueue(tokio::sync::mpsc::Sender<Trigger>);
-
-impl RespondQueue {
-    fn send(&self, record: &ViolationRecord, workload: &WorkloadLabels) {
-        let (Some(namespace), Some(pod)) = (&record.namespace, &record.pod) else {
-            return;
-        };
-        let trigger = Trigger {
-            namespace: namespace.clone(),
-            pod: pod.clone(),
-            workload: format!("{}/{}", workload.workload_kind, workload.workload),
-            cause: if record.crash_message.is_some() {
-                Cause::Crash
-            } else {
-                Cause::Violation
-            },
-        };
-        if self.0.try_send(trigger).is_err() {
-            tracing::debug!("responder queue full; a trigger dropped");
-        }
-    }
-}
-
-/// Starts the responder's task if `--respond` asks for one.
-fn spawn_responder(
-    runtime: &tokio::runtime::Runtime,
-    args: &DaemonArgs,
-    kube: &kube::Config,
-    metrics: &Metrics,
-) -> Result<Option<RespondQueue>, DaemonError> {
-    if args.respond == ResponseAction::Off {
-        return Ok(None);
-    }
-    let config = ResponderConfig {
-        action: args.respond,
-        threshold: args.respond_threshold,
-        window: args.respond_window,
-        workload_interval: args.respond_workload_interval,
-        cluster_per_hour: args.respond_cluster_per_hour,
-        dry_run: args.respond_dry_run,
-    };
-    tracing::info!(?config, "responder on");
-    let responder = {
-        let _runtime = runtime.enter();
-        Responder::new(kube, args.node.clone(), config)
-            .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?
-    };
-    metrics.register(|r| responder.register(r));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Trigger>(256);
-    runtime.spawn(async move {
-        while let Some(trigger) = rx.recv().await {
-            responder.observe(&trigger).await;
-        }
-    });
-    Ok(Some(RespondQueue(tx)))
+    ))
 }
 
 /// The API server configuration: `--kubeconfig`, else `KUBECONFIG` or the
 /// in-cluster service account (kube's inference).
-async fn kube_config(args: &DaemonArgs) -> Result<kube::Config, DaemonError> {
-    let config = match &args.kubeconfig {
+pub(crate) async fn kube_config(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<kube::Config, DaemonError> {
+    let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| DaemonError::Kubeconfig(format!("{}: {e}", path.display())))?;

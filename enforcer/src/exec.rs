@@ -96,7 +96,6 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let guarded = session.guard_process(
         pid,
         &target,
-        None,
         args.policy.mode.action(),
         args.policy.coverage,
     );

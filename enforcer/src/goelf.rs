@@ -37,7 +37,9 @@ use source::{Image, OpenError};
 pub use disasm::StepHandling;
 pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
 pub use pclntab::{Frame, FuncInfo, PclntabError, Symbolizer};
-pub use plan::{ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, ProbePlan};
+pub use plan::{
+    ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, PlannedWrapper, ProbePlan,
+};
 pub use release::{BackstopVia, MapRuntime, MessageClass, Release};
 pub use source::{DEFAULT_MAX_BINARY_SIZE, MAX_PIECE, ReadLimits, Size};
 pub use version::GoVersion;
@@ -178,7 +180,26 @@ impl GoBinary {
         name: &Path,
         limits: ReadLimits,
     ) -> Result<GoBinary, GoElfError> {
-        let image = Image::open(path, limits).map_err(|e| match e {
+        Self::open_in(Image::open(path, limits), name, limits)
+    }
+
+    /// [`Self::open_limited`] of a file already opened (`name` for
+    /// messages): what the caller keeps of it ([`Self::take_file`]) is the
+    /// very file analysed.
+    pub fn of_file(
+        file: std::fs::File,
+        name: &Path,
+        limits: ReadLimits,
+    ) -> Result<GoBinary, GoElfError> {
+        Self::open_in(Image::of_file(file, limits), name, limits)
+    }
+
+    fn open_in(
+        image: Result<Image, OpenError>,
+        name: &Path,
+        limits: ReadLimits,
+    ) -> Result<GoBinary, GoElfError> {
+        let image = image.map_err(|e| match e {
             OpenError::Io(source) => GoElfError::Io {
                 path: name.into(),
                 source,
@@ -344,6 +365,12 @@ impl GoBinary {
     /// [`Self::function_code`] and [`Self::find_data`] find nothing after.
     pub fn close(&mut self) {
         self.image = Image::Closed;
+    }
+
+    /// [`Self::close`], handing the opened file over (`None` for an
+    /// analysis of bytes in memory).
+    pub fn take_file(&mut self) -> Option<std::fs::File> {
+        self.image.take_file()
     }
 
     /// Disassembles every map function the binary has and plans its probe.

@@ -13,6 +13,7 @@ pub mod output;
 pub mod procfs;
 pub mod procscan;
 pub mod records;
+pub mod responder;
 pub mod sampler;
 pub mod scan;
 pub mod session;

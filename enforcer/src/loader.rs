@@ -16,10 +16,12 @@ pub mod btf;
 mod exec;
 mod multi;
 mod sets;
+mod stops;
 
 pub use exec::{ExecHook, take_pinned_holds};
 pub use multi::{MultiError, MultiLink, MultiProgram};
 pub use sets::{ProbeSetId, Probes, Scope};
+pub use stops::{StopTable, take_pinned_stops};
 
 use sets::{IdPool, ProbeSet};
 
@@ -34,9 +36,10 @@ use aya::{
     },
 };
 use mapguard_common::{
-    FatalMessage, LatencyKey, MAP_DELETE_LATENCY, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS,
-    MAP_PROBES, MAP_PROCS, MAP_STATS, MAX_PROBES, PROG_BARE, PROG_MAP_OP, ProbeConfig, ProcConfig,
-    op, stat,
+    CgroupDrops, EventLimit, FatalMessage, LatencyKey, MAP_CGROUP_DROPS, MAP_DELETE_LATENCY,
+    MAP_EVENT_LIMIT, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS, MAP_PROBES, MAP_PROCS, MAP_STATS,
+    MAP_TASK_CONFIG, MAX_PROBES, NS_PER_CLOCK_TICK, PROG_BARE, PROG_MAP_OP, ProbeConfig,
+    ProcConfig, TaskConfig, op, stat,
 };
 
 use crate::target::BinaryTarget;
@@ -137,6 +140,8 @@ pub struct Enforcer {
     stats: PerCpuArray<MapData, u64>,
     fatal_messages: HashMap<MapData, FatalMessage, u8>,
     delete_latency: PerCpuHashMap<MapData, LatencyKey, u64>,
+    event_limit: Array<MapData, EventLimit>,
+    cgroup_drops: PerCpuHashMap<MapData, u64, CgroupDrops>,
     sets: Vec<Option<ProbeSet>>,
 }
 
@@ -163,6 +168,7 @@ impl Enforcer {
             return Err(LoaderError::NotRoot { uid });
         }
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(|e| LoaderError::Load(Box::new(e)))?;
+        configure_task_offsets(&mut ebpf)?;
         let name = match program {
             ProbeProgram::Enforce => PROG_MAP_OP,
             ProbeProgram::Bare => PROG_BARE,
@@ -199,6 +205,13 @@ impl Enforcer {
         let delete_latency = take_map(&mut ebpf, MAP_DELETE_LATENCY)?;
         let delete_latency = PerCpuHashMap::try_from(delete_latency)
             .map_err(|e| map_error(MAP_DELETE_LATENCY, e))?;
+        let event_limit = take_map(&mut ebpf, MAP_EVENT_LIMIT)?;
+        let event_limit =
+            Array::try_from(event_limit).map_err(|e| map_error(MAP_EVENT_LIMIT, e))?;
+        let cgroup_drops = take_map(&mut ebpf, MAP_CGROUP_DROPS)?;
+        // A per-CPU LRU hash in the kernel: aya's PerCpuHashMap reads it.
+        let cgroup_drops =
+            PerCpuHashMap::try_from(cgroup_drops).map_err(|e| map_error(MAP_CGROUP_DROPS, e))?;
         Ok(Enforcer {
             ebpf,
             program: name,
@@ -212,50 +225,39 @@ impl Enforcer {
             stats,
             fatal_messages,
             delete_latency,
+            event_limit,
+            cgroup_drops,
             sets: Vec::new(),
         })
     }
 
     /// Configures and attaches a probe set: `which` of `target`'s probes
-    /// for `scope`. The set starts switched on.
+    /// for `scope`, through the descriptor of the file analysed (never a
+    /// path, which may name another file by now). The set starts
+    /// switched on.
     pub fn add_probes(
         &mut self,
         target: &BinaryTarget,
         which: Probes,
         scope: Scope,
     ) -> Result<ProbeSetId, LoaderError> {
-        self.add_probes_at(target, &target.path, which, scope)
+        self.configure(target, which, scope, true)
     }
 
-    /// [`Enforcer::add_probes`] attaching through `path`, another name of
-    /// `target`'s file (`/proc/PID/exe` of a process running it: the name
-    /// the target was analysed under may be gone with its process).
-    pub fn add_probes_at(
-        &mut self,
-        target: &BinaryTarget,
-        path: &std::path::Path,
-        which: Probes,
-        scope: Scope,
-    ) -> Result<ProbeSetId, LoaderError> {
-        self.configure(target, path, which, scope, true)
-    }
-
-    /// [`Enforcer::add_probes_at`] leaving the set switched off (not
+    /// [`Enforcer::add_probes`] leaving the set switched off (not
     /// attached until [`Enforcer::set_enabled`]).
     pub fn add_probes_off(
         &mut self,
         target: &BinaryTarget,
-        path: &std::path::Path,
         which: Probes,
         scope: Scope,
     ) -> Result<ProbeSetId, LoaderError> {
-        self.configure(target, path, which, scope, false)
+        self.configure(target, which, scope, false)
     }
 
     fn configure(
         &mut self,
         target: &BinaryTarget,
-        path: &std::path::Path,
         which: Probes,
         scope: Scope,
         attach: bool,
@@ -304,7 +306,8 @@ impl Enforcer {
             return Err(e);
         }
         let mut set = ProbeSet {
-            path: path.to_path_buf(),
+            file: target.file.clone(),
+            name: target.name.clone(),
             symbols: points.iter().map(|(_, p)| p.symbol.clone()).collect(),
             ops: points.iter().map(|(_, p)| p.cfg.op).collect(),
             ids,
@@ -316,7 +319,7 @@ impl Enforcer {
             self.ids.give_back(set.ids);
             return Err(e);
         }
-        tracing::debug!(path = %set.path.display(), probes = count, ?scope, ?which, "probes attached");
+        tracing::debug!(path = %set.name.display(), probes = count, ?scope, ?which, "probes attached");
         let slot = self.sets.iter().position(Option::is_none);
         let id = match slot {
             Some(i) => {
@@ -333,10 +336,11 @@ impl Enforcer {
 
     /// Attaches a configured set's probes.
     fn link(&mut self, set: &mut ProbeSet) -> Result<(), LoaderError> {
+        let path = set.file.attach_path();
         match &self.multi {
             Some(program) => {
                 let cookies: Vec<u64> = set.ids.clone().map(u64::from).collect();
-                let link = program.attach(&set.path, &set.offsets, &cookies, set.pid)?;
+                let link = program.attach(&path, &set.offsets, &cookies, set.pid)?;
                 set.links.push(Link::Multi(link));
             }
             None => {
@@ -354,10 +358,10 @@ impl Enforcer {
                     };
                     let program = uprobe(&mut self.ebpf, self.program)?;
                     let link = program
-                        .attach(attach_point, &set.path, scope)
+                        .attach(attach_point, &path, scope)
                         .and_then(|id| program.take_link(id))
                         .map_err(|e| LoaderError::Attach {
-                            path: set.path.clone(),
+                            path: set.name.clone(),
                             symbol: symbol.clone(),
                             file_offset: *offset,
                             source: Box::new(e),
@@ -389,6 +393,14 @@ impl Enforcer {
         };
         self.sets[id.0] = Some(set);
         result
+    }
+
+    /// Probe ids a set holds.
+    pub fn probe_count(&self, id: ProbeSetId) -> usize {
+        self.sets
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.ids.len())
     }
 
     /// Whether a set's probes are attached now.
@@ -515,6 +527,44 @@ impl Enforcer {
         }
     }
 
+    /// Limits the violation reports of each cgroup (Pod) to `per_second`
+    /// on average and `burst` at once; the rest are dropped in the kernel
+    /// and counted ([`Enforcer::cgroup_drops`]). `per_second` 0: no limit.
+    pub fn set_event_limit(&mut self, per_second: u32, burst: u32) -> Result<(), LoaderError> {
+        let limit = match per_second {
+            0 => EventLimit::default(),
+            n => {
+                let interval_ns = (1_000_000_000 / u64::from(n)).max(1);
+                EventLimit {
+                    interval_ns,
+                    burst_ns: interval_ns * u64::from(burst.max(1)),
+                }
+            }
+        };
+        self.event_limit
+            .set(0, limit, 0)
+            .map_err(|e| map_error(MAP_EVENT_LIMIT, e))
+    }
+
+    /// The reports each cgroup dropped to the limit and lost to a full
+    /// ring buffer so far (summed over CPUs), by cgroup (v2) id: a Pod's
+    /// cgroup for a Pod the exec hook knows, else a process's own.
+    pub fn cgroup_drops(&self) -> Vec<(u64, CgroupDrops)> {
+        self.cgroup_drops
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, per_cpu)| {
+                let sum = per_cpu
+                    .iter()
+                    .fold(CgroupDrops::default(), |a, c| CgroupDrops {
+                        limited: a.limited + c.limited,
+                        lost: a.lost + c.lost,
+                    });
+                (id, sum)
+            })
+            .collect()
+    }
+
     /// Zeroes a probe id's hit counters (ids are reused).
     fn reset_hits(&mut self, id: u32) -> Result<(), LoaderError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoaderError::Cpus(e))?;
@@ -533,7 +583,9 @@ impl Enforcer {
     /// Puts process `pid` under enforcement with `mode` (one of
     /// `mapguard_common::action`); probes shared by every process of its
     /// binary check `shared_ops` of its map operations
-    /// (`mapguard_common::shared_ops`; the crash paths always).
+    /// (`mapguard_common::shared_ops`; the crash paths always). The entry
+    /// carries the process's start time: a later process given the same
+    /// pid is not acted on.
     pub fn register(
         &mut self,
         pid: u32,
@@ -546,6 +598,7 @@ impl Enforcer {
             shared_ops,
             _pad: [0; 2],
             binary_id,
+            start: start_ticks(pid),
         };
         self.procs
             .insert(pid, cfg, 0)
@@ -683,6 +736,54 @@ impl Drop for Enforcer {
     }
 }
 
+/// Process `pid`'s start time as its process-table entry carries it
+/// (`ProcConfig::start`): 0 (not checked) where `/proc` counts in other
+/// ticks than the probes; gone already, an entry no process matches.
+fn start_ticks(pid: u32) -> u64 {
+    if crate::procfs::ticks_per_second() != Some(1_000_000_000 / NS_PER_CLOCK_TICK) {
+        return 0;
+    }
+    crate::procfs::start_time(pid).unwrap_or(u64::MAX)
+}
+
+/// Hands the probes the `task_struct` offsets of a process's start time
+/// (from the kernel's BTF). Without BTF, start times are not checked: a
+/// pid reused before the next scan can get its predecessor's action.
+fn configure_task_offsets(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    let offsets = match btf::task_config(std::path::Path::new(btf::VMLINUX_BTF)) {
+        Ok(offsets) => offsets,
+        Err(e) => {
+            tracing::warn!(error = %e, "process start times are not checked (a reused pid may get the action of the process that had it until the next scan)");
+            return Ok(());
+        }
+    };
+    update_task_config(ebpf, |cfg| {
+        cfg.group_leader = offsets.group_leader;
+        cfg.start_boottime = offsets.start_boottime;
+    })
+}
+
+/// Changes the probes' [`TaskConfig`] in place.
+fn update_task_config(
+    ebpf: &mut Ebpf,
+    change: impl FnOnce(&mut TaskConfig),
+) -> Result<(), LoaderError> {
+    let map = ebpf
+        .map_mut(MAP_TASK_CONFIG)
+        .ok_or(LoaderError::MissingMap {
+            name: MAP_TASK_CONFIG,
+        })?;
+    let mut config: Array<&mut MapData, TaskConfig> =
+        Array::try_from(map).map_err(|e| map_error(MAP_TASK_CONFIG, e))?;
+    let mut cfg = config
+        .get(&0, 0)
+        .map_err(|e| map_error(MAP_TASK_CONFIG, e))?;
+    change(&mut cfg);
+    config
+        .set(0, cfg, 0)
+        .map_err(|e| map_error(MAP_TASK_CONFIG, e))
+}
+
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, LoaderError> {
     ebpf.program_mut(name)
         .ok_or(LoaderError::MissingProgram { name })?
@@ -703,6 +804,7 @@ fn map_fds(ebpf: &Ebpf) -> Vec<(String, std::os::fd::RawFd)> {
                 | Map::LruHashMap(d)
                 | Map::PerCpuArray(d)
                 | Map::PerCpuHashMap(d)
+                | Map::PerCpuLruHashMap(d)
                 | Map::RingBuf(d) => d,
                 _ => return None,
             };

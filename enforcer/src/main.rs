@@ -10,6 +10,7 @@
 //! mapguard-enforcer watch --mode kill --exe /usr/local/bin/server
 //! mapguard-enforcer scan ./server
 //! mapguard-enforcer daemon --node "$NODE_NAME" --ops-listen 0.0.0.0:9091
+//! mapguard-enforcer respond --action evict --dry-run
 //! ```
 
 use std::io::IsTerminal as _;
@@ -17,7 +18,7 @@ use std::io::IsTerminal as _;
 use clap::Parser as _;
 use mapguard_enforcer::{
     config::{Command, Config},
-    daemon, exec, target, watch,
+    daemon, exec, responder, target, watch,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -38,6 +39,7 @@ fn main() {
             target::scan(&args.binary, args.json, args.read.limits()).map_err(Into::into)
         }
         Command::Daemon(args) => daemon::run(args).map_err(Into::into),
+        Command::Respond(args) => responder::run(args).map_err(Into::into),
     };
     match result {
         Ok(status) => std::process::exit(status),

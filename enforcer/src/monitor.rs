@@ -7,6 +7,10 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::events::{Reporter, ViolationRecord};
 
+/// Records handled per [`Monitor::drain`] (a full ring buffer holds about
+/// 800).
+pub const MAX_BATCH: usize = 4096;
+
 /// Ring buffer plus reporter.
 pub struct Monitor {
     ring: RingBuf<MapData>,
@@ -18,11 +22,18 @@ impl Monitor {
         Monitor { ring, reporter }
     }
 
-    /// Handles every record already in the ring buffer; returns them all,
-    /// audit-mode repeats (not written again) included.
+    /// Handles the records already in the ring buffer, at most
+    /// [`MAX_BATCH`]; returns them all, audit-mode repeats (not written
+    /// again) included. Bounded: while reports arrive faster than they
+    /// are handled, the ring never empties, and the caller's loop (the
+    /// node agent's enforcement) must still get its turn.
     pub fn drain(&mut self) -> Vec<ViolationRecord> {
         let mut reported = Vec::new();
-        while let Some(item) = self.ring.next() {
+        let mut handled = 0;
+        while handled < MAX_BATCH
+            && let Some(item) = self.ring.next()
+        {
+            handled += 1;
             match self.reporter.handle(&item) {
                 Ok(record) => reported.push(record),
                 Err(e) => tracing::error!(error = %e, "dropping event"),

@@ -3,7 +3,7 @@
 
 mod real_file;
 
-pub use real_file::real_file_id;
+pub use real_file::{OpenedExe, open_exe, real_file_id};
 
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
@@ -21,6 +21,11 @@ pub fn alive(pid: u32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// The state letter of `pid` (`R`, `S`, `T` stopped, `Z`...).
+pub fn state(pid: u32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
 /// User plus system CPU time `pid` has used (all its threads).
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let fields = stat_fields(pid)?;
@@ -31,6 +36,13 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
     Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// Clock ticks per second of `/proc`'s times (`USER_HZ`).
+pub fn ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(per_second).ok().filter(|t| *t > 0)
 }
 
 /// When `pid` started, in clock ticks since boot (field 22 of its stat):
@@ -73,6 +85,46 @@ pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
+/// `(device, inode)` of the file `path` (relative to `dir`) names, from
+/// what the kernel holds in memory (`statx` with `AT_STATX_DONT_SYNC`): a
+/// filesystem that does not answer — a dead network mount, a FUSE server
+/// that never replies — is not asked. A magic link (`PID/exe`) leads
+/// straight to the file, without a lookup on its filesystem.
+pub fn cached_file_id(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &std::ffi::CStr,
+) -> Result<(u64, u64), nix::errno::Errno> {
+    use std::os::fd::AsRawFd as _;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a NUL-terminated path and a statx buffer of our own.
+    let rc = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: filled by a successful statx.
+    let stx = unsafe { stx.assume_init() };
+    Ok((
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        stx.stx_ino,
+    ))
+}
+
+/// [`cached_file_id`] of `PID/exe` under `proc_root`.
+pub fn cached_exe_id(proc_root: &std::path::Path, pid: u32) -> Option<(u64, u64)> {
+    let path = std::ffi::CString::new(format!("{}/{pid}/exe", proc_root.display())).ok()?;
+    // SAFETY: AT_FDCWD is valid for the whole call.
+    let cwd = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+    cached_file_id(cwd, &path).ok()
+}
+
 /// Every live process running the file `(device, inode)`.
 pub fn pids_running(file: (u64, u64)) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -92,6 +144,8 @@ mod tests {
     fn this_process_is_alive_and_uses_cpu() {
         let me = std::process::id();
         assert!(alive(me));
+        // The main thread's state: running, or waiting for the test's.
+        assert!(matches!(state(me), Some('R' | 'S')), "{:?}", state(me));
         let spent = cpu_time(me).expect("own CPU time");
         let start = std::time::Instant::now();
         let mut x = 0u64;

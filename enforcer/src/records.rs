@@ -12,8 +12,9 @@
 //! Bounds: per namespace, at most `max_records_per_namespace` records
 //! (violations at new pairs beyond it are counted, not written); at most
 //! `queue_capacity` records with writes pending while the API server is
-//! slow or away (below it nothing is lost: repeats merge into their entry's
-//! count). RBAC the agent needs: `manifests/enforcer/rbac-records.yaml`;
+//! slow or away, `queue_per_namespace` of them of one namespace, the
+//! namespaces served in turn (below it nothing is lost: repeats merge into
+//! their entry's count). RBAC the agent needs: `manifests/enforcer/rbac-records.yaml`;
 //! the CRD: `manifests/crd/mapviolations.yaml`.
 //!
 //! ```no_run

@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::goelf::{
-    GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, ReadLimits, RuntimeLayout,
-    StepHandling,
+    GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, PlannedWrapper,
+    ReadLimits, RuntimeLayout, StepHandling,
 };
 
 fn handling(h: StepHandling) -> &'static str {
@@ -37,6 +37,8 @@ pub struct ScanReport {
     pub layout: RuntimeLayout,
     pub layout_corrections: Vec<String>,
     pub probes: Vec<PlannedProbe>,
+    /// Map functions not probed because they only call a probed one.
+    pub wrappers: Vec<PlannedWrapper>,
     /// Crash paths probed at their entry, with the messages located.
     pub backstops: Vec<PlannedBackstop>,
     pub summary: Summary,
@@ -83,6 +85,7 @@ impl ScanReport {
             layout: *bin.layout(),
             layout_corrections: bin.layout_corrections().to_vec(),
             probes: plan.probes,
+            wrappers: plan.wrappers,
             backstops: plan.backstops,
             summary,
         })
@@ -158,6 +161,16 @@ impl fmt::Display for ScanReport {
             if let Some(note) = &p.note {
                 writeln!(f, "      note: {note}")?;
             }
+        }
+        for w in &self.wrappers {
+            writeln!(
+                f,
+                "wrapper:     {} at {:#x} ({}): not probed, only calls {} (probed)",
+                w.symbol,
+                w.func_vaddr,
+                w.op.as_str(),
+                w.worker
+            )?;
         }
         for b in &self.backstops {
             let mut texts: Vec<&str> = b.messages.iter().map(|m| m.text).collect();

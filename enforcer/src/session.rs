@@ -22,6 +22,7 @@ use crate::{
     output, procfs,
     sampler::{Estimate, Sampled, Sampler},
     target::{BinaryTarget, TargetError},
+    vocab::Op,
 };
 
 /// Why a session could not start or take on a target.
@@ -199,17 +200,75 @@ impl Session {
         file: (u64, u64),
         mode: u8,
     ) -> Result<Arc<BinaryTarget>, SessionError> {
-        let target_error = |error| SessionError::Target {
-            path: path.to_path_buf(),
-            error,
-        };
-        if let Some((target, _)) = self.binaries.get(&file) {
-            return Ok(Arc::clone(target));
+        if let Some(target) = self.known_binary(file) {
+            return Ok(target);
         }
-        let id = self.next_binary_id;
+        let opened = std::fs::File::open(path).map_err(|source| SessionError::Target {
+            path: path.to_path_buf(),
+            error: TargetError::GoElf(crate::goelf::GoElfError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        })?;
+        self.binary_opened(path, opened, file, mode)
+    }
+
+    /// [`Session::binary_file`] of `opened`, a file opened through `path`
+    /// whose identity `file` was read from that very descriptor
+    /// ([`procfs::open_exe`]): analysed, and later probed, through it.
+    pub fn binary_opened(
+        &mut self,
+        path: &Path,
+        opened: std::fs::File,
+        file: (u64, u64),
+        mode: u8,
+    ) -> Result<Arc<BinaryTarget>, SessionError> {
+        if let Some(target) = self.known_binary(file) {
+            return Ok(target);
+        }
+        let id = self.reserve_binary_id();
         let target =
-            Arc::new(BinaryTarget::analyse(path, id, self.read_limits).map_err(target_error)?);
+            BinaryTarget::analyse_file(opened, path, id, self.read_limits).map_err(|error| {
+                SessionError::Target {
+                    path: path.to_path_buf(),
+                    error,
+                }
+            })?;
+        self.add_binary(file, target, mode)
+    }
+
+    /// The analysis of file `file`, if it has one.
+    pub fn known_binary(&self, file: (u64, u64)) -> Option<Arc<BinaryTarget>> {
+        self.binaries.get(&file).map(|(t, _)| Arc::clone(t))
+    }
+
+    /// The id for a binary about to be analysed (ids are never reused).
+    pub fn reserve_binary_id(&mut self) -> u32 {
+        let id = self.next_binary_id;
         self.next_binary_id += 1;
+        id
+    }
+
+    /// How much of an executable an analysis may read.
+    pub fn read_limits(&self) -> ReadLimits {
+        self.read_limits
+    }
+
+    /// Takes on `target`, analysed (under an id of
+    /// [`Session::reserve_binary_id`]) from file `file`: its crash paths
+    /// are probed for every process of the file, each with its own mode
+    /// from the process table, or all with `mode` (non-zero). A file
+    /// analysed meanwhile keeps its first analysis.
+    pub fn add_binary(
+        &mut self,
+        file: (u64, u64),
+        target: BinaryTarget,
+        mode: u8,
+    ) -> Result<Arc<BinaryTarget>, SessionError> {
+        if let Some(known) = self.known_binary(file) {
+            return Ok(known);
+        }
+        let target = Arc::new(target);
         let backstops =
             self.enforcer
                 .add_probes(&target, Probes::Backstops, Scope::AllProcesses { mode })?;
@@ -220,14 +279,13 @@ impl Session {
 
     /// Puts process `pid` (running `binary`) under enforcement with `mode`
     /// (`mapguard_common::action`) and `coverage`. Its probes attach
-    /// through `exe` (its `/proc/PID/exe`: the name `binary` was analysed
-    /// under may be another process's, gone since), or `binary`'s own path
-    /// for a process that has not `execve`d it yet (`exec`).
+    /// through the descriptor of the file `binary` was analysed from: a
+    /// process that runs another file by now (it has exec'd) gets no
+    /// breakpoint of this one.
     pub fn guard_process(
         &mut self,
         pid: u32,
         binary: &BinaryTarget,
-        exe: Option<&Path>,
         mode: u8,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
@@ -242,12 +300,7 @@ impl Session {
             .filter(|e| e.binary_id == binary.id)
             .map_or(shared_ops::NONE, |e| e.shared_ops);
         self.enforcer.register(pid, binary.id, mode, shared)?;
-        self.guard(
-            binary,
-            exe.unwrap_or(&binary.path),
-            Scope::Process { pid, mode },
-            coverage,
-        )?;
+        self.guard(binary, Scope::Process { pid, mode }, coverage)?;
         if shared != shared_ops::NONE {
             self.enforcer
                 .register(pid, binary.id, mode, shared_ops::NONE)?;
@@ -263,13 +316,12 @@ impl Session {
         mode: u8,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
-        self.guard(binary, &binary.path, Scope::AllProcesses { mode }, coverage)
+        self.guard(binary, Scope::AllProcesses { mode }, coverage)
     }
 
     fn guard(
         &mut self,
         binary: &BinaryTarget,
-        path: &Path,
         scope: Scope,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
@@ -282,7 +334,7 @@ impl Session {
             ),
         };
         let map_ops = match coverage.map_probes() {
-            Some(which) => Some(self.enforcer.add_probes_at(binary, path, which, scope)?),
+            Some(which) => Some(self.enforcer.add_probes(binary, which, scope)?),
             None => None,
         };
         let sampler = match (coverage, map_ops) {
@@ -298,9 +350,9 @@ impl Session {
         };
         let latency = match (self.latency, map_ops) {
             (Some(windows), Some(_)) if binary.points.iter().any(|p| p.is_return()) => {
-                let returns =
-                    self.enforcer
-                        .add_probes_off(binary, path, Probes::DeleteReturns, scope)?;
+                let returns = self
+                    .enforcer
+                    .add_probes_off(binary, Probes::DeleteReturns, scope)?;
                 Some(Timing {
                     returns,
                     on: false,
@@ -324,27 +376,20 @@ impl Session {
     }
 
     /// Probes `binary`'s map functions for every process of the file,
-    /// now or later (through `path`, a name of the file), acting on the
+    /// now or later (through the descriptor analysed), acting on the
     /// processes registered with shared operations
     /// (`mapguard_common::shared_ops`), once per binary: the breakpoints
     /// are in a new process's image at exec, so the exec hook can enforce
     /// it without waiting for user space. Every process of the file takes
     /// the breakpoints' trap (about a microsecond per map operation); the
     /// program returns at once for the others.
-    pub fn share_map_ops(
-        &mut self,
-        binary: &BinaryTarget,
-        path: &Path,
-    ) -> Result<(), SessionError> {
+    pub fn share_map_ops(&mut self, binary: &BinaryTarget) -> Result<(), SessionError> {
         if self.shared_map_ops.contains_key(&binary.id) {
             return Ok(());
         }
-        let id = self.enforcer.add_probes_at(
-            binary,
-            path,
-            Probes::MapOps,
-            Scope::AllProcesses { mode: 0 },
-        )?;
+        let id =
+            self.enforcer
+                .add_probes(binary, Probes::MapOps, Scope::AllProcesses { mode: 0 })?;
         tracing::info!(binary = %binary.name.display(), "map functions probed for every process of the binary");
         self.shared_map_ops.insert(binary.id, id);
         Ok(())
@@ -353,6 +398,11 @@ impl Session {
     /// Whether `binary`'s map functions are probed for every process.
     pub fn has_shared_map_ops(&self, binary_id: u32) -> bool {
         self.shared_map_ops.contains_key(&binary_id)
+    }
+
+    /// The kernel's table of processes the probes stopped (node agent).
+    pub fn stop_table(&mut self) -> Result<crate::loader::StopTable, SessionError> {
+        Ok(self.enforcer.stop_table()?)
     }
 
     /// Loads and attaches the node agent's exec hook.
@@ -414,6 +464,32 @@ impl Session {
         self.enforcer.forget_fatal_messages(&target);
         self.monitor.reporter.remove_binary(id);
         tracing::info!(binary = %target.name.display(), binary_id = id, "no process runs the binary any more: its analysis and probes dropped");
+    }
+
+    /// Limits each cgroup's (Pod's) violation reports in the kernel
+    /// ([`Enforcer::set_event_limit`]).
+    pub fn set_event_limit(&mut self, per_second: u32, burst: u32) -> Result<(), SessionError> {
+        Ok(self.enforcer.set_event_limit(per_second, burst)?)
+    }
+
+    /// Reports each cgroup dropped and lost so far
+    /// ([`Enforcer::cgroup_drops`]).
+    pub fn cgroup_drops(&self) -> Vec<(u64, mapguard_common::CgroupDrops)> {
+        self.enforcer.cgroup_drops()
+    }
+
+    /// Probe ids process `pid`'s own probe sets hold.
+    pub fn probe_ids_of(&self, pid: u32) -> usize {
+        self.guarded
+            .iter()
+            .filter(|g| g.pid == Some(pid))
+            .map(|g| {
+                g.map_ops.map_or(0, |id| self.enforcer.probe_count(id))
+                    + g.latency
+                        .as_ref()
+                        .map_or(0, |t| self.enforcer.probe_count(t.returns))
+            })
+            .sum()
     }
 
     /// Checks the probes could not complete so far (see
@@ -588,7 +664,21 @@ impl Session {
                     .take(8)
                     .map(|(f, n)| format!("{f}={n}"))
                     .collect();
-                tracing::info!(target = %g.label, hits = %top.join(" "), "probe hits by map function");
+                // By operation too (all of them, where the functions are
+                // the top eight): one read is one hit.
+                let by_op: Vec<String> = self
+                    .enforcer
+                    .hits_by_op(id)
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(op, n)| format!("{}={n}", Op::from_kernel(*op)))
+                    .collect();
+                tracing::info!(
+                    target = %g.label,
+                    by_op = %by_op.join(" "),
+                    hits = %top.join(" "),
+                    "probe hits by map function"
+                );
             }
             if let Some(s) = &g.sampler {
                 tracing::info!(

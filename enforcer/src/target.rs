@@ -2,7 +2,12 @@
 //! kernel's fixed-size [`ProbeConfig`] entries, plus the symbolizer used to
 //! turn reported PCs into `function file:line`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
@@ -58,13 +63,31 @@ impl AttachPoint {
     }
 }
 
+/// The file a target was analysed from, kept open for as long as its
+/// probes may be attached: they attach through this descriptor
+/// (`/proc/self/fd/N`), which the kernel resolves to the very file
+/// analysed, never through a path that may name another file by then (a
+/// process that has exec'd since, a path replaced).
+#[derive(Debug, Clone)]
+pub struct AnalysedFile(Arc<File>);
+
+impl AnalysedFile {
+    /// The name to attach uprobes through.
+    pub fn attach_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+    }
+}
+
 /// An analysed binary and its compiled probes.
 #[derive(Debug)]
 pub struct BinaryTarget {
     /// Index in the loader's binary table, carried by every probe.
     pub id: u32,
-    /// What the uprobes attach to (may be `/proc/PID/exe`).
+    /// The path it was analysed through (may be `/proc/PID/exe`), for
+    /// messages; probes attach through [`BinaryTarget::file`].
     pub path: PathBuf,
+    /// The file analysed, still open.
+    pub file: AnalysedFile,
     /// The binary's own path, for reports (`/proc/PID/exe` resolved).
     pub name: PathBuf,
     pub points: Vec<AttachPoint>,
@@ -79,14 +102,34 @@ impl BinaryTarget {
     /// Analyses `path` within `limits` and compiles its probe plan. `id` is
     /// the index the loader's binary table will give it.
     pub fn analyse(path: &Path, id: u32, limits: ReadLimits) -> Result<BinaryTarget, TargetError> {
-        // Read through `path` (which may be `/proc/PID/exe`), analysed and
-        // named as the file it is.
-        let name = std::fs::read_link(path).unwrap_or_else(|_| path.to_path_buf());
-        let mut binary = GoBinary::open_limited(path, &name, limits)?;
+        let file = File::open(path).map_err(|source| GoElfError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::analyse_file(file, path, id, limits)
+    }
+
+    /// [`BinaryTarget::analyse`] of `file`, opened through `path` (which
+    /// may be `/proc/PID/exe`); named as the file it is. The descriptor is
+    /// kept: the probes attach through it.
+    pub fn analyse_file(
+        file: File,
+        path: &Path,
+        id: u32,
+        limits: ReadLimits,
+    ) -> Result<BinaryTarget, TargetError> {
+        let own = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let name = std::fs::read_link(&own)
+            .or_else(|_| std::fs::read_link(path))
+            .unwrap_or_else(|_| path.to_path_buf());
+        let mut binary = GoBinary::of_file(file, &name, limits)?;
         let plan = binary.probe_plan()?;
         // Everything read from the file from now on is in the plan and the
-        // symbolizer: let the file go.
-        binary.close();
+        // symbolizer: what stays open is the descriptor to attach through.
+        let file = binary
+            .take_file()
+            .map(|f| AnalysedFile(Arc::new(f)))
+            .expect("an analysis of an opened file keeps it until taken");
         let layout = binary.layout();
         let (writing_offset, writing_mask) = layout.map.writing_flag();
         let base = ProbeConfig {
@@ -160,6 +203,7 @@ impl BinaryTarget {
         Ok(BinaryTarget {
             id,
             path: path.to_path_buf(),
+            file,
             name,
             points,
             fatal_messages,

@@ -112,14 +112,16 @@ fn watch_pid(
     };
     // Keyed by the file the kernel probes: processes of one image in
     // several containers share one analysis.
-    let file = crate::procfs::real_file_id(Path::new("/proc"), pid)
-        .ok_or(WatchError::NoProcess { pid })?;
-    let target = session.binary_file(&exe, file, 0).map_err(|e| match e {
-        SessionError::Target { .. } if alive(pid) => WatchError::Session(e),
-        e => gone_or(e),
-    })?;
+    let opened =
+        crate::procfs::open_exe(Path::new("/proc"), pid).ok_or(WatchError::NoProcess { pid })?;
+    let target = session
+        .binary_opened(&exe, opened.file, opened.id, 0)
+        .map_err(|e| match e {
+            SessionError::Target { .. } if alive(pid) => WatchError::Session(e),
+            e => gone_or(e),
+        })?;
     session
-        .guard_process(pid, &target, Some(&exe), mode, coverage)
+        .guard_process(pid, &target, mode, coverage)
         .map_err(gone_or)?;
     if !alive(pid) {
         return Err(WatchError::NoProcess { pid });

@@ -133,19 +133,18 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         std::os::unix::net::UnixListener::bind(events_file.with_extension("sock"))
             .expect("a stale socket"),
     );
-    // The responder in dry run, at the first violation.
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),
         &events_file,
         events_file.with_extension("log"),
-        &[
-            "--respond=evict",
-            "--respond-dry-run",
-            "--respond-threshold=1",
-        ],
+        &[],
     );
+    // The responder (a process of its own, as its Deployment is) in dry
+    // run, at the first violation the agent's records count.
+    let responder = Responder::start(env.kubeconfig(), &dir.join("responder.log"));
     agent.wait_ready().await;
+    responder.wait_ready().await;
     // The event stream (every tenant's stacks and Pods) is not on the ops
     // port, which any Pod may reach; only on the socket, the agent's only.
     let (status, _) = agent::http_get(agent.ops, "/events").expect("the ops port answers");
@@ -259,14 +258,12 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
         &client,
         "payments",
         "checkout",
-        mapguard_enforcer::daemon::responder::REASON_DRY_RUN,
+        mapguard_enforcer::responder::REASON_DRY_RUN,
     )
     .await;
-    let metrics = agent.text("/metrics");
-    assert!(
-        metrics.contains(r#"mapguard_responder_actions_total{action="evict",outcome="dry_run"} 1"#),
-        "the responder's dry run is counted:\n{metrics}"
-    );
+    responder
+        .wait_metric(r#"mapguard_responder_actions_total{action="evict",outcome="dry_run"} 1"#)
+        .await;
     say(
         "the responder (evict, dry run) recorded what it would do: a MapguardResponseDryRun Event on the Pod",
     );
@@ -446,9 +443,81 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     say("the record queued during the outage is written: its count is 2");
 
     agent.stop();
+    drop(responder);
     webhook.shutdown().await;
     drop(env);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mapguard-enforcer respond` against the API server of `kubeconfig`:
+/// evict in dry run at the first violation; killed when dropped.
+struct Responder {
+    child: Child,
+    ops: std::net::SocketAddr,
+    log: PathBuf,
+}
+
+impl Responder {
+    fn start(kubeconfig: &Path, log: &Path) -> Responder {
+        let ops = agent::free_port();
+        let child = std::process::Command::new(support::enforcer())
+            .args([
+                "respond",
+                "--action=evict",
+                "--dry-run",
+                "--threshold=1",
+                "--namespace=default",
+            ])
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--ops-listen={ops}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("responder log"))
+            .spawn()
+            .expect("start mapguard-enforcer respond");
+        Responder {
+            child,
+            ops,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Until `/readyz` answers 200 (the records are listed).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + PROPAGATION;
+        while agent::http_get(self.ops, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "the responder is not ready: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Until its `/metrics` has `line`.
+    async fn wait_metric(&self, line: &str) {
+        let deadline = Instant::now() + PROPAGATION;
+        loop {
+            let metrics = agent::http_get(self.ops, "/metrics")
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the responder's /metrics lacks {line}:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Something other than a socket at `--events-socket` (a file, a folder):

@@ -504,3 +504,66 @@ fn runtime_map_race_messages_are_located() {
         }
     }
 }
+
+/// A read is one probe hit: an entry point that only calls another read
+/// entry point is left unprobed and names that one as its worker — the
+/// `_fat` ones in every release, and from Go 1.27 on `mapaccess1*`, which
+/// only call their `mapaccess2*` counterpart.
+#[test]
+fn read_wrappers_are_not_probed_beside_their_worker() {
+    for &v in versions() {
+        let plan = open(v, "clean/value_reads").probe_plan().expect("plan");
+        let go127 = v == "go1.27";
+        let fat_worker = if go127 {
+            "runtime.mapaccess2"
+        } else {
+            "runtime.mapaccess1"
+        };
+        let mut expected = vec![
+            ("runtime.mapaccess1_fat", fat_worker),
+            ("runtime.mapaccess2_fat", fat_worker),
+        ];
+        for suffix in ["", "_fast32", "_fast64", "_faststr"] {
+            let (value, comma) = (
+                format!("runtime.mapaccess1{suffix}"),
+                format!("runtime.mapaccess2{suffix}"),
+            );
+            assert!(plan.get(&comma).is_some(), "{v}: {comma} probed");
+            if go127 {
+                expected.push((value.leak(), comma.leak()));
+            } else {
+                assert!(plan.get(&value).is_some(), "{v}: {value} probed");
+            }
+        }
+        // (Classic maps' growWork* only call evacuate*: grow wrappers.)
+        let mut found: Vec<(&str, &str)> = plan
+            .wrappers
+            .iter()
+            .filter(|w| w.op == MapOp::Read)
+            .map(|w| (w.symbol.as_str(), w.worker.as_str()))
+            .collect();
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected, "{v}: wrappers and their workers");
+        for w in &plan.wrappers {
+            assert!(plan.get(&w.symbol).is_none(), "{v}: {} probed", w.symbol);
+            assert!(
+                plan.get(&w.worker).is_some(),
+                "{v}: {} not probed",
+                w.worker
+            );
+        }
+    }
+    // The scan report lists them.
+    let out = Command::new(env!("CARGO_BIN_EXE_mapguard-enforcer"))
+        .arg("scan")
+        .arg(prog("go1.27", "clean/value_reads"))
+        .output()
+        .expect("run scan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("wrapper:     runtime.mapaccess1_fast64 ")
+            && text.contains("only calls runtime.mapaccess2_fast64 (probed)"),
+        "{text}"
+    );
+}

@@ -808,6 +808,94 @@ async fn the_readmes_uninstall_removes_everything(env: &TestEnv) {
     assert_eq!(phase, "Terminating");
 }
 
+/// With the responder installed: its own ServiceAccount holds exactly the
+/// rights it uses (evict, cordon, read the agents' records and the Pods
+/// they name, its Events, its budget ConfigMap and no other); the node
+/// agents' ServiceAccount still may neither evict nor cordon.
+async fn the_responder_alone_may_evict_and_cordon(env: &TestEnv) {
+    for check in [
+        "create pods --subresource=eviction -n shop",
+        "patch nodes",
+        "list mapviolations.mapguard.io -A",
+        "watch mapviolations.mapguard.io -A",
+        "get pods -n shop",
+        "create events.events.k8s.io -n shop",
+        "create configmaps -n mapguard-system",
+        "update configmaps/mapguard-responder-budget -n mapguard-system",
+    ] {
+        assert!(
+            can_i(env, "mapguard-responder", check).await,
+            "the responder may {check}"
+        );
+    }
+    for (account, check) in [
+        ("mapguard-responder", "delete pods -A"),
+        ("mapguard-responder", "delete nodes"),
+        ("mapguard-responder", "update nodes/status"),
+        ("mapguard-responder", "list events -A"),
+        (
+            "mapguard-responder",
+            "update mapviolations.mapguard.io --subresource=status -n shop",
+        ),
+        (
+            "mapguard-responder",
+            "create mapviolations.mapguard.io -n shop",
+        ),
+        (
+            "mapguard-responder",
+            "update configmaps/other -n mapguard-system",
+        ),
+        ("mapguard-responder", "create configmaps -n shop"),
+        (
+            "mapguard-enforcer",
+            "create pods --subresource=eviction -n shop",
+        ),
+        ("mapguard-enforcer", "create pods --subresource=eviction -A"),
+        ("mapguard-enforcer", "patch nodes"),
+        ("mapguard-enforcer", "get nodes"),
+        ("mapguard-enforcer", "list events -A"),
+        (
+            "mapguard-enforcer",
+            "update configmaps/mapguard-responder-budget -n mapguard-system",
+        ),
+    ] {
+        assert!(
+            !can_i(env, account, check).await,
+            "{account} may not {check}"
+        );
+    }
+    let cluster = [
+        "mapviolations.mapguard.io [] [] [list watch]",
+        "pods [] [] [get]",
+        "pods/eviction [] [] [create]",
+        "nodes [] [] [patch]",
+        "events.events.k8s.io [] [] [create patch]",
+    ];
+    let home = [
+        "configmaps [] [] [create]",
+        "configmaps [] [mapguard-responder-budget] [get update]",
+    ];
+    let in_home: Vec<&str> = cluster.iter().chain(&home).copied().collect();
+    kubectl_ok(
+        env,
+        &["create", "serviceaccount", "baseline-responder", "-n", NS],
+    )
+    .await;
+    for (namespace, expected) in [(NS, &in_home[..]), ("shop", &cluster[..])] {
+        let baseline = resource_rules(env, "baseline-responder", namespace).await;
+        let rules: BTreeSet<String> = resource_rules(env, "mapguard-responder", namespace)
+            .await
+            .difference(&baseline)
+            .cloned()
+            .collect();
+        let expected: BTreeSet<String> = expected.iter().map(|r| (*r).to_owned()).collect();
+        assert_eq!(
+            rules, expected,
+            "mapguard-responder in namespace {namespace}: the rules it holds beyond a ServiceAccount without bindings"
+        );
+    }
+}
+
 /// An overlay of `manifests/` with `components` (paths under manifests/),
 /// written under `dir`; kustomize wants relative paths.
 fn overlay(dir: &Path, components: &[&str]) -> PathBuf {
@@ -842,7 +930,8 @@ async fn the_optional_components_install_with_their_rights() {
         "name: MAPGUARD_RESPOND_DRY_RUN",
         "name: constrainttemplates.templates.gatekeeper.sh",
         "name: mapguard-webhook-gatekeeper",
-        "name: mapguard-enforcer-responder",
+        "name: mapguard-responder\n",
+        "- respond\n",
     ] {
         assert!(
             rendered.contains(needle),
@@ -851,22 +940,7 @@ async fn the_optional_components_install_with_their_rights() {
     }
     kubectl_ok(&env, &["apply", "-k", &overlay]).await;
     without_a_webhook_only_opted_in_namespaces_refuse_pods(&env, FailClosed::Everywhere).await;
-    for check in [
-        "create pods --subresource=eviction -A",
-        "patch nodes",
-        "list events -A",
-    ] {
-        assert!(
-            can_i(&env, "mapguard-enforcer", check).await,
-            "the responder may {check}"
-        );
-    }
-    for check in ["delete pods -A", "delete nodes", "update nodes/status"] {
-        assert!(
-            !can_i(&env, "mapguard-enforcer", check).await,
-            "the responder may not {check}"
-        );
-    }
+    the_responder_alone_may_evict_and_cordon(&env).await;
     // A constraint kind, as the webhook would create it for a template
     // (kubectl asks discovery for the resource).
     let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: k8srequiredlabels.constraints.gatekeeper.sh\nspec:\n  group: constraints.gatekeeper.sh\n  scope: Cluster\n  names: {kind: K8sRequiredLabels, plural: k8srequiredlabels, singular: k8srequiredlabels, listKind: K8sRequiredLabelsList}\n  versions:\n    - name: v1beta1\n      served: true\n      storage: true\n      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n";

@@ -1,12 +1,17 @@
 -- wrk script of mapguard's real-service benchmark: etcd's key-value API
 -- through its JSON gateway (/v3/kv/*, keys and values in base64).
 --
---   wrk -t2 -c8 -d10s --latency -s tests/bench/etcd.lua http://127.0.0.1:PORT -- KEYS
+--   wrk -t2 -c8 -d10s --latency -s tests/bench/etcd.lua http://127.0.0.1:PORT -- KEYS [INTERVAL_MS]
 --
 -- Each request picks a key of KEYS (default 10000) at random and one of
 -- range (50%), put (40%) or deleterange (10%) of that key, so the store
 -- keeps a working set of a few thousand keys that is read, rewritten and
 -- deleted. The requests are prepared once per thread; request() only picks.
+-- With INTERVAL_MS, each connection waits that long on average before each
+-- request (pace.lua: a fixed offered load instead of saturation).
+
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local pace = require("pace")
 
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -45,6 +50,9 @@ function init(args)
   end
   -- Each thread has a Lua state of its own: seed each differently.
   math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 100000)
+  if args[2] then
+    pace.start(assert(tonumber(args[2]), "etcd.lua: INTERVAL_MS"))
+  end
 end
 
 function request()

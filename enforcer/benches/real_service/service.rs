@@ -108,6 +108,23 @@ impl Service {
         Ok(installed)
     }
 
+    /// The load at a fixed offered rate: the same requests, each connection
+    /// waiting `interval_ms` on average before each (`tests/bench/pace.lua`).
+    pub fn paced_load(
+        &self,
+        workspace: &Path,
+        port: u16,
+        etcd_keys: u32,
+        interval_ms: f64,
+    ) -> Load {
+        let mut load = self.load(workspace, port, etcd_keys);
+        if load.script.is_none() {
+            load.script = Some(workspace.join("tests/bench/get.lua"));
+        }
+        load.script_args.push(format!("{interval_ms:.3}"));
+        load
+    }
+
     /// The load `wrk` sends to a service listening on `port`.
     pub fn load(&self, workspace: &Path, port: u16, etcd_keys: u32) -> Load {
         match self.kind {
@@ -205,6 +222,9 @@ impl Service {
 /// running it), in a process group of its own, with its output in files.
 pub struct Instance {
     child: Option<Child>,
+    /// The service's own binary (the child is the enforcer when enforced).
+    binary: PathBuf,
+    enforced: bool,
     pub port: u16,
     pub scratch: PathBuf,
 }
@@ -256,6 +276,8 @@ impl Instance {
             .with_context(|| format!("start {}", binary.display()))?;
         let mut instance = Instance {
             child: Some(child),
+            binary: binary.to_path_buf(),
+            enforced: enforcer.is_some(),
             port: ports.0,
             scratch,
         };
@@ -278,6 +300,28 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(instance)
+    }
+
+    /// The service's process: the child, or under the enforcer the
+    /// enforcer's child running the service's binary.
+    pub fn service_pid(&self) -> Result<u32> {
+        let child = self.child.as_ref().expect("the instance is running").id();
+        if !self.enforced {
+            return Ok(child);
+        }
+        let binary = self.binary.canonicalize()?;
+        super::support::children_of(child)
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binary)
+            })
+            .with_context(|| format!("no child of the enforcer runs {}", binary.display()))
+    }
+
+    /// The enforcer's process, when enforced.
+    pub fn enforcer_pid(&self) -> Option<u32> {
+        self.enforced
+            .then(|| self.child.as_ref().expect("the instance is running").id())
     }
 
     fn child_mut(&mut self) -> &mut Child {

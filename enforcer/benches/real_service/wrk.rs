@@ -27,6 +27,8 @@ pub struct Report {
     pub requests: u64,
     pub requests_per_sec: f64,
     pub p99_ms: f64,
+    /// Mean latency.
+    pub mean_ms: f64,
 }
 
 /// Runs `wrk` for `secs` seconds; fails if it reports any socket error or
@@ -66,14 +68,17 @@ pub fn run(load: &Load, pressure: Pressure, secs: u64) -> Result<Report> {
 }
 
 /// Reads wrk 4's `--latency` report.
-fn parse(text: &str) -> Result<Report> {
+pub fn parse(text: &str) -> Result<Report> {
     let mut requests = None;
     let mut requests_per_sec = None;
     let mut p99_ms = None;
+    let mut mean_ms = None;
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", v] => requests_per_sec = Some(v.parse::<f64>()?),
+            // Thread Stats: Avg, Stdev, Max, +/- Stdev.
+            ["Latency", avg, _, _, _] => mean_ms = Some(duration_ms(avg)?),
             ["99%", v] => p99_ms = Some(duration_ms(v)?),
             [n, "requests", "in", ..] => requests = Some(n.parse::<u64>()?),
             ["Non-2xx", "or", "3xx", "responses:", n] => {
@@ -87,6 +92,7 @@ fn parse(text: &str) -> Result<Report> {
         requests: requests.context("no 'N requests in' line")?,
         requests_per_sec: requests_per_sec.context("no 'Requests/sec:' line")?,
         p99_ms: p99_ms.context("no '99%' latency line (--latency)")?,
+        mean_ms: mean_ms.context("no 'Latency' line of thread stats")?,
     };
     if report.requests == 0 {
         bail!("no request completed");
@@ -112,4 +118,12 @@ fn duration_ms(v: &str) -> Result<f64> {
         _ => bail!("unknown unit in {v:?}"),
     };
     Ok(number * scale)
+}
+
+/// What a connection waits on average before each request so that
+/// `connections` of them offer `rate` requests per second to a service
+/// that answers in `latency_ms` (the scripts' INTERVAL_MS, see
+/// `tests/bench/pace.lua`); 0 if the latency alone exceeds the period.
+pub fn pace_interval_ms(rate: f64, connections: u32, latency_ms: f64) -> f64 {
+    (f64::from(connections) * 1000.0 / rate - latency_ms).max(0.0)
 }

@@ -95,6 +95,22 @@ struct PairLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    namespace: String,
+    workload: String,
+    workload_kind: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    namespace: String,
+    workload: String,
+    workload_kind: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -113,6 +129,8 @@ pub struct Metrics {
     estimated: Family<EstimatedLabels, Counter<f64, AtomicU64>>,
     pairs: Family<PairLabels, Counter>,
     delete_duration: Family<WorkloadSet, Histogram>,
+    dropped_events: Family<DroppedLabels, Counter>,
+    limit_refusals: Family<LimitLabels, Counter>,
     /// Call-site pairs with a series of their own, by namespace (at most
     /// `pair_bound` each, as the records are).
     pairs_seen: Mutex<HashMap<String, HashSet<String>>>,
@@ -120,6 +138,7 @@ pub struct Metrics {
     processes: Gauge,
     binaries: Gauge,
     evicted_binaries: Counter,
+    stuck_file_operations: Gauge,
     attach_failures: Family<ReasonLabels, Counter>,
     unplaced: Counter,
     incomplete_checks: Family<CheckLabels, Gauge>,
@@ -194,6 +213,18 @@ impl Metrics {
             "Duration of map deletes, by workload, from the deletes timed in the sampling windows (--delete-latency-on in every --delete-latency-period; each counts at the middle of its power-of-two bucket; includes about a microsecond of the probes' own time)",
             delete_duration.clone(),
         );
+        let dropped_events = Family::<DroppedLabels, Counter>::default();
+        r.register(
+            "mapguard_dropped_events",
+            "Violation reports dropped, by workload and reason: rate_limited (over the Pod's --event-rate, in the kernel), ring_full (the node's ring buffer was full), record_queue_full (the namespace's share of the record queue was full: no MapViolation written); workload empty: a process of no known Pod",
+            dropped_events.clone(),
+        );
+        let limit_refusals = Family::<LimitLabels, Counter>::default();
+        r.register(
+            "mapguard_pod_limit_refusals",
+            "Processes not put under enforcement because their Pod was at a bound, by workload and limit (processes: --max-processes-per-pod, probes: --max-probes-per-pod)",
+            limit_refusals.clone(),
+        );
         let processes = Gauge::default();
         r.register(
             "mapguard_enforced_processes",
@@ -211,6 +242,12 @@ impl Metrics {
             "mapguard_evicted_binaries",
             "Analyses of Go binaries dropped (with their probes) once no process ran them for --evict-binaries-after",
             evicted_binaries.clone(),
+        );
+        let stuck_file_operations = Gauge::default();
+        r.register(
+            "mapguard_stuck_file_operations",
+            "Operations on executables given up after --file-timeout whose threads are still blocked (a filesystem that does not answer)",
+            stuck_file_operations.clone(),
         );
         let attach_failures = Family::<ReasonLabels, Counter>::default();
         r.register(
@@ -263,11 +300,14 @@ impl Metrics {
             estimated,
             pairs,
             delete_duration,
+            dropped_events,
+            limit_refusals,
             pairs_seen: Mutex::new(HashMap::new()),
             pair_bound: usize::MAX,
             processes,
             binaries,
             evicted_binaries,
+            stuck_file_operations,
             attach_failures,
             unplaced,
             incomplete_checks,
@@ -381,9 +421,40 @@ impl Metrics {
         }
     }
 
+    /// Adds `count` violation reports of workload `w` dropped for `reason`.
+    pub fn dropped_events(&self, w: &WorkloadLabels, reason: &'static str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.dropped_events
+            .get_or_create(&DroppedLabels {
+                namespace: w.namespace.clone(),
+                workload: w.workload.clone(),
+                workload_kind: w.workload_kind.clone(),
+                reason,
+            })
+            .inc_by(count);
+    }
+
+    /// Counts a process of workload `w` not enforced: its Pod is at `limit`.
+    pub fn pod_limit_refused(&self, w: &WorkloadLabels, limit: &'static str) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels {
+                namespace: w.namespace.clone(),
+                workload: w.workload.clone(),
+                workload_kind: w.workload_kind.clone(),
+                limit,
+            })
+            .inc();
+    }
+
     pub fn set_enforced(&self, processes: usize, binaries: usize) {
         self.processes.set(processes as i64);
         self.binaries.set(binaries as i64);
+    }
+
+    pub fn set_stuck_file_operations(&self, n: usize) {
+        self.stuck_file_operations.set(n as i64);
     }
 
     pub fn attach_failed(&self, reason: &'static str) {

@@ -1,4 +1,5 @@
-//! The node agent's ops port (plain HTTP): `/metrics`, `/healthz` and
+//! The node agent's ops port (plain HTTP): `/metrics`, `/healthz` (fails
+//! once the enforcement loop has stopped going round: [`Heartbeat`]) and
 //! `/readyz`; and, on a Unix socket of its own (`events_socket`), never on
 //! the ops port, `/events`: a live stream of the JSON lines the agent
 //! writes (violations, sampling choices), every tenant's stacks and Pods.
@@ -7,8 +8,9 @@ use std::{
     convert::Infallible,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -31,6 +33,48 @@ pub struct OpsState {
     pub events: broadcast::Sender<Bytes>,
     /// Set once the BPF program is loaded.
     pub bpf_ready: AtomicBool,
+    /// The enforcement loop's.
+    pub heartbeat: Arc<Heartbeat>,
+    /// `/healthz` fails once the loop has not gone round for this long.
+    pub stall_after: Duration,
+}
+
+/// When the enforcement loop last went round: it beats at every turn (a
+/// turn waits 50 ms at most for kernel records), and `/healthz` fails
+/// when the beats stop — a loop blocked in a system call or a lock is
+/// otherwise invisible from outside, since the ops port answers from
+/// threads of its own.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last beat, plus one (0: none yet).
+    last: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Heartbeat {
+        Heartbeat {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (`None` before the first: starting up).
+    pub fn since_last(&self) -> Option<Duration> {
+        let last = self.last.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last)),
+        )
+    }
 }
 
 /// The ops port's router: what Prometheus and the kubelet read. No
@@ -38,7 +82,7 @@ pub struct OpsState {
 pub fn app(state: Arc<OpsState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
@@ -59,6 +103,22 @@ async fn metrics(State(s): State<Arc<OpsState>>) -> Response {
         s.metrics.encode(),
     )
         .into_response()
+}
+
+/// Healthy while the enforcement loop goes round (or has not started).
+async fn healthz(State(s): State<Arc<OpsState>>) -> Response {
+    match s.heartbeat.since_last() {
+        Some(since) if since > s.stall_after => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "enforcement loop stalled: no progress for {:.1}s (--healthz-stall-after {:?})\n",
+                since.as_secs_f64(),
+                s.stall_after
+            ),
+        )
+            .into_response(),
+        _ => (StatusCode::OK, "ok\n").into_response(),
+    }
 }
 
 /// Ready once the BPF program is loaded and the node's Pods and the
@@ -181,7 +241,26 @@ mod tests {
             })),
             events: broadcast::channel(16).0,
             bpf_ready: AtomicBool::new(false),
+            heartbeat: Arc::new(Heartbeat::default()),
+            stall_after: Duration::from_millis(200),
         })
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_enforcement_loop() {
+        let s = state();
+        let (status, _) = get_text(app(Arc::clone(&s)), "/healthz").await;
+        assert_eq!(status, StatusCode::OK, "starting: no beat yet");
+        s.heartbeat.beat();
+        let (status, _) = get_text(app(Arc::clone(&s)), "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, text) = get_text(app(Arc::clone(&s)), "/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("enforcement loop stalled"), "{text}");
+        s.heartbeat.beat();
+        let (status, _) = get_text(app(s), "/healthz").await;
+        assert_eq!(status, StatusCode::OK, "going round again");
     }
 
     async fn get_text(app: Router, path: &str) -> (StatusCode, String) {

@@ -7,9 +7,15 @@
 //! to this node whose mode is not `off`: a process the agent cannot place
 //! is never probed on the hot path and never signalled.
 
+mod fairness;
+mod files;
 mod holds;
+mod stops;
 
+pub use fairness::PodLimits;
+pub use files::FileWork;
 pub use holds::{ExecMetrics, ExecState, Outcome};
+pub use stops::{StopMetrics, StopState};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,21 +24,17 @@ use std::{
 };
 
 use crate::{
-    cgroup::PodInfo,
-    config::Mode,
-    coverage::Coverage,
-    events::ViolationRecord,
-    procfs,
-    procscan::ProcScanner,
-    session::{Session, SessionError},
-    target::BinaryTarget,
+    cgroup::PodInfo, config::Mode, coverage::Coverage, events::ViolationRecord, procfs,
+    procscan::ProcScanner, session::Session, target::BinaryTarget,
 };
 
 use super::{
     metrics::{Metrics, WorkloadLabels},
+    ops::Heartbeat,
     pods::{PodMap, PodPolicy, PodTable},
 };
 use crate::vocab::Op;
+use files::Progress;
 
 /// A process of an enforced Pod, as placed by its cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,9 @@ struct Placed {
     start: u64,
     pod_uid: String,
     container: String,
+    /// The device of its executable, as the kernel knows it already (no
+    /// operation on the file's filesystem): whose filesystem it is on.
+    exe_dev: Option<u64>,
 }
 
 /// How one process is enforced now.
@@ -65,8 +70,13 @@ pub struct Enforcement {
     enforced: HashMap<u32, Enforced>,
     /// Files that cannot be enforced (not Go, unsupported release), by
     /// the `(device, inode)` of their real file (one for every container
-    /// of an image: `procfs::real_file_id`), so they are analysed once.
-    refused: HashMap<(u64, u64), String>,
+    /// of an image: `procfs::real_file_id`), so they are analysed once:
+    /// the reason label and the message.
+    refused: HashMap<(u64, u64), (&'static str, String)>,
+    /// Opening and analysing executables, off the loop.
+    files: FileWork,
+    /// Beaten at every turn of the loop (`/healthz`).
+    heartbeat: Arc<Heartbeat>,
     /// Processes already counted as failed, so each counts once.
     failed: HashSet<(u32, u64)>,
     /// The workload of each enforced process (its metrics' labels).
@@ -77,12 +87,20 @@ pub struct Enforcement {
     counted_deletes: HashMap<u32, HashMap<u32, u64>>,
     /// The exec hook, when new processes are held at exec.
     exec: Option<ExecState>,
+    /// The deadlines of the processes the probes stopped.
+    stops: Option<StopState>,
     /// Process-table entries the last reconcile found unaccounted for.
     unexplained: HashSet<u32>,
     /// How long a binary no process runs is kept (`None`: for ever).
     evict_after: Option<Duration>,
     /// Binaries no process runs, since when.
     idle: HashMap<u32, Instant>,
+    /// What one Pod may hold of the process table and the probe ids.
+    limits: PodLimits,
+    /// Reports dropped in the kernel, by cgroup, and whose they are.
+    drops: fairness::Drops,
+    /// Where the v2 cgroup hierarchy is mounted.
+    unified: Option<std::path::PathBuf>,
 }
 
 impl Enforcement {
@@ -97,8 +115,15 @@ impl Enforcement {
                 "the agent runs in a cgroup namespace of its own: processes of cgroupfs-driver pods cannot be placed; run it in the host's (hostPID and the host cgroup namespace)"
             );
         }
+        let files = FileWork::new(
+            scanner.proc_root(),
+            session.read_limits(),
+            DEFAULT_FILE_TIMEOUT,
+        );
         Enforcement {
             session,
+            files,
+            heartbeat: Arc::new(Heartbeat::default()),
             pods,
             metrics,
             scanner,
@@ -110,16 +135,49 @@ impl Enforcement {
             counted_hits: HashMap::new(),
             counted_deletes: HashMap::new(),
             exec: None,
+            stops: None,
             unexplained: HashSet::new(),
             evict_after: None,
             idle: HashMap::new(),
+            limits: PodLimits::default(),
+            drops: fairness::Drops::default(),
+            unified: crate::cgroup::unified::mount_point(),
         }
+    }
+
+    /// Bounds what one Pod's processes may hold.
+    pub fn with_pod_limits(mut self, limits: PodLimits) -> Enforcement {
+        self.limits = limits;
+        self
     }
 
     /// Drops the analysis of a binary (and its probes) once no process has
     /// run it for `after`.
     pub fn evicting_binaries_after(mut self, after: Duration) -> Enforcement {
         self.evict_after = Some(after);
+        self
+    }
+
+    /// Applies stop deadlines (every scan interval).
+    pub fn with_stops(mut self, stops: StopState) -> Enforcement {
+        self.stops = Some(stops);
+        self
+    }
+
+    /// Gives up an operation on an executable (opening, identifying,
+    /// analysing it) after `timeout`.
+    pub fn with_file_timeout(mut self, timeout: Duration) -> Enforcement {
+        self.files = FileWork::new(
+            self.scanner.proc_root(),
+            self.session.read_limits(),
+            timeout,
+        );
+        self
+    }
+
+    /// Beats `heartbeat` at every turn of the loop.
+    pub fn with_heartbeat(mut self, heartbeat: Arc<Heartbeat>) -> Enforcement {
+        self.heartbeat = heartbeat;
         self
     }
 
@@ -134,16 +192,21 @@ impl Enforcement {
     ) {
         let mut last = Instant::now() - interval;
         while !stop() {
+            self.heartbeat.beat();
             let exec_fd = self.exec.as_ref().map(ExecState::fd);
             for record in self.session.poll_also(Duration::from_millis(50), exec_fd) {
                 let workload = self.workload_of(&record);
                 self.metrics.violation(&record, &workload);
                 on_record(&record, &workload);
             }
+            let files_done = self.collect_file_work();
             self.exec_step();
-            if last.elapsed() >= interval {
+            if last.elapsed() >= interval || files_done {
                 last = Instant::now();
                 self.reconcile();
+                if let Some(stops) = &mut self.stops {
+                    stops.step();
+                }
             }
         }
         self.shutdown_exec();
@@ -196,6 +259,9 @@ impl Enforcement {
                 continue;
             };
             if let Err(e) = self.enforce(p, &pods, &want) {
+                if e.reason == PENDING {
+                    continue;
+                }
                 if self.failed.insert((p.pid, p.start)) {
                     self.metrics.attach_failed(e.reason());
                     tracing::warn!(pid = p.pid, error = %e.message, "cannot enforce");
@@ -207,7 +273,13 @@ impl Enforcement {
             self.enforced.insert(p.pid, want);
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
+        let exec = self.exec.as_ref();
+        self.files.retain(|(pid, start)| {
+            live.get(pid).is_some_and(|p| p.start == *start)
+                || exec.is_some_and(|e| e.is_pending(*pid))
+        });
         self.sweep_process_table();
+        self.count_dropped_events(&pods);
         self.evict_idle_binaries();
         self.metrics
             .set_enforced(self.enforced.len(), self.session.binary_count());
@@ -349,9 +421,86 @@ impl Enforcement {
                     start: procfs::start_time(process.pid)?,
                     pod_uid: c.pod_uid.as_str().to_string(),
                     container: c.id.as_str().to_string(),
+                    exe_dev: process.exe.map(|f| f.dev),
                 })
             })
             .collect()
+    }
+
+    /// Takes on the analyses finished off the loop; whether any work
+    /// finished (processes may be enforced now).
+    fn collect_file_work(&mut self) -> bool {
+        let (analyses, changed) = self.files.collect();
+        for analysis in analyses {
+            match analysis.result {
+                Ok(target) => {
+                    if let Err(e) = self.session.add_binary(analysis.file, target, 0) {
+                        tracing::warn!(error = %e, "cannot probe the crash paths of an analysed binary");
+                    }
+                }
+                Err(error) => {
+                    self.refused
+                        .insert(analysis.file, (error.reason(), error.to_string()));
+                }
+            }
+        }
+        self.metrics.set_stuck_file_operations(self.files.stuck());
+        changed
+    }
+
+    /// The analysed binary of process `process` (its executable on
+    /// filesystem `dev`), as far as the work off the loop has got: a
+    /// [`PENDING`] failure until it is done.
+    fn binary_of(
+        &mut self,
+        process: files::ProcessKey,
+        dev: Option<u64>,
+    ) -> Result<Arc<BinaryTarget>, Failure> {
+        let file = match self.files.process(process, dev) {
+            None => return Err(Failure::pending()),
+            Some(Progress::Failed { reason, message }) => {
+                return Err(Failure {
+                    reason,
+                    message: message.clone(),
+                });
+            }
+            Some(Progress::Opened { file, .. }) => *file,
+        };
+        if let Some((reason, message)) = self.refused.get(&file) {
+            return Err(Failure {
+                reason,
+                message: message.clone(),
+            });
+        }
+        if let Some(target) = self.session.known_binary(file) {
+            return Ok(target);
+        }
+        if self.files.gave_up(file) {
+            return Err(Failure {
+                reason: "timeout",
+                message: "analysing its executable took longer than --file-timeout".into(),
+            });
+        }
+        if self.files.analysing(file) {
+            return Err(Failure::pending());
+        }
+        let opened = match self.files.process(process, dev) {
+            Some(Progress::Opened { opened, .. }) => opened.take(),
+            _ => None,
+        };
+        let Some(opened) = opened else {
+            // Its descriptor went to an analysis that came to nothing
+            // (its probes could not be attached): opened again next time.
+            self.files.forget(process);
+            return Err(Failure::pending());
+        };
+        let id = self.session.reserve_binary_id();
+        if let Err(opened) = self.files.analyse(process, file, opened, dev, id)
+            && let Some(Progress::Opened { opened: slot, .. }) = self.files.process(process, dev)
+        {
+            *slot = Some(opened);
+        }
+        Err(Failure::pending())
     }
 
     fn enforce(
@@ -360,33 +509,13 @@ impl Enforcement {
         pods: &PodMap,
         want: &Enforced,
     ) -> Result<Arc<BinaryTarget>, Failure> {
-        let exe = self.scanner.proc_root().join(format!("{}/exe", p.pid));
-        let file = procfs::real_file_id(self.scanner.proc_root(), p.pid).ok_or(Failure::gone())?;
-        if let Some(reason) = self.refused.get(&file) {
+        if let Some(message) = self.pod_at_limit(p, pods) {
             return Err(Failure {
-                reason: "not_enforceable",
-                message: reason.clone(),
+                reason: fairness::POD_LIMIT,
+                message,
             });
         }
-        let target = match self.session.binary_file(&exe, file, 0) {
-            Ok(t) => t,
-            Err(SessionError::Target { error: source, .. }) if procfs::alive(p.pid) => {
-                let binary = std::fs::read_link(&exe).unwrap_or(exe);
-                let message = format!("{}: {source}", binary.display());
-                self.refused.insert(file, message.clone());
-                return Err(Failure {
-                    reason: source.reason(),
-                    message,
-                });
-            }
-            Err(e) if procfs::alive(p.pid) => {
-                return Err(Failure {
-                    reason: "attach",
-                    message: e.to_string(),
-                });
-            }
-            Err(_) => return Err(Failure::gone()),
-        };
+        let target = self.binary_of((p.pid, p.start), p.exe_dev)?;
         let pod = &pods[&p.pod_uid];
         let container = Some(
             pod.containers
@@ -405,13 +534,7 @@ impl Enforcement {
             },
         );
         self.session
-            .guard_process(
-                p.pid,
-                &target,
-                Some(&self.scanner.proc_root().join(format!("{}/exe", p.pid))),
-                want.mode.action(),
-                want.coverage,
-            )
+            .guard_process(p.pid, &target, want.mode.action(), want.coverage)
             .map_err(|e| {
                 if procfs::alive(p.pid) {
                     Failure {
@@ -422,6 +545,7 @@ impl Enforcement {
                     Failure::gone()
                 }
             })?;
+        self.note_process_cgroup(p.pid, workload_labels(pod), pod.full_name());
         tracing::info!(
             pid = p.pid,
             pod = %pod.full_name(),
@@ -429,6 +553,8 @@ impl Enforcement {
             coverage = %want.coverage,
             "enforcing"
         );
+        // Its descriptor, if it kept one, is no longer needed.
+        self.files.forget((p.pid, p.start));
         Ok(target)
     }
 }
@@ -453,6 +579,12 @@ fn wanted(pods: &PodMap, p: Option<&Placed>) -> Option<Enforced> {
     })
 }
 
+/// Default `--file-timeout`.
+const DEFAULT_FILE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The reason of a [`Failure`] that is none yet: work off the loop is
+/// under way.
+const PENDING: &str = "pending";
+
 /// Why a process could not be put under enforcement.
 struct Failure {
     reason: &'static str,
@@ -464,6 +596,13 @@ impl Failure {
         Failure {
             reason: "exited",
             message: "the process exited".into(),
+        }
+    }
+
+    fn pending() -> Failure {
+        Failure {
+            reason: PENDING,
+            message: "its executable is being opened or analysed".into(),
         }
     }
 

@@ -240,6 +240,16 @@ pub fn call_targets(insns: &[Insn]) -> Vec<u64> {
         .collect()
 }
 
+/// Whether the function calls through a register or memory.
+pub fn has_indirect_call(insns: &[Insn]) -> bool {
+    insns.iter().any(|i| {
+        matches!(
+            i.inner.flow_control(),
+            FlowControl::IndirectCall | FlowControl::Call
+        ) && i.inner.op0_kind() != OpKind::NearBranch64
+    })
+}
+
 /// Offsets of every `ret` in the function (informational: exit probes on
 /// Go code must be RET probes, never uretprobes).
 pub fn ret_offsets(insns: &[Insn]) -> Vec<u64> {

@@ -186,10 +186,29 @@ pub struct LocatedMessage {
     pub vaddr: u64,
 }
 
+/// A candidate left unprobed because all it does is call another candidate
+/// of the same operation (Go 1.27's `mapaccess1*` call `mapaccess2*`, and
+/// every release's `mapaccess*_fat` call `mapaccess1` or `mapaccess2`;
+/// classic maps' `growWork*` only call `evacuate*`):
+/// the probe on the function doing the work counts the operation once, and
+/// a report's call site is the wrapper's caller (the wrapper is a runtime
+/// frame, which call sites skip).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedWrapper {
+    pub symbol: String,
+    pub op: MapOp,
+    /// ELF virtual address of the wrapper's first instruction.
+    pub func_vaddr: u64,
+    /// The probed function that does the work.
+    pub worker: String,
+}
+
 /// Every probe for one binary, in table order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbePlan {
     pub probes: Vec<PlannedProbe>,
+    /// Candidates not probed because they only call a probed one.
+    pub wrappers: Vec<PlannedWrapper>,
     pub backstops: Vec<PlannedBackstop>,
 }
 
@@ -200,6 +219,10 @@ impl ProbePlan {
 
     pub fn get(&self, symbol: &str) -> Option<&PlannedProbe> {
         self.probes.iter().find(|p| p.symbol == symbol)
+    }
+
+    pub fn wrapper(&self, symbol: &str) -> Option<&PlannedWrapper> {
+        self.wrappers.iter().find(|w| w.symbol == symbol)
     }
 }
 
@@ -214,18 +237,21 @@ pub enum MapArg {
 /// then locates its crash paths and their messages.
 pub(super) fn build(bin: &GoBinary) -> Result<ProbePlan, GoElfError> {
     let maps = bin.maps();
-    let mut probes = Vec::new();
+    let mut runtime = Vec::new();
     for cand in release::candidates(maps) {
-        if let Some((probe, _)) = plan_one(bin, cand)? {
-            probes.push(probe);
+        if let Some(planned) = plan_one(bin, cand)? {
+            runtime.push(planned);
         }
     }
-    let planned: Vec<u64> = probes.iter().map(|p| p.func_vaddr).collect();
+    // A reflect function calling a wrapper reaches the wrapper's worker:
+    // every runtime candidate counts here.
+    let planned: Vec<u64> = runtime.iter().map(|p| p.probe.func_vaddr).collect();
+    let (mut probes, wrappers) = split_wrappers(bin, runtime);
     for cand in release::REFLECT_COMMON.iter().chain(maps.reflect) {
-        if let Some((probe, calls)) = plan_one(bin, cand)?
-            && !calls.iter().any(|target| planned.contains(target))
+        if let Some(p) = plan_one(bin, cand)?
+            && !p.calls.iter().any(|target| planned.contains(target))
         {
-            probes.push(probe);
+            probes.push(p.probe);
         }
     }
     let backstops = maps
@@ -233,7 +259,71 @@ pub(super) fn build(bin: &GoBinary) -> Result<ProbePlan, GoElfError> {
         .iter()
         .map(|b| plan_backstop(bin, b))
         .collect::<Result<_, _>>()?;
-    Ok(ProbePlan { probes, backstops })
+    Ok(ProbePlan {
+        probes,
+        wrappers,
+        backstops,
+    })
+}
+
+/// Separates the wrappers (see [`PlannedWrapper`]) from the functions to
+/// probe: a candidate whose only direct calls, apart from the stack-growth
+/// path (`runtime.morestack*`), go to one other candidate of the same
+/// operation, and which calls nothing indirectly (a hasher, an equality
+/// function: work of its own). A chain of wrappers ends at its worker; a
+/// cycle (never seen) leaves its members probed.
+fn split_wrappers(
+    bin: &GoBinary,
+    planned: Vec<Planned>,
+) -> (Vec<PlannedProbe>, Vec<PlannedWrapper>) {
+    let callee = |p: &Planned| -> Option<usize> {
+        if p.indirect_calls {
+            return None;
+        }
+        let mut targets = p.calls.iter().filter(|target| {
+            !bin.symbolizer()
+                .function_at(**target)
+                .is_some_and(|f| f.name.starts_with("runtime.morestack"))
+        });
+        let first = *targets.next()?;
+        if targets.any(|t| *t != first) {
+            return None;
+        }
+        planned.iter().position(|q| {
+            q.probe.func_vaddr == first
+                && q.probe.op == p.probe.op
+                && q.probe.func_vaddr != p.probe.func_vaddr
+        })
+    };
+    let calls: Vec<Option<usize>> = planned.iter().map(callee).collect();
+    // The function at the end of `i`'s chain of wrappers, if it ends.
+    let worker = |i: usize| -> Option<usize> {
+        let mut at = calls[i]?;
+        for _ in 0..planned.len() {
+            match calls[at] {
+                Some(next) => at = next,
+                None => return Some(at),
+            }
+        }
+        None
+    };
+    let workers: Vec<Option<String>> = (0..planned.len())
+        .map(|i| worker(i).map(|w| planned[w].probe.symbol.clone()))
+        .collect();
+    let mut probes = Vec::new();
+    let mut wrappers = Vec::new();
+    for (p, worker) in planned.into_iter().zip(workers) {
+        match worker {
+            Some(worker) => wrappers.push(PlannedWrapper {
+                symbol: p.probe.symbol,
+                op: p.probe.op,
+                func_vaddr: p.probe.func_vaddr,
+                worker,
+            }),
+            None => probes.push(p.probe),
+        }
+    }
+    (probes, wrappers)
 }
 
 /// Locates a crash path and every copy of its messages. The linker may
@@ -280,12 +370,17 @@ fn plan_backstop(bin: &GoBinary, backstop: &Backstop) -> Result<PlannedBackstop,
     })
 }
 
-/// Plans one candidate, if the binary has it; also returns the targets of
-/// its direct calls.
-fn plan_one(
-    bin: &GoBinary,
-    cand: &Candidate,
-) -> Result<Option<(PlannedProbe, Vec<u64>)>, GoElfError> {
+/// A candidate's probe and what the function calls.
+struct Planned {
+    probe: PlannedProbe,
+    /// Targets of its direct calls.
+    calls: Vec<u64>,
+    /// Whether it calls through a register or memory.
+    indirect_calls: bool,
+}
+
+/// Plans one candidate, if the binary has it.
+fn plan_one(bin: &GoBinary, cand: &Candidate) -> Result<Option<Planned>, GoElfError> {
     let Some(func) = bin.symbolizer().function(cand.symbol) else {
         return Ok(None);
     };
@@ -324,5 +419,9 @@ fn plan_one(
         ret_offsets: disasm::ret_offsets(&insns),
         note: site.note,
     };
-    Ok(Some((probe, disasm::call_targets(&insns))))
+    Ok(Some(Planned {
+        probe,
+        calls: disasm::call_targets(&insns),
+        indirect_calls: disasm::has_indirect_call(&insns),
+    }))
 }

@@ -237,6 +237,14 @@ const MD_1_27: ModuledataLayout = ModuledataLayout {
 /// (map in RBX) in both implementations and every release here; since Go
 /// 1.25 the swiss ones are defined in `internal/runtime/maps` and
 /// linknamed to these `runtime.` names.
+///
+/// Some are wrappers of others, and then only the function doing the work
+/// is probed (one hit per operation; the plan finds them by disassembly,
+/// see `plan::PlannedWrapper`): `mapaccess1_fat` and `mapaccess2_fat` call
+/// `mapaccess1` (Go 1.23–1.26) or `mapaccess2` (1.27) in every release, and
+/// from Go 1.27 on `mapaccess1`, `mapaccess1_fast32`, `_fast64` and
+/// `_faststr` only call their `mapaccess2` counterpart. (So do classic
+/// maps' `growWork*` with `evacuate*`, below.)
 const COMMON: &[Candidate] = &[
     c("runtime.mapdelete", Delete, Reg(Rbx)),
     c("runtime.mapdelete_fast32", Delete, Reg(Rbx)),

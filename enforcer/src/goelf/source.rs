@@ -84,7 +84,11 @@ impl Image {
     /// Opens `path` once and checks its size against the cap before reading
     /// anything. Errors: (what went wrong, the size if over the cap).
     pub fn open(path: &Path, limits: ReadLimits) -> Result<Image, OpenError> {
-        let file = File::open(path).map_err(OpenError::Io)?;
+        Image::of_file(File::open(path).map_err(OpenError::Io)?, limits)
+    }
+
+    /// [`Image::open`] of a file already opened.
+    pub fn of_file(file: File, limits: ReadLimits) -> Result<Image, OpenError> {
         let meta = file.metadata().map_err(OpenError::Io)?;
         if !meta.is_file() {
             return Err(OpenError::NotRegular);
@@ -96,6 +100,14 @@ impl Image {
             file,
             len: meta.len(),
         })
+    }
+
+    /// The opened file, if any; the image is closed after.
+    pub fn take_file(&mut self) -> Option<File> {
+        match std::mem::replace(self, Image::Closed) {
+            Image::File { file, .. } => Some(file),
+            _ => None,
+        }
     }
 
     pub fn len(&self) -> u64 {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mapguard_common::ExecConfig;
+use mapguard_common::{ExecConfig, TaskConfig};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -215,6 +215,17 @@ pub fn exec_config(path: &Path) -> Result<ExecConfig, BtfError> {
     })
 }
 
+/// Where a process's start time lies in `task_struct`, from the kernel's
+/// BTF at `path` (the probes check it against the process table's).
+pub fn task_config(path: &Path) -> Result<TaskConfig, BtfError> {
+    let btf = Btf::read(path)?;
+    Ok(TaskConfig {
+        group_leader: btf.member_offset("task_struct", "group_leader")?,
+        start_boottime: btf.member_offset("task_struct", "start_boottime")?,
+        ..TaskConfig::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +245,9 @@ mod tests {
         assert_eq!(btf.member_offset("list_head", "prev").expect("prev"), 8);
         assert!(cfg.inode_sb > 0 && cfg.inode_ino > 0 && cfg.file_inode > 0);
         assert_ne!(cfg.inode_sb, cfg.inode_ino);
+        let task = task_config(path).expect("task_struct offsets");
+        assert!(task.group_leader > 0 && task.start_boottime > 0);
+        assert_ne!(task.group_leader, task.start_boottime);
         assert!(matches!(
             btf.member_offset("inode", "no_such_member"),
             Err(BtfError::NoMember(..))

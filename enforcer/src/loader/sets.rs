@@ -67,7 +67,11 @@ impl Scope {
 
 /// A configured set of probes; attached while `links` is not empty.
 pub(super) struct ProbeSet {
-    pub path: PathBuf,
+    /// The file analysed, attached through its descriptor (kept open
+    /// while the set lives: sampled sets attach again and again).
+    pub file: crate::target::AnalysedFile,
+    /// Its name, for messages.
+    pub name: PathBuf,
     pub symbols: Vec<String>,
     /// Each probe's operation (`mapguard_common::op`), like `symbols`.
     pub ops: Vec<u8>,

@@ -10,7 +10,7 @@
 //! two overlay mounts of one lower folder: `00:28` and `00:2a`, while the
 //! lower file's is `fe:00`). So the layer's file is found as the kernel
 //! finds it: the mount of the exe (its `mnt_id`, from the fdinfo of the
-//! exe opened `O_PATH`) in the process's mountinfo gives the overlay's
+//! exe opened) in the process's mountinfo gives the overlay's
 //! upper and lower folders; the first of them, upper first, that holds
 //! the exe's path within the mount is the file.
 //!
@@ -18,42 +18,89 @@
 //! overlay (containerd's, not the container's): they are looked up under
 //! the process's own `/proc/PID/root` (an overlay mounted where the
 //! process runs), then under `/proc/ANCESTOR/root` of each ancestor in
-//! another mount namespace, nearest first (the runtime's shim). The file
-//! found must have the exe's size and mode, else the overlay's own
+//! another mount namespace, nearest first (the runtime's shim). The path
+//! within a layer is looked up as overlayfs does, following no symlink
+//! (a tenant writes its upper folder, and a symlink there must not lead
+//! the agent to another tenant's file). The file found must have the
+//! exe's size, mode and bytes at both ends, else the overlay's own
 //! `(device, inode)` is kept.
+//!
+//! Everything is read from the exe's descriptor, opened once: the
+//! identity found is that of the file then analysed and probed through
+//! the same descriptor, whatever the process runs by then.
 
 use std::{
     ffi::OsStr,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    fs::File,
+    os::{
+        fd::{AsFd, AsRawFd as _, OwnedFd},
+        unix::{
+            ffi::OsStrExt as _,
+            fs::{FileExt as _, MetadataExt as _},
+        },
+    },
     path::{Path, PathBuf},
 };
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 
 /// `OVERLAYFS_SUPER_MAGIC`.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 /// Parents followed looking for the mount namespace of the overlay's
 /// mounter.
 const MAX_ANCESTORS: usize = 64;
+/// Bytes compared at each end of a layer's file and the executable (the
+/// ELF headers and Go's build-id note lie in the first).
+const COMPARED: usize = 4096;
+
+/// A process's executable, opened once through `/proc/PID/exe`: the file
+/// analysed and probed, and the `(device, inode)` the kernel keys its
+/// uprobes on, found from this descriptor (never from the path again: the
+/// process may run another file by then).
+#[derive(Debug)]
+pub struct OpenedExe {
+    pub file: File,
+    pub id: (u64, u64),
+}
+
+/// Opens the executable of `pid` (`proc_root` is where the host's `/proc`
+/// is mounted) and finds the file the kernel probes for it.
+pub fn open_exe(proc_root: &Path, pid: u32) -> Option<OpenedExe> {
+    let file = File::open(proc_root.join(format!("{pid}/exe"))).ok()?;
+    let id = real_file_id_of(proc_root, pid, &file)?;
+    Some(OpenedExe { file, id })
+}
 
 /// `(device, inode)` of the file process `pid` runs, as the kernel keys
 /// its uprobes: the layer's file for an overlay file, else `stat` of
 /// `/proc/PID/exe` (also when the layer's file cannot be found).
 /// `proc_root` is where the host's `/proc` is mounted.
 pub fn real_file_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
-    let exe = proc_root.join(format!("{pid}/exe"));
-    let stat = std::fs::metadata(&exe).ok()?;
+    open_exe(proc_root, pid).map(|e| e.id)
+}
+
+/// [`real_file_id`] of `exe`, the executable of `pid` opened.
+fn real_file_id_of(proc_root: &Path, pid: u32, exe: &File) -> Option<(u64, u64)> {
+    let stat = exe.metadata().ok()?;
     let own = (stat.dev(), stat.ino());
-    if !is_overlay(&exe) {
+    if !is_overlay(exe) {
         return Some(own);
     }
-    match layer_file(proc_root, pid, &exe) {
-        Some(file) => {
-            let meta = std::fs::metadata(&file).ok();
-            // The same file: a layer's copy has the exe's size and mode.
-            match meta.filter(|m| m.len() == stat.len() && m.mode() == stat.mode()) {
-                Some(m) => Some((m.dev(), m.ino())),
-                None => Some(own),
+    match layer_file(proc_root, pid, exe) {
+        Some(file) => match file.metadata() {
+            // The same file: a layer's copy has the exe's size, mode and
+            // bytes at both ends.
+            Ok(m) if m.len() == stat.len() && m.mode() == stat.mode() && same_ends(exe, &file) => {
+                Some((m.dev(), m.ino()))
             }
-        }
+            _ => {
+                tracing::debug!(
+                    pid,
+                    "a layer's file at the executable's path is another file; keyed by the overlay's inode"
+                );
+                Some(own)
+            }
+        },
         None => {
             tracing::debug!(
                 pid,
@@ -64,12 +111,35 @@ pub fn real_file_id(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
     }
 }
 
-fn is_overlay(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_MAGIC)
+fn is_overlay(file: &File) -> bool {
+    nix::sys::statfs::fstatfs(file).is_ok_and(|s| s.filesystem_type().0 == OVERLAYFS_MAGIC)
 }
 
-/// The file of an overlay's layers that `exe` (`/proc/PID/exe`) is.
-fn layer_file(proc_root: &Path, pid: u32, exe: &Path) -> Option<PathBuf> {
+/// Whether `a` and `b` (of one size) hold the same bytes at both ends.
+fn same_ends(a: &File, b: &File) -> bool {
+    let Ok(len) = a.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let n = COMPARED.min(len as usize);
+    [0, len - n as u64].into_iter().all(|offset| {
+        let (mut x, mut y) = (vec![0; n], vec![0; n]);
+        a.read_exact_at(&mut x, offset).is_ok() && b.read_exact_at(&mut y, offset).is_ok() && x == y
+    })
+}
+
+/// The file of an overlay's layers that `exe` (the executable of `pid`,
+/// opened) is, opened for reading.
+///
+/// The layer folders are named by the mount (the runtime's paths, or a
+/// tenant's own in a user namespace): each is resolved inside the root
+/// it is named in, as that namespace would (`RESOLVE_IN_ROOT`). The
+/// path within a layer is the tenant's: overlayfs never follows a
+/// symlink of a layer to find a file, so neither does this lookup
+/// (`RESOLVE_NO_SYMLINKS`, `RESOLVE_BENEATH`, `RESOLVE_NO_XDEV`) — a
+/// symlink planted in an upper folder must not lead to another tenant's
+/// file, or the host's.
+fn layer_file(proc_root: &Path, pid: u32, exe: &File) -> Option<File> {
+    let own = PathBuf::from(format!("/proc/self/fd/{}", exe.as_raw_fd()));
     let mnt_id = mount_id(exe)?;
     let mountinfo = std::fs::read_to_string(proc_root.join(format!("{pid}/mountinfo"))).ok()?;
     let mount = mountinfo
@@ -78,7 +148,10 @@ fn layer_file(proc_root: &Path, pid: u32, exe: &Path) -> Option<PathBuf> {
         .find(|m| m.id == mnt_id && m.fs_type == "overlay")?;
     // The exe's path as the process's namespace names it (the kernel
     // names a file of another namespace from that namespace's root).
-    let target = std::fs::read_link(exe).ok()?;
+    let target = std::fs::read_link(&own).ok()?;
+    if target.as_os_str().as_bytes().ends_with(b" (deleted)") {
+        return None;
+    }
     let within = target.strip_prefix(&mount.point).ok()?;
     let within = Path::new(&mount.root)
         .join(within)
@@ -87,25 +160,53 @@ fn layer_file(proc_root: &Path, pid: u32, exe: &Path) -> Option<PathBuf> {
         .to_path_buf();
     let layers = mount.layers();
     roots(proc_root, pid).into_iter().find_map(|root| {
-        layers
-            .iter()
-            .map(|layer| {
-                root.join(layer.strip_prefix("/").unwrap_or(layer))
-                    .join(&within)
-            })
-            .find(|candidate| std::fs::symlink_metadata(candidate).is_ok_and(|m| m.is_file()))
+        let root = open_path(&root)?;
+        layers.iter().find_map(|layer| {
+            let layer = resolve(
+                &root,
+                layer.strip_prefix("/").unwrap_or(layer),
+                OFlag::O_DIRECTORY,
+                ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            )?;
+            let found = resolve(
+                &layer,
+                &within,
+                OFlag::empty(),
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            )?;
+            // A whiteout, a FIFO, a folder: no file of the exe's.
+            let meta = File::from(found.try_clone().ok()?).metadata().ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            File::open(format!("/proc/self/fd/{}", found.as_raw_fd())).ok()
+        })
     })
 }
 
-/// The `mnt_id` of the mount `path` is on.
-fn mount_id(path: &Path) -> Option<u64> {
-    use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
-    // O_PATH: no read access to the file is needed.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(path)
-        .ok()?;
+/// `path` opened `O_PATH` (following it: `/proc/PID/root` is meant).
+fn open_path(path: &Path) -> Option<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
+}
+
+/// `path` below `dir`, opened `O_PATH` (nothing of the file runs or
+/// blocks on an open: a FIFO, a device) under `resolve`.
+fn resolve(dir: &impl AsFd, path: &Path, flags: OFlag, resolve: ResolveFlag) -> Option<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(resolve);
+    openat2(dir, path, how).ok()
+}
+
+/// The `mnt_id` of the mount `file` is on.
+fn mount_id(file: &File) -> Option<u64> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd())).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix("mnt_id:"))
@@ -286,7 +387,7 @@ mod tests {
     #[test]
     fn a_plain_file_is_its_own_stat() {
         let me = std::process::id();
-        if is_overlay(Path::new("/proc/self/exe")) {
+        if is_overlay(&File::open("/proc/self/exe").expect("own exe")) {
             return;
         }
         let stat = std::fs::metadata("/proc/self/exe").expect("own exe");

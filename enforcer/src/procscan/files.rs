@@ -4,7 +4,10 @@
 
 use std::{
     fmt::Write as _,
-    os::{fd::OwnedFd, unix::fs::DirEntryExt as _},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::DirEntryExt as _,
+    },
     path::Path,
 };
 
@@ -119,14 +122,16 @@ impl ProcDir {
         Ok(String::from_utf8_lossy(&self.buf))
     }
 
-    /// Stats the file `PID/exe` links to.
+    /// Stats the file `PID/exe` links to, as the kernel knows it already:
+    /// a tenant's executable on a filesystem that does not answer (a dead
+    /// network mount, a FUSE server) must not block the scan.
     pub(super) fn exe(&mut self, pid: u32) -> Result<Exe, Gone> {
         self.relative(pid, "/exe");
-        match fstatat(&self.dir, self.name.as_str(), AtFlags::empty()) {
-            Ok(st) => Ok(Exe::File(FileId {
-                dev: st.st_dev,
-                ino: st.st_ino,
-            })),
+        let Ok(name) = std::ffi::CString::new(self.name.as_str()) else {
+            return Err(Gone);
+        };
+        match crate::procfs::cached_file_id(self.dir.as_fd(), &name) {
+            Ok((dev, ino)) => Ok(Exe::File(FileId { dev, ino })),
             Err(Errno::ESRCH) => Err(Gone),
             Err(Errno::ENOENT) => Ok(Exe::Missing),
             Err(e) => Ok(Exe::Unreadable(e)),

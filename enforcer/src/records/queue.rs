@@ -5,8 +5,11 @@
 //! already waiting merges into its entry (its count grows, the latest
 //! occurrence wins), so a burst of one race, or a long outage, costs one
 //! entry and loses no count. The bound is on distinct entries, including
-//! the one being written; a new pair that finds the queue full is dropped,
-//! and the caller counts it.
+//! the one being written, in all and per namespace; a new pair that finds
+//! the queue, or its namespace's share of it, full is dropped, and the
+//! caller counts it. Namespaces are served in turn (one entry each, round
+//! robin), so a namespace racing at many call sites neither crowds out
+//! another's records nor delays them behind its own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -134,7 +137,10 @@ pub enum Admission {
 
 #[derive(Debug, Default)]
 struct Inner {
-    order: VecDeque<RecordKey>,
+    /// Entries waiting, by namespace, oldest first.
+    waiting: HashMap<String, VecDeque<RecordKey>>,
+    /// The namespaces with entries waiting, in the order they are served.
+    turns: VecDeque<String>,
     items: HashMap<RecordKey, Pending>,
     /// The record being written: it holds one place in the bound, shared
     /// with the entry of what arrived for it meanwhile.
@@ -142,12 +148,63 @@ struct Inner {
 }
 
 impl Inner {
-    fn len(&self) -> usize {
-        let apart = self
-            .in_flight
+    /// Whether the record in flight has no entry of its own waiting.
+    fn in_flight_apart(&self) -> Option<&RecordKey> {
+        self.in_flight
             .as_ref()
-            .is_some_and(|k| !self.items.contains_key(k));
-        self.items.len() + usize::from(apart)
+            .filter(|k| !self.items.contains_key(*k))
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() + usize::from(self.in_flight_apart().is_some())
+    }
+
+    /// Entries of `namespace`, the one in flight included.
+    fn namespace_len(&self, namespace: &str) -> usize {
+        let apart = self
+            .in_flight_apart()
+            .is_some_and(|k| k.namespace == namespace);
+        self.waiting.get(namespace).map_or(0, VecDeque::len) + usize::from(apart)
+    }
+
+    /// Adds `key` last of its namespace.
+    fn enqueue(&mut self, key: RecordKey, pending: Pending) {
+        let queue = self.waiting.entry(key.namespace.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(key.namespace.clone());
+        }
+        queue.push_back(key.clone());
+        self.items.insert(key, pending);
+    }
+
+    /// Puts `key` first of its namespace, and its namespace first.
+    fn enqueue_first(&mut self, key: RecordKey, pending: Pending) {
+        let namespace = key.namespace.clone();
+        let queue = self.waiting.entry(namespace.clone()).or_default();
+        queue.retain(|k| k != &key);
+        queue.push_front(key.clone());
+        self.turns.retain(|n| n != &namespace);
+        self.turns.push_front(namespace);
+        self.items.insert(key, pending);
+    }
+
+    /// The first entry of the namespace whose turn it is.
+    fn take_next(&mut self) -> Option<RecordKey> {
+        while let Some(namespace) = self.turns.pop_front() {
+            let Some(queue) = self.waiting.get_mut(&namespace) else {
+                continue;
+            };
+            let key = queue.pop_front();
+            if queue.is_empty() {
+                self.waiting.remove(&namespace);
+            } else {
+                self.turns.push_back(namespace);
+            }
+            if key.is_some() {
+                return key;
+            }
+        }
+        None
     }
 }
 
@@ -159,6 +216,7 @@ pub(crate) type LengthObserver = Box<dyn Fn(usize) + Send + Sync>;
 pub(crate) struct Queue {
     inner: Mutex<Inner>,
     capacity: usize,
+    per_namespace: usize,
     observer: LengthObserver,
 }
 
@@ -167,15 +225,18 @@ impl std::fmt::Debug for Queue {
         f.debug_struct("Queue")
             .field("inner", &self.inner)
             .field("capacity", &self.capacity)
+            .field("per_namespace", &self.per_namespace)
             .finish_non_exhaustive()
     }
 }
 
 impl Queue {
-    pub fn new(capacity: usize, observer: LengthObserver) -> Self {
+    /// At most `capacity` entries, `per_namespace` of them of one namespace.
+    pub fn new(capacity: usize, per_namespace: usize, observer: LengthObserver) -> Self {
         Queue {
             inner: Mutex::new(Inner::default()),
             capacity,
+            per_namespace,
             observer,
         }
     }
@@ -204,23 +265,23 @@ impl Queue {
         if inner.in_flight.as_ref() == Some(&key) {
             // A repeat of the record being written: waits in an entry of
             // its own (merged back on a retry), in the same place.
-            inner.order.push_back(key.clone());
-            inner.items.insert(key, pending);
+            inner.enqueue(key, pending);
             return (Admission::Merged, 0, self.changed(&inner));
         }
-        if inner.len() >= self.capacity {
+        if inner.len() >= self.capacity || inner.namespace_len(&key.namespace) >= self.per_namespace
+        {
             return (Admission::Dropped, 0, inner.len());
         }
-        inner.order.push_back(key.clone());
-        inner.items.insert(key, pending);
+        inner.enqueue(key, pending);
         (Admission::Queued, 0, self.changed(&inner))
     }
 
-    /// Takes the oldest entry to write; it counts against the bound until
-    /// [`Queue::done`] or [`Queue::requeue`].
+    /// Takes the next entry to write: the oldest of the namespace whose
+    /// turn it is. It counts against the bounds until [`Queue::done`] or
+    /// [`Queue::requeue`].
     pub fn pop(&self) -> Option<(RecordKey, Pending)> {
         let mut inner = self.lock();
-        while let Some(key) = inner.order.pop_front() {
+        while let Some(key) = inner.take_next() {
             if let Some(pending) = inner.items.remove(&key) {
                 inner.in_flight = Some(key.clone());
                 return Some((key, pending));
@@ -245,10 +306,8 @@ impl Queue {
         let mut lost = 0;
         if let Some(newer) = inner.items.remove(&key) {
             lost = rest.absorb(newer);
-            inner.order.retain(|k| k != &key);
         }
-        inner.order.push_front(key.clone());
-        inner.items.insert(key, rest);
+        inner.enqueue_first(key, rest);
         (lost, self.changed(&inner))
     }
 
@@ -264,8 +323,12 @@ mod tests {
     use crate::vocab::{Kind, Op};
 
     fn key(name: &str) -> RecordKey {
+        key_in("ns", name)
+    }
+
+    fn key_in(namespace: &str, name: &str) -> RecordKey {
         RecordKey {
-            namespace: "ns".to_owned(),
+            namespace: namespace.to_owned(),
             name: name.to_owned(),
         }
     }
@@ -300,7 +363,7 @@ mod tests {
 
     #[test]
     fn repeats_merge_and_new_pairs_beyond_the_bound_are_dropped() {
-        let queue = Queue::new(2, Box::new(|_| {}));
+        let queue = Queue::new(2, 2, Box::new(|_| {}));
         assert_eq!(
             queue.push(key("a"), occurrence("p1", 10)).0,
             Admission::Queued
@@ -344,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_requeued_entry_goes_first_and_keeps_what_arrived_meanwhile() {
-        let queue = Queue::new(4, Box::new(|_| {}));
+        let queue = Queue::new(4, 4, Box::new(|_| {}));
         queue.push(key("a"), occurrence("p1", 10));
         queue.push(key("b"), occurrence("p1", 11));
         let (k, mut a) = queue.pop().expect("an entry");
@@ -368,7 +431,7 @@ mod tests {
 
     #[test]
     fn repeats_of_the_record_in_flight_take_no_place_of_their_own() {
-        let queue = Queue::new(2, Box::new(|_| {}));
+        let queue = Queue::new(2, 2, Box::new(|_| {}));
         queue.push(key("a"), occurrence("p1", 1));
         let (k, a) = queue.pop().expect("an entry");
         assert_eq!(
@@ -395,7 +458,7 @@ mod tests {
 
     #[test]
     fn events_beyond_the_per_entry_bound_are_counted_as_lost() {
-        let queue = Queue::new(1, Box::new(|_| {}));
+        let queue = Queue::new(1, 1, Box::new(|_| {}));
         let mut lost = 0;
         for i in 0..MAX_EVENT_PODS + 3 {
             lost += queue.push(key("a"), occurrence(&format!("p{i}"), 1)).1;
@@ -404,5 +467,79 @@ mod tests {
         let (_, a) = queue.pop().expect("an entry");
         assert_eq!(a.unrecorded, MAX_EVENT_PODS as u64 + 3);
         assert_eq!(a.events.len(), MAX_EVENT_PODS);
+    }
+
+    #[test]
+    fn one_namespace_cannot_take_more_than_its_share() {
+        let queue = Queue::new(10, 2, Box::new(|_| {}));
+        assert_eq!(
+            queue.push(key_in("flood", "a"), occurrence("p1", 1)).0,
+            Admission::Queued
+        );
+        assert_eq!(
+            queue.push(key_in("flood", "b"), occurrence("p1", 2)).0,
+            Admission::Queued
+        );
+        assert_eq!(
+            queue.push(key_in("flood", "c"), occurrence("p1", 3)).0,
+            Admission::Dropped,
+            "the flooding namespace is at its share"
+        );
+        // Its repeats still merge; another namespace still gets in.
+        assert_eq!(
+            queue.push(key_in("flood", "a"), occurrence("p1", 4)).0,
+            Admission::Merged
+        );
+        assert_eq!(
+            queue.push(key_in("quiet", "x"), occurrence("p2", 5)).0,
+            Admission::Queued
+        );
+        // The entry in flight counts against its namespace's share.
+        let (k, _) = queue.pop().expect("an entry");
+        assert_eq!(k, key_in("flood", "a"));
+        assert_eq!(
+            queue.push(key_in("flood", "c"), occurrence("p1", 6)).0,
+            Admission::Dropped
+        );
+        queue.done();
+        assert_eq!(
+            queue.push(key_in("flood", "c"), occurrence("p1", 7)).0,
+            Admission::Queued
+        );
+    }
+
+    #[test]
+    fn namespaces_are_served_in_turn() {
+        let queue = Queue::new(10, 10, Box::new(|_| {}));
+        for name in ["a", "b", "c"] {
+            queue.push(key_in("flood", name), occurrence("p1", 1));
+        }
+        queue.push(key_in("quiet", "x"), occurrence("p2", 2));
+        queue.push(key_in("other", "y"), occurrence("p3", 3));
+        let mut order = Vec::new();
+        while let Some((k, _)) = queue.pop() {
+            order.push(format!("{}/{}", k.namespace, k.name));
+            queue.done();
+        }
+        assert_eq!(
+            order,
+            ["flood/a", "quiet/x", "other/y", "flood/b", "flood/c"],
+            "one entry of each namespace per turn"
+        );
+        // A failed write goes first again, its namespace's turn kept.
+        queue.push(key_in("flood", "a"), occurrence("p1", 4));
+        queue.push(key_in("flood", "b"), occurrence("p1", 5));
+        queue.push(key_in("quiet", "x"), occurrence("p2", 6));
+        let (k, a) = queue.pop().expect("an entry");
+        assert_eq!(k, key_in("flood", "a"));
+        queue.requeue(k, a);
+        let next: Vec<String> = std::iter::from_fn(|| {
+            let (k, _) = queue.pop()?;
+            queue.done();
+            Some(k.name)
+        })
+        .collect();
+        assert_eq!(next, ["a", "x", "b"]);
+        assert_eq!(queue.len(), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! The record writer: `submit` from the enforcer's loop (never waits), one
-//! tokio task writing records and Events in the order they came, retrying
-//! with backoff while the API server is away.
+//! tokio task writing records and Events (namespaces in turn, each in the
+//! order they came), retrying with backoff while the API server is away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +30,9 @@ pub struct RecordsConfig {
     /// Records with writes pending (repeats of a pending pair merge into
     /// its entry); new pairs beyond it are dropped and counted.
     pub queue_capacity: usize,
+    /// Of `queue_capacity`, the most one namespace may hold (namespaces
+    /// are served in turn); new pairs beyond it are dropped and counted.
+    pub queue_per_namespace: usize,
     /// Publish a Warning Event on the Pod for each violation.
     pub events: bool,
     /// First retry delay after a failed write; doubles up to `max_backoff`.
@@ -49,6 +52,7 @@ impl RecordsConfig {
             node: node.into(),
             max_records_per_namespace: 100,
             queue_capacity: 1000,
+            queue_per_namespace: 100,
             events: true,
             min_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
@@ -108,7 +112,11 @@ impl RecordWriter {
             })
         };
         let shared = Arc::new(Shared {
-            queue: Queue::new(config.queue_capacity.max(1), observer),
+            queue: Queue::new(
+                config.queue_capacity.max(1),
+                config.queue_per_namespace.max(1),
+                observer,
+            ),
             wake: Notify::new(),
             length,
             metrics,

@@ -38,6 +38,10 @@ use crate::{
     procfs,
 };
 use cgroups::shared_ops_of;
+
+/// Failure reasons that mean the file is no Go binary mapguard can
+/// enforce on (`TargetError::reason`).
+const REFUSALS: [&str; 4] = ["not_go", "unsupported_go", "too_large", "not_enforceable"];
 use metrics::{KindLabels, OutcomeLabels};
 
 /// The exec hook and what the agent told it.
@@ -84,6 +88,26 @@ impl ExecState {
             pods: HashMap::new(),
             roots: HashMap::new(),
             metrics,
+        }
+    }
+
+    /// The Pods whose cgroup the hook knows: (uid, cgroup id).
+    pub(super) fn pod_cgroups(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.pods.iter().map(|(uid, (id, _))| (uid.as_str(), *id))
+    }
+
+    /// Tells the hook that Pod `uid` is at a per-Pod bound: it registers
+    /// none of its new processes.
+    pub(super) fn set_at_limit(&mut self, uid: &str) {
+        let Some((id, policy)) = self.pods.get_mut(uid) else {
+            return;
+        };
+        let limited = CgroupPolicy {
+            at_limit: 1,
+            ..*policy
+        };
+        if *policy != limited && self.hook.set_cgroup(*id, limited).is_ok() {
+            *policy = limited;
         }
     }
 
@@ -227,6 +251,9 @@ impl Enforcement {
                     .insert(pid, workload_labels(&pods[&placed.pod_uid]));
                 self.enforced.insert(pid, want);
             }
+            // Opened or analysed off the loop first: the scan's turn
+            // attaches them.
+            Err(e) if e.reason == super::PENDING => {}
             Err(e) => {
                 tracing::warn!(pid, error = %e.message, "enforced at exec, but its own probes could not be attached")
             }
@@ -253,6 +280,7 @@ impl Enforcement {
             start: procfs::start_time(pid).unwrap_or_default(),
             pod_uid: c.pod_uid.as_str().to_string(),
             container: c.id.as_str().to_string(),
+            exe_dev: procfs::cached_exe_id(self.scanner.proc_root(), pid).map(|(dev, _)| dev),
         })
     }
 
@@ -289,34 +317,30 @@ impl Enforcement {
         if !procfs::started_by(pid, hold.boot_ns) {
             return Some(Outcome::Exited);
         }
-        let exe = self.scanner.proc_root().join(format!("{pid}/exe"));
-        let Some(file) = procfs::real_file_id(self.scanner.proc_root(), pid) else {
-            return Some(Outcome::Exited);
-        };
+        let start = procfs::start_time(pid)?;
+        let exe_dev = procfs::cached_exe_id(self.scanner.proc_root(), pid).map(|(dev, _)| dev);
         // The binary first: a file that is not Go is released whatever
-        // its Pod, and never held again.
+        // its Pod, and never held again. Opened and analysed off the
+        // loop: not settled until then (or until the hold's bound).
         let not_go = KnownFile {
             kind: file_kind::NOT_ENFORCEABLE,
             ..KnownFile::default()
         };
-        if self.refused.contains_key(&file) {
-            self.exec.as_mut()?.mark_file(hold.file, not_go);
-            return Some(Outcome::NotGo);
-        }
-        let target = match self.session.binary_file(&exe, file, 0) {
+        let target = match self.binary_of((pid, start), exe_dev) {
             Ok(target) => target,
-            Err(crate::session::SessionError::Target { error, .. }) if procfs::alive(pid) => {
-                let binary = std::fs::read_link(&exe).unwrap_or(exe.clone());
-                self.refused
-                    .insert(file, format!("{}: {error}", binary.display()));
+            Err(e) if e.reason == super::PENDING => return None,
+            Err(e) if e.reason == "exited" || !procfs::alive(pid) => {
+                return Some(Outcome::Exited);
+            }
+            Err(e) if REFUSALS.contains(&e.reason) => {
                 self.exec.as_mut()?.mark_file(hold.file, not_go);
                 return Some(Outcome::NotGo);
             }
-            Err(e) if procfs::alive(pid) => {
-                tracing::warn!(pid, error = %e, "cannot probe a held process's binary");
+            Err(e) => {
+                self.metrics.attach_failed(e.reason);
+                tracing::warn!(pid, error = %e.message, "cannot probe a held process's binary");
                 return Some(Outcome::Failed);
             }
-            Err(_) => return Some(Outcome::Exited),
         };
         let known = |shared: bool| KnownFile {
             kind: file_kind::GO,
@@ -338,9 +362,10 @@ impl Enforcement {
         self.note_pod_cgroup(pid, &pod);
         let placed = Placed {
             pid,
-            start: procfs::start_time(pid)?,
+            start,
             pod_uid: pod.uid.clone(),
             container: container.id.as_str().to_string(),
+            exe_dev,
         };
         let Some(want) = wanted(pods, Some(&placed)) else {
             return Some(Outcome::NotEnforced);
@@ -348,6 +373,7 @@ impl Enforcement {
         self.drop_old_image(pid);
         match self.enforce(&placed, pods, &want) {
             Ok(_) => {}
+            Err(e) if e.reason == super::PENDING => return None,
             Err(e) if e.reason == "exited" => return Some(Outcome::Exited),
             Err(e) => {
                 self.metrics.attach_failed(e.reason);
@@ -360,7 +386,7 @@ impl Enforcement {
         self.enforced.insert(pid, want);
         if shared_ops_of(coverage) != shared_ops::NONE && !shared {
             // The next process of this file in such a Pod needs no hold.
-            match self.session.share_map_ops(&target, &exe) {
+            match self.session.share_map_ops(&target) {
                 Ok(()) => self.exec.as_mut()?.mark_file(hold.file, known(true)),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot probe a binary for all its processes; its next processes will be held too")

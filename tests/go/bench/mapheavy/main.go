@@ -7,6 +7,10 @@
 // With -shared, another goroutine writes the map once before the timed loop
 // (handed over a channel: still no race), so the map counts as shared and
 // mapguard records the writer's stack on every write.
+//
+// With -reads, each iteration is one read `sum += m[k]` instead
+// (runtime.mapaccess1_fast64, which Go 1.27 made a wrapper of
+// mapaccess2_fast64: one probed call per iteration on every release).
 package main
 
 import (
@@ -30,9 +34,18 @@ func churn(m map[int]int, n int) (sum int) {
 	return sum
 }
 
+//go:noinline
+func reads(m map[int]int, n int) (sum int) {
+	for i := 0; i < n; i++ {
+		sum += m[i&7]
+	}
+	return sum
+}
+
 func main() {
 	n := flag.Int("n", 2_000_000, "iterations")
 	shared := flag.Bool("shared", false, "let a second goroutine write the map first")
+	readsOnly := flag.Bool("reads", false, "time map reads (m[k]) instead")
 	flag.Parse()
 	runtime.GOMAXPROCS(1)
 
@@ -47,12 +60,16 @@ func main() {
 		<-done
 	}
 	churn(m, 1000) // warm up: the map reaches its steady size
+	loop, calls := churn, 3
+	if *readsOnly {
+		loop, calls = reads, 1
+	}
 	start := time.Now()
-	sum := churn(m, *n)
+	sum := loop(m, *n)
 	elapsed := time.Since(start)
 	_ = json.NewEncoder(os.Stdout).Encode(map[string]any{
 		"iterations":  *n,
-		"map_calls":   3 * *n,
+		"map_calls":   calls * *n,
 		"elapsed_ns":  elapsed.Nanoseconds(),
 		"ns_per_iter": float64(elapsed.Nanoseconds()) / float64(*n),
 		"checksum":    sum,

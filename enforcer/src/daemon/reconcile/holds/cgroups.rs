@@ -20,7 +20,8 @@ pub(super) fn policy_of(pod: &PodPolicy) -> CgroupPolicy {
         kind: cgroup_kind::POD,
         mode: pod.mode.map_or(0, |m| m.action()),
         shared_ops: shared_ops_of(pod.coverage),
-        _pad: [0; 5],
+        at_limit: 0,
+        _pad: [0; 4],
     }
 }
 
@@ -75,6 +76,7 @@ impl Enforcement {
     /// Brings the hook's cgroups in line with the node's Pods and the
     /// kubepods roots present; adopts holds the ring buffer did not carry.
     pub(in crate::daemon::reconcile) fn sync_exec(&mut self, pods: &PodMap) {
+        let at_limit = self.pods_at_limit();
         let Some(exec) = self.exec.as_mut() else {
             return;
         };
@@ -114,7 +116,10 @@ impl Enforcement {
                 false
             }
             Some(pod) => {
-                let now = policy_of(pod);
+                let now = CgroupPolicy {
+                    at_limit: u8::from(at_limit.contains(uid)),
+                    ..policy_of(pod)
+                };
                 if now != *policy && hook.set_cgroup(*id, now).is_ok() {
                     *policy = now;
                 }

@@ -1,28 +1,30 @@
-//! The opt-in responder: when a workload's map violations and crashes on
-//! this node pass a threshold within a window, act on the cluster — evict
+//! The responder's decisions: when a workload's map violations and
+//! crashes pass a threshold within a window, act on the cluster — evict
 //! the offending Pod through the Eviction API (which honours its
-//! PodDisruptionBudgets) or cordon the node.
+//! PodDisruptionBudgets) or cordon its node.
 //!
-//! Off by default. Rate-limited twice: one action per workload per
-//! `workload_interval` (on this node), and at most `cluster_per_hour`
-//! actions in the whole cluster, counted from the responder's own Events
-//! (every node agent sees the same count). `dry_run` decides and records
-//! everything but changes nothing. Every decision that acts, would act or
-//! is refused is an Event (reporting controller `mapguard.io/responder`) on
-//! the Pod or the Node, and a count in `mapguard_responder_actions_total`.
+//! Rate-limited twice: one action per workload per `workload_interval`,
+//! and at most `cluster_per_hour` actions in the whole cluster, claimed
+//! from the [`Budget`] that only the responder writes. `dry_run` decides
+//! and records everything but changes nothing. Every decision that acts,
+//! would act or is refused is an Event (reporting controller
+//! `mapguard.io/responder`) on the Pod or the Node, and a count in
+//! `mapguard_responder_actions_total`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, ObjectReference, Pod};
-use kube::api::{EvictParams, ListParams};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use kube::api::EvictParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use super::budget::{Budget, Claim};
 
 /// `reportingController` of the responder's Events.
 pub const REPORTING_CONTROLLER: &str = "mapguard.io/responder";
@@ -52,14 +54,14 @@ impl ResponseAction {
     }
 }
 
-/// The responder's settings (`--respond*` flags of the daemon).
+/// The responder's settings (flags of `mapguard-enforcer respond`).
 #[derive(Debug, Clone)]
 pub struct ResponderConfig {
     pub action: ResponseAction,
     /// Violations and crashes of one workload within `window` that trigger.
     pub threshold: u32,
     pub window: Duration,
-    /// At most one action per workload per this long (on this node).
+    /// At most one action per workload per this long.
     pub workload_interval: Duration,
     /// At most this many actions per hour in the whole cluster.
     pub cluster_per_hour: u32,
@@ -78,6 +80,8 @@ pub enum Cause {
 pub struct Trigger {
     pub namespace: String,
     pub pod: String,
+    /// The node the Pod runs on (the one a cordon acts on).
+    pub node: String,
     /// The owning controller (`Deployment/shop`), or the Pod itself.
     pub workload: String,
     pub cause: Cause,
@@ -137,11 +141,12 @@ struct State {
     acted: BTreeMap<(String, String), Instant>,
 }
 
-/// Decides and acts; one per node agent.
+/// Decides and acts; one in the cluster (the `mapguard-responder`
+/// Deployment).
 pub struct Responder {
     client: Client,
-    node: String,
     config: ResponderConfig,
+    budget: Budget,
     recorder: Recorder,
     state: Mutex<State>,
     actions: Family<ActionLabels, Counter>,
@@ -150,44 +155,44 @@ pub struct Responder {
 impl std::fmt::Debug for Responder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Responder")
-            .field("node", &self.node)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Responder {
-    /// A responder on `node`, with a client of its own made from `kube`:
-    /// kube's default retry of 429 answers is off for it, since an
-    /// eviction a disruption budget refuses (429) must be reported now, not
-    /// retried for minutes.
+    /// A responder whose cluster budget is kept in `namespace` (its own),
+    /// with a client of its own made from `kube`: kube's default retry of
+    /// 429 answers is off for it, since an eviction a disruption budget
+    /// refuses (429) must be reported now, not retried for minutes.
     pub fn new(
         kube: &kube::Config,
-        node: String,
+        namespace: &str,
         config: ResponderConfig,
     ) -> Result<Responder, kube::Error> {
         let mut kube = kube.clone();
         kube.default_retry = false;
         let client = Client::try_from(kube)?;
-        Ok(Self::with_client(client, node, config))
-    }
-
-    fn with_client(client: Client, node: String, config: ResponderConfig) -> Responder {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
                 controller: REPORTING_CONTROLLER.to_owned(),
-                instance: Some(format!("mapguard-enforcer-{node}")),
+                instance: Some("mapguard-responder".to_owned()),
             },
         );
-        Responder {
+        Ok(Responder {
+            budget: Budget::new(client.clone(), namespace, config.cluster_per_hour),
             client,
-            node,
             config,
             recorder,
             state: Mutex::new(State::default()),
             actions: Family::default(),
-        }
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &ResponderConfig {
+        &self.config
     }
 
     /// Registers `mapguard_responder_actions_total{action,outcome}`.
@@ -251,13 +256,6 @@ impl Responder {
             state.acted.insert(key.clone(), now);
             state.seen.remove(&key);
         }
-        let in_last_hour = match self.actions_in_last_hour().await {
-            Ok(n) => n,
-            Err(why) => return Outcome::Failed(why),
-        };
-        if in_last_hour >= self.config.cluster_per_hour {
-            return Outcome::ClusterRateLimited { in_last_hour };
-        }
         let what = match trigger.cause {
             Cause::Violation => "map violations",
             Cause::Crash => "map crashes",
@@ -271,11 +269,33 @@ impl Responder {
             self.event(trigger, REASON_DRY_RUN, &note).await;
             return Outcome::DryRun(self.config.action);
         }
-        match self.config.action {
+        let target = match self.config.action {
+            ResponseAction::Cordon => format!("node {}", trigger.node),
+            _ => format!("pod {}/{}", trigger.namespace, trigger.pod),
+        };
+        let claim = match self
+            .budget
+            .claim(&format!("{} {target}", self.config.action.as_str()))
+            .await
+        {
+            Ok(Claim::Granted(claim)) => claim,
+            Ok(Claim::Exhausted { in_last_hour }) => {
+                return Outcome::ClusterRateLimited { in_last_hour };
+            }
+            // Without a budget to claim from, no action.
+            Err(why) => return Outcome::Failed(why),
+        };
+        let outcome = match self.config.action {
             ResponseAction::Off => Outcome::Off,
             ResponseAction::Evict => self.evict(trigger, &why).await,
-            ResponseAction::Cordon => self.cordon(&why).await,
+            ResponseAction::Cordon => self.cordon(trigger, &why).await,
+        };
+        if !matches!(outcome, Outcome::Evicted | Outcome::Cordoned)
+            && let Err(why) = self.budget.release(&claim).await
+        {
+            tracing::warn!(%why, "cannot give back an unused claim on the cluster budget");
         }
+        outcome
     }
 
     async fn evict(&self, trigger: &Trigger, why: &str) -> Outcome {
@@ -310,56 +330,22 @@ impl Responder {
         }
     }
 
-    async fn cordon(&self, why: &str) -> Outcome {
+    async fn cordon(&self, trigger: &Trigger, why: &str) -> Outcome {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        match nodes.cordon(&self.node).await {
+        match nodes.cordon(&trigger.node).await {
             Ok(_) => {
                 let reference = ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Node".into()),
-                    name: Some(self.node.clone()),
+                    name: Some(trigger.node.clone()),
                     ..ObjectReference::default()
                 };
                 self.publish(REASON_CORDONED, &format!("cordoned: {why}"), &reference)
                     .await;
                 Outcome::Cordoned
             }
-            Err(e) => Outcome::Failed(format!("cordon node {}: {e}", self.node)),
+            Err(e) => Outcome::Failed(format!("cordon node {}: {e}", trigger.node)),
         }
-    }
-
-    /// The responder's actions (evictions, cordons) in the cluster in the
-    /// last hour, from its Events.
-    async fn actions_in_last_hour(&self) -> Result<u32, String> {
-        let events: Api<CoreEvent> = Api::all(self.client.clone());
-        let list = events
-            .list(
-                &ListParams::default()
-                    .fields(&format!("reportingComponent={REPORTING_CONTROLLER}")),
-            )
-            .await
-            .map_err(|e| format!("list the responder's Events: {e}"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
-        let hour_ago = now - 3600;
-        let count = list
-            .items
-            .iter()
-            .filter(|e| matches!(e.reason.as_deref(), Some(REASON_EVICTED | REASON_CORDONED)))
-            .filter(|e| {
-                let last = e
-                    .series
-                    .as_ref()
-                    .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
-                    .or(e.event_time.as_ref().map(|t| t.0))
-                    .or(e.last_timestamp.as_ref().map(|t| t.0));
-                last.is_some_and(|t| t.as_second() > hour_ago)
-            })
-            .map(|e| e.series.as_ref().and_then(|s| s.count).unwrap_or(1).max(1) as u32)
-            .sum();
-        Ok(count)
     }
 
     async fn event(&self, trigger: &Trigger, reason: &str, note: &str) {
