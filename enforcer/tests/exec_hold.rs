@@ -29,12 +29,10 @@ use std::{
 };
 
 use agent::{Agent, wait_violation};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, api::PostParams};
 use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, start_in, wait};
-use serde_json::{Value, json};
+use pod_process::{container_of, create_pod, start_in, wait};
+use serde_json::Value;
 
 const NODE: &str = "mapguard-exec-node";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -56,6 +54,7 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
 
     let pod = create_pod(
         &client,
+        NODE,
         "starter",
         &[
             ("mapguard.io/mode", "kill"),
@@ -194,6 +193,7 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     let roots = agent.metric("mapguard_exec_watched_cgroups{kind=\"kubepods_root\"}");
     let sampled = create_pod(
         &client,
+        NODE,
         "sampled",
         &[
             ("mapguard.io/mode", "audit"),
@@ -392,23 +392,4 @@ fn assert_both_call_sites(report: &Value) {
 fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-async fn create_pod(client: &Client, name: &str, annotations: &[(&str, &str)]) -> Pod {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create default/{name}: {e}"))
 }

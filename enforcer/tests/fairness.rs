@@ -26,11 +26,8 @@ use std::{
 };
 
 use agent::{Agent, wait_violation};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, api::PostParams};
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, start_in, wait};
-use serde_json::{Value, json};
+use pod_process::{container_of, create_pod, start_in, wait};
 
 const NODE: &str = "mapguard-fair-node";
 /// The processes one Pod may have enforced in this test.
@@ -66,10 +63,11 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
         ("mapguard.io/mode", "audit"),
         ("mapguard.io/coverage", "full"),
     ];
-    let flooder_pod = create_pod(&client, "flooder", &audit_full).await;
+    let flooder_pod = create_pod(&client, NODE, "flooder", &audit_full).await;
     // Killed at its first race: one report, the single race of the finding.
     let quiet_pod = create_pod(
         &client,
+        NODE,
         "quiet",
         &[
             ("mapguard.io/mode", "kill"),
@@ -79,6 +77,7 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
     .await;
     let crowd_pod = create_pod(
         &client,
+        NODE,
         "crowd",
         &[
             ("mapguard.io/mode", "audit"),
@@ -247,23 +246,4 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
 fn signal(child: &Child, sig: i32) {
     // SAFETY: signals the test's own child.
     unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-async fn create_pod(client: &Client, name: &str, annotations: &[(&str, &str)]) -> Pod {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create default/{name}: {e}"))
 }

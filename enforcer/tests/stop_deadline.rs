@@ -30,11 +30,9 @@ use std::{
 };
 
 use agent::{Agent, wait_violation};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, api::PostParams};
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, start_in, wait};
-use serde_json::{Value, json};
+use pod_process::{container_of, create_pod, start_in, wait};
+use serde_json::Value;
 
 const NODE: &str = "mapguard-stop-node";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -55,6 +53,7 @@ async fn stops_end_at_their_deadline_and_reused_pids_are_not_their_predecessors(
     let clean = support::program(go, "clean", "mutex");
     let pod = create_pod(
         &client,
+        NODE,
         "stopper",
         &[
             ("mapguard.io/mode", "stop"),
@@ -355,23 +354,4 @@ fn spawn_with_pid(pid: u32, program: &Path, args: &[&str], stderr: &Path) -> u32
     );
     assert_eq!(rc as u32, pid, "clone3 gave another pid");
     rc as u32
-}
-
-async fn create_pod(client: &Client, name: &str, annotations: &[(&str, &str)]) -> Pod {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create default/{name}: {e}"))
 }

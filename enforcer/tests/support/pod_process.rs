@@ -79,3 +79,29 @@ pub fn wait(child: &mut Child, timeout: Duration) -> (Option<i32>, String) {
     }
     (status.code(), stderr)
 }
+
+/// Creates Pod `default/NAME` bound to `node`, with `annotations` and one
+/// container `app` (the name [`container_of`] reports running).
+pub async fn create_pod(
+    client: &Client,
+    node: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+) -> Pod {
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "app", "image": "registry.example/app:1"}],
+        },
+    }))
+    .expect("Pod");
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create default/{name}: {e}"))
+}
