@@ -66,14 +66,10 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     // the agent starts, as the kubelet's root does on a node.
     let cg = container_of(&client, &pod).await;
 
-    let dir = std::env::temp_dir().join(format!("mapguard-exec-hold-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test folder");
+    let dir = support::test_dir("exec-hold");
     let events = dir.join("events.jsonl");
     // A bpffs of the test's own for the pinned table of holds.
-    let pin_dir = dir.join("pin");
-    std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let bpffs = support::BpfFs::mount(&pin_dir);
+    let bpffs = support::BpfFs::in_dir(&dir);
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),
@@ -81,10 +77,7 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
         dir.join("agent.log"),
         // A bound the last stage (a hold that lasts until the agent
         // stops) stays well within on a loaded machine.
-        &[
-            &format!("--bpf-pin-dir={}", pin_dir.display()),
-            "--exec-hold-timeout=10s",
-        ],
+        &[&bpffs.flag(), "--exec-hold-timeout=10s"],
     );
     agent.wait_ready().await;
     agent
@@ -276,10 +269,7 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
 
     // 5. An agent killed outright leaves its hold; the next one releases
     //    it (past its bound: it cannot resolve the Pod either).
-    let flags = [
-        format!("--bpf-pin-dir={}", pin_dir.display()),
-        "--exec-hold-timeout=1s".to_string(),
-    ];
+    let flags = [bpffs.flag(), "--exec-hold-timeout=1s".to_string()];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut doomed = Agent::start(
         NODE,

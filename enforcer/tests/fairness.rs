@@ -89,20 +89,16 @@ async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
     let quiet_cg = container_of(&client, &quiet_pod).await;
     let crowd_cg = container_of(&client, &crowd_pod).await;
 
-    let dir = std::env::temp_dir().join(format!("mapguard-fairness-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test folder");
+    let dir = support::test_dir("fairness");
     let events = dir.join("events.jsonl");
-    let pin_dir = dir.join("pin");
-    std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let _bpffs = support::BpfFs::mount(&pin_dir);
+    let bpffs = support::BpfFs::in_dir(&dir);
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),
         &events,
         dir.join("agent.log"),
         &[
-            &format!("--bpf-pin-dir={}", pin_dir.display()),
+            &bpffs.flag(),
             "--exec-hold-timeout=10s",
             "--event-rate=50",
             "--event-burst=50",

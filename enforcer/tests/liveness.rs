@@ -24,23 +24,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use agent::{Agent, http_get, wait_violation};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, start_in, wait};
-use serde_json::json;
+use pod_process::{container_of, create_pod, start_in, wait};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// One test at a time: each runs an API server and an agent.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn temp_dir(test: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mapguard-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test folder");
-    dir
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_never_answers_does_not_stop_enforcement() {
@@ -58,27 +48,20 @@ async fn a_file_that_never_answers_does_not_stop_enforcement() {
     let go = support::versions().last().copied().expect("a Go release");
     let racy = support::program(go, "racy", "delete_assign");
 
-    let dir = temp_dir("dead-fs");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "dead-fs", "annotations": {
-            "mapguard.io/mode": "kill",
-            "mapguard.io/coverage": "full",
-        }},
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    let pod = Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create default/dead-fs");
+    let dir = support::test_dir("dead-fs");
+    let pod = create_pod(
+        &client,
+        NODE,
+        "dead-fs",
+        &[
+            ("mapguard.io/mode", "kill"),
+            ("mapguard.io/coverage", "full"),
+        ],
+    )
+    .await;
     let cg = container_of(&client, &pod).await;
     let events = dir.join("events.jsonl");
-    let pin_dir = dir.join("pin");
-    std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let bpffs = support::BpfFs::mount(&pin_dir);
+    let bpffs = support::BpfFs::in_dir(&dir);
     let file_timeout = Duration::from_secs(3);
     let mut agent = Agent::start(
         NODE,
@@ -86,7 +69,7 @@ async fn a_file_that_never_answers_does_not_stop_enforcement() {
         &events,
         dir.join("agent.log"),
         &[
-            &format!("--bpf-pin-dir={}", pin_dir.display()),
+            &bpffs.flag(),
             &format!("--file-timeout={}s", file_timeout.as_secs()),
             "--healthz-stall-after=2s",
         ],
@@ -173,7 +156,7 @@ async fn health_fails_while_the_enforcement_loop_is_stopped() {
     };
     const NODE: &str = "mapguard-stall-node";
     env.create_node(NODE).await.expect("create the Node");
-    let dir = temp_dir("stall");
+    let dir = support::test_dir("stall");
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),

@@ -29,11 +29,8 @@ use std::{
 };
 
 use agent::{Agent, wait_violation};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, api::PostParams};
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, start_in, wait};
-use serde_json::json;
+use pod_process::{container_of, create_pod, start_in, wait};
 
 const NODE: &str = "mapguard-overlay-node";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -57,9 +54,7 @@ async fn containers_of_one_image_share_one_analysis() {
     let go = support::versions().last().copied().expect("a Go release");
     let racy = support::program(go, "racy", "delete_assign");
 
-    let dir = std::env::temp_dir().join(format!("mapguard-overlay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test folder");
+    let dir = support::test_dir("overlay");
     let image = Image::mount(&dir, &racy, CONTAINERS);
     let devices: std::collections::BTreeSet<u64> = image
         .programs
@@ -72,35 +67,28 @@ async fn containers_of_one_image_share_one_analysis() {
         "each overlay mount is a device of its own (what made every container a new binary)"
     );
 
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "image", "annotations": {
-            "mapguard.io/mode": "kill",
-            "mapguard.io/coverage": "full",
-        }},
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    let pod = Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create default/image");
+    let pod = create_pod(
+        &client,
+        NODE,
+        "image",
+        &[
+            ("mapguard.io/mode", "kill"),
+            ("mapguard.io/coverage", "full"),
+        ],
+    )
+    .await;
     let cg = container_of(&client, &pod).await;
 
     let events = dir.join("events.jsonl");
     // A bpffs of the test's own for the pinned table of holds.
-    let pin_dir = dir.join("pin");
-    std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let bpffs = support::BpfFs::mount(&pin_dir);
+    let bpffs = support::BpfFs::in_dir(&dir);
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),
         &events,
         dir.join("agent.log"),
         &[
-            &format!("--bpf-pin-dir={}", pin_dir.display()),
+            &bpffs.flag(),
             &format!("--evict-binaries-after={}s", EVICT_AFTER.as_secs()),
         ],
     );

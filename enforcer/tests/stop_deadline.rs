@@ -63,15 +63,11 @@ async fn stops_end_at_their_deadline_and_reused_pids_are_not_their_predecessors(
     .await;
     let cg = container_of(&client, &pod).await;
 
-    let dir = std::env::temp_dir().join(format!("mapguard-stop-deadline-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test folder");
+    let dir = support::test_dir("stop-deadline");
     let events = dir.join("events.jsonl");
     // A bpffs of the test's own for the pinned tables.
-    let pin_dir = dir.join("pin");
-    std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let bpffs = support::BpfFs::mount(&pin_dir);
-    let pin_flag = format!("--bpf-pin-dir={}", pin_dir.display());
+    let bpffs = support::BpfFs::in_dir(&dir);
+    let pin_flag = bpffs.flag();
 
     // 1. Resumed at the deadline; a stop that is not mapguard's is kept.
     let mut agent = Agent::start(

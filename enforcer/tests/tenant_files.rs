@@ -36,10 +36,10 @@ use agent::{Agent, wait_violation};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
 };
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, start_in, wait};
+use pod_process::{container_of, create_pod, start_in, wait};
 use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -48,28 +48,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn pod(client: &Client, name: &str, node: &str, mode: &str) -> Pod {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": {
-            "mapguard.io/mode": mode,
-            "mapguard.io/coverage": "full",
-        }},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create default/{name}: {e}"))
-}
-
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mapguard-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("test folder");
-    dir
+    let annotations = [("mapguard.io/mode", mode), ("mapguard.io/coverage", "full")];
+    create_pod(client, node, name, &annotations).await
 }
 
 /// Waits until the agent has put a process under enforcement or failed
@@ -106,7 +86,7 @@ async fn probes_go_to_the_file_analysed_not_to_one_execd_since() {
     let a = support::program(go, "clean", "exec_on_signal");
     let b = std::fs::canonicalize(support::program(go, "clean", "private_maps")).expect("B");
 
-    let dir = temp_dir("exec-between");
+    let dir = support::test_dir("exec-between");
     let pod = pod(&client, "exec-between", NODE, "audit").await;
     let cg = container_of(&client, &pod).await;
     let events = dir.join("events.jsonl");
@@ -213,7 +193,7 @@ async fn a_symlink_in_an_upper_folder_does_not_name_another_tenants_file() {
     let client = env.client();
     env.create_node(NODE).await.expect("create the Node");
     let go = support::versions().last().copied().expect("a Go release");
-    let dir = temp_dir("upper-symlink");
+    let dir = support::test_dir("upper-symlink");
 
     // The attacker's program in its image's layer, and the victim's, a
     // different program of the same size and mode elsewhere on the node.
@@ -246,15 +226,13 @@ async fn a_symlink_in_an_upper_folder_does_not_name_another_tenants_file() {
     let victim_pod = pod(&client, "victim", NODE, "kill").await;
     let victim_cg = container_of(&client, &victim_pod).await;
     let events = dir.join("events.jsonl");
-    let pin_dir = dir.join("pin");
-    std::fs::create_dir_all(&pin_dir).expect("pin folder");
-    let bpffs = support::BpfFs::mount(&pin_dir);
+    let bpffs = support::BpfFs::in_dir(&dir);
     let mut agent = Agent::start(
         NODE,
         env.kubeconfig(),
         &events,
         dir.join("agent.log"),
-        &[&format!("--bpf-pin-dir={}", pin_dir.display())],
+        &[&bpffs.flag()],
     );
     agent.wait_ready().await;
 

@@ -384,10 +384,31 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A fresh folder of the test's own, `$TMPDIR/mapguard-NAME-PID`, emptied
+/// first.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mapguard-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test folder");
+    dir
+}
+
 /// A bpffs mounted for the test's pinned maps; unmounted on drop.
 pub struct BpfFs(std::ffi::CString);
 
 impl BpfFs {
+    /// Mounts one at `dir/pin` (created), for an agent's pinned tables.
+    pub fn in_dir(dir: &Path) -> BpfFs {
+        let pin = dir.join("pin");
+        std::fs::create_dir_all(&pin).expect("pin folder");
+        BpfFs::mount(&pin)
+    }
+
+    /// The agent's `--bpf-pin-dir` flag for this mount.
+    pub fn flag(&self) -> String {
+        format!("--bpf-pin-dir={}", self.0.to_string_lossy())
+    }
+
     pub fn mount(dir: &Path) -> BpfFs {
         use std::os::unix::ffi::OsStrExt as _;
         let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
