@@ -205,8 +205,8 @@ async fn bundles(client: &Client) -> Vec<(String, String)> {
     }
     assert_eq!(
         out.len(),
-        6,
-        "every webhook of both configurations (manifests/webhook/: Pods and Namespaces, opted-in namespaces fail closed, the others open)"
+        7,
+        "every webhook of both configurations (manifests/webhook/: Pods, Namespace updates and labelled Namespace creation; opted-in namespaces fail closed, the others open)"
     );
     out
 }

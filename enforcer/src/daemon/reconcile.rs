@@ -242,6 +242,17 @@ impl Enforcement {
             self.counted_deletes.remove(&pid);
             tracing::info!(pid, "no longer enforced");
         }
+        // Named at exec but gone before their own probes came.
+        let named_only: Vec<u32> = self
+            .workloads
+            .keys()
+            .filter(|pid| !self.enforced.contains_key(pid) && !live.contains_key(pid))
+            .copied()
+            .collect();
+        for pid in named_only {
+            self.session.forget_process(pid);
+            self.workloads.remove(&pid);
+        }
 
         self.sync_exec(&pods);
         for p in &placed {
@@ -516,23 +527,8 @@ impl Enforcement {
             });
         }
         let target = self.binary_of((p.pid, p.start), p.exe_dev)?;
+        self.name_process(p, pods);
         let pod = &pods[&p.pod_uid];
-        let container = Some(
-            pod.containers
-                .get(&p.container)
-                .or(pod.sole_container.as_ref())
-                .cloned()
-                .unwrap_or_else(|| p.container.clone()),
-        );
-        self.session.set_pod(
-            p.pid,
-            PodInfo {
-                namespace: Some(pod.namespace.clone()),
-                pod: Some(pod.name.clone()),
-                pod_uid: Some(pod.uid.clone()),
-                container,
-            },
-        );
         self.session
             .guard_process(p.pid, &target, want.mode.action(), want.coverage)
             .map_err(|e| {
@@ -556,6 +552,29 @@ impl Enforcement {
         // Its descriptor, if it kept one, is no longer needed.
         self.files.forget((p.pid, p.start));
         Ok(target)
+    }
+}
+
+impl Enforcement {
+    /// Names process `p`'s Pod and container in its reports.
+    fn name_process(&mut self, p: &Placed, pods: &PodMap) {
+        let pod = &pods[&p.pod_uid];
+        let container = Some(
+            pod.containers
+                .get(&p.container)
+                .or(pod.sole_container.as_ref())
+                .cloned()
+                .unwrap_or_else(|| p.container.clone()),
+        );
+        self.session.set_pod(
+            p.pid,
+            PodInfo {
+                namespace: Some(pod.namespace.clone()),
+                pod: Some(pod.name.clone()),
+                pod_uid: Some(pod.uid.clone()),
+                container,
+            },
+        );
     }
 }
 

@@ -245,10 +245,14 @@ impl Enforcement {
             self.session.forget_process(pid);
             return;
         };
+        // The kernel checks it already (the binary's shared probes): its
+        // reports name its Pod from now on, even if it races and is
+        // stopped before its own probes wait out the file work.
+        self.name_process(&placed, pods);
+        self.workloads
+            .insert(pid, workload_labels(&pods[&placed.pod_uid]));
         match self.enforce(&placed, pods, &want) {
             Ok(_) => {
-                self.workloads
-                    .insert(pid, workload_labels(&pods[&placed.pod_uid]));
                 self.enforced.insert(pid, want);
             }
             // Opened or analysed off the loop first: the scan's turn
