@@ -242,11 +242,16 @@ impl Enforcement {
             self.counted_deletes.remove(&pid);
             tracing::info!(pid, "no longer enforced");
         }
-        // Named at exec but gone before their own probes came.
+        // Named at exec but gone before their own probes came. Only the
+        // exited: a live one may not be placed by this scan yet (its new
+        // container not listed), and its process-table entry, the hook's,
+        // is what enforces it meanwhile.
         let named_only: Vec<u32> = self
             .workloads
             .keys()
-            .filter(|pid| !self.enforced.contains_key(pid) && !live.contains_key(pid))
+            .filter(|pid| {
+                !self.enforced.contains_key(pid) && !live.contains_key(pid) && !procfs::alive(**pid)
+            })
             .copied()
             .collect();
         for pid in named_only {
