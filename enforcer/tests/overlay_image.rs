@@ -185,7 +185,8 @@ async fn containers_of_one_image_share_one_analysis() {
 /// One lower folder holding a program and `n` overlay mounts of it, each
 /// with its own upper folder; unmounted on drop.
 struct Image {
-    mounts: Vec<PathBuf>,
+    /// Unmounted on drop.
+    mounts: Vec<support::Overlay>,
     /// The program's path in each mount.
     programs: Vec<PathBuf>,
 }
@@ -209,45 +210,11 @@ impl Image {
             for d in [&upper, &work, &point] {
                 std::fs::create_dir_all(d).expect("overlay folder");
             }
-            let options = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            );
-            let c = |p: &Path| std::ffi::CString::new(p.to_str().expect("UTF-8")).expect("path");
-            let (target, data) = (c(&point), c(Path::new(&options)));
-            // SAFETY: NUL-terminated strings that outlive the call.
-            let rc = unsafe {
-                libc::mount(
-                    c"overlay".as_ptr(),
-                    target.as_ptr(),
-                    c"overlay".as_ptr(),
-                    0,
-                    data.as_ptr().cast(),
-                )
-            };
-            assert_eq!(
-                rc,
-                0,
-                "mount -t overlay -o {options} {}: {}",
-                point.display(),
-                std::io::Error::last_os_error()
-            );
+            image
+                .mounts
+                .push(support::Overlay::mount(&lower, &upper, &work, &point));
             image.programs.push(point.join(name));
-            image.mounts.push(point);
         }
         image
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        for point in &self.mounts {
-            if let Ok(path) = std::ffi::CString::new(point.to_str().unwrap_or_default()) {
-                // SAFETY: a NUL-terminated path.
-                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
     }
 }

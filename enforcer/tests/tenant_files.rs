@@ -27,7 +27,7 @@ mod support;
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -219,7 +219,7 @@ async fn a_symlink_in_an_upper_folder_does_not_name_another_tenants_file() {
         std::fs::write(&path, bytes).expect("write a program");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let overlay = Overlay::mount(&lower, &upper, &work, &rootfs);
+    let overlay = support::Overlay::mount(&lower, &upper, &work, &rootfs);
 
     let attacker_pod = pod(&client, "attacker", NODE, "off").await;
     let attacker_cg = container_of(&client, &attacker_pod).await;
@@ -288,47 +288,4 @@ async fn a_symlink_in_an_upper_folder_does_not_name_another_tenants_file() {
     drop(victim_cg);
     drop(env);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// An overlayfs mount; unmounted (lazily) on drop.
-struct Overlay(PathBuf);
-
-impl Overlay {
-    fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path) -> Overlay {
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        let c = |p: &Path| std::ffi::CString::new(p.to_str().expect("UTF-8")).expect("path");
-        let (target, data) = (c(point), c(Path::new(&options)));
-        // SAFETY: NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::mount(
-                c"overlay".as_ptr(),
-                target.as_ptr(),
-                c"overlay".as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount -t overlay -o {options} {}: {}",
-            point.display(),
-            std::io::Error::last_os_error()
-        );
-        Overlay(point.to_path_buf())
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        if let Ok(path) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
-            // SAFETY: a NUL-terminated path.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
 }

@@ -86,20 +86,7 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
     let Some(env) = TestEnv::start_or_skip(test).await else {
         return;
     };
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/gatekeeper/constrainttemplates-crd.yaml");
-    kubectl_ok(&env, &["apply", "-f", crd.to_str().expect("utf-8")], None).await;
-    kubectl_ok(
-        &env,
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=30s",
-            "crd/constrainttemplates.templates.gatekeeper.sh",
-        ],
-        None,
-    )
-    .await;
+    install_template_crd(&env).await;
 
     let base = temp_dir("gatekeeper-crs");
     let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system")).expect("certs");
@@ -365,20 +352,7 @@ async fn a_bad_template_or_constraint_is_rejected_alone_and_the_good_ones_surviv
     let Some(env) = TestEnv::start_or_skip(test).await else {
         return;
     };
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/gatekeeper/constrainttemplates-crd.yaml");
-    kubectl_ok(&env, &["apply", "-f", crd.to_str().expect("utf-8")], None).await;
-    kubectl_ok(
-        &env,
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=30s",
-            "crd/constrainttemplates.templates.gatekeeper.sh",
-        ],
-        None,
-    )
-    .await;
+    install_template_crd(&env).await;
     let base = temp_dir("gatekeeper-rejected");
     let certs = generate(&CertRequest::new("mapguard-webhook", "mapguard-system")).expect("certs");
     write_dir(&certs, &base.join("certs"), false).expect("write certs");
@@ -499,4 +473,23 @@ async fn a_bad_template_or_constraint_is_rejected_alone_and_the_good_ones_surviv
     webhook.shutdown().await;
     drop(env);
     std::fs::remove_dir_all(&base).expect("cleanup");
+}
+
+/// Applies the ConstraintTemplate CRD of `manifests/gatekeeper/` and waits
+/// until it is established.
+async fn install_template_crd(env: &TestEnv) {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/gatekeeper/constrainttemplates-crd.yaml");
+    kubectl_ok(env, &["apply", "-f", crd.to_str().expect("utf-8")], None).await;
+    kubectl_ok(
+        env,
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/constrainttemplates.templates.gatekeeper.sh",
+        ],
+        None,
+    )
+    .await;
 }

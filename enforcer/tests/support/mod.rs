@@ -439,3 +439,46 @@ impl Drop for BpfFs {
         unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
     }
 }
+
+/// An overlayfs mount; unmounted (lazily) on drop.
+pub struct Overlay(PathBuf);
+
+impl Overlay {
+    pub fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path) -> Overlay {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let c = |p: &Path| std::ffi::CString::new(p.to_str().expect("UTF-8")).expect("path");
+        let (target, data) = (c(point), c(Path::new(&options)));
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                target.as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount -t overlay -o {options} {}: {}",
+            point.display(),
+            std::io::Error::last_os_error()
+        );
+        Overlay(point.to_path_buf())
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if let Ok(path) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
