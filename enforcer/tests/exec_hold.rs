@@ -9,7 +9,8 @@
 //! `-wait-signal`), is held at exec until its probes are in place and
 //! killed by mapguard before the Go runtime's own fatal error, with a
 //! report naming both call sites; a binary that is not Go is released at
-//! once and never held again; the same racing binary started again is
+//! once and never held again; a shell that execs a racer is held, then
+//! its racer held again and killed; the same racing binary started again is
 //! enforced by the kernel at exec, without a hold; a process held in a Pod
 //! the agent cannot resolve is released when the agent stops; one held by
 //! an agent that is killed outright is released by the next agent, which
@@ -154,6 +155,49 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
             ns as f64 / runs as f64
         );
     }
+
+    // 2b. An entrypoint that execs the service (`exec "$@"`, as runc init
+    //     execs a container's entrypoint): the pid and its start time stay,
+    //     the image changes. The shell is held (not Go) and released; the
+    //     Go program it becomes (a copy of the racer: a file never seen) is
+    //     held again, analysed as itself, probed and killed at its race.
+    let via_shell = dir.join("racer-exec-by-shell");
+    std::fs::copy(&racy, &via_shell).expect("copy the racer");
+    let not_go = holds(&agent, "not_go");
+    let attached = holds(&agent, "attached");
+    let mut racer = start_in(
+        &cg,
+        std::path::Path::new("/bin/sh"),
+        &[
+            "-c",
+            "exec \"$0\" \"$@\"",
+            via_shell.to_str().expect("a UTF-8 path"),
+            "-duration",
+            "20s",
+        ],
+    );
+    let pid = racer.id();
+    let (status, stderr) = wait(&mut racer, PATIENCE);
+    assert_eq!(
+        status,
+        None,
+        "the Go program a shell exec'd was not killed by mapguard: {stderr}\n{}",
+        agent.log()
+    );
+    assert!(
+        !stderr.contains("fatal error: concurrent map"),
+        "the Go runtime reported before mapguard acted: {stderr}"
+    );
+    let report = wait_violation(&events, pid).await;
+    assert_both_call_sites(&report);
+    assert_eq!(report["action"], "killed", "{report}");
+    assert_eq!(holds(&agent, "not_go"), not_go + 1.0, "the shell's hold");
+    assert_eq!(
+        holds(&agent, "attached"),
+        attached + 1.0,
+        "the Go program's hold"
+    );
+    println!("\n==> a shell that execs the racer: both images held in turn, the racer killed");
 
     // 3. The same racing binary again: the kernel enforces it at exec,
     //    with no hold.

@@ -193,6 +193,16 @@ impl E2e {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}: {out}"))
     }
 
+    /// The node agent's whole log, for a failure message.
+    fn agent_log(&self) -> String {
+        let out = self.kubectl(&["logs", "-n", SYSTEM, "daemonset/mapguard-enforcer"]);
+        format!(
+            "the agent's log:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// What the Pods of `namespace` look like, for a failure message.
     fn describe(&self, namespace: &str) -> String {
         let out = self.kubectl(&["describe", "pods", "-n", namespace]);
@@ -343,7 +353,9 @@ impl E2e {
         assert_eq!(
             terminated["exitCode"].as_i64(),
             Some(137),
-            "not SIGKILLed: {terminated}\n{log}"
+            "not SIGKILLed: {terminated}\n{log}\n{}\n{}",
+            self.describe(&self.kill_ns),
+            self.agent_log()
         );
         // With a start delay the program says when it will race; at once,
         // the record below is what shows it got to its race.

@@ -45,9 +45,21 @@ struct Placed {
     start: u64,
     pod_uid: String,
     container: String,
-    /// The device of its executable, as the kernel knows it already (no
-    /// operation on the file's filesystem): whose filesystem it is on.
-    exe_dev: Option<u64>,
+    /// Its executable's `(device, inode)`, as the kernel knows them
+    /// already (no operation on the file's filesystem): whose filesystem
+    /// it is on, and which image this is (an exec changes it).
+    exe: Option<(u64, u64)>,
+}
+
+impl Placed {
+    /// The process image whose executable is opened and analysed.
+    fn image(&self) -> files::ProcessKey {
+        files::ProcessKey {
+            pid: self.pid,
+            start: self.start,
+            exe: self.exe,
+        }
+    }
 }
 
 /// How one process is enforced now.
@@ -290,9 +302,9 @@ impl Enforcement {
         }
         self.failed.retain(|(pid, _)| live.contains_key(pid));
         let exec = self.exec.as_ref();
-        self.files.retain(|(pid, start)| {
-            live.get(pid).is_some_and(|p| p.start == *start)
-                || exec.is_some_and(|e| e.is_pending(*pid))
+        self.files.retain(|image| {
+            live.get(&image.pid).is_some_and(|p| p.image() == *image)
+                || exec.is_some_and(|e| e.is_pending(image.pid))
         });
         self.sweep_process_table();
         self.count_dropped_events(&pods);
@@ -437,7 +449,7 @@ impl Enforcement {
                     start: procfs::start_time(process.pid)?,
                     pod_uid: c.pod_uid.as_str().to_string(),
                     container: c.id.as_str().to_string(),
-                    exe_dev: process.exe.map(|f| f.dev),
+                    exe: process.exe.map(Into::into),
                 })
             })
             .collect()
@@ -467,12 +479,8 @@ impl Enforcement {
     /// The analysed binary of process `process` (its executable on
     /// filesystem `dev`), as far as the work off the loop has got: a
     /// [`PENDING`] failure until it is done.
-    fn binary_of(
-        &mut self,
-        process: files::ProcessKey,
-        dev: Option<u64>,
-    ) -> Result<Arc<BinaryTarget>, Failure> {
-        let file = match self.files.process(process, dev) {
+    fn binary_of(&mut self, process: files::ProcessKey) -> Result<Arc<BinaryTarget>, Failure> {
+        let file = match self.files.process(process) {
             None => return Err(Failure::pending()),
             Some(Progress::Failed { reason, message }) => {
                 return Err(Failure {
@@ -500,7 +508,7 @@ impl Enforcement {
         if self.files.analysing(file) {
             return Err(Failure::pending());
         }
-        let opened = match self.files.process(process, dev) {
+        let opened = match self.files.process(process) {
             Some(Progress::Opened { opened, .. }) => opened.take(),
             _ => None,
         };
@@ -511,8 +519,8 @@ impl Enforcement {
             return Err(Failure::pending());
         };
         let id = self.session.reserve_binary_id();
-        if let Err(opened) = self.files.analyse(process, file, opened, dev, id)
-            && let Some(Progress::Opened { opened: slot, .. }) = self.files.process(process, dev)
+        if let Err(opened) = self.files.analyse(process, file, opened, id)
+            && let Some(Progress::Opened { opened: slot, .. }) = self.files.process(process)
         {
             *slot = Some(opened);
         }
@@ -531,7 +539,7 @@ impl Enforcement {
                 message,
             });
         }
-        let target = self.binary_of((p.pid, p.start), p.exe_dev)?;
+        let target = self.binary_of(p.image())?;
         self.name_process(p, pods);
         let pod = &pods[&p.pod_uid];
         self.session
@@ -555,7 +563,7 @@ impl Enforcement {
             "enforcing"
         );
         // Its descriptor, if it kept one, is no longer needed.
-        self.files.forget((p.pid, p.start));
+        self.files.forget(p.image());
         Ok(target)
     }
 }

@@ -29,8 +29,24 @@ use crate::{
 /// Operations running at once (not counting those given up).
 pub(super) const MAX_RUNNING: usize = 4;
 
-/// A process: its pid and start time.
-pub(super) type ProcessKey = (u32, u64);
+/// A process image: its pid and start time (pids are reused) and its
+/// executable's `(device, inode)` as `PID/exe` stats, which an exec
+/// changes and the pid and start time do not (a shell or `runc init`
+/// that execs a Go program: what was opened for the image before is not
+/// this one's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct ProcessKey {
+    pub pid: u32,
+    pub start: u64,
+    pub exe: Option<(u64, u64)>,
+}
+
+impl ProcessKey {
+    /// The filesystem of its executable.
+    fn dev(&self) -> Option<u64> {
+        self.exe.map(|(dev, _)| dev)
+    }
+}
 /// A file: `(device, inode)` as the kernel keys uprobes.
 pub(super) type FileKey = (u64, u64);
 
@@ -122,15 +138,11 @@ impl FileWork {
         dev.is_some() && self.stuck.get(&dev).is_some_and(|n| *n > 0)
     }
 
-    /// Where process `process` stands, its executable on filesystem `dev`
-    /// (as the scan saw it): `None` while its executable is being opened
-    /// (opening starts here, when nothing is under way and fewer than
-    /// [`MAX_RUNNING`] operations run).
-    pub(super) fn process(
-        &mut self,
-        process: ProcessKey,
-        dev: Option<u64>,
-    ) -> Option<&mut Progress> {
+    /// Where process image `process` stands: `None` while its executable
+    /// is being opened (opening starts here, when nothing is under way and
+    /// fewer than [`MAX_RUNNING`] operations run).
+    pub(super) fn process(&mut self, process: ProcessKey) -> Option<&mut Progress> {
+        let dev = process.dev();
         if !self.progress.contains_key(&process) && !self.opening.contains_key(&process) {
             if self.unresponsive(dev) {
                 self.progress.insert(
@@ -153,7 +165,7 @@ impl FileWork {
         let spawned = std::thread::Builder::new()
             .name("open-exe".into())
             .spawn(move || {
-                let exe = procfs::open_exe(&root, process.0);
+                let exe = procfs::open_exe(&root, process.pid);
                 let _ = tx.send(Done::Opened { process, dev, exe });
             });
         if spawned.is_ok() {
@@ -186,16 +198,16 @@ impl FileWork {
         process: ProcessKey,
         file: FileKey,
         opened: File,
-        dev: Option<u64>,
         id: u32,
     ) -> Result<(), File> {
+        let dev = process.dev();
         if self.running() >= MAX_RUNNING || self.analysing(file) || self.gave_up(file) {
             return Err(opened);
         }
         let tx = self.tx.clone();
         let limits = self.limits;
         // The name it was opened through, for messages.
-        let path = self.proc_root.join(format!("{}/exe", process.0));
+        let path = self.proc_root.join(format!("{}/exe", process.pid));
         let spawned = std::thread::Builder::new()
             .name("analyse".into())
             .spawn(move || {
@@ -265,7 +277,7 @@ impl FileWork {
             let running = self.opening.remove(&process).expect("listed");
             *self.stuck.entry(running.dev).or_default() += 1;
             tracing::warn!(
-                pid = process.0,
+                pid = process.pid,
                 timeout = ?timeout,
                 "*** opening a process's executable did not return within --file-timeout: the process is left unenforced, its filesystem not tried again until the operation returns ***"
             );
@@ -347,16 +359,23 @@ mod tests {
             ReadLimits::default(),
             Duration::from_secs(10),
         );
-        let keys: Vec<ProcessKey> = children.iter().map(|c| (c.id(), 0)).collect();
+        let keys: Vec<ProcessKey> = children
+            .iter()
+            .map(|c| ProcessKey {
+                pid: c.id(),
+                start: 0,
+                exe: None,
+            })
+            .collect();
         let sleep =
-            crate::procfs::real_file_id(Path::new("/proc"), keys[0].0).expect("sleep's file");
+            crate::procfs::real_file_id(Path::new("/proc"), keys[0].pid).expect("sleep's file");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             work.collect();
             let opened = keys
                 .iter()
                 .filter(|k| {
-                    matches!(work.process(**k, None), Some(Progress::Opened { file, .. }) if *file == sleep)
+                    matches!(work.process(**k), Some(Progress::Opened { file, .. }) if *file == sleep)
                 })
                 .count();
             if opened == keys.len() {

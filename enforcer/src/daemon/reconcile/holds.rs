@@ -30,7 +30,7 @@ use mapguard_common::{
     CgroupPolicy, ExecEvent, FileKey, Hold, KnownFile, exec_what, file_kind, shared_ops,
 };
 
-use super::{Enforcement, Placed, wanted, workload_labels};
+use super::{Enforcement, Placed, files::ProcessKey, wanted, workload_labels};
 use crate::{
     cgroup::{self, unified},
     daemon::pods::{PodMap, PodPolicy},
@@ -284,7 +284,7 @@ impl Enforcement {
             start: procfs::start_time(pid).unwrap_or_default(),
             pod_uid: c.pod_uid.as_str().to_string(),
             container: c.id.as_str().to_string(),
-            exe_dev: procfs::cached_exe_id(self.scanner.proc_root(), pid).map(|(dev, _)| dev),
+            exe: procfs::cached_exe_id(self.scanner.proc_root(), pid),
         })
     }
 
@@ -322,7 +322,7 @@ impl Enforcement {
             return Some(Outcome::Exited);
         }
         let start = procfs::start_time(pid)?;
-        let exe_dev = procfs::cached_exe_id(self.scanner.proc_root(), pid).map(|(dev, _)| dev);
+        let exe = procfs::cached_exe_id(self.scanner.proc_root(), pid);
         // The binary first: a file that is not Go is released whatever
         // its Pod, and never held again. Opened and analysed off the
         // loop: not settled until then (or until the hold's bound).
@@ -330,7 +330,7 @@ impl Enforcement {
             kind: file_kind::NOT_ENFORCEABLE,
             ..KnownFile::default()
         };
-        let target = match self.binary_of((pid, start), exe_dev) {
+        let target = match self.binary_of(ProcessKey { pid, start, exe }) {
             Ok(target) => target,
             Err(e) if e.reason == super::PENDING => return None,
             Err(e) if e.reason == "exited" || !procfs::alive(pid) => {
@@ -369,7 +369,7 @@ impl Enforcement {
             start,
             pod_uid: pod.uid.clone(),
             container: container.id.as_str().to_string(),
-            exe_dev,
+            exe,
         };
         let Some(want) = wanted(pods, Some(&placed)) else {
             return Some(Outcome::NotEnforced);
