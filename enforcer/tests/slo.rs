@@ -171,10 +171,10 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
     }
 }
 
-fn yaml(name: &str) -> serde_yaml::Value {
+fn yaml(name: &str) -> yaml_serde::Value {
     let path = monitoring().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]

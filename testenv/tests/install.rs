@@ -84,7 +84,7 @@ fn manifests_arg() -> String {
 /// placeholder left to edit by hand.
 async fn the_kustomization_renders_every_component(env: &TestEnv) -> Vec<Value> {
     let rendered = kubectl_ok(env, &["kustomize", &manifests_arg()]).await;
-    let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
+    let documents: Vec<Value> = yaml_serde::Deserializer::from_str(&rendered)
         .map(|doc| {
             serde::Deserialize::deserialize(doc).expect("kubectl kustomize prints YAML documents")
         })
