@@ -101,10 +101,10 @@ async fn install_namespace_rbac_and_configurations(env: &TestEnv) {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     };
     let validating: ValidatingWebhookConfiguration =
-        serde_yaml::from_str(&read("validatingwebhookconfiguration.yaml"))
+        yaml_serde::from_str(&read("validatingwebhookconfiguration.yaml"))
             .expect("a ValidatingWebhookConfiguration");
     let mutating: MutatingWebhookConfiguration =
-        serde_yaml::from_str(&read("mutatingwebhookconfiguration.yaml"))
+        yaml_serde::from_str(&read("mutatingwebhookconfiguration.yaml"))
             .expect("a MutatingWebhookConfiguration");
     // Nothing listens there yet; start_webhook_with_the_secrets_certificate
     // points them at the webhook once it runs.

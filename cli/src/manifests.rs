@@ -27,7 +27,7 @@ pub enum ManifestError {
     Yaml {
         path: PathBuf,
         document: usize,
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("{path}, document {document}: {reason}")]
     NotAnObject {
@@ -87,7 +87,7 @@ pub fn read_file(file: &Path) -> Result<Vec<Manifest>, ManifestError> {
         source,
     })?;
     let mut manifests = Vec::new();
-    for (document, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (document, de) in yaml_serde::Deserializer::from_str(&text).enumerate() {
         let value = Json::deserialize(de).map_err(|source| ManifestError::Yaml {
             path: file.to_path_buf(),
             document,

@@ -1,6 +1,6 @@
 //! The detection matrix: every racy test program of every Go release under
 //! each coverage setting (`full`, `sampled`, `light`) in kill mode, and
-//! every clean program silent under each; the README's matrix is rendered
+//! every clean program silent under each; docs/enforcer.md's matrix is rendered
 //! from [`MATRIX`] and checked here. Plus sampled coverage's two promises:
 //! a race that starts while the probes are off is caught within one
 //! period, and the duty cycle chosen keeps the estimated cost within the
@@ -16,7 +16,7 @@ use std::{
 use serde_json::Value;
 use support::{CLEAN, RACY, exec_with, parallel_limited, program, require_bpf, versions};
 
-/// What each coverage setting gives for a racy program, in README words.
+/// What each coverage setting gives for a racy program, in the words of docs/enforcer.md.
 const FULL: &str = "caught, both call sites";
 const SAMPLED: &str = "caught; both call sites in a window, one between";
 const LIGHT: &str = "caught by the runtime's check, one call site";
@@ -74,7 +74,7 @@ const MATRIX: &[(&str, &str, [&str; 4])] = &[
 
 const COVERAGES: [&str; 4] = ["full", "writes", "sampled", "light"];
 
-/// The README's detection matrix.
+/// The detection matrix of docs/enforcer.md.
 fn markdown() -> String {
     let mut out = String::from("| racy program | what races |");
     for c in COVERAGES {
@@ -142,13 +142,13 @@ fn check_cell(run: &support::Run, version: &str, name: &str, cell: &str) {
 }
 
 #[test]
-fn the_readme_has_the_detection_matrix() {
-    let readme =
-        std::fs::read_to_string(support::workspace().join("README.md")).expect("README.md");
+fn docs_enforcer_md_has_the_detection_matrix() {
+    let page = std::fs::read_to_string(support::workspace().join("docs/enforcer.md"))
+        .expect("docs/enforcer.md");
     let table = markdown();
     assert!(
-        readme.contains(&table),
-        "README.md's detection matrix differs from enforcer/tests/coverage.rs; replace it with:\n{table}"
+        page.contains(&table),
+        "docs/enforcer.md's detection matrix differs from enforcer/tests/coverage.rs; replace it with:\n{table}"
     );
     let listed: Vec<&str> = MATRIX.iter().map(|(n, _, _)| *n).collect();
     assert_eq!(listed, RACY, "the matrix has a row per racy program");
@@ -174,7 +174,7 @@ fn every_racy_program_is_caught_under_each_coverage_as_the_matrix_says() {
         )
     };
     let mut runs = parallel_limited(&cases, 12, run);
-    // The known blind spot of the entry check (README): a run the enforcer
+    // The known blind spot of the entry check (docs/enforcer.md): a run the enforcer
     // did not see at all is run once more, loudly.
     for (case, r) in cases.iter().zip(runs.iter_mut()) {
         if r.code() != 137 && r.violations().is_empty() {

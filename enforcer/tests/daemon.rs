@@ -750,9 +750,9 @@ async fn start_webhook(env: &TestEnv, dir: &Path) -> mapguard_webhook::startup::
         std::fs::read_to_string(manifests.join(name)).expect("read a webhook manifest")
     };
     let validating: ValidatingWebhookConfiguration =
-        serde_yaml::from_str(&read("validatingwebhookconfiguration.yaml")).expect("validating");
+        yaml_serde::from_str(&read("validatingwebhookconfiguration.yaml")).expect("validating");
     let mutating: MutatingWebhookConfiguration =
-        serde_yaml::from_str(&read("mutatingwebhookconfiguration.yaml")).expect("mutating");
+        yaml_serde::from_str(&read("mutatingwebhookconfiguration.yaml")).expect("mutating");
     let url = format!("https://{}", running.addr);
     env.register_validating_webhook(&validating, &url, &certs.ca_cert_pem)
         .await

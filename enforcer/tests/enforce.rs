@@ -124,7 +124,7 @@ fn check_report(v: &Value, version: &str, name: &str, action: &str) {
 /// Runs that did not end as `expected` and reported nothing are reported
 /// loudly and their program is run once more; that run must succeed, so a
 /// program mapguard cannot catch at all still fails the test. Two causes:
-/// - the known blind spot (README): both goroutines pass the entry check
+/// - the known blind spot (docs/enforcer.md): both goroutines pass the entry check
 ///   and the runtime then aborts on a map the race corrupted ("bad map
 ///   state", a throw, not the probed `concurrent map` fatal). Seen once in
 ///   about 430 stop-mode runs here;

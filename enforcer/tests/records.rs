@@ -86,7 +86,7 @@ async fn records_and_events_in_a_real_api_server() {
 async fn the_crd_applies_and_is_served(client: &Client) {
     let text = std::fs::read_to_string(CRD_MANIFEST).expect("read the CRD manifest");
     let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&text).expect("the CRD manifest parses");
+        yaml_serde::from_str(&text).expect("the CRD manifest parses");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(&PostParams::default(), &crd)
         .await
@@ -578,7 +578,7 @@ async fn a_record_of_an_invalid_shape_is_replaced(
                 .is_ok_and(|o| o.data["status"]["count"] == "many")
     })
     .await;
-    let crd: CustomResourceDefinition = serde_yaml::from_str(
+    let crd: CustomResourceDefinition = yaml_serde::from_str(
         &std::fs::read_to_string(CRD_MANIFEST).expect("read the CRD manifest"),
     )
     .expect("the CRD manifest parses");

@@ -88,12 +88,13 @@ fn the_toolchains_are_the_release_table() {
 }
 
 #[test]
-fn the_readme_lists_the_release_table() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+fn docs_enforcer_md_lists_the_release_table() {
+    let page =
+        std::fs::read_to_string(repo_root().join("docs/enforcer.md")).expect("docs/enforcer.md");
     let table = release::markdown_table();
     assert!(
-        readme.contains(&table),
-        "README.md's supported-releases table differs from the release table; replace it with:\n{table}"
+        page.contains(&table),
+        "docs/enforcer.md's supported-releases table differs from the release table; replace it with:\n{table}"
     );
 }
 

@@ -50,7 +50,7 @@ const PROPAGATION: Duration = Duration::from_secs(30);
 /// series' first sample, which `rate` cannot count).
 const RACY_RUNS: usize = 9;
 
-/// The series of the README's picture of a run: (panel title, query).
+/// The series of docs/agent.md's picture of a run: (panel title, query).
 const CHART_SERIES: [(&str, &str); 4] = [
     (
         "violations per second",
@@ -77,7 +77,7 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// The series the README shows from a run.
+/// The series docs/agent.md shows from a run.
 const MAIN_SERIES: [(&str, &str); 7] = [
     (
         "violations/s (5m)",
@@ -171,10 +171,10 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
     }
 }
 
-fn yaml(name: &str) -> serde_yaml::Value {
+fn yaml(name: &str) -> yaml_serde::Value {
     let path = monitoring().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
@@ -443,7 +443,7 @@ async fn a_real_prometheus_evaluates_every_rule_and_panel_on_a_real_node_agent()
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
-    // The main series over the run, for the README's picture
+    // The main series over the run, for docs/agent.md's picture
     // (scripts/slo-chart.py draws them).
     if let Some(out) = std::env::var_os("MAPGUARD_SLO_SERIES_OUT") {
         let end = unix_now();

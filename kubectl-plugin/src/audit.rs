@@ -129,7 +129,7 @@ pub fn print(
             writeln!(out)?;
         }
         Some(RecordOutput::Yaml) => {
-            let text = serde_yaml::to_string(&list_object(records))
+            let text = yaml_serde::to_string(&list_object(records))
                 .expect("JSON values serialize to YAML");
             out.write_all(text.as_bytes())?;
         }

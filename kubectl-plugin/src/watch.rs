@@ -47,7 +47,7 @@ impl Printer {
                         serde_json::to_writer(&mut *out, &doc).map_err(std::io::Error::from)?;
                         writeln!(out)?;
                     } else {
-                        let text = serde_yaml::to_string(&doc).expect("JSON serializes to YAML");
+                        let text = yaml_serde::to_string(&doc).expect("JSON serializes to YAML");
                         write!(out, "---\n{text}")?;
                     }
                 }

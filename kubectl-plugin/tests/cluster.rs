@@ -266,7 +266,7 @@ async fn json_and_yaml_parse_back_into_the_agents_records(c: &Cluster) {
     );
 
     let yaml_text = run_ok(&c.kubeconfig, &["audit", "-A", "-o", "yaml"], 0).await;
-    let list: Value = serde_yaml::from_str(&yaml_text).expect("-o yaml is YAML");
+    let list: Value = yaml_serde::from_str(&yaml_text).expect("-o yaml is YAML");
     let items: Vec<MapViolation> = serde_json::from_value(list["items"].clone())
         .unwrap_or_else(|e| panic!("the YAML items are MapViolations: {e}\n{yaml_text}"));
     let yaml_names: Vec<String> = items

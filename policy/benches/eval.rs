@@ -83,7 +83,7 @@ fn library_documents(library: &Path) -> Vec<(String, Value)> {
     }
     let read = |path: &Path| -> Value {
         let text = std::fs::read_to_string(path).expect("readable");
-        serde_yaml::from_str(&text).expect("YAML")
+        yaml_serde::from_str(&text).expect("YAML")
     };
     let mut templates = Vec::new();
     walk(library, &mut templates);
@@ -113,7 +113,7 @@ fn fixture_documents() -> Vec<(String, Value)> {
     for file in ["allowed-registries.yaml", "required-annotations.yaml"] {
         let path = dir.join(file);
         let text = std::fs::read_to_string(&path).expect("fixture");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in yaml_serde::Deserializer::from_str(&text) {
             let value = <Value as serde::Deserialize>::deserialize(doc).expect("YAML");
             documents.push((path.display().to_string(), value));
         }

@@ -93,8 +93,8 @@ impl EngineConfig {
     }
 
     /// Parses the format of [`EngineConfig::from_file`].
-    pub fn from_yaml_str(text: &str) -> Result<Self, serde_yaml::Error> {
-        let file: ConfigFile = serde_yaml::from_str(text)?;
+    pub fn from_yaml_str(text: &str) -> Result<Self, yaml_serde::Error> {
+        let file: ConfigFile = yaml_serde::from_str(text)?;
         let mut config = Self::default();
         if let Some(exempt) = file.exempt_namespaces {
             config.exempt_namespaces = exempt;
@@ -135,7 +135,7 @@ pub enum ConfigError {
     #[error("invalid engine config {path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
 }
 

@@ -58,7 +58,7 @@ impl NamespaceData {
             source,
         })?;
         let mut objects = Vec::new();
-        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        for (index, document) in yaml_serde::Deserializer::from_str(&text).enumerate() {
             let value = Json::deserialize(document).map_err(|source| NamespaceError::Parse {
                 path: path.to_path_buf(),
                 document: index,
@@ -214,7 +214,7 @@ pub enum NamespaceError {
     Parse {
         path: PathBuf,
         document: usize,
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("invalid namespace data {path}: {message}")]
     Invalid { path: PathBuf, message: String },

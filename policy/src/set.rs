@@ -448,7 +448,7 @@ fn gatekeeper_documents(
     text: &str,
 ) -> Result<Vec<(String, serde_json::Value)>, LoadError> {
     let mut out = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for document in yaml_serde::Deserializer::from_str(text) {
         let value =
             <serde_json::Value as serde::Deserialize>::deserialize(document).map_err(|e| {
                 LoadError::Yaml {

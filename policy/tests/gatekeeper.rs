@@ -298,7 +298,7 @@ fn bad_templates_and_constraints_are_clear_errors() {
 }
 
 fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).expect("YAML")
+    yaml_serde::from_str(text).expect("YAML")
 }
 
 fn max_containers(name: &str, max: &str) -> Value {

@@ -106,7 +106,7 @@ pub(crate) async fn write_kubeconfig(
         "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": ADMIN_USER}}],
         "current-context": "testenv",
     });
-    let text = serde_yaml::to_string(&doc).expect("a JSON value serializes to YAML");
+    let text = yaml_serde::to_string(&doc).expect("a JSON value serializes to YAML");
     std::fs::write(path, &text).map_err(|source| TestEnvError::Io {
         what: "write the kubeconfig",
         path: path.to_owned(),

@@ -156,7 +156,7 @@ impl TestEnv {
             "current-context": "testenv",
         });
         let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
-        let text = serde_yaml::to_string(&doc).expect("a JSON value serializes to YAML");
+        let text = yaml_serde::to_string(&doc).expect("a JSON value serializes to YAML");
         std::fs::write(&path, text).map_err(|source| TestEnvError::Io {
             what: "write a ServiceAccount's kubeconfig",
             path: path.clone(),

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 
 /// When the test program starts racing after its container starts: at
 /// once. The agent holds a new process of an enforced Pod at exec until its
-/// probes are in place (README: "From the first instruction"), so a race in
+/// probes are in place (docs/agent.md: "From the first instruction"), so a race in
 /// the container's first milliseconds is caught like any other.
 const RACE_START_DELAY: Duration = Duration::ZERO;
 
@@ -240,7 +240,7 @@ impl E2e {
         }
     }
 
-    /// Step 1: the manifests as they are, then the README's waits.
+    /// Step 1: the manifests as they are, then the README's waits (docs/install.md).
     fn install(&self) {
         let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
         let manifests = manifests.to_str().expect("a UTF-8 path");
@@ -907,7 +907,7 @@ impl Drop for E2e {
                 "--ignore-not-found",
                 "--wait=false",
             ],
-            // The README's uninstall: the configurations first.
+            // docs/install.md's uninstall: the configurations first.
             vec![
                 "delete",
                 "validatingwebhookconfiguration,mutatingwebhookconfiguration",

@@ -45,7 +45,7 @@ async fn kubectl_apply_k_installs_every_component_with_least_privilege() {
     without_a_webhook_only_opted_in_namespaces_refuse_pods(&env, FailClosed::OptedIn).await;
     each_service_account_can_do_its_job(&env).await;
     each_service_account_can_do_nothing_more(&env).await;
-    the_readmes_uninstall_removes_everything(&env).await;
+    the_documented_uninstall_removes_everything(&env).await;
     drop(env);
 }
 
@@ -84,7 +84,7 @@ fn manifests_arg() -> String {
 /// placeholder left to edit by hand.
 async fn the_kustomization_renders_every_component(env: &TestEnv) -> Vec<Value> {
     let rendered = kubectl_ok(env, &["kustomize", &manifests_arg()]).await;
-    let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
+    let documents: Vec<Value> = yaml_serde::Deserializer::from_str(&rendered)
         .map(|doc| {
             serde::Deserialize::deserialize(doc).expect("kubectl kustomize prints YAML documents")
         })
@@ -763,10 +763,11 @@ async fn resource_rules(env: &TestEnv, account: &str, namespace: &str) -> BTreeS
         .collect()
 }
 
-/// The README's two commands. Without a controller-manager the namespace
-/// stays Terminating (nothing deletes its contents), so only the
-/// cluster-scoped objects are checked gone, and the namespace marked.
-async fn the_readmes_uninstall_removes_everything(env: &TestEnv) {
+/// The two uninstall commands of docs/install.md. Without a
+/// controller-manager the namespace stays Terminating (nothing deletes its
+/// contents), so only the cluster-scoped objects are checked gone, and the
+/// namespace marked.
+async fn the_documented_uninstall_removes_everything(env: &TestEnv) {
     kubectl_ok(
         env,
         &[

@@ -201,7 +201,7 @@ pub struct Config {
     #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
     pub max_concurrent_streams: u32,
     /// PEM bundle of the CAs whose client certificates may connect to the
-    /// HTTPS port (the API server's, see README); re-read when it changes
+    /// HTTPS port (the API server's, see docs/webhook.md); re-read when it changes
     /// (every --reload-interval). Without it any TLS client may connect.
     #[arg(long, env = "MAPGUARD_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,

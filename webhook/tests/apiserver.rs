@@ -119,10 +119,10 @@ async fn register(env: &TestEnv, webhook: &Running, ca_pem: &str) {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     };
     let validating: ValidatingWebhookConfiguration =
-        serde_yaml::from_str(&read("validatingwebhookconfiguration.yaml"))
+        yaml_serde::from_str(&read("validatingwebhookconfiguration.yaml"))
             .expect("validatingwebhookconfiguration.yaml is a ValidatingWebhookConfiguration");
     let mutating: MutatingWebhookConfiguration =
-        serde_yaml::from_str(&read("mutatingwebhookconfiguration.yaml"))
+        yaml_serde::from_str(&read("mutatingwebhookconfiguration.yaml"))
             .expect("mutatingwebhookconfiguration.yaml is a MutatingWebhookConfiguration");
     let url = format!("https://{}", webhook.addr);
     let applied = env

@@ -149,7 +149,7 @@ async fn templates_and_constraints_applied_to_the_cluster_are_served() {
 
     // Through the API server's own admission.
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook");
-    let validating: ValidatingWebhookConfiguration = serde_yaml::from_str(
+    let validating: ValidatingWebhookConfiguration = yaml_serde::from_str(
         &std::fs::read_to_string(manifests.join("validatingwebhookconfiguration.yaml"))
             .expect("read"),
     )

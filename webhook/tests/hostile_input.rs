@@ -122,7 +122,7 @@ fn webhook_timeout() -> Duration {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../manifests/webhook/validatingwebhookconfiguration.yaml");
     let text = std::fs::read_to_string(&path).expect("read the validating configuration");
-    let conf = Value::deserialize(serde_yaml::Deserializer::from_str(&text))
+    let conf = Value::deserialize(yaml_serde::Deserializer::from_str(&text))
         .expect("the validating configuration is YAML");
     let seconds = conf["webhooks"]
         .as_array()

@@ -288,13 +288,13 @@ async fn a_failing_namespace_watch_logs_its_tls_cause() {
     let dir = temp_dir("logs-watch");
     let other_ca = generate(&CertRequest::new("x", "y")).expect("another CA");
     let text = std::fs::read_to_string(env.kubeconfig()).expect("read the kubeconfig");
-    let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let mut kubeconfig: yaml_serde::Value = yaml_serde::from_str(&text).expect("kubeconfig YAML");
     use base64::Engine as _;
     let untrusted = base64::engine::general_purpose::STANDARD.encode(&other_ca.ca_cert_pem);
     kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"] =
-        serde_yaml::Value::String(untrusted);
+        yaml_serde::Value::String(untrusted);
     let path = dir.join("untrusting-kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("YAML")).expect("write");
+    std::fs::write(&path, yaml_serde::to_string(&kubeconfig).expect("YAML")).expect("write");
 
     let mut webhook = Binary::start(
         &dir,

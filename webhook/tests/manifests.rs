@@ -235,9 +235,9 @@ fn manifest_in(dir: &str, name: &str) -> Vec<Value> {
         .join(dir)
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|doc| {
-            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("YAML"))
+            yaml_serde::from_value::<Value>(yaml_serde::Value::deserialize(doc).expect("YAML"))
                 .expect("JSON")
         })
         .filter(|v| !v.is_null())

@@ -470,9 +470,9 @@ pub fn supported_list() -> String {
         .join(", ")
 }
 
-/// The README's tables of supported releases and of their map runtimes,
-/// generated from [`RELEASES`] (a test checks that the README has them
-/// verbatim).
+/// The tables of supported releases and of their map runtimes in
+/// `docs/enforcer.md`, generated from [`RELEASES`] (a test checks that the
+/// page has them verbatim).
 pub fn markdown_table() -> String {
     let mut out = String::from(
         "| Go release | maps | with `GOEXPERIMENT` | `g.goid` | `moduledata.gofunc` |\n|---|---|---|---|---|\n",

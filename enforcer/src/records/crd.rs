@@ -150,7 +150,7 @@ pub fn crd() -> CustomResourceDefinition {
 
 /// The CRD as the YAML committed in `manifests/crd/mapviolations.yaml`.
 pub fn crd_yaml() -> String {
-    let body = serde_yaml::to_string(&crd()).expect("a CRD serializes to YAML");
+    let body = yaml_serde::to_string(&crd()).expect("a CRD serializes to YAML");
     format!(
         "# Generated from enforcer/src/records/crd.rs: \
          cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml\n\

@@ -143,10 +143,10 @@ pub async fn pod_events(client: &Client, namespace: &str, name: &str) -> Vec<Eve
 /// The first document of `kind` in a multi-document YAML file.
 pub fn first_of_kind<T: serde::de::DeserializeOwned>(path: &str, kind: &str) -> T {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(document).expect("a YAML document");
+    for document in yaml_serde::Deserializer::from_str(&text) {
+        let value = yaml_serde::Value::deserialize(document).expect("a YAML document");
         if value.get("kind").and_then(|k| k.as_str()) == Some(kind) {
-            return serde_yaml::from_value(value)
+            return yaml_serde::from_value(value)
                 .unwrap_or_else(|e| panic!("{kind} in {path}: {e}"));
         }
     }

@@ -135,7 +135,7 @@ pub async fn create_pod(client: &Client, namespace: &str, name: &str) -> PodRef 
 /// user under each of `contexts` (name, namespace), the first current.
 pub fn kubeconfig_with_contexts(env: &TestEnv, file: &str, contexts: &[(&str, &str)]) -> PathBuf {
     let text = std::fs::read_to_string(env.kubeconfig()).expect("read the admin kubeconfig");
-    let mut doc: serde_json::Value = serde_yaml::from_str(&text).expect("the kubeconfig parses");
+    let mut doc: serde_json::Value = yaml_serde::from_str(&text).expect("the kubeconfig parses");
     let cluster = doc["clusters"][0]["name"].clone();
     let user = doc["users"][0]["name"].clone();
     doc["contexts"] = contexts
@@ -146,7 +146,7 @@ pub fn kubeconfig_with_contexts(env: &TestEnv, file: &str, contexts: &[(&str, &s
         .collect();
     doc["current-context"] = json!(contexts[0].0);
     let path = env.dir().join(file);
-    std::fs::write(&path, serde_yaml::to_string(&doc).expect("YAML")).expect("write kubeconfig");
+    std::fs::write(&path, yaml_serde::to_string(&doc).expect("YAML")).expect("write kubeconfig");
     path
 }
 
@@ -183,7 +183,7 @@ pub async fn service_account_kubeconfig(
         "current-context": format!("as-{name}"),
     });
     let path = env.dir().join(format!("kubeconfig-{name}"));
-    std::fs::write(&path, serde_yaml::to_string(&doc).expect("YAML")).expect("write kubeconfig");
+    std::fs::write(&path, yaml_serde::to_string(&doc).expect("YAML")).expect("write kubeconfig");
     path
 }
 

@@ -142,7 +142,7 @@ pub fn find_suites(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
 
 fn read_documents(path: &Path) -> Result<Vec<Json>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|d| <Json as Deserialize>::deserialize(d).map_err(|e| e.to_string()))
         .filter(|d| !matches!(d, Ok(Json::Null)))
         .collect()
