@@ -194,14 +194,9 @@ impl Webhook {
             max_json_values: config.max_json_values,
             max_json_depth: config.max_json_depth,
             body_timeout: config.client_timeout,
-            exempt_namespaces: config.exempt_namespaces.clone(),
         };
-        let evaluator = Evaluator::new(
-            config.max_concurrent_evaluations,
-            config.queue_timeout,
-            config.eval_timeout,
-        )
-        .with_memory_budget(config.max_request_memory);
+        let evaluator = Evaluator::new(config.max_concurrent_evaluations, config.queue_timeout)
+            .with_memory_budget(config.max_request_memory);
         let state = AppState::new(
             policies,
             source,

@@ -35,8 +35,6 @@ pub struct Settings {
     pub max_json_depth: usize,
     /// Time allowed to read a request body.
     pub body_timeout: Duration,
-    /// Namespaces allowed without evaluation.
-    pub exempt_namespaces: Vec<String>,
 }
 
 impl Default for Settings {
@@ -48,10 +46,6 @@ impl Default for Settings {
             max_json_values: DEFAULT_MAX_JSON_VALUES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             body_timeout: Duration::from_secs(5),
-            exempt_namespaces: mapguard_policy::DEFAULT_EXEMPT_NAMESPACES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
         }
     }
 }
@@ -147,13 +141,10 @@ impl AppState {
         &self.inner.settings
     }
 
-    /// Whether requests in `namespace` skip evaluation.
+    /// Whether requests in `namespace` skip evaluation (the engine
+    /// configuration owns the list).
     pub fn is_exempt(&self, namespace: &str) -> bool {
-        self.inner
-            .settings
-            .exempt_namespaces
-            .iter()
-            .any(|n| n == namespace)
+        self.inner.policies.config().is_exempt(namespace)
     }
 
     /// Marks the HTTPS listener as serving with a loaded certificate.
