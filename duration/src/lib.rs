@@ -34,7 +34,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err(format!(
-            "{text:?} has no unit: write e.g. {t}s or {t}ms ({EXAMPLES})"
+            "{text:?} has no unit: write {t}s, {t}ms or another unit ({EXAMPLES})"
         ));
     }
     let span = PARSER
@@ -148,6 +148,6 @@ mod tests {
     #[test]
     fn a_bare_number_suggests_units() {
         let err = parse("5").expect_err("bare number");
-        assert!(err.contains("5s or 5ms"), "{err}");
+        assert!(err.contains("5s, 5ms or another unit"), "{err}");
     }
 }

@@ -11,11 +11,13 @@ use mapguard_policy::Action;
 
 /// What the webhook answers when it cannot judge a request (evaluation
 /// overloaded, timed out or failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum FailurePolicy {
     /// Allow the request, with a warning saying why it was not judged.
     FailOpen,
-    /// Deny the request with a message saying why it was not judged.
+    /// Deny the request with a message saying why it was not judged (the
+    /// default).
+    #[default]
     FailClosed,
 }
 
@@ -134,12 +136,7 @@ pub struct Config {
     )]
     pub enforcement: Vec<EnforcementOverride>,
     /// Decision when a request cannot be judged (overload, timeout, error).
-    #[arg(
-        long,
-        env = "MAPGUARD_FAILURE_POLICY",
-        value_enum,
-        default_value = "fail-closed"
-    )]
+    #[arg(long, env = "MAPGUARD_FAILURE_POLICY", value_enum, default_value_t)]
     pub failure_policy: FailurePolicy,
     /// Time limit of one policy evaluation (below the webhook's 10s timeout).
     #[arg(long, env = "MAPGUARD_EVAL_TIMEOUT", value_parser = duration::parse, default_value = "2s")]
@@ -152,7 +149,7 @@ pub struct Config {
     #[arg(long, env = "MAPGUARD_QUEUE_TIMEOUT", value_parser = duration::parse, default_value = "250ms")]
     pub queue_timeout: Duration,
     /// Largest accepted request body (the API server's own limit is 3 MiB).
-    #[arg(long, env = "MAPGUARD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    #[arg(long, env = "MAPGUARD_MAX_BODY_BYTES", default_value_t = crate::state::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Most JSON values (objects, arrays, strings, numbers...) a request
     /// body may hold; counted before anything is built from it.

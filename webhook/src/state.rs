@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 use crate::namespaces::NamespaceSource;
 use crate::policies::PolicyStore;
 
+/// Default of `--max-body-bytes`: the API server's own limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Default of `--max-json-values`: far above any Pod or controller the API
 /// server stores (an object in etcd is at most 1.5 MiB), far below what a
 /// 3 MiB body of empty objects holds (a million).
@@ -40,9 +42,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            failure_policy: FailurePolicy::FailClosed,
+            failure_policy: FailurePolicy::default(),
             mutate_enforce: false,
-            max_body_bytes: 3 * 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_json_values: DEFAULT_MAX_JSON_VALUES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             body_timeout: Duration::from_secs(5),
