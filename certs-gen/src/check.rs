@@ -225,26 +225,6 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// Parses `30d`, `12h`, `90m`, `45s` (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 30d, 12h, 90m)"))?;
-    let unit_secs = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" | "" => 1,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use d, h, m or s)")),
-    };
-    n.checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} out of range"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,14 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_and_print() {
-        assert_eq!(parse_duration("30d"), Ok(30 * DAY));
-        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert!(parse_duration("1w").is_err());
-        assert!(parse_duration("d").is_err());
+    fn durations_print_as_flags_read_them() {
         assert_eq!(human(30 * DAY), "30d");
         assert_eq!(human(Duration::from_secs(5400)), "90m");
+        for d in [
+            30 * DAY,
+            Duration::from_secs(5400),
+            Duration::from_secs(45),
+            Duration::ZERO,
+        ] {
+            assert_eq!(mapguard_duration::parse(&human(d)), Ok(d), "{}", human(d));
+        }
     }
 }

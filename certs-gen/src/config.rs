@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
+use mapguard_duration as duration;
 
 use crate::CertRequest;
-use crate::check::parse_duration;
 use crate::cluster::ClusterRequest;
 
 /// Generates a CA and a serving certificate for the mapguard webhook: as
@@ -75,11 +75,11 @@ pub struct Config {
     pub mutating_webhooks: Vec<String>,
     /// With --in-cluster: replace a certificate (or CA) that expires within
     /// this window (30d, 12h, ...); shorter than the validity.
-    #[arg(long, env = "MAPGUARD_CERTS_ROTATE_BEFORE", value_parser = parse_duration, default_value = "30d")]
+    #[arg(long, env = "MAPGUARD_CERTS_ROTATE_BEFORE", value_parser = duration::parse, default_value = "30d")]
     pub rotate_before: Duration,
     /// With --in-cluster: how long to wait for the webhook configurations to
     /// exist (a Job can start before kubectl has created them).
-    #[arg(long, env = "MAPGUARD_CERTS_WAIT", value_parser = parse_duration, default_value = "2m")]
+    #[arg(long, env = "MAPGUARD_CERTS_WAIT", value_parser = duration::parse, default_value = "2m")]
     pub wait: Duration,
     /// With --in-cluster: kubeconfig file (its current context). Default:
     /// the in-cluster service account, else KUBECONFIG or ~/.kube/config.

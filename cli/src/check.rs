@@ -53,13 +53,13 @@ const CI_EVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The engine configuration: the file's (or the defaults), then the flags.
 pub fn engine_config(args: &CheckArgs) -> Result<EngineConfig, CliError> {
-    let mut config = match &args.engine_config {
-        Some(path) => EngineConfig::from_file(path)?,
-        None => EngineConfig {
-            eval_timeout: Some(CI_EVAL_TIMEOUT),
-            ..EngineConfig::default()
-        },
+    let mut config = EngineConfig {
+        eval_timeout: Some(CI_EVAL_TIMEOUT),
+        ..EngineConfig::default()
     };
+    if let Some(path) = &args.engine_config {
+        config = config.with_file(path)?;
+    }
     if let Some(ms) = args.eval_timeout_ms {
         config.eval_timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
@@ -235,4 +235,37 @@ fn print_text(report: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> 
         s.dry_run,
         s.exempt
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Command, Config};
+
+    fn engine_config_of(flags: &[&str]) -> EngineConfig {
+        let argv = ["mapguard", "check", "-f", "a.yaml"].iter().chain(flags);
+        let config = Config::try_parse_from(argv).expect("valid flags");
+        let Command::Check(args) = config.command else {
+            panic!("check subcommand expected");
+        };
+        engine_config(&args).expect("engine config builds")
+    }
+
+    /// Issue 22: an `--engine-config` file that did not name `evalTimeoutMs`
+    /// got the engine's own 250 ms instead of the documented 10 s.
+    #[test]
+    fn an_engine_config_file_keeps_the_ci_time_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("engine.yaml");
+        std::fs::write(&file, "exemptNamespaces: [tools]\n").expect("write engine config");
+        let path = file.to_str().expect("UTF-8 path");
+        let config = engine_config_of(&["--engine-config", path]);
+        assert_eq!(config.eval_timeout, Some(CI_EVAL_TIMEOUT));
+        assert_eq!(config.exempt_namespaces, ["tools"]);
+        assert_eq!(engine_config_of(&[]).eval_timeout, Some(CI_EVAL_TIMEOUT));
+        let config = engine_config_of(&["--engine-config", path, "--eval-timeout-ms", "0"]);
+        assert_eq!(config.eval_timeout, None, "0: no limit");
+    }
 }

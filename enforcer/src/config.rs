@@ -3,9 +3,10 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mapguard_duration as duration;
 
 use crate::{
-    coverage::{Coverage, SampleSettings, parse_budget, parse_duration},
+    coverage::{Coverage, SampleSettings, parse_budget},
     goelf::ReadLimits,
     loader::{AttachKind, ProbeAt, ProbeProgram},
 };
@@ -131,15 +132,15 @@ pub struct EnforceArgs {
     pub cost_budget: f64,
     /// `sampled`: length of each on-window (a race recurring at least this
     /// often is caught in every window).
-    #[arg(long, env = "MAPGUARD_SAMPLE_ON", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_SAMPLE_ON", default_value = "1s", value_parser = duration::parse_positive)]
     pub sample_on: Duration,
     /// `sampled`: a fixed period (window start to window start) instead of
     /// one derived from --cost-budget.
-    #[arg(long, env = "MAPGUARD_SAMPLE_PERIOD", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_SAMPLE_PERIOD", value_parser = duration::parse_positive)]
     pub sample_period: Option<Duration>,
     /// `sampled`: the estimated cost of one probe hit (`make bench-enforcer`
     /// measures it).
-    #[arg(long, env = "MAPGUARD_HIT_COST", default_value = "1us", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_HIT_COST", default_value = "1us", value_parser = duration::parse_positive)]
     pub hit_cost: Duration,
     /// Delete durations: length of each window in which the RET
     /// instructions of the map delete functions are probed, timing every
@@ -147,11 +148,11 @@ pub struct EnforceArgs {
     /// the node agent). Those probes are single-stepped (~10 µs a hit), so
     /// only a window in every --delete-latency-period is measured. 0: never.
     /// Default: 100ms for `daemon`, 0 (off) for `exec` and `watch`.
-    #[arg(long, env = "MAPGUARD_DELETE_LATENCY_ON", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_DELETE_LATENCY_ON", value_parser = duration::parse)]
     pub delete_latency_on: Option<Duration>,
     /// Delete durations: window start to window start (the share of deletes
     /// timed is --delete-latency-on / this).
-    #[arg(long, env = "MAPGUARD_DELETE_LATENCY_PERIOD", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_DELETE_LATENCY_PERIOD", default_value = "10s", value_parser = duration::parse_positive)]
     pub delete_latency_period: Duration,
     /// Where violation events go, one JSON object per line: a file path
     /// (appended to) or `-` for stdout.
@@ -293,10 +294,10 @@ pub struct RespondArgs {
     #[arg(long, env = "MAPGUARD_RESPOND_THRESHOLD", default_value_t = 3)]
     pub threshold: u32,
     /// Window the threshold counts in.
-    #[arg(long, env = "MAPGUARD_RESPOND_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_RESPOND_WINDOW", default_value = "10m", value_parser = duration::parse_positive)]
     pub window: Duration,
     /// At most one action per workload per this long.
-    #[arg(long, env = "MAPGUARD_RESPOND_WORKLOAD_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_RESPOND_WORKLOAD_INTERVAL", default_value = "1h", value_parser = duration::parse_positive)]
     pub workload_interval: Duration,
     /// At most this many actions per hour in the whole cluster (kept in
     /// the budget ConfigMap).
@@ -337,25 +338,25 @@ pub struct DaemonArgs {
     #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_COVERAGE", default_value_t = Coverage::Sampled)]
     pub default_coverage: Coverage,
     /// How often the node's processes are placed in their Pods.
-    #[arg(long, env = "MAPGUARD_SCAN_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_SCAN_INTERVAL", default_value = "500ms", value_parser = duration::parse_positive)]
     pub scan_interval: Duration,
     /// How long an analysed Go binary is kept once no process runs it:
     /// past it, its analysis, crash-path probes and shared probes are
     /// dropped (an image's next container is analysed again). Kept a
     /// while so that a crash-looping container is not analysed at every
     /// restart.
-    #[arg(long, env = "MAPGUARD_EVICT_BINARIES_AFTER", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_EVICT_BINARIES_AFTER", default_value = "5m", value_parser = duration::parse_positive)]
     pub evict_binaries_after: Duration,
     /// Longest a process's executable may take to be opened, identified
     /// and analysed (off the enforcement loop, on a thread of its own):
     /// past it the process is left unenforced (counted as `timeout`), and
     /// while that operation is still blocked the other executables of its
     /// filesystem are not tried.
-    #[arg(long, env = "MAPGUARD_FILE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_FILE_TIMEOUT", default_value = "30s", value_parser = duration::parse_positive)]
     pub file_timeout: Duration,
     /// `/healthz` fails once the enforcement loop has made no progress
     /// for this long (the kubelet then restarts the agent).
-    #[arg(long, env = "MAPGUARD_HEALTHZ_STALL_AFTER", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_HEALTHZ_STALL_AFTER", default_value = "30s", value_parser = duration::parse_positive)]
     pub healthz_stall_after: Duration,
     /// Where the host's /proc is (the agent may see it mounted elsewhere).
     #[arg(long, env = "MAPGUARD_PROC_ROOT", default_value = "/proc")]
@@ -421,12 +422,12 @@ pub struct DaemonArgs {
     /// Longest a process is held at exec: past it, it is released
     /// unenforced (logged, counted as `timeout`) and the /proc scan takes
     /// over.
-    #[arg(long, env = "MAPGUARD_EXEC_HOLD_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_EXEC_HOLD_TIMEOUT", default_value = "2s", value_parser = duration::parse_positive)]
     pub exec_hold_timeout: Duration,
     /// Longest a process stays stopped by mapguard (`stop` mode): past
     /// it, it is resumed or killed (--after-stop-deadline). Kept across
     /// agent restarts (the table of stops is pinned in --bpf-pin-dir).
-    #[arg(long, env = "MAPGUARD_STOP_DEADLINE", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_STOP_DEADLINE", default_value = "10m", value_parser = duration::parse_positive)]
     pub stop_deadline: Duration,
     /// What happens to a stopped process at --stop-deadline: `kill`
     /// (SIGKILL: its container restarts; a process that raced once races
@@ -445,7 +446,7 @@ pub struct DaemonArgs {
     )]
     pub bpf_pin_dir: PathBuf,
     /// Time to write pending records on SIGTERM.
-    #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration::parse_positive)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub enforce: EnforceArgs,
@@ -461,3 +462,61 @@ pub struct LatencyWindows {
 /// The node agent's default `--delete-latency-on`: 1% of the time with
 /// the default 10 s period.
 pub const DAEMON_DELETE_LATENCY_ON: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_with(flags: &[&str]) -> Result<ExecArgs, clap::Error> {
+        let argv = ["mapguard-enforcer", "exec"]
+            .iter()
+            .chain(flags)
+            .chain(&["/bin/true"]);
+        Config::try_parse_from(argv).map(|config| match config.command {
+            Command::Exec(args) => args,
+            other => panic!("exec expected, got {other:?}"),
+        })
+    }
+
+    /// Issue 22: the README's `--delete-latency-on 0` (off) was refused by
+    /// the enforcer's own parser, which took no zero at all.
+    #[test]
+    fn delete_latency_on_zero_turns_the_windows_off() {
+        let args = exec_with(&["--delete-latency-on", "0"]).expect("0 is documented");
+        assert_eq!(args.enforce.delete_latency_on, Some(Duration::ZERO));
+        assert!(
+            args.enforce
+                .delete_latency(Duration::from_millis(100))
+                .is_none()
+        );
+        let args = exec_with(&[
+            "--delete-latency-on",
+            "300ms",
+            "--delete-latency-period",
+            "1s",
+        ])
+        .expect("the README's example parses");
+        let windows = args
+            .enforce
+            .delete_latency(Duration::ZERO)
+            .expect("windows on");
+        assert_eq!(
+            (windows.on, windows.period),
+            (Duration::from_millis(300), Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn periods_and_costs_stay_positive() {
+        let args = exec_with(&["--hit-cost", "1us", "--sample-period=1m30s"]).expect("parses");
+        assert_eq!(args.enforce.hit_cost, Duration::from_micros(1));
+        assert_eq!(args.enforce.sample_period, Some(Duration::from_secs(90)));
+        for flag in [
+            "--sample-on=0",
+            "--sample-period=0s",
+            "--delete-latency-period=0",
+        ] {
+            assert!(exec_with(&[flag]).is_err(), "{flag} must be refused");
+        }
+    }
+}

@@ -140,48 +140,18 @@ pub fn parse_budget(text: &str) -> Result<f64, String> {
     Ok(fraction)
 }
 
-/// Parses `250ms`, `1s`, `1.5s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let bad = || format!("{text:?} is not a duration such as 250ms, 1s, 2m or 1h");
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(bad)?;
-    let (number, unit) = t.split_at(split);
-    let v: f64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ns" => v / 1e9,
-        "us" | "µs" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !(secs > 0.0 && secs.is_finite()) {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn budgets_and_durations_parse() {
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    fn budgets_parse() {
         assert_eq!(parse_budget("2%"), Ok(0.02));
         assert_eq!(parse_budget("5"), Ok(0.05));
         assert_eq!(parse_budget("0.02"), Ok(0.02));
         assert!(parse_budget("0%").is_err());
         assert!(parse_budget("150%").is_err());
         assert!(parse_budget("two").is_err());
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("0s").is_err());
     }
 
     #[test]

@@ -1,54 +1,8 @@
-//! Durations as users type them (`--older-than 30d`) and ages as tables
-//! show them (`5m`, `3d4h`: kubectl's style, coarser as they grow).
+//! Ages as tables show them (`5m`, `3d4h`: kubectl's style, coarser as
+//! they grow). Durations typed on the command line (`--older-than 30d`)
+//! are read by `mapguard_duration`, the grammar of every mapguard binary.
 
 use std::time::Duration;
-
-/// Seconds of each unit `--older-than` accepts.
-const UNITS: [(char, u64); 5] = [
-    ('w', 7 * 86_400),
-    ('d', 86_400),
-    ('h', 3_600),
-    ('m', 60),
-    ('s', 1),
-];
-
-/// Parses `90s`, `45m`, `12h`, `30d`, `2w` and sums such as `1d12h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty; expected e.g. 30d, 12h or 1d12h".to_owned());
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let Some(&(_, seconds)) = UNITS.iter().find(|(unit, _)| *unit == c) else {
-            return Err(format!(
-                "unknown unit {c:?} in {text:?}; units: w, d, h, m, s"
-            ));
-        };
-        if digits.is_empty() {
-            return Err(format!("no number before {c:?} in {text:?}"));
-        }
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{digits} is too large in {text:?}"))?;
-        total = n
-            .checked_mul(seconds)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(|| format!("{text:?} is too long"))?;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(format!(
-            "{text:?} ends without a unit; write e.g. {digits}d or {digits}h"
-        ));
-    }
-    Ok(Duration::from_secs(total))
-}
 
 /// An age like kubectl's: `42s`, `5m30s`, `47m`, `3h12m`, `20h`, `3d4h`,
 /// `45d`, `2y31d`; `<future>` for a time ahead of the clock (skew).
@@ -87,39 +41,6 @@ pub fn since(then: k8s_openapi::jiff::Timestamp, now: k8s_openapi::jiff::Timesta
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_every_unit_and_in_sums() {
-        for (text, secs) in [
-            ("90s", 90),
-            ("45m", 2_700),
-            ("12h", 43_200),
-            ("30d", 2_592_000),
-            ("2w", 1_209_600),
-            ("1d12h", 129_600),
-            ("1h30m15s", 5_415),
-            (" 7d ", 604_800),
-        ] {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_secs(secs)),
-                "{text}"
-            );
-        }
-        for (text, says) in [
-            ("", "empty"),
-            ("30", "ends without a unit"),
-            ("1d3", "ends without a unit"),
-            ("3y", "unknown unit 'y'"),
-            ("d", "no number"),
-            ("-1d", "unknown unit '-'"),
-            ("99999999999999999999d", "too large"),
-            ("9999999999999999w", "too long"),
-        ] {
-            let err = parse_duration(text).expect_err(text);
-            assert!(err.contains(says), "{text}: {err}");
-        }
-    }
 
     #[test]
     fn ages_grow_coarser_like_kubectls() {

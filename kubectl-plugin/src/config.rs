@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mapguard_cli::config::CheckArgs;
-
-use crate::age::parse_duration;
+use mapguard_duration as duration;
 
 /// kubectl plugin of mapguard: the Go map races its node agents record
 /// (MapViolation records), live and audited, across clusters; and the
@@ -152,7 +151,7 @@ pub struct DeleteAuditArgs {
 
     /// Delete records last seen longer ago than this (`90s`, `45m`, `12h`,
     /// `30d`, `2w`, or combined: `1d12h`).
-    #[arg(long, env = "KUBECTL_MAPGUARD_OLDER_THAN", value_parser = parse_duration)]
+    #[arg(long, env = "KUBECTL_MAPGUARD_OLDER_THAN", value_parser = duration::parse)]
     pub older_than: std::time::Duration,
 
     /// Ask the API server to check every delete (RBAC, admission) without

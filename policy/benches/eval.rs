@@ -126,7 +126,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let config = EngineConfig::default();
+    // With a time limit, as every front end evaluates (its value does not
+    // change the cost of the engine's timer).
+    let config = EngineConfig {
+        eval_timeout: Some(Duration::from_secs(2)),
+        ..EngineConfig::default()
+    };
     let defaults = PolicySet::embedded(&config);
     let allow_all = PolicySet::from_sources(
         vec![(

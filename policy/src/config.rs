@@ -22,7 +22,9 @@ pub struct EngineConfig {
     /// over the `enforcement` rule in the package.
     pub enforcement_overrides: BTreeMap<String, Action>,
     /// Wall-clock budget of one evaluation, enforced inside regorus by its
-    /// execution timer. `None`: unbounded.
+    /// execution timer (and by the webhook's evaluation pool around it).
+    /// `None`: unbounded, the default: each front end sets its own limit
+    /// once (the webhook's `--eval-timeout`, the CI command's 10 s).
     pub eval_timeout: Option<Duration>,
     /// Who may change the `mapguard.io/` labels of a Namespace (policy
     /// `mapguard.namespace_labels`): requesters in one of these groups...
@@ -44,7 +46,7 @@ impl Default for EngineConfig {
                 .map(|s| s.to_string())
                 .collect(),
             enforcement_overrides: BTreeMap::new(),
-            eval_timeout: Some(Duration::from_millis(250)),
+            eval_timeout: None,
             label_admin_groups: DEFAULT_LABEL_ADMIN_GROUPS
                 .iter()
                 .map(|s| s.to_string())
@@ -80,26 +82,26 @@ impl EngineConfig {
     /// labelAdminUsers: []
     /// ```
     ///
-    /// Keys left out keep their defaults.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    /// Keys left out keep their value in `self` (the front end's defaults).
+    pub fn with_file(self, path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml_str(&text).map_err(|source| ConfigError::Parse {
+        self.with_yaml(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })
     }
 
-    /// Parses the format of [`EngineConfig::from_file`].
-    pub fn from_yaml_str(text: &str) -> Result<Self, yaml_serde::Error> {
+    /// Parses the format of [`EngineConfig::with_file`] over `self`.
+    pub fn with_yaml(self, text: &str) -> Result<Self, yaml_serde::Error> {
         let file: ConfigFile = yaml_serde::from_str(text)?;
-        let mut config = Self::default();
+        let mut config = self;
         if let Some(exempt) = file.exempt_namespaces {
             config.exempt_namespaces = exempt;
         }
-        config.enforcement_overrides = file.enforcement;
+        config.enforcement_overrides.extend(file.enforcement);
         if let Some(ms) = file.eval_timeout_ms {
             config.eval_timeout = (ms > 0).then(|| Duration::from_millis(ms));
         }
@@ -153,10 +155,9 @@ mod tests {
 
     #[test]
     fn file_overrides_only_what_it_names() {
-        let config = EngineConfig::from_yaml_str(
-            "enforcement:\n  mapguard.gotraceback: dry-run\nevalTimeoutMs: 0\n",
-        )
-        .expect("valid config must parse");
+        let config = EngineConfig::default()
+            .with_yaml("enforcement:\n  mapguard.gotraceback: dry-run\nevalTimeoutMs: 0\n")
+            .expect("valid config must parse");
         assert!(config.is_exempt("kube-system"));
         assert_eq!(
             config.enforcement_overrides.get("mapguard.gotraceback"),
@@ -164,7 +165,18 @@ mod tests {
         );
         assert_eq!(config.eval_timeout, None);
         assert_eq!(config.label_admin_groups, ["system:masters"]);
-        let config = EngineConfig::from_yaml_str("labelAdminUsers: [alice]\n").expect("parses");
+        let bounded = EngineConfig {
+            eval_timeout: Some(Duration::from_secs(10)),
+            ..EngineConfig::default()
+        };
+        let config = bounded
+            .with_yaml("labelAdminUsers: [alice]\n")
+            .expect("parses");
+        assert_eq!(
+            config.eval_timeout,
+            Some(Duration::from_secs(10)),
+            "a key left out keeps the front end's value"
+        );
         assert_eq!(
             config.to_data_json()["mapguard_config"]["namespace_label_admins"],
             serde_json::json!({"groups": ["system:masters"], "users": ["alice"]})
@@ -173,7 +185,15 @@ mod tests {
 
     #[test]
     fn unknown_action_and_keys_are_errors() {
-        assert!(EngineConfig::from_yaml_str("enforcement:\n  a: block\n").is_err());
-        assert!(EngineConfig::from_yaml_str("exemptNamespace: [x]\n").is_err());
+        assert!(
+            EngineConfig::default()
+                .with_yaml("enforcement:\n  a: block\n")
+                .is_err()
+        );
+        assert!(
+            EngineConfig::default()
+                .with_yaml("exemptNamespace: [x]\n")
+                .is_err()
+        );
     }
 }

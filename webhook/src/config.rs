@@ -6,15 +6,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use mapguard_duration as duration;
 use mapguard_policy::Action;
 
 /// What the webhook answers when it cannot judge a request (evaluation
 /// overloaded, timed out or failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum FailurePolicy {
     /// Allow the request, with a warning saying why it was not judged.
     FailOpen,
-    /// Deny the request with a message saying why it was not judged.
+    /// Deny the request with a message saying why it was not judged (the
+    /// default).
+    #[default]
     FailClosed,
 }
 
@@ -53,28 +56,6 @@ impl FromStr for EnforcementOverride {
         let (package, action) = mapguard_policy::parse_enforcement_override(s)?;
         Ok(Self { package, action })
     }
-}
-
-/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 250ms, 2s, 1m)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s or m)")),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
-        return Err(format!("duration {s:?} out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parses a JSON nesting depth between 2 and 100 (serde_json itself stops
@@ -155,25 +136,20 @@ pub struct Config {
     )]
     pub enforcement: Vec<EnforcementOverride>,
     /// Decision when a request cannot be judged (overload, timeout, error).
-    #[arg(
-        long,
-        env = "MAPGUARD_FAILURE_POLICY",
-        value_enum,
-        default_value = "fail-closed"
-    )]
+    #[arg(long, env = "MAPGUARD_FAILURE_POLICY", value_enum, default_value_t)]
     pub failure_policy: FailurePolicy,
     /// Time limit of one policy evaluation (below the webhook's 10s timeout).
-    #[arg(long, env = "MAPGUARD_EVAL_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, env = "MAPGUARD_EVAL_TIMEOUT", value_parser = duration::parse, default_value = "2s")]
     pub eval_timeout: Duration,
     /// Evaluations running at once; further requests wait for a slot.
     #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_EVALUATIONS", default_value_t = default_concurrency())]
     pub max_concurrent_evaluations: usize,
     /// How long a request waits for an evaluation slot before it is judged
     /// by the failure policy as overloaded.
-    #[arg(long, env = "MAPGUARD_QUEUE_TIMEOUT", value_parser = parse_duration, default_value = "250ms")]
+    #[arg(long, env = "MAPGUARD_QUEUE_TIMEOUT", value_parser = duration::parse, default_value = "250ms")]
     pub queue_timeout: Duration,
     /// Largest accepted request body (the API server's own limit is 3 MiB).
-    #[arg(long, env = "MAPGUARD_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    #[arg(long, env = "MAPGUARD_MAX_BODY_BYTES", default_value_t = crate::state::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Most JSON values (objects, arrays, strings, numbers...) a request
     /// body may hold; counted before anything is built from it.
@@ -217,11 +193,11 @@ pub struct Config {
     pub client_names: Vec<String>,
     /// Time allowed for a TLS handshake, for reading request headers and for
     /// reading a request body (slow clients are cut off after it).
-    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = duration::parse, default_value = "5s")]
     pub client_timeout: Duration,
     /// Interval of the change checks on the policy directory, the TLS files,
     /// the --client-ca bundle and the namespaces file.
-    #[arg(long, env = "MAPGUARD_RELOAD_INTERVAL", value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, env = "MAPGUARD_RELOAD_INTERVAL", value_parser = duration::parse_positive, default_value = "2s")]
     pub reload_interval: Duration,
     /// Also serve Gatekeeper ConstraintTemplates and Constraints applied to
     /// the cluster as objects: watch them, create each template's
@@ -243,7 +219,7 @@ pub struct Config {
     #[arg(long, env = "MAPGUARD_MUTATE_ENFORCE")]
     pub mutate_enforce: bool,
     /// How long in-flight requests may finish after SIGTERM.
-    #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, env = "MAPGUARD_SHUTDOWN_GRACE", value_parser = duration::parse, default_value = "10s")]
     pub shutdown_grace: Duration,
     /// Log format; `RUST_LOG` sets the filter (default `info`).
     #[arg(long, env = "MAPGUARD_LOG_FORMAT", value_enum, default_value = "text")]
@@ -258,15 +234,27 @@ fn default_concurrency() -> usize {
 mod tests {
     use super::*;
 
+    /// Issue 22: the webhook's own grammar stopped at minutes, so the
+    /// `1h` every other binary accepted was refused here.
     #[test]
-    fn durations_parse_and_reject_garbage() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn durations_use_the_shared_grammar() {
+        let config = Config::try_parse_from([
+            "mapguard-webhook",
+            "--eval-timeout",
+            "1h",
+            "--queue-timeout=1m30s",
+            "--shutdown-grace=0",
+        ])
+        .expect("durations of the shared grammar parse");
+        assert_eq!(config.eval_timeout, Duration::from_secs(3600));
+        assert_eq!(config.queue_timeout, Duration::from_secs(90));
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
+        assert!(Config::try_parse_from(["x", "--eval-timeout=fast"]).is_err());
+        assert!(Config::try_parse_from(["x", "--eval-timeout=-1s"]).is_err());
+        assert!(
+            Config::try_parse_from(["x", "--reload-interval=0"]).is_err(),
+            "a zero polling interval would spin"
+        );
     }
 
     #[test]

@@ -85,7 +85,6 @@ pub struct Evaluator {
     slots: Arc<Semaphore>,
     limit: usize,
     queue_timeout: Duration,
-    eval_timeout: Duration,
     memory: MemoryBudget,
 }
 
@@ -99,16 +98,15 @@ pub struct Admission {
 
 impl Evaluator {
     /// `limit` evaluations at once (at least one), waiting at most
-    /// `queue_timeout` for a slot, each limited to `eval_timeout`; request
-    /// memory limited to [`DEFAULT_MEMORY_BUDGET`] (see
-    /// [`Evaluator::with_memory_budget`]).
-    pub fn new(limit: usize, queue_timeout: Duration, eval_timeout: Duration) -> Self {
+    /// `queue_timeout` for a slot, each limited to the `eval_timeout` of its
+    /// policy set's configuration; request memory limited to
+    /// [`DEFAULT_MEMORY_BUDGET`] (see [`Evaluator::with_memory_budget`]).
+    pub fn new(limit: usize, queue_timeout: Duration) -> Self {
         let limit = limit.max(1);
         Self {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             queue_timeout,
-            eval_timeout,
             memory: MemoryBudget::new(DEFAULT_MEMORY_BUDGET, Default::default()),
         }
     }
@@ -129,11 +127,6 @@ impl Evaluator {
     /// The request memory budget (bodies reserve from it too).
     pub fn memory(&self) -> &MemoryBudget {
         &self.memory
-    }
-
-    /// The per-evaluation time limit.
-    pub fn eval_timeout(&self) -> Duration {
-        self.eval_timeout
     }
 
     /// How long a request that arrived at `arrived` may still wait for
@@ -190,11 +183,13 @@ impl Evaluator {
         inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,
     ) -> Result<Decision, EvalFailure> {
+        // Enforced inside the engine; the same limit here bounds a task
+        // that never reaches the engine's timer. `None`: unbounded.
+        let timeout = set.config().eval_timeout;
         let task_metrics = metrics.clone();
         let task = tokio::task::spawn_blocking(move || {
             task_metrics.in_flight().inc();
             let started = Instant::now();
-            let timeout = set.config().eval_timeout;
             let result = set.evaluate_with(&review, &namespaces, &inventory, timeout);
             task_metrics.in_flight().dec();
             task_metrics.observe_evaluation(started.elapsed());
@@ -203,7 +198,7 @@ impl Evaluator {
             drop(admission);
             result
         });
-        let limit = self.eval_timeout;
+        let limit = timeout.unwrap_or(Duration::MAX);
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(Ok(decision))) => Ok(decision),
             Ok(Ok(Err(error))) => {

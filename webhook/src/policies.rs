@@ -81,11 +81,12 @@ impl PolicyStore {
         })
     }
 
-    /// Serves an already compiled set (tests, benchmarks); never reloaded.
-    pub fn fixed(set: PolicySet, config: EngineConfig) -> Self {
+    /// Serves an already compiled set (tests, benchmarks) with the
+    /// configuration it was compiled with; never reloaded.
+    pub fn fixed(set: PolicySet) -> Self {
         Self {
             source: PolicySource::Embedded,
-            config,
+            config: set.config().clone(),
             current: RwLock::new(set),
             cluster_documents: RwLock::new(Vec::new()),
             admitted: Mutex::new(BTreeMap::new()),

@@ -14,13 +14,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::evaluator::Evaluator;
-use crate::metrics::{Metrics, ReloadResult};
+use crate::metrics::Metrics;
 use crate::namespaces::{self, FileNamespaces, NamespaceCache, NamespaceSource};
 use crate::policies::{PolicySource, PolicyStore};
 use crate::server::{ConnectionLimits, serve_plain, serve_tls};
 use crate::state::{AppState, Settings};
 use crate::tls::{self, ReloadableCert, ReloadableClientCa, TlsError};
-use crate::watch::{fingerprint_dir, fingerprint_files, poll_changes};
+use crate::watch::{Watched, fingerprint_dir, fingerprint_files, poll_changes, reloaded};
 use crate::{app, ops_app};
 
 /// Why the webhook could not start.
@@ -194,14 +194,9 @@ impl Webhook {
             max_json_values: config.max_json_values,
             max_json_depth: config.max_json_depth,
             body_timeout: config.client_timeout,
-            exempt_namespaces: config.exempt_namespaces.clone(),
         };
-        let evaluator = Evaluator::new(
-            config.max_concurrent_evaluations,
-            config.queue_timeout,
-            config.eval_timeout,
-        )
-        .with_memory_budget(config.max_request_memory);
+        let evaluator = Evaluator::new(config.max_concurrent_evaluations, config.queue_timeout)
+            .with_memory_budget(config.max_request_memory);
         let state = AppState::new(
             policies,
             source,
@@ -266,89 +261,76 @@ impl Webhook {
         state.set_tls_ready(true);
         tracing::info!(%addr, %metrics_addr, "serving");
 
-        let interval = config.reload_interval;
+        // The mounted files, re-read in one loop every --reload-interval.
+        let mut sources = Vec::new();
         if let Some(dir) = state.policies().dir().map(PathBuf::from) {
             let store = state.policies().clone();
             let metrics = metrics.clone();
-            tasks.push(tokio::spawn(poll_changes(
+            sources.push(Watched::new(
                 "policies",
-                interval,
                 move || fingerprint_dir(&dir),
-                move || match store.reload() {
-                    Ok(n) => {
-                        metrics.policy_reload(ReloadResult::success);
+                move || {
+                    let count = |r| metrics.policy_reload(r);
+                    let kept = "policy reload rejected; the previous policies keep serving";
+                    if let Some(n) = reloaded(store.reload(), count, kept) {
                         metrics.set_policies(store.current().policies());
                         tracing::info!(policies = n, "policies reloaded");
                     }
-                    Err(error) => {
-                        metrics.policy_reload(ReloadResult::failure);
-                        tracing::error!(%error, "policy reload rejected; the previous policies keep serving");
-                    }
                 },
-                rx.clone(),
-            )));
+            ));
         }
         {
             let cert = self.cert.clone();
             let files: Vec<PathBuf> = cert.paths().iter().map(|p| p.to_path_buf()).collect();
             let metrics = metrics.clone();
-            tasks.push(tokio::spawn(poll_changes(
+            sources.push(Watched::new(
                 "tls",
-                interval,
                 move || fingerprint_files(&files),
-                move || match cert.reload() {
-                    Ok(()) => {
-                        metrics.tls_reload(ReloadResult::success);
+                move || {
+                    let count = |r| metrics.tls_reload(r);
+                    let kept =
+                        "certificate reload rejected; the previous certificate keeps serving";
+                    if reloaded(cert.reload(), count, kept).is_some() {
                         tracing::info!("serving certificate reloaded");
                     }
-                    Err(error) => {
-                        metrics.tls_reload(ReloadResult::failure);
-                        tracing::error!(%error, "certificate reload rejected; the previous certificate keeps serving");
-                    }
                 },
-                rx.clone(),
-            )));
+            ));
         }
         if let Some(clients) = self.clients {
             let files = vec![clients.path().to_path_buf()];
             let metrics = metrics.clone();
-            tasks.push(tokio::spawn(poll_changes(
+            sources.push(Watched::new(
                 "client-ca",
-                interval,
                 move || fingerprint_files(&files),
-                move || match clients.reload() {
-                    Ok(()) => {
-                        metrics.client_ca_reload(ReloadResult::success);
+                move || {
+                    let count = |r| metrics.client_ca_reload(r);
+                    let kept = "client CA bundle reload rejected; the previous CAs stay trusted";
+                    if reloaded(clients.reload(), count, kept).is_some() {
                         tracing::info!("client CA bundle reloaded");
                     }
-                    Err(error) => {
-                        metrics.client_ca_reload(ReloadResult::failure);
-                        tracing::error!(%error, "client CA bundle reload rejected; the previous CAs stay trusted");
-                    }
                 },
-                rx.clone(),
-            )));
+            ));
         }
         if let Some(file) = self.namespaces_file {
             let files = vec![file.path().to_path_buf()];
             let metrics = metrics.clone();
-            tasks.push(tokio::spawn(poll_changes(
+            sources.push(Watched::new(
                 "namespaces",
-                interval,
                 move || fingerprint_files(&files),
-                move || match file.reload() {
-                    Ok(n) => {
-                        metrics.namespace_reload(ReloadResult::success);
+                move || {
+                    let count = |r| metrics.namespace_reload(r);
+                    let kept = "namespaces file reload rejected; the previous data stays";
+                    if let Some(n) = reloaded(file.reload(), count, kept) {
                         tracing::info!(namespaces = n, "namespaces file reloaded");
                     }
-                    Err(error) => {
-                        metrics.namespace_reload(ReloadResult::failure);
-                        tracing::error!(%error, "namespaces file reload rejected; the previous data stays");
-                    }
                 },
-                rx.clone(),
-            )));
+            ));
         }
+        tasks.push(tokio::spawn(poll_changes(
+            config.reload_interval,
+            sources,
+            rx.clone(),
+        )));
         if let Some((client, cache)) = self.kube {
             let mut stop = rx.clone();
             let metrics = state.metrics().clone();

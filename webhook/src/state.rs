@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 use crate::namespaces::NamespaceSource;
 use crate::policies::PolicyStore;
 
+/// Default of `--max-body-bytes`: the API server's own limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Default of `--max-json-values`: far above any Pod or controller the API
 /// server stores (an object in etcd is at most 1.5 MiB), far below what a
 /// 3 MiB body of empty objects holds (a million).
@@ -35,23 +37,17 @@ pub struct Settings {
     pub max_json_depth: usize,
     /// Time allowed to read a request body.
     pub body_timeout: Duration,
-    /// Namespaces allowed without evaluation.
-    pub exempt_namespaces: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            failure_policy: FailurePolicy::FailClosed,
+            failure_policy: FailurePolicy::default(),
             mutate_enforce: false,
-            max_body_bytes: 3 * 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_json_values: DEFAULT_MAX_JSON_VALUES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             body_timeout: Duration::from_secs(5),
-            exempt_namespaces: mapguard_policy::DEFAULT_EXEMPT_NAMESPACES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
         }
     }
 }
@@ -147,13 +143,10 @@ impl AppState {
         &self.inner.settings
     }
 
-    /// Whether requests in `namespace` skip evaluation.
+    /// Whether requests in `namespace` skip evaluation (the engine
+    /// configuration owns the list).
     pub fn is_exempt(&self, namespace: &str) -> bool {
-        self.inner
-            .settings
-            .exempt_namespaces
-            .iter()
-            .any(|n| n == namespace)
+        self.inner.policies.config().is_exempt(namespace)
     }
 
     /// Marks the HTTPS listener as serving with a loaded certificate.

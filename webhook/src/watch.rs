@@ -17,9 +17,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use crate::metrics::ReloadResult;
 
 /// A hash over names and contents; equal fingerprints mean "no change".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,24 +79,50 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     }
 }
 
-/// Polls `fingerprint` every `interval` and calls `apply` once per change,
-/// after the new fingerprint was seen twice in a row. Returns when
-/// `shutdown` flips to `true` or its sender is gone.
-pub async fn poll_changes<F, A>(
+/// A watched source: how to fingerprint it and what to do once it changed.
+pub struct Watched {
     what: &'static str,
+    fingerprint: FingerprintFn,
+    apply: Box<dyn FnMut() + Send>,
+}
+
+impl Watched {
+    /// `what` names the source in logs.
+    pub fn new(
+        what: &'static str,
+        fingerprint: impl Fn() -> Fingerprint + Send + Sync + 'static,
+        apply: impl FnMut() + Send + 'static,
+    ) -> Self {
+        Self {
+            what,
+            fingerprint: Arc::new(fingerprint),
+            apply: Box::new(apply),
+        }
+    }
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The one reload loop: every `interval`, fingerprints every source (off
+/// the runtime's threads) and applies each once per change, after its new
+/// fingerprint was seen twice in a row. Returns when `shutdown` flips to
+/// `true` or its sender is gone.
+pub async fn poll_changes(
     interval: Duration,
-    fingerprint: F,
-    mut apply: A,
+    mut sources: Vec<Watched>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    F: Fn() -> Fingerprint + Send + Sync + Clone + 'static,
-    A: FnMut() + Send,
-{
-    let mut applied = match run_blocking(fingerprint.clone()).await {
-        Some(fp) => fp,
-        None => return,
+) {
+    let fingerprints: Vec<_> = sources.iter().map(|s| s.fingerprint.clone()).collect();
+    let Some(mut applied) = run_blocking(&fingerprints).await else {
+        return;
     };
-    let mut pending: Option<Fingerprint> = None;
+    let mut pending: Vec<Option<Fingerprint>> = vec![None; sources.len()];
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -104,32 +133,98 @@ pub async fn poll_changes<F, A>(
                 continue;
             }
         }
-        let Some(now) = run_blocking(fingerprint.clone()).await else {
+        let Some(now) = run_blocking(&fingerprints).await else {
             return;
         };
-        if now == applied {
-            pending = None;
-        } else if pending == Some(now) {
-            tracing::debug!(what, "change detected; reloading");
-            apply();
-            applied = now;
-            pending = None;
-        } else {
-            pending = Some(now);
+        for (i, source) in sources.iter_mut().enumerate() {
+            if now[i] == applied[i] {
+                pending[i] = None;
+            } else if pending[i] == Some(now[i]) {
+                tracing::debug!(what = source.what, "change detected; reloading");
+                (source.apply)();
+                applied[i] = now[i];
+                pending[i] = None;
+            } else {
+                pending[i] = Some(now[i]);
+            }
         }
     }
 }
 
-async fn run_blocking<F>(f: F) -> Option<Fingerprint>
-where
-    F: Fn() -> Fingerprint + Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await.ok()
+type FingerprintFn = Arc<dyn Fn() -> Fingerprint + Send + Sync>;
+
+async fn run_blocking(fingerprints: &[FingerprintFn]) -> Option<Vec<Fingerprint>> {
+    let fingerprints = fingerprints.to_vec();
+    tokio::task::spawn_blocking(move || fingerprints.iter().map(|f| f()).collect())
+        .await
+        .ok()
+}
+
+/// Counts a reload's `result` with `count`; logs a rejected one with
+/// `kept` (what keeps serving). The loaded value, if it loaded.
+pub fn reloaded<T, E: std::fmt::Display>(
+    result: Result<T, E>,
+    count: impl Fn(ReloadResult),
+    kept: &str,
+) -> Option<T> {
+    match result {
+        Ok(value) => {
+            count(ReloadResult::success);
+            Some(value)
+        }
+        Err(error) => {
+            count(ReloadResult::failure);
+            tracing::error!(%error, "{kept}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two sources in the one loop: a change to one applies it alone, once,
+    /// after it was seen stable.
+    #[tokio::test]
+    async fn one_loop_applies_each_source_on_its_own_change() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let states: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let applied: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let sources = (0..2)
+            .map(|i| {
+                let (states, applied) = (states.clone(), applied.clone());
+                Watched::new(
+                    "test",
+                    move || Fingerprint(states[i].load(Ordering::SeqCst)),
+                    move || {
+                        applied[i].fetch_add(1, Ordering::SeqCst);
+                    },
+                )
+            })
+            .collect();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(poll_changes(Duration::from_millis(10), sources, rx));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        states[1].store(7, Ordering::SeqCst);
+        let waited = std::time::Instant::now();
+        while applied[1].load(Ordering::SeqCst) == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "change never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(applied[1].load(Ordering::SeqCst), 1, "applied once");
+        assert_eq!(
+            applied[0].load(Ordering::SeqCst),
+            0,
+            "unchanged source untouched"
+        );
+        stop.send(true).expect("loop listening");
+        task.await.expect("loop ends on shutdown");
+    }
 
     #[test]
     fn dir_fingerprint_sees_content_and_ignores_hidden() {

@@ -72,7 +72,7 @@ async fn mutate_enforce_makes_mutate_deny() {
     let state = state_with(
         PolicySet::embedded(&EngineConfig::default()),
         settings,
-        Evaluator::new(2, Duration::from_millis(250), Duration::from_secs(2)),
+        Evaluator::new(2, Duration::from_millis(250)),
     );
     let (_, review) = post(
         app(state.clone()),
@@ -310,7 +310,7 @@ async fn oversized_body_gets_413() {
     let state = state_with(
         PolicySet::embedded(&EngineConfig::default()),
         settings,
-        Evaluator::new(2, Duration::from_millis(250), Duration::from_secs(2)),
+        Evaluator::new(2, Duration::from_millis(250)),
     );
     let mut body = fixture_json("pod-plain-create");
     body["request"]["object"]["metadata"]["annotations"] = json!({"big": "x".repeat(10_000)});
@@ -396,12 +396,11 @@ async fn requests_judged_with_stale_namespace_labels_say_so() {
 
     let cache = Arc::new(NamespaceCache::new(namespace_data()));
     let state = mapguard_webhook::AppState::new(
-        Arc::new(PolicyStore::fixed(
-            PolicySet::embedded(&EngineConfig::default()),
-            EngineConfig::default(),
-        )),
+        Arc::new(PolicyStore::fixed(PolicySet::embedded(
+            &EngineConfig::default(),
+        ))),
         cache.clone(),
-        Evaluator::new(2, Duration::from_millis(250), Duration::from_secs(2)),
+        Evaluator::new(2, Duration::from_millis(250)),
         Arc::new(Metrics::new()),
         Settings::default(),
     );

@@ -34,7 +34,7 @@ fn slow_state(failure_policy: FailurePolicy, slots: usize, eval_timeout: Duratio
     state_with(
         set,
         settings,
-        Evaluator::new(slots, Duration::from_millis(20), eval_timeout),
+        Evaluator::new(slots, Duration::from_millis(20)),
     )
 }
 

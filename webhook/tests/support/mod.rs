@@ -56,12 +56,8 @@ pub fn namespace_data() -> NamespaceData {
 
 /// A state serving `set` with `settings`, namespaces from the test file.
 pub fn state_with(set: PolicySet, settings: Settings, evaluator: Evaluator) -> AppState {
-    let config = EngineConfig {
-        exempt_namespaces: settings.exempt_namespaces.clone(),
-        ..EngineConfig::default()
-    };
     let state = AppState::new(
-        Arc::new(PolicyStore::fixed(set, config)),
+        Arc::new(PolicyStore::fixed(set)),
         Arc::new(NamespaceCache::new(namespace_data())),
         evaluator,
         Arc::new(Metrics::new()),
@@ -76,7 +72,7 @@ pub fn default_state() -> AppState {
     state_with(
         PolicySet::embedded(&EngineConfig::default()),
         Settings::default(),
-        Evaluator::new(4, Duration::from_millis(250), Duration::from_secs(2)),
+        Evaluator::new(4, Duration::from_millis(250)),
     )
 }
 
