@@ -22,7 +22,7 @@ use kube::{Api, Client};
 
 use super::decide::{Cause, Responder, Trigger};
 use crate::daemon::workload::Workload;
-use crate::records::MapViolation;
+use mapguard_api::resource::MapViolation;
 
 /// Violations of one record that count, at most, per change: past the
 /// threshold more change nothing.

@@ -1,0 +1,37 @@
+//! What mapguard's parts share, with no BPF, no async runtime and no
+//! Kubernetes client: the node agent, the kubectl plugin, the webhook and
+//! the tests all read these definitions rather than their own copies.
+//!
+//! * [`resource`] — the `MapViolation` custom resource (`mapguard.io/v1alpha1`)
+//!   and its status; [`resource::crd_yaml`] is `manifests/crd/mapviolations.yaml`.
+//! * [`vocab`] — the one vocabulary shared with the kernel (operations,
+//!   kinds, actions, detectors, crash messages), each word next to its
+//!   number in `mapguard_common`.
+//! * [`mode`] — what is done to a process (`audit`, `stop`, `kill`, or
+//!   `off` for a Pod) and what is probed in it (`full`, `writes`,
+//!   `sampled`, `light`).
+//! * [`keys`] — the annotation and label keys.
+//!
+//! The feature `clap` derives `clap::ValueEnum` for the words command
+//! lines take.
+
+pub mod keys;
+pub mod mode;
+pub mod resource;
+pub mod vocab;
+
+/// A word that is not one of a vocabulary's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownWord {
+    /// Which vocabulary (`mode`, `coverage`, `kind`, ...).
+    pub vocabulary: &'static str,
+    pub word: String,
+}
+
+impl std::fmt::Display for UnknownWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not a {}", self.word, self.vocabulary)
+    }
+}
+
+impl std::error::Error for UnknownWord {}
