@@ -15,6 +15,31 @@
 //! The feature `clap` derives `clap::ValueEnum` for the words command
 //! lines take.
 
+/// `Display` and `FromStr` of a vocabulary's enum by its `as_str`: a word
+/// parses as the first of `$values` (an iterable of the enum) that writes it.
+macro_rules! words {
+    ($name:ident, $vocabulary:literal, $values:expr) => {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::UnknownWord;
+            fn from_str(s: &str) -> Result<$name, $crate::UnknownWord> {
+                $values
+                    .into_iter()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::UnknownWord {
+                        vocabulary: $vocabulary,
+                        word: s.to_owned(),
+                    })
+            }
+        }
+    };
+}
+
 pub mod keys;
 pub mod mode;
 pub mod resource;

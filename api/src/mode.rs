@@ -61,24 +61,7 @@ impl Mode {
     }
 }
 
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = UnknownWord;
-    fn from_str(s: &str) -> Result<Mode, UnknownWord> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownWord {
-                vocabulary: "mode",
-                word: s.to_owned(),
-            })
-    }
-}
+words!(Mode, "mode", Mode::ALL);
 
 /// A Pod's mode as the node agent knows it: a [`Mode`], or `None` for
 /// `off` (not enforced: never probed on the hot path, never signalled).
@@ -233,33 +216,15 @@ impl Coverage {
     }
 }
 
-impl fmt::Display for Coverage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Coverage {
-    type Err = UnknownWord;
-    fn from_str(s: &str) -> Result<Coverage, UnknownWord> {
-        Coverage::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownWord {
-                vocabulary: "coverage",
-                word: s.to_owned(),
-            })
-    }
-}
+words!(Coverage, "coverage", Coverage::ALL);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn words<T: FromStr + fmt::Display + Serialize + PartialEq + fmt::Debug + Copy>(
-        values: &[T],
-        expected: &[&str],
-    ) where
+    fn words<T>(values: &[T], expected: &[&str])
+    where
+        T: FromStr + fmt::Display + Serialize + PartialEq + fmt::Debug + Copy,
         T: for<'de> Deserialize<'de>,
     {
         let written: Vec<String> = values.iter().map(T::to_string).collect();

@@ -4,12 +4,8 @@
 //! reports, records and metrics use. One table per vocabulary; nothing
 //! else compares names.
 
-use std::{fmt, str::FromStr};
-
 use mapguard_common::{action, detector, kind, message, op};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use crate::UnknownWord;
 
 /// Defines an enum whose variants map one-to-one onto kernel numbers and
 /// words; an unknown number reads as the `$unknown` variant, which has no
@@ -58,23 +54,7 @@ macro_rules! vocabulary {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownWord;
-            fn from_str(s: &str) -> Result<$name, UnknownWord> {
-                $name::KNOWN
-                    .iter()
-                    .chain([&$name::$unknown])
-                    .find(|v| v.as_str() == s)
-                    .copied()
-                    .ok_or_else(|| UnknownWord { vocabulary: $vocabulary, word: s.to_owned() })
-            }
-        }
+        words!($name, $vocabulary, $name::KNOWN.iter().copied().chain([$name::$unknown]));
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -153,6 +133,8 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
+    use std::{fmt, str::FromStr};
+
     use super::*;
 
     /// Every known value: its number reads back as itself, its word parses
