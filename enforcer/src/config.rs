@@ -3,10 +3,11 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mapguard_api::mode::{Coverage, Mode, PodMode};
 use mapguard_duration as duration;
 
 use crate::{
-    coverage::{Coverage, SampleSettings, parse_budget},
+    coverage::{SampleSettings, parse_budget},
     goelf::ReadLimits,
     loader::{AttachKind, ProbeAt, ProbeProgram},
 };
@@ -42,29 +43,6 @@ pub enum Command {
     Respond(RespondArgs),
 }
 
-/// What happens to a process when a violation is detected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
-pub enum Mode {
-    /// Report only (repeated identical violations are counted, not repeated).
-    #[default]
-    Audit,
-    /// SIGSTOP the process, leaving it stopped for inspection.
-    Stop,
-    /// SIGKILL the process before the racing operation proceeds.
-    Kill,
-}
-
-impl Mode {
-    /// The kernel-side action number (`mapguard_common::action`).
-    pub fn action(self) -> u8 {
-        match self {
-            Mode::Audit => mapguard_common::action::AUDIT,
-            Mode::Stop => mapguard_common::action::STOP,
-            Mode::Kill => mapguard_common::action::KILL,
-        }
-    }
-}
-
 /// What `exec` and `watch` do to the processes they enforce on.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
@@ -96,29 +74,6 @@ impl AfterStop {
         match self {
             AfterStop::Resume => "resume",
             AfterStop::Kill => "kill",
-        }
-    }
-}
-
-/// A Pod's action as the node agent knows it: a [`Mode`], or `off`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
-pub enum PodMode {
-    /// Not enforced: never probed on the hot path, never signalled.
-    #[default]
-    Off,
-    Audit,
-    Stop,
-    Kill,
-}
-
-impl PodMode {
-    /// The action, or `None` for `off`.
-    pub fn mode(self) -> Option<Mode> {
-        match self {
-            PodMode::Off => None,
-            PodMode::Audit => Some(Mode::Audit),
-            PodMode::Stop => Some(Mode::Stop),
-            PodMode::Kill => Some(Mode::Kill),
         }
     }
 }
@@ -332,7 +287,7 @@ pub struct DaemonArgs {
     )]
     pub events_socket: PathBuf,
     /// Action for Pods without a valid `mapguard.io/mode` annotation.
-    #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_MODE", default_value_t = PodMode::Off)]
+    #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_MODE", default_value_t = PodMode::OFF)]
     pub default_mode: PodMode,
     /// Coverage for Pods without a valid `mapguard.io/coverage` annotation.
     #[arg(long, value_enum, env = "MAPGUARD_DEFAULT_COVERAGE", default_value_t = Coverage::Sampled)]

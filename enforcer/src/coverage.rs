@@ -1,5 +1,6 @@
-//! Coverage: what is probed in a process, a property of each enforced
-//! process (the node agent takes it from the Pod's `mapguard.io/coverage`),
+//! What each [`Coverage`] (`mapguard_api::mode`) probes in a process, and the
+//! settings of `sampled`. Coverage is a property of each enforced process
+//! (the node agent takes it from the Pod's `mapguard.io/coverage`),
 //! independent of the action taken (`audit|stop|kill`).
 //!
 //! - `full`: every map operation, all the time.
@@ -13,81 +14,18 @@
 //!   reported, with the goroutine and call site that saw it, and stopped or
 //!   killed before the runtime prints.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
-use clap::ValueEnum;
+use mapguard_api::mode::Coverage;
 
-/// What is probed in a process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Coverage {
-    /// Every map operation, all the time: catches every kind at the moment
-    /// the conflicting operation starts, with both call sites; costs about
-    /// a microsecond per map call.
-    #[default]
-    Full,
-    /// Map writes only (assign, delete, clear, grow), all the time: catches
-    /// concurrent writes at the moment the second one starts, with both
-    /// call sites, at a fraction of `full`'s cost (real services read maps
-    /// far more than they write them); a read or iteration racing a write
-    /// is caught only as the runtime detects it, with the reader's call
-    /// site.
-    Writes,
-    /// Every map operation during on-windows sized to a cost budget:
-    /// catches a race that recurs at least once per window within one
-    /// sampling period; misses a one-off race outside the windows.
-    Sampled,
-    /// Only the runtime's crash paths: no cost; catches the races the Go
-    /// runtime itself detects, just before it would abort, with the call
-    /// site of the goroutine that detected it but not the other one;
-    /// misses the rest.
-    Light,
-}
+use crate::loader::Probes;
 
-impl Coverage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Coverage::Full => "full",
-            Coverage::Writes => "writes",
-            Coverage::Sampled => "sampled",
-            Coverage::Light => "light",
-        }
-    }
-
-    /// Which map functions are probed (all or part of the time), if any.
-    pub fn map_probes(self) -> Option<crate::loader::Probes> {
-        use crate::loader::Probes;
-        match self {
-            Coverage::Full | Coverage::Sampled => Some(Probes::MapOps),
-            Coverage::Writes => Some(Probes::Writes),
-            Coverage::Light => None,
-        }
-    }
-
-    /// How much is probed, for "at least" comparisons (a namespace's
-    /// `mapguard.io/min-coverage`): `light` < `sampled` < `writes` <
-    /// `full`. `writes` ranks above `sampled` because it watches the writes
-    /// (what the runtime aborts on, and what names both writers) all the
-    /// time, where `sampled` sees every operation only in its windows; the
-    /// policies (policies/mode.rego) use the same order.
-    pub fn strength(self) -> u8 {
-        match self {
-            Coverage::Light => 0,
-            Coverage::Sampled => 1,
-            Coverage::Writes => 2,
-            Coverage::Full => 3,
-        }
-    }
-
-    /// Parses an annotation value (`mapguard.io/coverage`).
-    pub fn parse(value: &str) -> Option<Coverage> {
-        Coverage::from_str(value, false).ok()
-    }
-}
-
-impl fmt::Display for Coverage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Which map functions `coverage` probes (all or part of the time), if any.
+pub fn map_probes(coverage: Coverage) -> Option<Probes> {
+    match coverage {
+        Coverage::Full | Coverage::Sampled => Some(Probes::MapOps),
+        Coverage::Writes => Some(Probes::Writes),
+        Coverage::Light => None,
     }
 }
 
@@ -155,11 +93,15 @@ mod tests {
     }
 
     #[test]
-    fn annotation_values_parse() {
-        assert_eq!(Coverage::parse("light"), Some(Coverage::Light));
-        assert_eq!(Coverage::parse("sampled"), Some(Coverage::Sampled));
-        assert_eq!(Coverage::parse("everything"), None);
-        assert_eq!(Coverage::Light.map_probes(), None);
-        assert_eq!(Coverage::parse("writes"), Some(Coverage::Writes));
+    fn each_coverage_probes_its_map_functions() {
+        assert_eq!(
+            Coverage::ALL.map(map_probes),
+            [
+                Some(Probes::MapOps),
+                Some(Probes::Writes),
+                Some(Probes::MapOps),
+                None
+            ]
+        );
     }
 }

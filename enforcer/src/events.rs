@@ -6,12 +6,9 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
 use mapguard_common::{MAX_FRAMES, Violation, action};
 use serde::Serialize;
 
-use crate::{
-    cgroup::PodInfo,
-    sampler::Estimate,
-    target::BinaryTarget,
-    vocab::{Action, CrashMessage, Detector, Kind, Op},
-};
+use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
+
+use crate::{cgroup::PodInfo, sampler::Estimate, target::BinaryTarget};
 
 mod time;
 

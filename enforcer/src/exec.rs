@@ -28,11 +28,12 @@ use nix::{
     unistd::{ForkResult, Pid, fork, pipe, read, write},
 };
 
+use mapguard_api::{mode::Mode, vocab::Action};
+
 use crate::{
-    config::{ExecArgs, Mode},
+    config::ExecArgs,
     session::{Session, SessionError},
     signals,
-    vocab::Action,
 };
 
 /// Exit status of `exec` when the program was stopped by mapguard.
@@ -63,7 +64,7 @@ fn sys(what: &'static str) -> impl FnOnce(nix::Error) -> ExecError {
 pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     let path = resolve(&args.program)?;
     let mut session = Session::start(&args.enforce)?;
-    let target = session.binary(&path, 0)?;
+    let target = session.binary(&path, None)?;
     tracing::info!(program = %path.display(), go = target.go_version(), "analysed");
 
     let (exe, argv) = c_args(&path, &args.program, &args.args)?;
@@ -93,12 +94,7 @@ pub fn run(args: &ExecArgs) -> Result<i32, ExecError> {
     drop(ready_rx);
     signals::forward_to(child.as_raw());
     let pid = child.as_raw() as u32;
-    let guarded = session.guard_process(
-        pid,
-        &target,
-        args.policy.mode.action(),
-        args.policy.coverage,
-    );
+    let guarded = session.guard_process(pid, &target, args.policy.mode, args.policy.coverage);
     if let Err(e) = guarded {
         // Never let the program run unenforced.
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);

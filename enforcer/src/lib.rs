@@ -19,5 +19,4 @@ pub mod scan;
 pub mod session;
 pub mod signals;
 pub mod target;
-pub mod vocab;
 pub mod watch;

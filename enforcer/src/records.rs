@@ -39,7 +39,6 @@
 //! # }
 //! ```
 
-mod crd;
 mod error;
 mod metrics;
 mod pair;
@@ -48,7 +47,6 @@ mod queue;
 mod store;
 mod writer;
 
-pub use crd::{MapViolation, MapViolationSpec, MapViolationStatus, crd, crd_yaml};
 pub use error::RecordError;
 pub use metrics::{DropReason, FailureReason, RecordMetrics, Target, WriteOperation};
 pub use pair::CallSitePair;

@@ -12,9 +12,14 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration, time::Instant};
 
+use mapguard_api::{
+    mode::{Coverage, Mode},
+    vocab::Op,
+};
+
 use crate::{
     config::{EnforceArgs, LatencyWindows},
-    coverage::{Coverage, SampleSettings},
+    coverage::SampleSettings,
     events::{Reporter, ViolationRecord},
     goelf::ReadLimits,
     loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
@@ -22,7 +27,6 @@ use crate::{
     output, procfs,
     sampler::{Estimate, Sampled, Sampler},
     target::{BinaryTarget, TargetError},
-    vocab::Op,
 };
 
 /// Why a session could not start or take on a target.
@@ -177,9 +181,13 @@ impl Session {
     }
 
     /// Analyses the binary at `path` (once per file) and probes its crash
-    /// paths for every process running it: each with its own mode from the
-    /// process table, or all with `mode` (non-zero).
-    pub fn binary(&mut self, path: &Path, mode: u8) -> Result<Arc<BinaryTarget>, SessionError> {
+    /// paths for every process running it: all with `mode`, or (`None`)
+    /// each with its own mode from the process table.
+    pub fn binary(
+        &mut self,
+        path: &Path,
+        mode: Option<Mode>,
+    ) -> Result<Arc<BinaryTarget>, SessionError> {
         let file = procfs::file_id(path).ok_or_else(|| SessionError::Target {
             path: path.to_path_buf(),
             error: TargetError::GoElf(crate::goelf::GoElfError::Io {
@@ -198,7 +206,7 @@ impl Session {
         &mut self,
         path: &Path,
         file: (u64, u64),
-        mode: u8,
+        mode: Option<Mode>,
     ) -> Result<Arc<BinaryTarget>, SessionError> {
         if let Some(target) = self.known_binary(file) {
             return Ok(target);
@@ -221,7 +229,7 @@ impl Session {
         path: &Path,
         opened: std::fs::File,
         file: (u64, u64),
-        mode: u8,
+        mode: Option<Mode>,
     ) -> Result<Arc<BinaryTarget>, SessionError> {
         if let Some(target) = self.known_binary(file) {
             return Ok(target);
@@ -256,19 +264,21 @@ impl Session {
 
     /// Takes on `target`, analysed (under an id of
     /// [`Session::reserve_binary_id`]) from file `file`: its crash paths
-    /// are probed for every process of the file, each with its own mode
-    /// from the process table, or all with `mode` (non-zero). A file
+    /// are probed for every process of the file, all with `mode`, or
+    /// (`None`) each with its own mode from the process table. A file
     /// analysed meanwhile keeps its first analysis.
     pub fn add_binary(
         &mut self,
         file: (u64, u64),
         target: BinaryTarget,
-        mode: u8,
+        mode: Option<Mode>,
     ) -> Result<Arc<BinaryTarget>, SessionError> {
         if let Some(known) = self.known_binary(file) {
             return Ok(known);
         }
         let target = Arc::new(target);
+        // 0: no action of the probes' own (the process table's).
+        let mode = mode.map_or(0, Mode::kernel);
         let backstops =
             self.enforcer
                 .add_probes(&target, Probes::Backstops, Scope::AllProcesses { mode })?;
@@ -278,7 +288,7 @@ impl Session {
     }
 
     /// Puts process `pid` (running `binary`) under enforcement with `mode`
-    /// (`mapguard_common::action`) and `coverage`. Its probes attach
+    /// and `coverage`. Its probes attach
     /// through the descriptor of the file `binary` was analysed from: a
     /// process that runs another file by now (it has exec'd) gets no
     /// breakpoint of this one.
@@ -286,10 +296,11 @@ impl Session {
         &mut self,
         pid: u32,
         binary: &BinaryTarget,
-        mode: u8,
+        mode: Mode,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
         use mapguard_common::shared_ops;
+        let mode = mode.kernel();
         self.monitor.reporter.remember_pod(pid);
         // A process the exec hook registered is checked by its binary's
         // shared probes until its own are attached: only then are they
@@ -313,9 +324,10 @@ impl Session {
     pub fn guard_binary(
         &mut self,
         binary: &BinaryTarget,
-        mode: u8,
+        mode: Mode,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
+        let mode = mode.kernel();
         self.guard(binary, Scope::AllProcesses { mode }, coverage)
     }
 
@@ -333,7 +345,7 @@ impl Session {
                 Cpu::Binary(procfs::file_id(&binary.path).unwrap_or_default()),
             ),
         };
-        let map_ops = match coverage.map_probes() {
+        let map_ops = match crate::coverage::map_probes(coverage) {
             Some(which) => Some(self.enforcer.add_probes(binary, which, scope)?),
             None => None,
         };

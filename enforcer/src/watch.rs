@@ -7,9 +7,10 @@ use std::{
     time::Duration,
 };
 
+use mapguard_api::mode::{Coverage, Mode};
+
 use crate::{
     config::WatchArgs,
-    coverage::Coverage,
     procfs::alive,
     session::{Session, SessionError},
     signals,
@@ -43,12 +44,12 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
             WatchError::AllGone
         });
     }
-    let mode = args.policy.mode.action();
+    let mode = args.policy.mode;
     let coverage = args.policy.coverage;
     let mut session = Session::start(&args.enforce)?;
 
     for exe in &args.exe {
-        let target = session.binary(exe, mode)?;
+        let target = session.binary(exe, Some(mode))?;
         session.guard_binary(&target, mode, coverage)?;
         tracing::info!(exe = %exe.display(), "watching every process of this binary");
     }
@@ -93,7 +94,7 @@ pub fn run(args: &WatchArgs) -> Result<i32, WatchError> {
 fn watch_pid(
     pid: u32,
     session: &mut Session,
-    mode: u8,
+    mode: Mode,
     coverage: Coverage,
 ) -> Result<(), WatchError> {
     // /proc/PID/exe reaches the inode even if the file was replaced.
@@ -115,7 +116,7 @@ fn watch_pid(
     let opened =
         crate::procfs::open_exe(Path::new("/proc"), pid).ok_or(WatchError::NoProcess { pid })?;
     let target = session
-        .binary_opened(&exe, opened.file, opened.id, 0)
+        .binary_opened(&exe, opened.file, opened.id, None)
         .map_err(|e| match e {
             SessionError::Target { .. } if alive(pid) => WatchError::Session(e),
             e => gone_or(e),

@@ -41,7 +41,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use kube_cgroup::KubeCgroup;
-use mapguard_enforcer::records::MapViolation;
+use mapguard_api::resource::MapViolation;
 use mapguard_testenv::TestEnv;
 use pod_process::{container_of, start_in, wait};
 use serde_json::json;
@@ -69,7 +69,7 @@ async fn the_node_agent_enforces_the_pods_of_its_node_end_to_end() {
     env.create_node(NODE).await.expect("create the Node");
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    crds.create(&PostParams::default(), &mapguard_enforcer::records::crd())
+    crds.create(&PostParams::default(), &mapguard_api::resource::crd())
         .await
         .expect("install the MapViolation CRD");
     namespace(&client, "payments", Some("kill")).await;

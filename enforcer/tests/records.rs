@@ -13,12 +13,12 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use mapguard_api::resource::MapViolation;
+use mapguard_api::vocab::{Kind, Op};
 use mapguard_enforcer::events::ViolationRecord;
 use mapguard_enforcer::records::{
-    Admission, CallSitePair, EVENT_REASON, MapViolation, Origin, PodRef, RecordWriter,
-    RecordsConfig, crd_yaml,
+    Admission, CallSitePair, EVENT_REASON, Origin, PodRef, RecordWriter, RecordsConfig,
 };
-use mapguard_enforcer::vocab::{Kind, Op};
 use mapguard_testenv::TestEnv;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -41,16 +41,8 @@ const RBAC_MANIFEST: &str = concat!(
     "/../manifests/enforcer/rbac-records.yaml"
 );
 
-#[test]
-fn the_committed_crd_manifest_is_the_generated_one() {
-    let committed = std::fs::read_to_string(CRD_MANIFEST)
-        .unwrap_or_else(|e| panic!("read {CRD_MANIFEST}: {e}"));
-    assert!(
-        committed == crd_yaml(),
-        "manifests/crd/mapviolations.yaml differs from the CRD of enforcer/src/records/crd.rs; \
-         regenerate it: cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml"
-    );
-}
+// The committed CRD manifest is checked against the generated one in
+// mapguard-api (api/src/resource.rs).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_events_in_a_real_api_server() {

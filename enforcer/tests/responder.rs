@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use mapguard_enforcer::records::MapViolation;
+use mapguard_api::resource::MapViolation;
 use mapguard_enforcer::responder::budget::BUDGET_CONFIGMAP;
 use mapguard_enforcer::responder::{
     Cause, Outcome, REASON_CORDONED, REASON_DRY_RUN, REASON_EVICTED, REASON_EVICTION_BLOCKED,

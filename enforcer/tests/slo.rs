@@ -309,7 +309,7 @@ async fn a_real_prometheus_evaluates_every_rule_and_panel_on_a_real_node_agent()
     env.create_node(NODE).await.expect("create the Node");
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    crds.create(&PostParams::default(), &mapguard_enforcer::records::crd())
+    crds.create(&PostParams::default(), &mapguard_api::resource::crd())
         .await
         .expect("install the MapViolation CRD");
     let dir = temp_dir();

@@ -30,7 +30,9 @@ use crate::audit::list;
 use crate::clusters::{Scope, Target};
 use crate::config::DeleteAuditArgs;
 use crate::error::PluginError;
-use crate::records::{GROUP, KIND, PLURAL, Record, where_};
+use mapguard_api::resource::{GROUP, KIND, PLURAL};
+
+use crate::records::{Record, where_};
 
 /// Runs `delete-audit`; `Ok(false)` when something was refused or failed
 /// (reported on `err`).

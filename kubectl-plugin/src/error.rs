@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::records::{GROUP, PLURAL};
+use mapguard_api::resource::{GROUP, PLURAL};
 
 /// What the plugin could not do.
 #[derive(Debug, thiserror::Error)]

@@ -229,12 +229,10 @@ mod tests {
     use serde_json::json;
 
     fn object(name: &str, rv: &str, count: i64) -> DynamicObject {
-        serde_json::from_value(json!({
+        crate::records::sample(json!({
             "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv},
-            "spec": {"kind": "concurrent_write"},
             "status": {"count": count},
         }))
-        .expect("a DynamicObject")
     }
 
     fn names(changes: &[Change]) -> Vec<String> {

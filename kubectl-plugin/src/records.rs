@@ -1,39 +1,25 @@
 //! The `MapViolation` records (`mapguard.io/v1alpha1`) as the plugin
 //! reads them: the objects exactly as the API server sent them (what
-//! `-o json|yaml` prints), and a lenient view of the fields the tables and
-//! traces show.
+//! `-o json|yaml` prints), and their `spec` and `status` read as the
+//! resource of `mapguard-api` (the schema the node agent writes).
 //!
-//! The schema belongs to the node agent (`enforcer/src/records/crd.rs`);
-//! the plugin does not link the agent (that needs the BPF toolchain to
-//! build), so it names the fields it reads here, and a test checks them
-//! against the agent's CRD and records. The view is lenient on purpose: a
-//! record's status is written just after the record is created, and an old
-//! plugin must still list records of a newer agent.
+//! A record's status is written just after the record is created: until
+//! then it reads as `None`. A field that does not parse leaves the spec
+//! empty or the status unread (the API server validates both against the
+//! CRD's schema, so only a record of another schema version can); a newer
+//! agent's extra fields are ignored.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use serde::Deserialize;
+use kube::api::{ApiResource, DynamicObject};
+use kube::{Api, Resource as _};
+use mapguard_api::keys::CONTEXT_ANNOTATION;
+use mapguard_api::resource::{KIND, MapViolation, MapViolationSpec, MapViolationStatus};
 
 use crate::clusters::{Scope, Target};
 
-/// API group of the records.
-pub const GROUP: &str = "mapguard.io";
-/// Its version.
-pub const VERSION: &str = "v1alpha1";
-/// Kind of a record.
-pub const KIND: &str = "MapViolation";
-/// Resource name.
-pub const PLURAL: &str = "mapviolations";
-/// Annotation naming the kubeconfig context a record was read from, added
-/// to the objects printed by `-o json|yaml` (kubectl's output has no other
-/// place for it).
-pub const CONTEXT_ANNOTATION: &str = "mapguard.io/context";
-
 /// The records' API resource.
 pub fn api_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+    ApiResource::erase::<MapViolation>(&())
 }
 
 /// The records of `target`'s scope (a namespace, or all).
@@ -45,33 +31,6 @@ pub fn api(target: &Target) -> Api<kube::api::DynamicObject> {
     }
 }
 
-/// `spec` of a record: the call-site pair.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Spec {
-    pub kind: String,
-    pub op: String,
-    pub conflicting_op: String,
-    pub site: String,
-    pub conflicting_site: Option<String>,
-}
-
-/// `status` of a record: what was observed of the pair.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Status {
-    pub count: i64,
-    pub first_seen: Option<Time>,
-    pub last_seen: Option<Time>,
-    pub action: String,
-    pub detected_by: String,
-    pub node: String,
-    pub pod: String,
-    pub container: Option<String>,
-    pub binary: String,
-    pub go_version: Option<String>,
-}
-
 /// One record read from one context.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -79,9 +38,9 @@ pub struct Record {
     pub context: String,
     /// The object as the API server sent it.
     pub object: DynamicObject,
-    pub spec: Spec,
+    pub spec: MapViolationSpec,
     /// `None` until the agent's first status write.
-    pub status: Option<Status>,
+    pub status: Option<MapViolationStatus>,
 }
 
 impl Record {
@@ -118,8 +77,7 @@ impl Record {
     pub fn last_seen(&self) -> Option<Timestamp> {
         self.status
             .as_ref()
-            .and_then(|s| s.last_seen.as_ref())
-            .map(|t| t.0)
+            .map(|s| s.last_seen.0)
             .or_else(|| self.created())
     }
 
@@ -145,7 +103,7 @@ impl Record {
     pub fn printable(&self) -> DynamicObject {
         let mut object = self.object.clone();
         object.types = Some(kube::api::TypeMeta {
-            api_version: format!("{GROUP}/{VERSION}"),
+            api_version: MapViolation::api_version(&()).into_owned(),
             kind: KIND.to_owned(),
         });
         object
@@ -171,6 +129,32 @@ pub fn where_(scope: &Scope) -> String {
         Scope::Namespace(ns) => format!("in namespace {ns:?}"),
         Scope::All => "in all namespaces".to_owned(),
     }
+}
+
+/// For unit tests: a record as the agent writes it, `fields` (`metadata`,
+/// and fields of `spec` and `status`) over a complete spec and status.
+#[cfg(test)]
+pub(crate) fn sample(fields: serde_json::Value) -> DynamicObject {
+    let mut object = serde_json::json!({
+        "apiVersion": "mapguard.io/v1alpha1", "kind": "MapViolation",
+        "spec": {"kind": "concurrent_write", "op": "assign", "conflictingOp": "delete",
+                 "site": "main.a a.go:1", "stack": []},
+        "status": {"count": 1, "firstSeen": "2026-11-20T10:00:00Z",
+                   "lastSeen": "2026-11-20T10:00:00Z", "action": "audit",
+                   "detectedBy": "writing_flag", "node": "node-a", "pod": "p", "podUid": "u",
+                   "binary": "/app"},
+    });
+    for (part, value) in fields.as_object().expect("fields are an object") {
+        match (object.get_mut(part), value) {
+            (Some(serde_json::Value::Object(base)), serde_json::Value::Object(set)) => {
+                base.extend(set.clone());
+            }
+            _ => {
+                object[part] = value.clone();
+            }
+        }
+    }
+    serde_json::from_value(object).expect("a DynamicObject")
 }
 
 #[cfg(test)]
@@ -214,8 +198,12 @@ mod tests {
                            "futureField": true},
             })),
         );
-        assert_eq!(r.spec, Spec::default());
-        assert_eq!(r.count(), 3);
+        assert_eq!(r.spec, MapViolationSpec::default());
+        assert_eq!(
+            r.status, None,
+            "a status without its required fields is not read"
+        );
+        assert_eq!(r.count(), 0);
         let printed = serde_json::to_value(r.printable()).expect("serializes");
         assert_eq!(printed["apiVersion"], "mapguard.io/v1alpha1");
         assert_eq!(printed["kind"], "MapViolation");
@@ -226,6 +214,28 @@ mod tests {
         assert_eq!(
             printed["status"]["futureField"], true,
             "unknown fields are printed as sent"
+        );
+    }
+
+    #[test]
+    fn a_newer_agents_extra_fields_are_passed_over() {
+        let r = Record::new(
+            "east",
+            object(json!({
+                "metadata": {"name": "x", "namespace": "pay"},
+                "spec": {"kind": "concurrent_write", "op": "assign", "conflictingOp": "delete",
+                         "site": "main.a a.go:1", "stack": [], "futureField": 1},
+                "status": {"count": 3, "firstSeen": "2026-11-21T09:00:00Z",
+                           "lastSeen": "2026-11-21T10:00:00Z", "action": "killed",
+                           "detectedBy": "writing_flag", "node": "n", "pod": "p", "podUid": "u",
+                           "binary": "/app", "futureField": true},
+            })),
+        );
+        assert_eq!(r.spec.kind, "concurrent_write");
+        assert_eq!(r.count(), 3);
+        assert_eq!(
+            r.last_seen(),
+            Some("2026-11-21T10:00:00Z".parse().expect("a time"))
         );
     }
 }

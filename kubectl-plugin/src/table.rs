@@ -11,6 +11,8 @@ use std::io::Write;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::age::since;
+use mapguard_api::resource::MapViolationStatus;
+
 use crate::records::Record;
 
 /// Shown where the other goroutine's call site is not on record (a race
@@ -59,7 +61,7 @@ impl Layout {
     pub fn row(&self, record: &Record, event: &str, now: Timestamp) -> Vec<String> {
         let dash = || "-".to_owned();
         let status = record.status.as_ref();
-        let text = |f: fn(&crate::records::Status) -> &str| {
+        let text = |f: fn(&MapViolationStatus) -> &str| {
             status
                 .map(f)
                 .filter(|s| !s.is_empty())
@@ -81,9 +83,7 @@ impl Layout {
             text(|s| &s.action),
             text(|s| &s.pod),
             record.count().to_string(),
-            status
-                .and_then(|s| s.last_seen.as_ref())
-                .map_or_else(dash, |t| since(t.0, now)),
+            status.map_or_else(dash, |s| since(s.last_seen.0, now)),
             or_dash(&record.spec.site),
             record
                 .spec
@@ -177,15 +177,14 @@ mod tests {
     fn record(context: &str, conflicting: Option<&str>) -> Record {
         Record::new(
             context,
-            serde_json::from_value(json!({
+            crate::records::sample(json!({
                 "metadata": {"name": "concurrent-write-1", "namespace": "shop",
                              "creationTimestamp": "2026-11-20T10:00:00Z"},
                 "spec": {"kind": "concurrent_write", "op": "assign", "conflictingOp": "delete",
                          "site": "main.assigner main.go:38", "conflictingSite": conflicting},
                 "status": {"count": 4, "lastSeen": "2026-11-25T09:55:00Z", "action": "killed",
                            "pod": "cart-1", "node": "node-a", "container": "app"},
-            }))
-            .expect("a DynamicObject"),
+            })),
         )
     }
 

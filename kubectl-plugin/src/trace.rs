@@ -18,6 +18,7 @@
 
 use std::io::Write;
 
+use mapguard_api::vocab::Action;
 use serde::Serialize;
 
 use crate::clusters::{Scope, Target};
@@ -65,7 +66,8 @@ impl Occurrence {
         if occurrences <= 0 {
             return None;
         }
-        let status = record.status.clone().unwrap_or_default();
+        // A count above zero was written with the status.
+        let status = record.status.clone()?;
         Some(Occurrence {
             time: record
                 .last_seen()
@@ -105,11 +107,11 @@ impl Occurrence {
             Some(site) => format!("while {} at {site}", self.conflicting_op),
             None => "(the other side is not on record)".to_owned(),
         };
-        let action = match self.action.as_str() {
-            "audit" => "process left running (audit)".to_owned(),
-            "stopped" => "process stopped (SIGSTOP)".to_owned(),
-            "killed" => "process killed (SIGKILL)".to_owned(),
-            other => format!("action {other}"),
+        let action = match self.action.parse() {
+            Ok(Action::Audit) => "process left running (audit)".to_owned(),
+            Ok(Action::Stopped) => "process stopped (SIGSTOP)".to_owned(),
+            Ok(Action::Killed) => "process killed (SIGKILL)".to_owned(),
+            Ok(Action::Unknown) | Err(_) => format!("action {}", self.action),
         };
         let times = if self.occurrences > 1 {
             format!(", {} times", self.occurrences)
@@ -185,14 +187,13 @@ mod tests {
     fn record(rv: &str, count: i64, conflicting: Option<&str>) -> Record {
         Record::new(
             "east",
-            serde_json::from_value(json!({
+            crate::records::sample(json!({
                 "metadata": {"name": "concurrent-write-1", "namespace": "shop", "resourceVersion": rv},
                 "spec": {"kind": "concurrent_write", "op": "assign", "conflictingOp": "delete",
                          "site": "main.assigner main.go:38", "conflictingSite": conflicting},
                 "status": {"count": count, "lastSeen": "2026-11-25T19:20:16Z", "action": "killed",
                            "pod": "cart-1", "container": "app", "node": "node-a"},
-            }))
-            .expect("a DynamicObject"),
+            })),
         )
     }
 

@@ -7,5 +7,5 @@
 //! ```
 
 fn main() {
-    print!("{}", mapguard_enforcer::records::crd_yaml());
+    print!("{}", mapguard_api::resource::crd_yaml());
 }

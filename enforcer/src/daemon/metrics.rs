@@ -516,7 +516,7 @@ fn delete_duration_histogram() -> Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::{Action, CrashMessage, Detector, Kind, Op};
+    use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
     fn report(site: &str, crash: Option<CrashMessage>) -> ViolationRecord {
         ViolationRecord {

@@ -230,7 +230,9 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::{coverage::Coverage, daemon::pods::NodeDefaults};
+    use mapguard_api::mode::Coverage;
+
+    use crate::daemon::pods::NodeDefaults;
 
     fn state() -> Arc<OpsState> {
         Arc::new(OpsState {

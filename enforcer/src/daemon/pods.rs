@@ -35,20 +35,15 @@ use kube::{
     },
 };
 
+use mapguard_api::{
+    keys::{
+        COVERAGE_ANNOTATION, MODE_ANNOTATION, NAMESPACE_MIN_COVERAGE_LABEL, NAMESPACE_MODE_LABEL,
+        NAMESPACE_OPT_OUT_LABEL,
+    },
+    mode::{Coverage, Mode, PodMode},
+};
+
 use super::workload::Workload;
-use crate::{config::Mode, coverage::Coverage};
-
-/// Annotation naming a Pod's action: `audit`, `stop`, `kill` or `off`.
-pub const MODE_ANNOTATION: &str = "mapguard.io/mode";
-/// Annotation naming a Pod's coverage: `full`, `writes`, `sampled`, `light`.
-pub const COVERAGE_ANNOTATION: &str = "mapguard.io/coverage";
-
-/// Namespace label: the least mode the namespace's Pods get.
-pub const NAMESPACE_MODE_LABEL: &str = "mapguard.io/mode";
-/// Namespace label: the least coverage the namespace's Pods get.
-pub const NAMESPACE_MIN_COVERAGE_LABEL: &str = "mapguard.io/min-coverage";
-/// Namespace label: `"true"` lets the namespace's Pods ask for less.
-pub const NAMESPACE_OPT_OUT_LABEL: &str = "mapguard.io/allow-opt-out";
 
 /// What the node does with Pods that say nothing (or something invalid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,30 +72,11 @@ impl NamespaceDemand {
         let get = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
         NamespaceDemand {
             mode: get(NAMESPACE_MODE_LABEL)
-                .and_then(|v| v.parse::<ModeWord>().ok())
-                .map(|ModeWord(m)| m),
+                .and_then(|v| v.parse::<PodMode>().ok())
+                .and_then(PodMode::mode),
             min_coverage: get(NAMESPACE_MIN_COVERAGE_LABEL).and_then(Coverage::parse),
             opt_out: get(NAMESPACE_OPT_OUT_LABEL) == Some("true"),
         }
-    }
-}
-
-/// Higher is stricter; `None` is `off`.
-fn mode_strength(mode: Option<Mode>) -> u8 {
-    match mode {
-        None => 0,
-        Some(Mode::Audit) => 1,
-        Some(Mode::Stop) => 2,
-        Some(Mode::Kill) => 3,
-    }
-}
-
-fn mode_word(mode: Option<Mode>) -> &'static str {
-    match mode {
-        None => "off",
-        Some(Mode::Audit) => "audit",
-        Some(Mode::Stop) => "stop",
-        Some(Mode::Kill) => "kill",
     }
 }
 
@@ -200,10 +176,9 @@ impl PodPolicy {
         let unset = demand.mode.or(defaults.mode);
         let mut mode = match self.asked.0.as_deref() {
             None => unset,
-            Some("off") => None,
-            Some(value) => match value.parse::<ModeWord>() {
-                Ok(ModeWord(mode)) => Some(mode),
-                Err(()) => {
+            Some(value) => match value.parse::<PodMode>() {
+                Ok(mode) => mode.mode(),
+                Err(_) => {
                     warnings.push(format!(
                         "{MODE_ANNOTATION}={value:?} is not audit, stop, kill or off; using the namespace's mode or the node's default"
                     ));
@@ -221,13 +196,13 @@ impl PodPolicy {
             }),
         };
         if !demand.opt_out {
-            if mode_strength(mode) < mode_strength(demand.mode) {
+            if PodMode(mode) < PodMode(demand.mode) {
                 warnings.push(format!(
                     "mode {} is weaker than namespace {}'s {NAMESPACE_MODE_LABEL}={} (no {NAMESPACE_OPT_OUT_LABEL}=\"true\"); enforcing {}",
-                    mode_word(mode),
+                    PodMode(mode),
                     self.namespace,
-                    mode_word(demand.mode),
-                    mode_word(demand.mode),
+                    PodMode(demand.mode),
+                    PodMode(demand.mode),
                 ));
                 mode = demand.mode;
             }
@@ -249,18 +224,6 @@ impl PodPolicy {
     /// `namespace/name`.
     pub fn full_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// `audit|stop|kill` as annotation words.
-struct ModeWord(Mode);
-
-impl std::str::FromStr for ModeWord {
-    type Err = ();
-    fn from_str(s: &str) -> Result<ModeWord, ()> {
-        <Mode as clap::ValueEnum>::from_str(s, false)
-            .map(ModeWord)
-            .map_err(|_| ())
     }
 }
 
@@ -454,7 +417,7 @@ impl PodTable {
         }
         let pods = Arc::make_mut(&mut state.pods);
         for p in changed {
-            tracing::info!(pod = %p.full_name(), mode = mode_word(p.mode), coverage = %p.coverage, "namespace demand changed the pod's enforcement");
+            tracing::info!(pod = %p.full_name(), mode = PodMode(p.mode).as_str(), coverage = %p.coverage, "namespace demand changed the pod's enforcement");
             log_warnings(&p);
             pods.insert(p.uid.clone(), p);
         }
@@ -732,9 +695,9 @@ mod tests {
         let modes = [None, Some(Mode::Audit), Some(Mode::Stop), Some(Mode::Kill)];
         for namespace_mode in modes {
             for asked in modes {
-                let labels = [(NAMESPACE_MODE_LABEL, mode_word(namespace_mode))];
-                let p = settled(&[(MODE_ANNOTATION, mode_word(asked))], &labels);
-                let expected = if mode_strength(asked) < mode_strength(namespace_mode) {
+                let labels = [(NAMESPACE_MODE_LABEL, PodMode(namespace_mode).as_str())];
+                let p = settled(&[(MODE_ANNOTATION, PodMode(asked).as_str())], &labels);
+                let expected = if PodMode(asked) < PodMode(namespace_mode) {
                     namespace_mode
                 } else {
                     asked

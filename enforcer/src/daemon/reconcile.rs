@@ -23,9 +23,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mapguard_api::{
+    mode::{Coverage, Mode},
+    vocab::Op,
+};
+
 use crate::{
-    cgroup::PodInfo, config::Mode, coverage::Coverage, events::ViolationRecord, procfs,
-    procscan::ProcScanner, session::Session, target::BinaryTarget,
+    cgroup::PodInfo, events::ViolationRecord, procfs, procscan::ProcScanner, session::Session,
+    target::BinaryTarget,
 };
 
 use super::{
@@ -33,7 +38,6 @@ use super::{
     ops::Heartbeat,
     pods::{PodMap, PodPolicy, PodTable},
 };
-use crate::vocab::Op;
 use files::Progress;
 
 /// A process of an enforced Pod, as placed by its cgroup.
@@ -462,7 +466,7 @@ impl Enforcement {
         for analysis in analyses {
             match analysis.result {
                 Ok(target) => {
-                    if let Err(e) = self.session.add_binary(analysis.file, target, 0) {
+                    if let Err(e) = self.session.add_binary(analysis.file, target, None) {
                         tracing::warn!(error = %e, "cannot probe the crash paths of an analysed binary");
                     }
                 }
@@ -543,7 +547,7 @@ impl Enforcement {
         self.name_process(p, pods);
         let pod = &pods[&p.pod_uid];
         self.session
-            .guard_process(p.pid, &target, want.mode.action(), want.coverage)
+            .guard_process(p.pid, &target, want.mode, want.coverage)
             .map_err(|e| {
                 if procfs::alive(p.pid) {
                     Failure {

@@ -6,8 +6,10 @@
 //! same namespace, whichever Pod, process or goroutines they came from: a
 //! crash-looping Pod or a Deployment's replicas add to one record's count.
 
+use mapguard_api::resource::MapViolationSpec;
+use mapguard_api::vocab::{Kind, Op};
+
 use crate::events::{ViolationRecord, short_frame, user_frame};
-use crate::vocab::{Kind, Op};
 
 /// Kind, operations and user call sites of a violation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,6 +69,31 @@ impl CallSitePair {
     /// The same for the other side, if on record.
     pub fn conflicting_site(&self) -> Option<String> {
         self.conflicting_frame.as_deref().map(short_frame)
+    }
+
+    /// The spec a record of this pair has, with the stacks of one occurrence.
+    pub fn spec(&self, stack: Vec<String>, conflicting_stack: Vec<String>) -> MapViolationSpec {
+        MapViolationSpec {
+            kind: self.kind.as_str().to_owned(),
+            op: self.op.as_str().to_owned(),
+            conflicting_op: self.conflicting_op.as_str().to_owned(),
+            site: self.site(),
+            conflicting_site: self.conflicting_site(),
+            stack,
+            conflicting_stack,
+        }
+    }
+
+    /// Whether `spec` stands for this pair (what the object's name says):
+    /// the words and both user frames. A record edited by hand fails this.
+    pub fn is_pair_of(&self, spec: &MapViolationSpec) -> bool {
+        spec.kind == self.kind.as_str()
+            && spec.op == self.op.as_str()
+            && spec.conflicting_op == self.conflicting_op.as_str()
+            && spec.site == self.site()
+            && spec.conflicting_site == self.conflicting_site()
+            && user_frame(&spec.stack).unwrap_or("?") == self.frame
+            && user_frame(&spec.conflicting_stack) == self.conflicting_frame.as_deref()
     }
 }
 

@@ -16,11 +16,11 @@ use kube::Resource as _;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::debug;
 
-use super::crd::MapViolation;
 use super::error::{ApiOutcome, RecordError, classify};
 use super::pair::CallSitePair;
 use super::queue::{PendingEvent, RecordKey};
-use crate::vocab::Action;
+use mapguard_api::resource::MapViolation;
+use mapguard_api::vocab::Action;
 
 /// `reason` of every violation Event.
 pub const REASON: &str = "MapRace";
@@ -172,7 +172,7 @@ pub fn message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::{Kind, Op};
+    use mapguard_api::vocab::{Kind, Op};
 
     #[test]
     fn the_message_names_kind_both_sites_and_the_action() {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use k8s_openapi::jiff::Timestamp;
 
 use super::pair::CallSitePair;
-use crate::vocab::{Action, Detector};
+use mapguard_api::vocab::{Action, Detector};
 
 /// Pods with a pending Event per entry; more distinct Pods between two
 /// writes (replicas racing at once during an outage) lose their Event, not
@@ -320,7 +320,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vocab::{Kind, Op};
+    use mapguard_api::vocab::{Kind, Op};
 
     fn key(name: &str) -> RecordKey {
         key_in("ns", name)

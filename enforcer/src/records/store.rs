@@ -16,10 +16,11 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams
 use kube::{Api, Client};
 use tracing::{debug, warn};
 
-use super::crd::{MapViolation, MapViolationSpec, MapViolationStatus};
 use super::error::{ApiOutcome, RecordError, classify};
 use super::queue::{Pending, RecordKey};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use mapguard_api::keys::KIND_LABEL;
+use mapguard_api::resource::{MapViolation, MapViolationStatus};
 
 /// Reads and writes of one record before giving up as contended (other
 /// writers changing it each time).
@@ -188,7 +189,7 @@ impl Store {
                 return Ok(Step::Again);
             }
         };
-        if !record.spec.is_of(&pending.pair) {
+        if !pending.pair.is_pair_of(&record.spec) {
             warn!(
                 namespace = %key.namespace,
                 record = %key.name,
@@ -294,8 +295,7 @@ impl Store {
 fn fresh(key: &RecordKey, pending: &Pending) -> MapViolation {
     let mut record = MapViolation::new(
         &key.name,
-        MapViolationSpec::new(
-            &pending.pair,
+        pending.pair.spec(
             pending.latest.stack.clone(),
             pending.latest.conflicting_stack.clone(),
         ),
@@ -304,10 +304,7 @@ fn fresh(key: &RecordKey, pending: &Pending) -> MapViolation {
     record.metadata.labels = Some(
         [
             (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-            (
-                "mapguard.io/kind".to_owned(),
-                pending.pair.kind.as_str().to_owned(),
-            ),
+            (KIND_LABEL.to_owned(), pending.pair.kind.as_str().to_owned()),
         ]
         .into(),
     );
@@ -366,7 +363,7 @@ mod tests {
     use super::*;
     use crate::records::pair::CallSitePair;
     use crate::records::queue::{Observation, PodRef};
-    use crate::vocab::{Action, Detector, Kind, Op};
+    use mapguard_api::vocab::{Action, Detector, Kind, Op};
 
     fn pending(pod: &str, at: i64, first: i64, unrecorded: u64) -> Pending {
         let mut p = Pending::new(
@@ -426,7 +423,7 @@ mod tests {
             name: p.pair.object_name(),
         };
         let record = fresh(&key, &p);
-        assert!(record.spec.is_of(&p.pair));
+        assert!(p.pair.is_pair_of(&record.spec));
         assert_eq!(record.spec.site, "main.d a.go:1");
         assert_eq!(
             record.spec.conflicting_site.as_deref(),

@@ -19,10 +19,10 @@ use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use mapguard_api::{resource::MapViolation, vocab::Detector};
 
 use super::decide::{Cause, Responder, Trigger};
 use crate::daemon::workload::Workload;
-use crate::records::MapViolation;
 
 /// Violations of one record that count, at most, per change: past the
 /// threshold more change nothing.
@@ -125,8 +125,8 @@ async fn trigger_of(client: &Client, record: &MapViolation) -> Option<Trigger> {
         pod: status.pod.clone(),
         node,
         workload: format!("{}/{}", workload.kind, workload.name),
-        cause: match status.detected_by.as_str() {
-            "runtime_fatal" | "runtime_throw" => Cause::Crash,
+        cause: match status.detected_by.parse::<Detector>() {
+            Ok(detector) if detector.is_crash_path() => Cause::Crash,
             _ => Cause::Violation,
         },
     })

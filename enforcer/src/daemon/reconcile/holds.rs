@@ -37,7 +37,6 @@ use crate::{
     loader::ExecHook,
     procfs,
 };
-use cgroups::shared_ops_of;
 
 /// Failure reasons that mean the file is no Go binary mapguard can
 /// enforce on (`TargetError::reason`).
@@ -388,7 +387,7 @@ impl Enforcement {
         self.workloads.insert(pid, workload_labels(&pod));
         let coverage = want.coverage;
         self.enforced.insert(pid, want);
-        if shared_ops_of(coverage) != shared_ops::NONE && !shared {
+        if coverage.shared_ops() != shared_ops::NONE && !shared {
             // The next process of this file in such a Pod needs no hold.
             match self.session.share_map_ops(&target) {
                 Ok(()) => self.exec.as_mut()?.mark_file(hold.file, known(true)),

@@ -2,12 +2,12 @@
 //! the Pod's policy (named from the v2 path of a process of the Pod), and
 //! the kubelet's `kubepods` roots present in the v2 hierarchy.
 
-use mapguard_common::{CgroupPolicy, cgroup_kind, shared_ops};
+use mapguard_api::mode::Mode;
+use mapguard_common::{CgroupPolicy, cgroup_kind};
 
 use super::KindLabels;
 use crate::{
     cgroup::{self, unified},
-    coverage::Coverage,
     daemon::{
         pods::{PodMap, PodPolicy},
         reconcile::Enforcement,
@@ -18,22 +18,12 @@ use crate::{
 pub(super) fn policy_of(pod: &PodPolicy) -> CgroupPolicy {
     CgroupPolicy {
         kind: cgroup_kind::POD,
-        mode: pod.mode.map_or(0, |m| m.action()),
-        shared_ops: shared_ops_of(pod.coverage),
+        mode: pod.mode.map_or(0, Mode::kernel),
+        // What the binary's shared probes check until the process's own
+        // are in place (the probes of `sampled` and `light` are its own, or none).
+        shared_ops: pod.coverage.shared_ops(),
         at_limit: 0,
         _pad: [0; 4],
-    }
-}
-
-/// Which operations the probes shared by a binary's processes check for
-/// a process of `coverage` until its own probes are in place (`full` and
-/// `writes` only: the probes of `sampled` and `light` are the process's
-/// own, or none).
-pub(super) fn shared_ops_of(coverage: Coverage) -> u8 {
-    match coverage {
-        Coverage::Full => shared_ops::ALL,
-        Coverage::Writes => shared_ops::WRITES,
-        _ => shared_ops::NONE,
     }
 }
 

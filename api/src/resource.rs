@@ -6,6 +6,10 @@
 //! through the status subresource so that users with `edit` on records
 //! cannot fake observations. `manifests/crd/mapviolations.yaml` is
 //! [`crd_yaml`] (a test checks it; `mapguard-crd` prints it).
+//!
+//! The words of `kind`, `op`, `action` and `detectedBy` are those of
+//! [`crate::vocab`]; they are strings here so that a record of a newer
+//! vocabulary still reads.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -13,13 +17,21 @@ use kube::{CustomResource, CustomResourceExt as _};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use super::pair::CallSitePair;
+/// API group of the records (the `group` of the derive below; a test
+/// checks that they agree).
+pub const GROUP: &str = "mapguard.io";
+/// Their version.
+pub const VERSION: &str = "v1alpha1";
+/// Kind of a record.
+pub const KIND: &str = "MapViolation";
+/// Resource name (`kubectl get mapviolations`).
+pub const PLURAL: &str = "mapviolations";
 
 /// A Go map race seen in this namespace: one call-site pair.
 // Each `printcolumn(...)` repeats `type_ = ...`; clippy reads those as
 // duplicated attributes of the item.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "mapguard.io",
     version = "v1alpha1",
@@ -115,40 +127,14 @@ fn date_time(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "format": "date-time"})
 }
 
-impl MapViolationSpec {
-    /// The spec a record of `pair` has, with the stacks of one occurrence.
-    pub fn new(pair: &CallSitePair, stack: Vec<String>, conflicting_stack: Vec<String>) -> Self {
-        MapViolationSpec {
-            kind: pair.kind.as_str().to_owned(),
-            op: pair.op.as_str().to_owned(),
-            conflicting_op: pair.conflicting_op.as_str().to_owned(),
-            site: pair.site(),
-            conflicting_site: pair.conflicting_site(),
-            stack,
-            conflicting_stack,
-        }
-    }
-
-    /// Whether this spec stands for `pair` (what the object's name says):
-    /// the words and both user frames. A record edited by hand fails this.
-    pub fn is_of(&self, pair: &CallSitePair) -> bool {
-        use crate::events::user_frame;
-        self.kind == pair.kind.as_str()
-            && self.op == pair.op.as_str()
-            && self.conflicting_op == pair.conflicting_op.as_str()
-            && self.site == pair.site()
-            && self.conflicting_site == pair.conflicting_site()
-            && user_frame(&self.stack).unwrap_or("?") == pair.frame
-            && user_frame(&self.conflicting_stack) == pair.conflicting_frame.as_deref()
-    }
-}
-
 /// The CustomResourceDefinition.
 pub fn crd() -> CustomResourceDefinition {
     MapViolation::crd()
 }
 
 /// The CRD as the YAML committed in `manifests/crd/mapviolations.yaml`.
+// The header still names the resource's first home: the committed
+// manifest is kept byte for byte (its regeneration command is unchanged).
 pub fn crd_yaml() -> String {
     let body = yaml_serde::to_string(&crd()).expect("a CRD serializes to YAML");
     format!(
@@ -156,4 +142,30 @@ pub fn crd_yaml() -> String {
          cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml\n\
          {body}"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::Resource as _;
+
+    use super::*;
+
+    #[test]
+    fn the_names_are_the_resources() {
+        assert_eq!(MapViolation::group(&()), GROUP);
+        assert_eq!(MapViolation::version(&()), VERSION);
+        assert_eq!(MapViolation::kind(&()), KIND);
+        assert_eq!(MapViolation::plural(&()), PLURAL);
+        assert_eq!(MapViolation::api_version(&()), "mapguard.io/v1alpha1");
+    }
+
+    #[test]
+    fn the_crd_yaml_is_the_committed_manifest() {
+        let committed = include_str!("../../manifests/crd/mapviolations.yaml");
+        assert!(
+            committed == crd_yaml(),
+            "manifests/crd/mapviolations.yaml differs from the CRD of api/src/resource.rs; \
+             regenerate it: cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml"
+        );
+    }
 }
