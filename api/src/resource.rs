@@ -133,12 +133,10 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 /// The CRD as the YAML committed in `manifests/crd/mapviolations.yaml`.
-// The header still names the resource's first home: the committed
-// manifest is kept byte for byte (its regeneration command is unchanged).
 pub fn crd_yaml() -> String {
     let body = yaml_serde::to_string(&crd()).expect("a CRD serializes to YAML");
     format!(
-        "# Generated from enforcer/src/records/crd.rs: \
+        "# Generated from api/src/resource.rs: \
          cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml\n\
          {body}"
     )
