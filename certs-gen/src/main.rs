@@ -20,7 +20,7 @@ use mapguard_certs_gen::{generate, write_dir};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry();
+    mapguard_kube::telemetry::Telemetry::new("info").init();
     let result = match &config.out_dir {
         Some(_) => files(&config),
         None => in_cluster(&config).await,
@@ -94,13 +94,3 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn telemetry() {
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
