@@ -93,4 +93,3 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
-

@@ -36,7 +36,7 @@ use std::{
 };
 
 use agent::{Agent, free_port, http_get};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::PostParams};
 use mapguard_testenv::{BoundPod, TestEnv};
 use pod_process::{container_of, start_in, wait};
@@ -538,7 +538,10 @@ fn temp_dir() -> PathBuf {
 async fn create_pod(client: &Client, ns: &str, name: &str, hash: &str) -> Pod {
     BoundPod::new(ns, &format!("{name}-{hash}-x7k2p"), NODE)
         .labels(&[("app", name), ("pod-template-hash", hash)])
-        .annotations(&[("mapguard.io/mode", "audit"), ("mapguard.io/coverage", "full")])
+        .annotations(&[
+            ("mapguard.io/mode", "audit"),
+            ("mapguard.io/coverage", "full"),
+        ])
         .controlled_by_replicaset(
             &format!("{name}-{hash}"),
             "6f1b6a34-0000-4000-8000-000000000001",

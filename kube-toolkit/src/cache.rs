@@ -76,6 +76,15 @@ impl Connection {
             .map(|(since, _)| *since)
     }
 
+    /// The latest error while the source is failing.
+    pub fn error(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, error)| error.clone())
+    }
+
     /// `Ok` while the source answers; else why not: the latest error, or
     /// that it has not answered yet.
     pub fn state(&self) -> Result<(), String> {
@@ -187,7 +196,7 @@ where
     pub fn new(dyntype: K::DynamicType) -> Self {
         Reflector {
             writer: Writer::new(dyntype),
-            connection: Arc::new(Connection::default()),
+            connection: Arc::default(),
         }
     }
 
@@ -244,12 +253,24 @@ where
     ) where
         K: serde::de::DeserializeOwned + Debug + Send,
     {
-        let stream = watcher::watcher(api, config).default_backoff();
+        let stream = events(api, config);
         futures_util::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             self.apply(event, &mut publish);
         }
     }
+}
+
+/// The events of a watch on `api`, retried with kube-runtime's default
+/// back-off, for a caller that applies them to a [`Reflector`] itself.
+pub fn events<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures_util::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(api, config).default_backoff()
 }
 
 impl<K: Resource + Clone + 'static> Debug for Reflector<K>
@@ -309,7 +330,10 @@ mod tests {
         apply(Ok(Event::Init), &mut reflector);
         assert_eq!(cache.connection().state(), Ok(()));
         apply(Ok(Event::InitApply(ns("a"))), &mut reflector);
-        assert!(names(&reflector.cache()).is_empty(), "half a list is not visible");
+        assert!(
+            names(&reflector.cache()).is_empty(),
+            "half a list is not visible"
+        );
         assert!(!reflector.connection().is_synced());
         apply(Ok(Event::InitApply(ns("b"))), &mut reflector);
         apply(Ok(Event::InitDone), &mut reflector);
@@ -326,7 +350,11 @@ mod tests {
         let since = connection.stale_since().expect("stale while failing");
         assert!(connection.state().is_err());
         apply(Err(watcher::Error::NoResourceVersion), &mut reflector);
-        assert_eq!(connection.stale_since(), Some(since), "the first failure's time");
+        assert_eq!(
+            connection.stale_since(),
+            Some(since),
+            "the first failure's time"
+        );
         assert_eq!(names(&reflector.cache()), ["b", "c"]);
         assert!(connection.is_synced());
 
@@ -334,10 +362,13 @@ mod tests {
         apply(Ok(Event::Init), &mut reflector);
         assert_eq!(connection.stale_since(), None);
         apply(Ok(Event::InitApply(ns("z"))), &mut reflector);
-        assert_eq!(names(&reflector.cache()), ["b", "c"], "until the list is done");
+        assert_eq!(
+            names(&reflector.cache()),
+            ["b", "c"],
+            "until the list is done"
+        );
         apply(Ok(Event::InitDone), &mut reflector);
         assert_eq!(names(&reflector.cache()), ["z"]);
-        drop(apply);
         assert_eq!(
             seen,
             [

@@ -134,6 +134,9 @@ mod tests {
         );
         assert_eq!(meta.labels.expect("labels")["app"], "web");
         let owner = &meta.owner_references.expect("owners")[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("ReplicaSet", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ReplicaSet", Some(true))
+        );
     }
 }

@@ -311,7 +311,8 @@ async fn watch_constraints(
     let reflector = Reflector::<DynamicObject>::new(resource.clone());
     let listed = reflector.cache();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let key = |c: &DynamicObject| document(c, &resource).map(|(name, json)| ((kind.clone(), name), json));
+    let key =
+        |c: &DynamicObject| document(c, &resource).map(|(name, json)| ((kind.clone(), name), json));
     let publish = |update| {
         {
             let mut objects = objects.lock().unwrap_or_else(|e| e.into_inner());

@@ -59,7 +59,8 @@ impl NamespaceCache {
     /// The source is failing: from now on the data may be out of date
     /// (the first failure's time is kept).
     pub fn mark_stale(&self) {
-        self.connection.mark_failing("the namespace source is failing");
+        self.connection
+            .mark_failing("the namespace source is failing");
     }
 
     /// The source is back.
