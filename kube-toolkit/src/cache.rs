@@ -290,6 +290,30 @@ mod tests {
 
     use super::*;
 
+    /// Without a back-off kube's watcher retries at once, in a loop, for as
+    /// long as the API server is away (thousands of attempts a second).
+    #[tokio::test]
+    async fn an_unreachable_api_server_is_retried_with_back_off() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("a URL"));
+        let client = kube::Client::try_from(config).expect("a client");
+        let stream = events(Api::<Namespace>::all(client), watcher::Config::default());
+        futures_util::pin_mut!(stream);
+        let mut failures = 0;
+        let window = tokio::time::sleep(std::time::Duration::from_secs(2));
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                () = &mut window => break,
+                event = stream.next() => match event.expect("the stream goes on") {
+                    Ok(Event::Init) => {}
+                    Ok(event) => panic!("nothing listens there, yet {event:?}"),
+                    Err(_) => failures += 1,
+                },
+            }
+        }
+        assert!((1..=6).contains(&failures), "{failures} attempts in 2 s");
+    }
+
     fn ns(name: &str) -> Namespace {
         let mut n = Namespace::default();
         n.metadata.name = Some(name.to_owned());
