@@ -22,7 +22,7 @@
 //! the resource. The CA's key is never stored: a rotation makes a new CA.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
@@ -32,7 +32,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use mapguard_kube::ClientError;
+use mapguard_kube::errors::{ApiErrorClass, classify_status};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -245,38 +246,24 @@ pub enum ClusterError {
     #[error(transparent)]
     Certs(#[from] CertsError),
     /// The `--kubeconfig` file is unusable.
-    #[error("cannot use kubeconfig {path}: {source}")]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// kube's error.
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
+    #[error(transparent)]
+    Kubeconfig(ClientError),
     /// No API server could be configured.
     #[error(
         "no Kubernetes API to talk to (in-cluster service account, KUBECONFIG or ~/.kube/config): {0}"
     )]
-    Client(#[source] kube::Error),
+    Client(#[source] ClientError),
 }
 
 /// A client from `kubeconfig` (its current context), or kube's default:
-/// the in-cluster service account, else `KUBECONFIG` or `~/.kube/config`.
+/// `KUBECONFIG` or `~/.kube/config`, else the in-cluster service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterError> {
-    let Some(path) = kubeconfig else {
-        return kube::Client::try_default()
-            .await
-            .map_err(ClusterError::Client);
-    };
-    let err = |source| ClusterError::Kubeconfig {
-        path: path.to_owned(),
-        source,
-    };
-    let file = Kubeconfig::read_from(path).map_err(err)?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+    mapguard_kube::client(kubeconfig)
         .await
-        .map_err(err)?;
-    kube::Client::try_from(config).map_err(ClusterError::Client)
+        .map_err(|e| match e {
+            e if e.is_kubeconfig() => ClusterError::Kubeconfig(e),
+            e => ClusterError::Client(e),
+        })
 }
 
 /// Keeps or replaces the Secret and points the configurations' `caBundle`
@@ -324,7 +311,9 @@ pub async fn reconcile(
             Ok(_) => return Ok(report),
             // Another writer came first (AlreadyExists or Conflict): start
             // over from what it wrote.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
+            Err(kube::Error::Api(status))
+                if classify_status(&status) == ApiErrorClass::Conflict =>
+            {
                 tracing::warn!(
                     verb,
                     attempt,
@@ -569,12 +558,14 @@ fn api_error(
     error: kube::Error,
 ) -> ClusterError {
     match error {
-        kube::Error::Api(status) if status.code == 403 => ClusterError::Forbidden {
-            verb,
-            resource,
-            object,
-            message: status.message,
-        },
+        kube::Error::Api(status) if classify_status(&status) == ApiErrorClass::Forbidden => {
+            ClusterError::Forbidden {
+                verb,
+                resource,
+                object,
+                message: status.message,
+            }
+        }
         source => ClusterError::Api {
             verb,
             resource,

@@ -16,11 +16,12 @@ use clap::Parser;
 use mapguard_certs_gen::cluster::{self, SecretOutcome};
 use mapguard_certs_gen::config::Config;
 use mapguard_certs_gen::{generate, write_dir};
+use mapguard_kube::telemetry::{Telemetry, error_chain};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry();
+    Telemetry::new("info").init();
     let result = match &config.out_dir {
         Some(_) => files(&config),
         None => in_cluster(&config).await,
@@ -28,7 +29,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("mapguard-certs-gen: {}", chain(&*error));
+            eprintln!("mapguard-certs-gen: {}", error_chain(&*error));
             ExitCode::FAILURE
         }
     }
@@ -76,31 +77,4 @@ async fn in_cluster(config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// An error and its causes on one line, skipping a cause whose text the
-/// line already holds (kube's errors repeat their sources).
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn telemetry() {
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

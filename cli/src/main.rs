@@ -11,18 +11,12 @@
 //! `RUST_LOG` sets the log filter (default `warn`, logs go to stderr).
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use mapguard_cli::{Config, run};
 
 fn main() {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mapguard_kube::telemetry::Telemetry::new("warn").init();
     let status = run(
         &config,
         &mut std::io::stdout().lock(),

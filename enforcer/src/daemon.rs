@@ -95,13 +95,10 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         stall_after: args.healthz_stall_after,
     });
 
-    let kube_config = runtime.block_on(kube_config(args.kubeconfig.as_deref()))?;
-    let client = {
-        // The client's buffer task needs the runtime.
-        let _runtime = runtime.enter();
-        kube::Client::try_from(kube_config.clone())
-            .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?
-    };
+    // Inside the runtime: the client's buffer task runs there.
+    let client = runtime
+        .block_on(mapguard_kube::client(args.kubeconfig.as_deref()))
+        .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?;
     let records = {
         let _runtime = runtime.enter();
         let config = RecordsConfig {
@@ -345,24 +342,4 @@ fn submit(records: &RecordWriter, record: &ViolationRecord) -> Option<Admission>
             go_version: record.go_version.as_deref(),
         },
     ))
-}
-
-/// The API server configuration: `--kubeconfig`, else `KUBECONFIG` or the
-/// in-cluster service account (kube's inference).
-pub(crate) async fn kube_config(
-    kubeconfig: Option<&std::path::Path>,
-) -> Result<kube::Config, DaemonError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| DaemonError::Kubeconfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| DaemonError::Kubeconfig(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| DaemonError::Kubeconfig(e.to_string()))?,
-    };
-    Ok(config)
 }

@@ -13,25 +13,17 @@
 //! mapguard-enforcer respond --action evict --dry-run
 //! ```
 
-use std::io::IsTerminal as _;
-
 use clap::Parser as _;
 use mapguard_enforcer::{
     config::{Command, Config},
     daemon, exec, responder, target, watch,
 };
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     // Colours only on a terminal: a container's log (`kubectl logs`) or a
     // file would otherwise carry the escape sequences.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    mapguard_kube::telemetry::Telemetry::new(&config.log).init();
     let result: anyhow::Result<i32> = match &config.command {
         Command::Exec(args) => exec::run(args).map_err(Into::into),
         Command::Watch(args) => watch::run(args).map_err(Into::into),

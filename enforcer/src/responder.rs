@@ -69,7 +69,7 @@ pub fn run(args: &RespondArgs) -> Result<i32, RespondError> {
 }
 
 async fn serve(args: &RespondArgs) -> Result<i32, RespondError> {
-    let kube = crate::daemon::kube_config(args.kubeconfig.as_deref())
+    let kube = mapguard_kube::config(args.kubeconfig.as_deref())
         .await
         .map_err(|e| RespondError::Kubeconfig(e.to_string()))?;
     let client = kube::Client::try_from(kube.clone())

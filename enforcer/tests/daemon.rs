@@ -42,7 +42,7 @@ use kube::{
 };
 use kube_cgroup::KubeCgroup;
 use mapguard_api::resource::MapViolation;
-use mapguard_testenv::TestEnv;
+use mapguard_testenv::{BoundPod, TestEnv};
 use pod_process::{container_of, start_in, wait};
 use serde_json::json;
 
@@ -589,41 +589,21 @@ async fn create_pod(
     annotations: &[(&str, &str)],
     replicaset: Option<(&str, &str)>,
 ) -> Pod {
-    let annotations: serde_json::Map<String, serde_json::Value> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let (labels, owners) = match replicaset {
-        Some((rs, hash)) => (
-            json!({"pod-template-hash": hash}),
-            json!([{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
-                "uid": "0b7c4f9e-0000-4000-8000-000000000001", "controller": true,
-            }]),
-        ),
-        None => (json!({}), json!([])),
-    };
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": name, "annotations": annotations,
-            "labels": labels, "ownerReferences": owners,
-        },
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut pod = BoundPod::new(ns, name, NODE).annotations(annotations);
+    if let Some((rs, hash)) = replicaset {
+        pod = pod
+            .labels(&[("pod-template-hash", hash)])
+            .controlled_by_replicaset(rs, "0b7c4f9e-0000-4000-8000-000000000001");
+    }
     let deadline = Instant::now() + PROPAGATION;
     loop {
-        match pods.create(&PostParams::default(), &pod).await {
+        match pod.create(client).await {
             Ok(created) => return created,
             Err(e) if Instant::now() < deadline => {
-                eprintln!("create {ns}/{name}: {e}; retrying");
+                eprintln!("{e}; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("create {ns}/{name}: {e}"),
+            Err(e) => panic!("{e}"),
         }
     }
 }

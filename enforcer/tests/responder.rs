@@ -31,7 +31,7 @@ use mapguard_enforcer::responder::{
     Cause, Outcome, REASON_CORDONED, REASON_DRY_RUN, REASON_EVICTED, REASON_EVICTION_BLOCKED,
     REPORTING_CONTROLLER, Responder, ResponderConfig, ResponseAction, Trigger, input,
 };
-use mapguard_testenv::TestEnv;
+use mapguard_testenv::{BoundPod, TestEnv};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -112,14 +112,11 @@ where
 
 async fn create_pod(client: &Client, namespace: &str, name: &str, app: &str) -> String {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace);
-    create(
-        &pods,
-        json!({
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "registry.example/app:1"}]},
-        }),
-    )
-    .await;
+    BoundPod::new(namespace, name, NODE)
+        .labels(&[("app", app)])
+        .create(client)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     // Running and Ready, as a kubelet would report it: the Eviction API
     // ignores budgets for Pending Pods.
     let status = json!({"status": {"phase": "Running",

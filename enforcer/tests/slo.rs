@@ -36,9 +36,9 @@ use std::{
 };
 
 use agent::{Agent, free_port, http_get};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::PostParams};
-use mapguard_testenv::TestEnv;
+use mapguard_testenv::{BoundPod, TestEnv};
 use pod_process::{container_of, start_in, wait};
 use serde_json::{Value, json};
 
@@ -536,31 +536,19 @@ fn temp_dir() -> PathBuf {
 /// its ReplicaSet `name-hash` would, bound to the node, audited with full
 /// coverage.
 async fn create_pod(client: &Client, ns: &str, name: &str, hash: &str) -> Pod {
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("Namespace");
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await;
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": format!("{name}-{hash}-x7k2p"),
-            "labels": {"app": name, "pod-template-hash": hash},
-            "annotations": {"mapguard.io/mode": "audit", "mapguard.io/coverage": "full"},
-            "ownerReferences": [{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-{hash}"),
-                "uid": "6f1b6a34-0000-4000-8000-000000000001", "controller": true,
-            }],
-        },
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pod)
+    BoundPod::new(ns, &format!("{name}-{hash}-x7k2p"), NODE)
+        .labels(&[("app", name), ("pod-template-hash", hash)])
+        .annotations(&[
+            ("mapguard.io/mode", "audit"),
+            ("mapguard.io/coverage", "full"),
+        ])
+        .controlled_by_replicaset(
+            &format!("{name}-{hash}"),
+            "6f1b6a34-0000-4000-8000-000000000001",
+        )
+        .create(client)
         .await
-        .unwrap_or_else(|e| panic!("create a Pod in {ns}: {e}"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A Prometheus server on 127.0.0.1 scraping the agent every second, with

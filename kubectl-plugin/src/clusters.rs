@@ -37,13 +37,11 @@ impl std::fmt::Debug for Target {
 /// Loads the kubeconfig: the file of `--kubeconfig`, else `$KUBECONFIG`
 /// (its files merged) or `~/.kube/config`.
 pub fn load_kubeconfig(args: &ClusterArgs) -> Result<Kubeconfig, PluginError> {
-    match &args.kubeconfig {
-        Some(path) => Kubeconfig::read_from(path),
-        None => Kubeconfig::read(),
-    }
-    .map_err(|source| PluginError::Kubeconfig {
-        path: args.kubeconfig.clone(),
-        source,
+    mapguard_kube::client::kubeconfig(args.kubeconfig.as_deref()).map_err(|source| {
+        PluginError::Kubeconfig {
+            path: args.kubeconfig.clone(),
+            source,
+        }
     })
 }
 
@@ -96,7 +94,7 @@ pub async fn targets(args: &ClusterArgs) -> Result<Vec<Target>, PluginError> {
             cluster: args.cluster.clone(),
             user: args.user.clone(),
         };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        let config = mapguard_kube::client::config_of(kubeconfig.clone(), &options)
             .await
             .map_err(|source| PluginError::Context {
                 context: context.clone(),

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use mapguard_api::resource::{GROUP, PLURAL};
+use mapguard_kube::errors::{ApiErrorClass, classify_status, forbidden_user};
 
 /// What the plugin could not do.
 #[derive(Debug, thiserror::Error)]
@@ -111,52 +112,25 @@ impl PluginError {
         where_: &str,
         status: &kube::core::Status,
     ) -> Option<Self> {
-        // By code: a path the API server does not serve answers a plain
-        // "404 page not found", which kube reads into a Status whose reason
-        // is not NotFound.
-        if status.code == 403 || status.is_forbidden() {
-            Some(PluginError::Forbidden {
+        match classify_status(status) {
+            ApiErrorClass::Forbidden => Some(PluginError::Forbidden {
                 context: context.to_owned(),
-                who: user_in(&status.message).unwrap_or_else(|| "you".to_owned()),
+                who: forbidden_user(&status.message).unwrap_or_else(|| "you".to_owned()),
                 verb,
                 where_: where_.to_owned(),
                 detail: format!("; the API server said: {}", status.message),
-            })
-        } else if (status.code == 404 || status.is_not_found()) && verb != "delete" {
-            Some(PluginError::NoCrd {
+            }),
+            ApiErrorClass::NotFound if verb != "delete" => Some(PluginError::NoCrd {
                 context: context.to_owned(),
-            })
-        } else {
-            None
+            }),
+            _ => None,
         }
     }
-}
-
-/// `User "alice"` out of the API server's 403 message (`... is forbidden:
-/// User "alice" cannot list resource ...`).
-fn user_in(message: &str) -> Option<String> {
-    let start = message.find("User \"")?;
-    let rest = &message[start + "User ".len()..];
-    let end = rest[1..].find('"')? + 2;
-    Some(format!("User {}", &rest[..end]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_user_is_taken_from_the_api_servers_words() {
-        assert_eq!(
-            user_in(
-                "mapviolations.mapguard.io is forbidden: User \"system:serviceaccount:shop:auditor\" \
-                 cannot delete resource \"mapviolations\" in API group \"mapguard.io\" in the namespace \"shop\""
-            )
-            .as_deref(),
-            Some("User \"system:serviceaccount:shop:auditor\"")
-        );
-        assert_eq!(user_in("forbidden"), None);
-    }
 
     #[test]
     fn a_refusal_names_verb_resource_group_and_namespace() {

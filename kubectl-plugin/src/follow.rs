@@ -1,20 +1,21 @@
 //! Following records as they change, in every context at once: kube's
 //! watcher (list, then watch from the list's resourceVersion, relisting
-//! after a gap, with backoff) per context, merged into one stream, and a
-//! [`Follower`] per context that turns its events into [`Change`]s that
-//! `watch` prints and `trace` counts.
+//! after a gap, with back-off: [`mapguard_kube::cache::events`]) per
+//! context, merged into one stream, and a [`Follower`] per context that
+//! turns its events into [`Change`]s that `watch` prints and `trace` counts.
 //!
 //! After a gap (the watch expired, the API server restarted) the watcher
 //! lists again; the follower compares that list with what it knew, so
 //! records added, changed or deleted meanwhile are reported once, and
-//! unchanged ones not at all.
+//! unchanged ones not at all. (This is why it keeps its own map rather
+//! than the toolkit's reflector: a reflector's store swaps in the new list
+//! and forgets what it replaced, which is what the comparison needs.)
 
 use std::collections::HashMap;
 use std::pin::Pin;
 
 use futures_util::stream::{self, Stream, StreamExt as _};
 use kube::api::DynamicObject;
-use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 
 use crate::clusters::Target;
@@ -141,9 +142,7 @@ pub fn watch_all(
             if let Some(selector) = selector {
                 config = config.labels(selector);
             }
-            let s = watcher::watcher(records::api(target), config)
-                .default_backoff()
-                .map(move |e| (i, e));
+            let s = mapguard_kube::cache::events(records::api(target), config).map(move |e| (i, e));
             Box::pin(s) as Pin<Box<dyn Stream<Item = Item> + Send>>
         })
         .collect();

@@ -14,18 +14,12 @@
 //! `RUST_LOG` sets the log filter (default `warn`, logs go to stderr).
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use kubectl_mapguard::{Config, run};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mapguard_kube::telemetry::Telemetry::new("warn").init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

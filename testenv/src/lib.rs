@@ -14,6 +14,8 @@
 //! [`TestEnv::create_node`]), no ServiceAccount is injected (that admission
 //! plugin is off), no Endpoints are reconciled. Admission webhooks are
 //! called over `clientConfig.url` (see [`TestEnv::register_validating_webhook`]).
+//! [`BoundPod`] makes the bound Pods the node agent's, the responder's and
+//! the plugin's tests watch.
 //!
 //! The binaries come from `.ci/install-cluster.sh` (see [`binaries`]); a
 //! test without them is skipped loudly, or fails under `CI=true`:
@@ -38,6 +40,7 @@ mod error;
 mod files;
 mod node;
 mod objects;
+mod pods;
 mod process;
 
 use std::ffi::OsString;
@@ -53,6 +56,7 @@ pub use certs::{ADMIN_GROUP, ADMIN_USER};
 pub use error::TestEnvError;
 pub use node::{NODE_NAME, NODE_NETNS, NodeCluster, cluster_script};
 pub use objects::url_client_config;
+pub use pods::{BoundPod, POD_IMAGE, ensure_namespace};
 
 use certs::ControlPlaneCerts;
 use files::{CertFiles, make_dir, write_kubeconfig};

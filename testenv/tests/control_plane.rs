@@ -8,7 +8,7 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
-use mapguard_testenv::{ADMIN_GROUP, ADMIN_USER, TestEnv, kube_version};
+use mapguard_testenv::{ADMIN_GROUP, ADMIN_USER, BoundPod, TestEnv, kube_version};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use serde_json::json;
@@ -64,18 +64,11 @@ async fn a_control_plane_serves_the_admin_and_leaves_nothing_behind() {
 
     // A Pod bound to a Node of ours is stored and stays Pending (no kubelet).
     env.create_node("node-a").await.expect("create a Node");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "bound"},
-        "spec": {
-            "nodeName": "node-a",
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("a Pod literal deserializes");
-    let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    pods.create(&PostParams::default(), &pod)
+    BoundPod::new("default", "bound", "node-a")
+        .create(&client)
         .await
         .expect("create a Pod without a ServiceAccount token");
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
     let stored = pods.get("bound").await.expect("GET the Pod");
     let spec = stored.spec.expect("Pod spec");
     assert_eq!(spec.node_name.as_deref(), Some("node-a"));

@@ -1,10 +1,10 @@
 //! Gatekeeper's objects in the cluster, as Gatekeeper users apply them:
 //! `kubectl apply -f template.yaml`, then a constraint of its kind.
 //!
-//! A watch on ConstraintTemplates (`templates.gatekeeper.sh`) keeps their
+//! A reflector on ConstraintTemplates (`templates.gatekeeper.sh`) keeps their
 //! list; for each template the constraint CRD of its kind
 //! (`<kind>.constraints.gatekeeper.sh`, cluster-scoped, `v1beta1` and
-//! `v1alpha1`) is created by server-side apply, and a watch on that kind
+//! `v1alpha1`) is created by server-side apply, and a reflector on that kind
 //! keeps its constraints. Every change recompiles the policy set (files
 //! plus these objects, [`PolicyStore::set_cluster_documents`]).
 //!
@@ -22,14 +22,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{self, EventType, Recorder, Reporter};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::{Api, Client};
+use mapguard_kube::{Backoff, Reflector, Update};
 use serde_json::{Value as Json, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -220,47 +219,36 @@ pub async fn run(client: Client, state: AppState) {
     )));
     let mut watches: BTreeMap<String, AbortOnDrop> = BTreeMap::new();
     let resource = template_resource();
+    let reflector = Reflector::<DynamicObject>::new(resource.clone());
+    let listed = reflector.cache();
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures_util::pin_mut!(stream);
-    let mut initial: Option<BTreeMap<String, Json>> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                let error = crate::telemetry::error_chain(&error);
-                tracing::warn!(%error, "ConstraintTemplate watch failed; retrying");
-                continue;
-            }
-        };
+    let publish = |update| {
         {
             let mut held = objects.lock().unwrap_or_else(|e| e.into_inner());
-            match event {
-                Event::Init => initial = Some(BTreeMap::new()),
-                Event::InitApply(t) => {
-                    if let (Some(buffer), Some((name, json))) =
-                        (initial.as_mut(), document(&t, &resource))
-                    {
-                        buffer.insert(name, json);
-                    }
-                }
-                Event::InitDone => {
-                    held.templates = initial.take().unwrap_or_default();
+            match update {
+                Update::Listed => {
+                    held.templates = listed
+                        .state()
+                        .iter()
+                        .filter_map(|t| document(t, &resource))
+                        .collect();
                     held.templates_listed = true;
                 }
-                Event::Apply(t) => {
+                Update::Applied(t) => {
                     if let Some((name, json)) = document(&t, &resource) {
                         held.templates.insert(name, json);
                     }
                 }
-                Event::Delete(t) => {
+                Update::Deleted(t) => {
                     if let Some(name) = t.metadata.name {
                         held.templates.remove(&name);
                     }
                 }
-            }
-            if initial.is_some() {
-                continue;
+                Update::Failed(error) => {
+                    let error = crate::telemetry::error_chain(&error);
+                    tracing::warn!(%error, "ConstraintTemplate watch failed; retrying");
+                    return;
+                }
             }
             let kinds = held.kinds();
             watches.retain(|kind, _| kinds.contains(kind));
@@ -279,7 +267,10 @@ pub async fn run(client: Client, state: AppState) {
             }
         }
         changed.notify_one();
-    }
+    };
+    reflector
+        .run(api, watcher::Config::default(), publish)
+        .await;
 }
 
 /// Creates the constraint CRD of `kind`, then keeps its constraints.
@@ -295,7 +286,7 @@ async fn watch_constraints(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     while let Err(error) = crds
         .patch(
             &name,
@@ -313,60 +304,49 @@ async fn watch_constraints(
         }
         let error = crate::telemetry::error_chain(&error);
         tracing::warn!(%kind, %error, "cannot create the constraint CRD; retrying");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(backoff.next()).await;
     }
     tracing::info!(%kind, crd = %name, "constraint CRD in place; watching its constraints");
     let resource = constraint_resource(&kind);
+    let reflector = Reflector::<DynamicObject>::new(resource.clone());
+    let listed = reflector.cache();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures_util::pin_mut!(stream);
-    let mut initial: Option<BTreeMap<(String, String), Json>> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                let error = crate::telemetry::error_chain(&error);
-                tracing::warn!(%kind, %error, "constraint watch failed; retrying");
-                continue;
-            }
-        };
-        let key = |c: &DynamicObject| {
-            document(c, &resource).map(|(name, json)| ((kind.clone(), name), json))
-        };
+    let key =
+        |c: &DynamicObject| document(c, &resource).map(|(name, json)| ((kind.clone(), name), json));
+    let publish = |update| {
         {
             let mut objects = objects.lock().unwrap_or_else(|e| e.into_inner());
-            match event {
-                Event::Init => initial = Some(BTreeMap::new()),
-                Event::InitApply(c) => {
-                    if let (Some(buffer), Some((k, json))) = (initial.as_mut(), key(&c)) {
-                        buffer.insert(k, json);
-                    }
-                }
-                Event::InitDone => {
+            match update {
+                Update::Listed => {
                     objects.constraints.retain(|(k, _), _| *k != kind);
+                    let list = listed.state();
                     objects
                         .constraints
-                        .extend(initial.take().unwrap_or_default());
+                        .extend(list.iter().filter_map(|c| key(c)));
                     objects.kinds_listed.insert(kind.clone());
                 }
-                Event::Apply(c) => {
+                Update::Applied(c) => {
                     if let Some((k, json)) = key(&c) {
                         objects.constraints.insert(k, json);
                     }
                 }
-                Event::Delete(c) => {
+                Update::Deleted(c) => {
                     if let Some((k, _)) = key(&c) {
                         objects.constraints.remove(&k);
                     }
                 }
-            }
-            if initial.is_some() {
-                continue;
+                Update::Failed(error) => {
+                    let error = crate::telemetry::error_chain(&error);
+                    tracing::warn!(%kind, %error, "constraint watch failed; retrying");
+                    return;
+                }
             }
         }
         changed.notify_one();
-    }
+    };
+    reflector
+        .run(api, watcher::Config::default(), publish)
+        .await;
 }
 
 /// Recompiles after each burst of changes; the first compilation of

@@ -1,18 +1,18 @@
 //! Gatekeeper's `data.inventory` in the webhook: the objects of the kinds
-//! named by `--inventory` (GROUP/VERSION/KIND), kept current by one watch
-//! per kind, bounded by `--inventory-max-objects` (what does not fit is
-//! left out and counted). Changes are gathered for a moment and published
-//! as one [`Inventory`] snapshot that evaluations pick up.
+//! named by `--inventory` (GROUP/VERSION/KIND), kept current by one
+//! reflector per kind (the toolkit's), bounded by `--inventory-max-objects`
+//! (what does not fit is left out and counted). Changes are gathered for a
+//! moment and published as one [`Inventory`] snapshot that evaluations
+//! pick up.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::{Api, Client};
+use mapguard_kube::{Backoff, Reflector, Update};
 use mapguard_policy::Inventory;
 use serde_json::{Value as Json, json};
 use tokio::sync::Notify;
@@ -102,35 +102,25 @@ async fn watch_kind(
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
 ) {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let resource = loop {
         match kube::discovery::pinned_kind(&client, &gvk).await {
             Ok((resource, _)) => break resource,
             Err(error) => {
                 let error = crate::telemetry::error_chain(&error);
                 tracing::warn!(kind = %gvk.kind, %error, "inventory kind not found by discovery; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
+                tokio::time::sleep(backoff.next()).await;
             }
         }
     };
+    let reflector = Reflector::<DynamicObject>::new(resource.clone());
+    let listed = reflector.cache();
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    futures_util::pin_mut!(stream);
-    let mut initial: Option<Vec<DynamicObject>> = None;
     let mut warned = false;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                let error = crate::telemetry::error_chain(&error);
-                tracing::warn!(kind = %gvk.kind, %error, "inventory watch failed; retrying");
-                continue;
-            }
-        };
+    let publish = |update| {
         let mut held = objects.lock().unwrap_or_else(|e| e.into_inner());
-        let mut insert = |held: &mut Objects, object: DynamicObject| {
-            let Some((key, json)) = entry(&object, &resource) else {
+        let mut insert = |held: &mut Objects, object: &DynamicObject| {
+            let Some((key, json)) = entry(object, &resource) else {
                 return;
             };
             if held.len() >= max_objects && !held.contains_key(&key) {
@@ -143,27 +133,38 @@ async fn watch_kind(
             }
             held.insert(key, json);
         };
-        match event {
-            Event::Init => initial = Some(Vec::new()),
-            Event::InitApply(object) => initial.get_or_insert_with(Vec::new).push(object),
-            Event::InitDone => {
+        match update {
+            Update::Listed => {
                 held.retain(|(kind, _, _), _| *kind != resource.kind);
-                for object in initial.take().unwrap_or_default() {
-                    insert(&mut held, object);
+                // In the API server's order (namespace, name): which
+                // objects fit the bound does not depend on hashing.
+                let mut list = listed.state();
+                list.sort_by(|a, b| {
+                    (&a.metadata.namespace, &a.metadata.name)
+                        .cmp(&(&b.metadata.namespace, &b.metadata.name))
+                });
+                for object in list {
+                    insert(&mut held, &object);
                 }
             }
-            Event::Apply(object) => insert(&mut held, object),
-            Event::Delete(object) => {
+            Update::Applied(object) => insert(&mut held, &object),
+            Update::Deleted(object) => {
                 if let Some((key, _)) = entry(&object, &resource) {
                     held.remove(&key);
                 }
             }
+            Update::Failed(error) => {
+                let error = crate::telemetry::error_chain(&error);
+                tracing::warn!(kind = %gvk.kind, %error, "inventory watch failed; retrying");
+                return;
+            }
         }
         drop(held);
-        if initial.is_none() {
-            changed.notify_one();
-        }
-    }
+        changed.notify_one();
+    };
+    reflector
+        .run(api, watcher::Config::default(), publish)
+        .await;
 }
 
 /// The object as inventory holds it: apiVersion and kind set, managed

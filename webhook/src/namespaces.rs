@@ -5,15 +5,15 @@
 //! of the current data and whether it is complete. Three sources exist:
 //! [`NamespaceCache`] (in memory, filled by tests or by the others),
 //! [`FileNamespaces`] (offline: a YAML/JSON file, reloaded when it changes)
-//! and [`kube::watch`] (in a cluster: a watch on Namespaces through the API
-//! server).
+//! and [`kube::watch`] (in a cluster: the toolkit's reflector on Namespaces
+//! through the API server).
 
 pub mod kube;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use mapguard_kube::Connection;
 use mapguard_policy::{NamespaceData, NamespaceError};
 
 /// Where the webhook gets namespace metadata from.
@@ -29,12 +29,12 @@ pub trait NamespaceSource: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// In-memory namespace data, swapped as a whole.
-#[derive(Debug, Default)]
+/// In-memory namespace data, swapped as a whole, with the state of its
+/// source (synced, stale since when).
+#[derive(Debug)]
 pub struct NamespaceCache {
     data: RwLock<Arc<NamespaceData>>,
-    synced: AtomicBool,
-    stale_since: RwLock<Option<std::time::SystemTime>>,
+    connection: Arc<Connection>,
 }
 
 impl NamespaceCache {
@@ -42,32 +42,41 @@ impl NamespaceCache {
     pub fn new(data: NamespaceData) -> Self {
         Self {
             data: RwLock::new(Arc::new(data)),
-            synced: AtomicBool::new(true),
-            stale_since: RwLock::new(None),
+            connection: Arc::new(Connection::synced()),
+        }
+    }
+
+    /// An empty cache whose state is `connection`'s: a reflector's (see
+    /// [`kube::watch`]), which marks it synced once the first list is
+    /// published here.
+    pub fn following(connection: Arc<Connection>) -> Self {
+        Self {
+            data: RwLock::default(),
+            connection,
         }
     }
 
     /// The source is failing: from now on the data may be out of date
     /// (the first failure's time is kept).
     pub fn mark_stale(&self) {
-        let mut since = self.stale_since.write().unwrap_or_else(|e| e.into_inner());
-        since.get_or_insert_with(std::time::SystemTime::now);
+        self.connection
+            .mark_failing("the namespace source is failing");
     }
 
     /// The source is back.
     pub fn mark_fresh(&self) {
-        *self.stale_since.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.connection.mark_connected();
     }
 
     /// An empty cache that reports not synced until [`Self::replace`].
     pub fn unsynced() -> Self {
-        Self::default()
+        Self::following(Arc::default())
     }
 
     /// Replaces the data and marks the cache synced.
     pub fn replace(&self, data: NamespaceData) {
         *self.data.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(data);
-        self.synced.store(true, Ordering::Release);
+        self.connection.mark_synced();
     }
 
     /// Applies `change` to a copy of the data and publishes the copy.
@@ -85,11 +94,11 @@ impl NamespaceSource for NamespaceCache {
     }
 
     fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.connection.is_synced()
     }
 
     fn stale_since(&self) -> Option<std::time::SystemTime> {
-        *self.stale_since.read().unwrap_or_else(|e| e.into_inner())
+        self.connection.stale_since()
     }
 }
 

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use k8s_openapi::api::core::v1::Namespace;
+use mapguard_kube::{ClientError, Reflector};
 use mapguard_policy::{EngineConfig, LoadError, NamespaceError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,16 +41,10 @@ pub enum StartupError {
     Tls(#[from] TlsError),
     /// No namespaces file and no cluster to watch.
     #[error("no --namespaces-file given and no Kubernetes API reachable: {0}")]
-    Kube(#[source] kube::Error),
+    Kube(#[source] ClientError),
     /// The `--kubeconfig` file is unusable.
-    #[error("cannot use kubeconfig {path}: {source}")]
-    Kubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// kube's error.
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
+    #[error(transparent)]
+    Kubeconfig(ClientError),
     /// The configured limits contradict each other.
     #[error("{0}")]
     Limits(String),
@@ -71,7 +66,7 @@ pub struct Webhook {
     /// Client certificate checks (`--client-ca`).
     clients: Option<Arc<ReloadableClientCa>>,
     namespaces_file: Option<Arc<FileNamespaces>>,
-    kube: Option<(kube::Client, Arc<NamespaceCache>)>,
+    kube: Option<(kube::Client, Reflector<Namespace>, Arc<NamespaceCache>)>,
     /// A client for the Gatekeeper objects' watch (`--gatekeeper-crs`).
     gatekeeper: Option<kube::Client>,
     /// The `--inventory` kinds and a client to watch them.
@@ -137,14 +132,14 @@ impl Webhook {
             }
             None => {
                 let client = kube_client(config.kubeconfig.as_deref()).await?;
-                let cache = Arc::new(NamespaceCache::unsynced());
-                (cache.clone(), None, Some((client, cache)))
+                let (reflector, cache) = namespaces::kube::cache();
+                (cache.clone(), None, Some((client, reflector, cache)))
             }
         };
 
         let gatekeeper = match (&kube, config.gatekeeper_crs) {
             (_, false) => None,
-            (Some((client, _)), true) => Some(client.clone()),
+            (Some((client, _, _)), true) => Some(client.clone()),
             (None, true) => Some(kube_client(config.kubeconfig.as_deref()).await?),
         };
 
@@ -157,7 +152,7 @@ impl Webhook {
                 .map(|k| crate::inventory::parse_kind(k))
                 .collect::<Result<Vec<_>, _>>()?;
             let client = match (&kube, &gatekeeper) {
-                (Some((client, _)), _) | (None, Some(client)) => client.clone(),
+                (Some((client, _, _)), _) | (None, Some(client)) => client.clone(),
                 (None, None) => kube_client(config.kubeconfig.as_deref()).await?,
             };
             Some((client, kinds))
@@ -331,12 +326,12 @@ impl Webhook {
             sources,
             rx.clone(),
         )));
-        if let Some((client, cache)) = self.kube {
+        if let Some((client, reflector, cache)) = self.kube {
             let mut stop = rx.clone();
             let metrics = state.metrics().clone();
             tasks.push(tokio::spawn(async move {
                 tokio::select! {
-                    _ = namespaces::kube::watch(client, cache, metrics) => {}
+                    _ = namespaces::kube::watch(client, reflector, cache, metrics) => {}
                     _ = crate::server::wait_for(&mut stop) => {}
                 }
             }));
@@ -372,23 +367,14 @@ impl Webhook {
     }
 }
 
-/// A client from `kubeconfig` (its current context), or kube's default
-/// (in-cluster, then `KUBECONFIG` / `~/.kube/config`).
+/// A client from `--kubeconfig`, or kube's inference (the toolkit's).
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, StartupError> {
-    let Some(path) = kubeconfig else {
-        return kube::Client::try_default()
-            .await
-            .map_err(StartupError::Kube);
-    };
-    let err = |source| StartupError::Kubeconfig {
-        path: path.to_owned(),
-        source,
-    };
-    let file = Kubeconfig::read_from(path).map_err(err)?;
-    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+    mapguard_kube::client(kubeconfig)
         .await
-        .map_err(err)?;
-    kube::Client::try_from(config).map_err(StartupError::Kube)
+        .map_err(|e| match e {
+            e if e.is_kubeconfig() => StartupError::Kubeconfig(e),
+            e => StartupError::Kube(e),
+        })
 }
 
 impl Running {

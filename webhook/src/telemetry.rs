@@ -2,11 +2,11 @@
 //! and the helpers that keep log lines useful: an error with its causes on
 //! one line, and a warning that repeats at most once per interval.
 
-use std::io::IsTerminal as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::EnvFilter;
+pub use mapguard_kube::telemetry::error_chain;
+use mapguard_kube::telemetry::{Format, Telemetry};
 
 use crate::config::LogFormat;
 
@@ -16,39 +16,18 @@ use crate::config::LogFormat;
 /// show when `RUST_LOG` names rustls.
 const RUSTLS_DEFAULT: &str = "rustls=error";
 
-/// Installs the global subscriber; later calls are ignored. Colours only
-/// when stderr is a terminal (a file or a log collector gets plain text).
+/// Installs the global subscriber (default filter `info`); later calls are
+/// ignored.
 pub fn init(format: LogFormat) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if !filter.to_string().contains("rustls") {
-        filter = filter.add_directive(RUSTLS_DEFAULT.parse().expect("a valid directive"));
+    Telemetry {
+        format: match format {
+            LogFormat::Text => Format::Text,
+            LogFormat::Json => Format::Json,
+        },
+        quiet: &[RUSTLS_DEFAULT],
+        ..Telemetry::new("info")
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-/// `error` and its causes on one line (`a: b: c`), leaving out a cause
-/// whose text the line already holds (kube's and hyper's errors often
-/// repeat their source in their own message).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    .init();
 }
 
 /// A warning that may be logged once per `interval`; the occurrences in

@@ -38,7 +38,7 @@ const PROPAGATION: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_enforces_the_webhooks_decisions() {
     let test = "the_api_server_enforces_the_webhooks_decisions";
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    let Some(mut env) = TestEnv::start_or_skip(test).await else {
         return;
     };
     let client = env.client();
@@ -76,10 +76,54 @@ async fn the_api_server_enforces_the_webhooks_decisions() {
     kubectl_debug_with_a_privileged_container_is_denied(&env, &client).await;
     a_pod_asking_for_less_than_its_namespace_is_denied_unless_it_may_opt_out(&client).await;
     a_tenant_cannot_change_the_mapguard_labels_of_its_namespace(&env, &client).await;
+    namespace_labels_stay_while_the_api_server_is_away(&mut env, &webhook).await;
 
     webhook.shutdown().await;
     drop(env);
     std::fs::remove_dir_all(&base).expect("remove the test folder");
+}
+
+/// While the API server is away the namespace data last listed stays (marked
+/// stale, the webhook still synced); once it is back the watch resumes and
+/// the stale mark goes.
+async fn namespace_labels_stay_while_the_api_server_is_away(env: &mut TestEnv, webhook: &Running) {
+    let namespaces = webhook.state.namespaces().clone();
+    let mode_of = |name: &str| {
+        namespaces
+            .snapshot()
+            .get(name)
+            .and_then(|n| n.labels.get(MODE).cloned())
+    };
+    assert_eq!(mode_of("payments").as_deref(), Some("kill"));
+    env.stop_apiserver();
+    let deadline = Instant::now() + PROPAGATION;
+    while namespaces.stale_since().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace watch never noticed the API server was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(namespaces.is_synced(), "still synced: the data stays");
+    assert_eq!(
+        mode_of("payments").as_deref(),
+        Some("kill"),
+        "the labels last listed stay while the API server is away"
+    );
+    env.restart_apiserver()
+        .await
+        .expect("restart the API server");
+    create_namespace(&env.client(), "after-outage", Some("audit")).await;
+    let deadline = Instant::now() + PROPAGATION;
+    while namespaces.stale_since().is_some() || mode_of("after-outage").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace watch did not come back: stale since {:?}",
+            namespaces.stale_since()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mode_of("payments").as_deref(), Some("kill"));
 }
 
 /// Starts the webhook without a namespaces file, watching Namespaces through

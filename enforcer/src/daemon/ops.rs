@@ -287,32 +287,38 @@ mod tests {
             "{text}"
         );
         s.bpf_ready.store(true, Ordering::SeqCst);
-        s.pods.apply(kube::runtime::watcher::Event::Init);
-        s.pods.apply(kube::runtime::watcher::Event::InitDone);
+        s.pods.apply(Ok(kube::runtime::watcher::Event::Init));
+        s.pods.apply(Ok(kube::runtime::watcher::Event::InitDone));
         let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
             text.contains("namespaces not listed yet; the namespaces' minimum modes"),
             "{text}"
         );
-        s.pods.apply_namespace(kube::runtime::watcher::Event::Init);
         s.pods
-            .apply_namespace(kube::runtime::watcher::Event::InitDone);
+            .apply_namespace(Ok(kube::runtime::watcher::Event::Init));
+        s.pods
+            .apply_namespace(Ok(kube::runtime::watcher::Event::InitDone));
         let (status, _) = get_text(app(Arc::clone(&s)), "/readyz").await;
         assert_eq!(status, StatusCode::OK);
         s.pods
-            .namespaces_failed("cannot read namespaces: forbidden".into());
-        let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(text.contains("cannot read namespaces: forbidden"), "{text}");
-        s.pods.apply_namespace(kube::runtime::watcher::Event::Init);
-        let (status, _) = get_text(app(Arc::clone(&s)), "/readyz").await;
-        assert_eq!(status, StatusCode::OK, "an event means the watch is back");
-        s.pods.failed("connection refused".into());
+            .apply_namespace(Err(super::super::pods::watch_error("forbidden")));
         let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
-            text.contains("API server unreachable (connection refused)"),
+            text.contains("cannot read namespaces: ") && text.contains("forbidden"),
+            "{text}"
+        );
+        s.pods
+            .apply_namespace(Ok(kube::runtime::watcher::Event::Init));
+        let (status, _) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "an event means the watch is back");
+        s.pods
+            .apply(Err(super::super::pods::watch_error("connection refused")));
+        let (status, text) = get_text(app(Arc::clone(&s)), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("API server unreachable (") && text.contains("connection refused)"),
             "{text}"
         );
         let (status, text) = get_text(app(s), "/metrics").await;

@@ -15,25 +15,24 @@
 //! minimum too. Until the Namespaces are listed (or while they cannot be
 //! read) the Pods' annotations alone decide, and `/readyz` says so.
 //!
-//! The initial list is published at once (never a half-listed node); a
+//! Both watches go through the toolkit's reflector ([`mapguard_kube::cache`]):
+//! the initial list is published at once (never a half-listed node); a
 //! re-list after a watch error replaces everything. While the API server is
 //! unreachable the last known Pods stay in force (their processes stay
 //! enforced) and the table says it is disconnected.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api,
-    runtime::{
-        WatchStreamExt as _,
-        watcher::{self, Event},
-    },
+    runtime::watcher::{self, Event},
 };
+use mapguard_kube::{Cache, Reflector, Update};
 
 use mapguard_api::{
     keys::{
@@ -233,29 +232,34 @@ pub type PodMap = HashMap<String, PodPolicy>;
 #[derive(Debug, Default)]
 struct State {
     pods: Arc<PodMap>,
-    synced: bool,
-    connected: bool,
-    last_error: Option<String>,
-    buffer: Option<PodMap>,
     namespaces: HashMap<String, NamespaceDemand>,
-    namespaces_synced: bool,
-    namespace_error: Option<String>,
-    namespace_buffer: Option<HashMap<String, NamespaceDemand>>,
 }
 
 /// The node's Pods, shared by the watches (writers) and the enforcement
-/// loop.
+/// loop. The Pods and the Namespaces are kept by the toolkit's reflectors
+/// (their stores and connection states); the table holds what the Pods
+/// become under their namespaces' demands.
 #[derive(Debug)]
 pub struct PodTable {
     defaults: NodeDefaults,
     state: RwLock<State>,
+    pods: Mutex<Reflector<Pod>>,
+    pods_listed: Cache<Pod>,
+    namespaces: Mutex<Reflector<Namespace>>,
+    namespaces_listed: Cache<Namespace>,
 }
 
 impl PodTable {
     pub fn new(defaults: NodeDefaults) -> PodTable {
+        let pods = Reflector::default();
+        let namespaces = Reflector::default();
         PodTable {
             defaults,
             state: RwLock::new(State::default()),
+            pods_listed: pods.cache(),
+            pods: Mutex::new(pods),
+            namespaces_listed: namespaces.cache(),
+            namespaces: Mutex::new(namespaces),
         }
     }
 
@@ -266,25 +270,20 @@ impl PodTable {
 
     /// Whether the first full list has arrived.
     pub fn is_synced(&self) -> bool {
-        self.read().synced
+        self.pods_listed.connection().is_synced()
     }
 
     /// Whether the watch is up now (`None` reason when it is).
     pub fn connection(&self) -> Result<(), String> {
-        let state = self.read();
-        match (state.connected, &state.last_error) {
-            (true, _) => Ok(()),
-            (false, Some(e)) => Err(e.clone()),
-            (false, None) => Err("not connected to the API server yet".into()),
-        }
+        self.pods_listed.connection().state()
     }
 
     /// Whether the namespaces' demands are in force: listed, and the watch
     /// not failing since (the reason when not).
     pub fn namespaces(&self) -> Result<(), String> {
-        let state = self.read();
-        match (&state.namespace_error, state.namespaces_synced) {
-            (Some(e), _) => Err(e.clone()),
+        let connection = self.namespaces_listed.connection();
+        match (connection.error(), connection.is_synced()) {
+            (Some(e), _) => Err(format!("cannot read namespaces: {e}")),
             (None, false) => Err("namespaces not listed yet".into()),
             (None, true) => Ok(()),
         }
@@ -298,107 +297,103 @@ impl PodTable {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one watcher event. The initial list (`Init` … `InitDone`)
-    /// is collected and published at once.
-    pub fn apply(&self, event: Event<Pod>) {
-        let mut state = self.write();
-        let state = &mut *state;
-        let policy = |pod: &Pod| {
-            let demand = pod
-                .metadata
-                .namespace
-                .as_ref()
-                .and_then(|ns| state.namespaces.get(ns));
-            PodPolicy::of(pod, self.defaults, demand)
-        };
-        match event {
-            Event::Init => state.buffer = Some(PodMap::new()),
-            Event::InitApply(pod) => {
-                if let Some(p) = policy(&pod) {
-                    log_warnings(&p);
-                    if let Some(buffer) = state.buffer.as_mut() {
-                        buffer.insert(p.uid.clone(), p);
-                    }
-                }
-            }
-            Event::InitDone => {
-                let pods = state.buffer.take().unwrap_or_default();
-                tracing::info!(pods = pods.len(), "pods of this node synced");
-                state.pods = Arc::new(pods);
-                state.synced = true;
-            }
-            Event::Apply(pod) => {
-                if let Some(p) = policy(&pod) {
-                    if state.pods.get(&p.uid).map(|old| &old.warnings) != Some(&p.warnings) {
+    /// Applies one event of the Pod watch. The initial list (`Init` …
+    /// `InitDone`) is published at once; a failure keeps the Pods last
+    /// known in force and marks the table disconnected.
+    pub fn apply(&self, event: Result<Event<Pod>, watcher::Error>) {
+        let mut reflector = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        reflector.apply(event, |update| {
+            let mut state = self.write();
+            let state = &mut *state;
+            let policy = |pod: &Pod| {
+                let demand = pod
+                    .metadata
+                    .namespace
+                    .as_ref()
+                    .and_then(|ns| state.namespaces.get(ns));
+                PodPolicy::of(pod, self.defaults, demand)
+            };
+            match update {
+                Update::Listed => {
+                    let mut pods = PodMap::new();
+                    for p in self.pods_listed.state().iter().filter_map(|p| policy(p)) {
                         log_warnings(&p);
+                        pods.insert(p.uid.clone(), p);
                     }
-                    Arc::make_mut(&mut state.pods).insert(p.uid.clone(), p);
+                    tracing::info!(pods = pods.len(), "pods of this node synced");
+                    state.pods = Arc::new(pods);
+                }
+                Update::Applied(pod) => {
+                    if let Some(p) = policy(&pod) {
+                        if state.pods.get(&p.uid).map(|old| &old.warnings) != Some(&p.warnings) {
+                            log_warnings(&p);
+                        }
+                        Arc::make_mut(&mut state.pods).insert(p.uid.clone(), p);
+                    }
+                }
+                Update::Deleted(pod) => {
+                    if let Some(uid) = pod.metadata.uid {
+                        Arc::make_mut(&mut state.pods).remove(&uid);
+                    }
+                }
+                Update::Failed(error) => {
+                    let error = mapguard_kube::telemetry::error_chain(&error);
+                    tracing::warn!(%error, "pod watch failed; enforcing the pods last known, retrying");
                 }
             }
-            Event::Delete(pod) => {
-                if let Some(uid) = pod.metadata.uid {
-                    Arc::make_mut(&mut state.pods).remove(&uid);
-                }
-            }
-        }
-        state.connected = true;
-        state.last_error = None;
-    }
-
-    /// Records a watch failure (the last known Pods stay in force).
-    pub fn failed(&self, error: String) {
-        let mut state = self.write();
-        state.connected = false;
-        state.last_error = Some(error);
+        });
     }
 
     /// Applies one event of the Namespace watch: the Pods of a namespace
-    /// whose demand changed are settled again at once.
-    pub fn apply_namespace(&self, event: Event<Namespace>) {
-        let mut state = self.write();
-        let state = &mut *state;
+    /// whose demand changed are settled again at once. A failure keeps the
+    /// demands last known in force (none, if the Namespaces were never
+    /// listed), logged as an error once per outage.
+    pub fn apply_namespace(&self, event: Result<Event<Namespace>, watcher::Error>) {
+        let mut reflector = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        let was_failing = reflector.connection().error().is_some();
         let name = |ns: &Namespace| ns.metadata.name.clone().unwrap_or_default();
-        match event {
-            Event::Init => state.namespace_buffer = Some(HashMap::new()),
-            Event::InitApply(ns) => {
-                if let Some(buffer) = state.namespace_buffer.as_mut() {
-                    buffer.insert(name(&ns), NamespaceDemand::of(&ns));
-                }
-            }
-            Event::InitDone => {
-                let namespaces = state.namespace_buffer.take().unwrap_or_default();
-                let demanding = namespaces
-                    .values()
-                    .filter(|d| d.mode.is_some() || d.min_coverage.is_some())
-                    .count();
-                tracing::info!(
-                    namespaces = namespaces.len(),
-                    demanding,
-                    "namespaces synced; their demands are in force"
-                );
-                state.namespaces = namespaces;
-                state.namespaces_synced = true;
-                self.settle_all(state);
-            }
-            Event::Apply(ns) => {
-                let demand = NamespaceDemand::of(&ns);
-                if state.namespaces.insert(name(&ns), demand) != Some(demand) {
+        reflector.apply(event, |update| {
+            let mut state = self.write();
+            let state = &mut *state;
+            match update {
+                Update::Listed => {
+                    let namespaces: HashMap<String, NamespaceDemand> = self
+                        .namespaces_listed
+                        .state()
+                        .iter()
+                        .map(|ns| (name(ns), NamespaceDemand::of(ns)))
+                        .collect();
+                    let demanding = namespaces
+                        .values()
+                        .filter(|d| d.mode.is_some() || d.min_coverage.is_some())
+                        .count();
+                    tracing::info!(
+                        namespaces = namespaces.len(),
+                        demanding,
+                        "namespaces synced; their demands are in force"
+                    );
+                    state.namespaces = namespaces;
                     self.settle_all(state);
                 }
-            }
-            Event::Delete(ns) => {
-                if state.namespaces.remove(&name(&ns)).is_some() {
-                    self.settle_all(state);
+                Update::Applied(ns) => {
+                    let demand = NamespaceDemand::of(&ns);
+                    if state.namespaces.insert(name(&ns), demand) != Some(demand) {
+                        self.settle_all(state);
+                    }
+                }
+                Update::Deleted(ns) => {
+                    if state.namespaces.remove(&name(&ns)).is_some() {
+                        self.settle_all(state);
+                    }
+                }
+                Update::Failed(error) => {
+                    if !was_failing {
+                        let error = mapguard_kube::telemetry::error_chain(&error);
+                        tracing::error!(%error, "cannot read namespaces: their mapguard.io/mode and mapguard.io/min-coverage minimums are not applied (the demands last read stay in force; none if never read); retrying");
+                    }
                 }
             }
-        }
-        state.namespace_error = None;
-    }
-
-    /// Records a failure of the Namespace watch: the demands last known
-    /// stay in force (none, if the Namespaces were never listed).
-    pub fn namespaces_failed(&self, error: String) {
-        self.write().namespace_error = Some(error);
+        });
     }
 
     /// Settles every Pod again with the current namespace demands.
@@ -435,16 +430,10 @@ fn log_warnings(p: &PodPolicy) {
 pub async fn watch(client: kube::Client, node: String, table: Arc<PodTable>) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let stream = watcher::watcher(api, config).default_backoff();
+    let stream = mapguard_kube::cache::events(api, config);
     futures_util::pin_mut!(stream);
     while let Some(event) = stream.next().await {
-        match event {
-            Ok(event) => table.apply(event),
-            Err(error) => {
-                tracing::warn!(%error, "pod watch failed; enforcing the pods last known, retrying");
-                table.failed(error.to_string());
-            }
-        }
+        table.apply(event);
     }
 }
 
@@ -454,24 +443,17 @@ pub async fn watch(client: kube::Client, node: String, table: Arc<PodTable>) {
 /// outage: the Pods' annotations alone decide until they are read.
 pub async fn watch_namespaces(client: kube::Client, table: Arc<PodTable>) {
     let api: Api<Namespace> = Api::all(client);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = mapguard_kube::cache::events(api, watcher::Config::default());
     futures_util::pin_mut!(stream);
-    let mut failing = false;
     while let Some(event) = stream.next().await {
-        match event {
-            Ok(event) => {
-                failing = false;
-                table.apply_namespace(event);
-            }
-            Err(error) => {
-                if !failing {
-                    tracing::error!(%error, "cannot read namespaces: their mapguard.io/mode and mapguard.io/min-coverage minimums are not applied (the demands last read stay in force; none if never read); retrying");
-                }
-                failing = true;
-                table.namespaces_failed(format!("cannot read namespaces: {error}"));
-            }
-        }
+        table.apply_namespace(event);
     }
+}
+
+/// A watch failure whose text is `text` (tests).
+#[cfg(test)]
+pub(crate) fn watch_error(text: &str) -> watcher::Error {
+    watcher::Error::WatchFailed(kube::Error::Service(text.into()))
 }
 
 #[cfg(test)]
@@ -584,16 +566,22 @@ mod tests {
     fn the_initial_list_is_published_at_once_and_failures_keep_the_pods() {
         let table = PodTable::new(DEFAULTS);
         assert!(table.connection().is_err());
-        table.apply(Event::Init);
-        table.apply(Event::InitApply(pod("a", &[(MODE_ANNOTATION, "kill")])));
+        table.apply(Ok(Event::Init));
+        table.apply(Ok(Event::InitApply(pod("a", &[(MODE_ANNOTATION, "kill")]))));
         assert!(table.snapshot().is_empty() && !table.is_synced());
-        table.apply(Event::InitDone);
+        table.apply(Ok(Event::InitDone));
         assert!(table.is_synced() && table.connection().is_ok());
         assert_eq!(table.snapshot().len(), 1);
-        table.failed("connection refused".into());
-        assert_eq!(table.connection(), Err("connection refused".to_string()));
+        table.apply(Err(watch_error("connection refused")));
+        assert!(
+            table
+                .connection()
+                .is_err_and(|e| e.contains("connection refused")),
+            "{:?}",
+            table.connection()
+        );
         assert_eq!(table.snapshot().len(), 1, "last known pods stay in force");
-        table.apply(Event::Delete(pod("a", &[])));
+        table.apply(Ok(Event::Delete(pod("a", &[]))));
         assert!(table.snapshot().is_empty());
         assert!(
             table.connection().is_ok(),
@@ -756,45 +744,54 @@ mod tests {
     #[test]
     fn namespace_changes_settle_the_pods_again() {
         let table = PodTable::new(DEFAULTS);
-        table.apply(Event::Init);
-        table.apply(Event::InitApply(pod("a", &[(MODE_ANNOTATION, "audit")])));
-        table.apply(Event::InitDone);
+        table.apply(Ok(Event::Init));
+        table.apply(Ok(Event::InitApply(pod(
+            "a",
+            &[(MODE_ANNOTATION, "audit")],
+        ))));
+        table.apply(Ok(Event::InitDone));
         let mode = |table: &PodTable| table.snapshot().get("a").expect("pod a").mode;
         assert_eq!(mode(&table), Some(Mode::Audit), "no namespace known yet");
         assert!(table.namespaces().is_err(), "not listed yet");
 
-        table.apply_namespace(Event::Init);
-        table.apply_namespace(Event::InitApply(namespace(
+        table.apply_namespace(Ok(Event::Init));
+        table.apply_namespace(Ok(Event::InitApply(namespace(
             "shop",
             &[(NAMESPACE_MODE_LABEL, "kill")],
-        )));
+        ))));
         assert_eq!(mode(&table), Some(Mode::Audit), "published at InitDone");
-        table.apply_namespace(Event::InitDone);
+        table.apply_namespace(Ok(Event::InitDone));
         assert!(table.namespaces().is_ok());
         assert_eq!(mode(&table), Some(Mode::Kill), "raised to the namespace's");
 
-        table.apply(Event::Apply(pod("a", &[(MODE_ANNOTATION, "off")])));
+        table.apply(Ok(Event::Apply(pod("a", &[(MODE_ANNOTATION, "off")]))));
         assert_eq!(mode(&table), Some(Mode::Kill), "a Pod changed later too");
 
-        table.apply_namespace(Event::Apply(namespace(
+        table.apply_namespace(Ok(Event::Apply(namespace(
             "shop",
             &[
                 (NAMESPACE_MODE_LABEL, "kill"),
                 (NAMESPACE_OPT_OUT_LABEL, "true"),
             ],
-        )));
+        ))));
         assert_eq!(
             mode(&table),
             None,
             "opting out allowed: the annotation's off"
         );
 
-        table.namespaces_failed("forbidden".into());
-        assert_eq!(table.namespaces(), Err("forbidden".to_string()));
+        table.apply_namespace(Err(watch_error("forbidden")));
+        assert!(
+            table.namespaces().is_err_and(
+                |e| e.starts_with("cannot read namespaces: ") && e.contains("forbidden")
+            ),
+            "{:?}",
+            table.namespaces()
+        );
         assert_eq!(mode(&table), None, "the demands last known stay in force");
 
-        table.apply_namespace(Event::Delete(namespace("shop", &[])));
-        table.apply(Event::Apply(pod("a", &[(MODE_ANNOTATION, "stop")])));
+        table.apply_namespace(Ok(Event::Delete(namespace("shop", &[]))));
+        table.apply(Ok(Event::Apply(pod("a", &[(MODE_ANNOTATION, "stop")]))));
         assert_eq!(mode(&table), Some(Mode::Stop));
         assert!(
             table.namespaces().is_ok(),

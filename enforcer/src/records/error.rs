@@ -3,6 +3,8 @@
 //! or give up on that write, log it and count it (RBAC, a missing CRD, an
 //! object the API server refuses).
 
+use mapguard_kube::ApiErrorClass;
+
 use super::metrics::FailureReason;
 
 /// A failed write of a record or an Event.
@@ -86,56 +88,45 @@ pub(crate) enum ApiOutcome {
     Failed(RecordError),
 }
 
-/// Sorts a kube error of `verb` on `what`.
+/// Sorts a kube error of `verb` on `what` (the toolkit's classes).
 pub(crate) fn classify(verb: &'static str, what: &str, error: kube::Error) -> ApiOutcome {
     let what = what.to_owned();
-    let failed = ApiOutcome::Failed;
-    match error {
+    let class = mapguard_kube::classify(&error);
+    let message = match &error {
         kube::Error::Api(status) => {
-            let message = if status.message.is_empty() {
-                status.reason.clone()
-            } else {
-                status.message.clone()
-            };
-            match status.code {
-                404 => ApiOutcome::NotFound,
-                409 => ApiOutcome::Conflict,
-                403 => failed(RecordError::Forbidden {
-                    verb,
-                    what,
-                    message,
-                }),
-                401 => failed(RecordError::Unauthorized {
-                    verb,
-                    what,
-                    message,
-                }),
-                // Too many requests, internal errors while etcd is away,
-                // gateway and timeout answers: all pass.
-                429 | 500 | 502 | 503 | 504 => failed(RecordError::Unavailable {
-                    verb,
-                    what,
-                    message,
-                }),
-                _ => failed(RecordError::Rejected {
-                    verb,
-                    what,
-                    message: format!("{} ({})", message, status.code),
-                }),
+            let message = mapguard_kube::errors::message(status).to_owned();
+            match class {
+                ApiErrorClass::Rejected | ApiErrorClass::Invalid => {
+                    format!("{} ({})", message, status.code)
+                }
+                _ => message,
             }
         }
-        // Connection refused or reset, TLS handshake cut, timeouts.
-        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => {
-            failed(RecordError::Unavailable {
-                verb,
-                what,
-                message: e.to_string(),
-            })
-        }
-        e => failed(RecordError::Rejected {
+        e => e.to_string(),
+    };
+    let failed = ApiOutcome::Failed;
+    match class {
+        ApiErrorClass::NotFound => ApiOutcome::NotFound,
+        ApiErrorClass::Conflict => ApiOutcome::Conflict,
+        ApiErrorClass::Forbidden => failed(RecordError::Forbidden {
             verb,
             what,
-            message: e.to_string(),
+            message,
+        }),
+        ApiErrorClass::Unauthorized => failed(RecordError::Unauthorized {
+            verb,
+            what,
+            message,
+        }),
+        ApiErrorClass::Unavailable => failed(RecordError::Unavailable {
+            verb,
+            what,
+            message,
+        }),
+        ApiErrorClass::Invalid | ApiErrorClass::Rejected => failed(RecordError::Rejected {
+            verb,
+            what,
+            message,
         }),
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
+use mapguard_kube::Backoff;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -350,55 +351,5 @@ fn timed_out(verb: &'static str, what: String, limit: Duration) -> RecordError {
         verb,
         what,
         message: format!("no answer within {limit:?}"),
-    }
-}
-
-/// Exponential backoff with jitter (so that agents on every node do not
-/// retry in step after an API server restart).
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        let min = min.max(Duration::from_millis(1));
-        Backoff {
-            min,
-            max: max.max(min),
-            next: min,
-        }
-    }
-
-    /// The delay to wait now: the current step, minus up to half of it.
-    fn next(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        step.mul_f64(1.0 - f64::from(nanos % 1000) / 2000.0)
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_bound_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
-        let steps: Vec<Duration> = (0..5).map(|_| b.next()).collect();
-        for (got, step) in steps.iter().zip([100, 200, 400, 700, 700]) {
-            let step = Duration::from_millis(step);
-            assert!(*got <= step && *got >= step / 2, "{got:?} for {step:?}");
-        }
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
     }
 }

@@ -57,7 +57,7 @@ pub async fn run(client: Client, responder: Arc<Responder>, synced: Arc<AtomicBo
     let records: Api<MapViolation> = Api::all(client.clone());
     let mut counts = Counts::default();
     let mut baseline = true;
-    let stream = watcher::watcher(records, watcher::Config::default());
+    let stream = mapguard_kube::cache::events(records, watcher::Config::default());
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         let record = match event {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{ListParams, PostParams};
@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::events::ViolationRecord;
 use mapguard_enforcer::records::{Origin, PodRef, RecordWriter, RecordsConfig};
-use mapguard_testenv::TestEnv;
+use mapguard_testenv::{BoundPod, TestEnv};
 use prometheus_client::registry::Registry;
 use serde::Deserialize as _;
 use serde_json::json;
@@ -98,29 +98,10 @@ pub fn violation(
 
 /// Creates `namespace` if needed and a Pod `name` bound to the test Node.
 pub async fn create_pod(client: &Client, namespace: &str, name: &str) -> PodRef {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces
-        .get_opt(namespace)
+    let pod = BoundPod::new(namespace, name, NODE)
+        .create(client)
         .await
-        .expect("GET namespace")
-        .is_none()
-    {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))
-            .expect("a Namespace literal");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-    }
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "registry.example/app:1"}]},
-    }))
-    .expect("a Pod literal");
-    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create Pod {namespace}/{name}: {e}"));
+        .unwrap_or_else(|e| panic!("{e}"));
     PodRef {
         namespace: namespace.to_owned(),
         name: name.to_owned(),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
+use mapguard_testenv::BoundPod;
 use serde_json::json;
 
 use crate::kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
@@ -88,20 +89,9 @@ pub async fn create_pod(
     name: &str,
     annotations: &[(&str, &str)],
 ) -> Pod {
-    let annotations: serde_json::Map<String, serde_json::Value> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "app", "image": "registry.example/app:1"}],
-        },
-    }))
-    .expect("Pod");
-    Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&kube::api::PostParams::default(), &pod)
+    BoundPod::new("default", name, node)
+        .annotations(annotations)
+        .create(client)
         .await
-        .unwrap_or_else(|e| panic!("create default/{name}: {e}"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }

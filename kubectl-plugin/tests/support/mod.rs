@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::events::ViolationRecord;
 use mapguard_enforcer::records::{CallSitePair, Origin, PodRef, RecordWriter};
-use mapguard_testenv::TestEnv;
+use mapguard_testenv::{BoundPod, TestEnv, ensure_namespace};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::mpsc;
@@ -96,34 +96,17 @@ pub async fn happen(writer: &RecordWriter, pod: &PodRef, race: &Race, ago: Durat
 }
 
 pub async fn create_namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces
-        .get_opt(name)
+    ensure_namespace(client, name)
         .await
-        .expect("GET namespace")
-        .is_none()
-    {
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": name}})).expect("a Namespace");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
-    }
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Creates `namespace` if needed and a Pod `name` bound to [`NODE`].
 pub async fn create_pod(client: &Client, namespace: &str, name: &str) -> PodRef {
-    create_namespace(client, namespace).await;
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "registry.example/app:1"}]},
-    }))
-    .expect("a Pod");
-    let pod = Api::<Pod>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &pod)
+    let pod = BoundPod::new(namespace, name, NODE)
+        .create(client)
         .await
-        .unwrap_or_else(|e| panic!("create Pod {namespace}/{name}: {e}"));
+        .unwrap_or_else(|e| panic!("{e}"));
     PodRef {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
