@@ -3,9 +3,10 @@
 //! Pods bound to its node, real Go programs in kubelet-shaped cgroups,
 //! a FUSE filesystem served by the test, overlayfs mounts.
 //!
-//! - A process analysed as one file and exec'ing another before its
-//!   probes are attached: the probes go to the file analysed (the kernel's
-//!   own list of uprobe links says which), never to the file it runs now.
+//! - A process that execs another file while the agent opens its first:
+//!   each file gets only the probes its own analysis plans (the kernel's
+//!   own list of uprobe links says which, at which offsets), and the
+//!   process is enforced as the file it runs now.
 //! - A symlink planted in an overlay's upper folder, on the path of a
 //!   process's executable, pointing at another tenant's program: the
 //!   agent must not take the process's file for that program (whose
@@ -38,6 +39,7 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
+use mapguard_enforcer::{goelf::ReadLimits, target::BinaryTarget};
 use mapguard_testenv::TestEnv;
 use pod_process::{container_of, create_pod, start_in, wait};
 use serde_json::json;
@@ -137,35 +139,51 @@ async fn probes_go_to_the_file_analysed_not_to_one_execd_since() {
     fuse.release();
     wait_attach_outcome(&agent).await;
 
+    // Where each file's probes may go: the offsets its own analysis plans.
+    let planned = |path: &Path| -> std::collections::BTreeSet<u64> {
+        let target = BinaryTarget::analyse(path, 0, ReadLimits::default()).expect("analyse");
+        target
+            .points
+            .iter()
+            .flat_map(|p| [p.file_offset, p.entry_file_offset])
+            .collect()
+    };
+    let (planned_a, planned_b) = (planned(&a), planned(&b));
+    assert!(
+        !planned_a.is_subset(&planned_b),
+        "A's offsets are B's too: the test could not tell them apart"
+    );
     let links = links::uprobe_multi_links();
     let on = |path: &Path| -> Vec<&links::UprobeLink> {
         links.iter().filter(|l| l.path == path).collect()
     };
     println!(
-        "\n==> pid {pid} analysed as {} and running {} when probed: uprobe links on A {}, on B {}",
-        fuse.path("a").display(),
+        "\n==> pid {pid} exec'd {} while the agent opened {}: uprobe links on A {}, on B {}",
         b.display(),
+        fuse.path("a").display(),
         on(&fuse.path("a")).len(),
         on(&b).len()
     );
-    assert!(
-        on(&b).is_empty(),
-        "A's probes were attached to B, which the process runs now: {:?}\n{}",
-        on(&b),
-        agent.log()
-    );
-    // Attaching to B fails as often as not (A's offsets are no
-    // instruction boundaries of B's): an attempt is the fault too.
+    for (file, planned) in [(fuse.path("a"), &planned_a), (b.clone(), &planned_b)] {
+        for link in on(&file) {
+            assert!(
+                link.offsets.iter().all(|o| planned.contains(o)),
+                "a probe on {} at offsets its analysis does not plan (another file's probes): {link:?}\n{}",
+                file.display(),
+                agent.log()
+            );
+        }
+    }
     assert_eq!(
         agent.metric("mapguard_attach_failures_total"),
         0.0,
         "attaching failed (A's probes tried on B?):\n{}",
         agent.log()
     );
+    // The image it runs now is analysed as itself and enforced.
     assert!(
-        !on(&fuse.path("a")).is_empty(),
-        "no probe attached to the file analysed (the test proves nothing):\n{:?}\n{}",
-        links,
+        on(&b).iter().any(|l| l.pid == pid),
+        "the process running B is not probed as B:\n{links:?}\n{}",
         agent.log()
     );
     let (status, stderr) = wait(&mut process, PATIENCE);
