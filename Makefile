@@ -39,7 +39,7 @@ release: build-deps
 # The release binaries the demo runs and the images hold, and nothing else
 # (one package set, so the demo and the images share one build).
 release-bins: build-deps
-	$(CARGO) build --release -p mapguard-enforcer -p mapguard-webhook -p mapguard-certs-gen -p mapguard-cli
+	$(CARGO) build --release -p mapguard-enforcer -p mapguard-agent -p mapguard-webhook -p mapguard-certs-gen -p mapguard-cli
 
 go-progs: deps
 	bash tests/go/build.sh $(GO_PROGS)
@@ -89,7 +89,7 @@ cluster-down:
 	@bash scripts/cluster.sh down
 
 # Container images (root, no registry, no container engine): buildah
-# assembles target/images/mapguard-{webhook,enforcer,certs-gen}.tar (OCI
+# assembles target/images/mapguard-{webhook,agent,certs-gen}.tar (OCI
 # archives tagged as manifests/ name them) from Debian's glibc and the
 # release binaries; with MAPGUARD_CONTAINERD_ADDRESS=SOCKET they are also
 # imported into that containerd's k8s.io namespace. images-check: each agrees

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Prometheus and promtool for the SLO tests (enforcer/tests/slo.rs:
+# Installs Prometheus and promtool for the SLO tests (agent/tests/slo.rs:
 # `promtool check rules`, `promtool test rules` on manifests/monitoring/,
 # and a real Prometheus server scraping a real node agent), as root on a
 # Debian 12 machine. Idempotent: when the binaries are in place it only

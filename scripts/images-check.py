@@ -14,7 +14,7 @@ and only ports it exposes (containerPort).
 
 Exits 1 with one line per disagreement.
 
-Usage: scripts/images-check.py [NAME...]   (default: webhook enforcer certs-gen)
+Usage: scripts/images-check.py [NAME...]   (default: webhook agent certs-gen)
   MAPGUARD_IMAGES_DIR   where the archives are (default target/images)
 """
 
@@ -29,7 +29,7 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ["webhook", "enforcer", "certs-gen"]
+NAMES = ["webhook", "agent", "certs-gen"]
 
 
 def instructions(text):

@@ -73,7 +73,7 @@ c image ls | awk 'NR == 1 || /mapguard/'
 image() { c image ls -q | grep -E "^ghcr\.io/mapguard/mapguard-$1:" || die "mapguard-$1 was not imported"; }
 
 failed=0
-for name in webhook enforcer certs-gen; do
+for name in webhook agent certs-gen; do
   tag=$(image "$name")
   # The user and program containerd runs for the image, from the spec it
   # writes when no command is given.

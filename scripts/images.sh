@@ -16,7 +16,7 @@
 # entrypoint, binary path, ports, labels): scripts/images-check.py compares
 # them (`make images-check`).
 #
-# Usage: scripts/images.sh [NAME...]     (default: webhook enforcer certs-gen)
+# Usage: scripts/images.sh [NAME...]     (default: webhook agent certs-gen)
 #   CARGO_TARGET_DIR       where `cargo build --release` left the binaries
 #   MAPGUARD_IMAGES_DIR    output folder (default target/images)
 #   MAPGUARD_CONTAINERD_ADDRESS  containerd socket to import into (optional)
@@ -30,7 +30,7 @@ out=${MAPGUARD_IMAGES_DIR:-$root/target/images}
 # binary alone (the manifests pass the arguments).
 IMAGES=(
   "webhook    65532:65532  8443 9090"
-  "enforcer   0:0          9091 9092"
+  "agent      0:0          9091 9092"
   "certs-gen  65532:65532"
 )
 SOURCE=https://github.com/mapguard/mapguard
@@ -82,7 +82,7 @@ row_of() {
   for row in "${IMAGES[@]}"; do
     [ "${row%% *}" = "$1" ] && { echo "$row"; return; }
   done
-  die "unknown image $1 (known: webhook enforcer certs-gen)"
+  die "unknown image $1 (known: webhook agent certs-gen)"
 }
 for name in "${names[@]}"; do
   row_of "$name" >/dev/null

@@ -5,7 +5,7 @@ The real-Prometheus test writes what Prometheus answered to range queries
 of the run when MAPGUARD_SLO_SERIES_OUT names a file:
 
     MAPGUARD_SLO_SERIES_OUT=/tmp/slo.json \\
-        cargo test -p mapguard-enforcer --test slo -- a_real_prometheus
+        cargo test -p mapguard-agent --test slo -- a_real_prometheus
     python3 scripts/slo-chart.py /tmp/slo.json docs/slo-run.svg
 
 Input: [{"title": ..., "series": [Prometheus matrix series, ...]}, ...],

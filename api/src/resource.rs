@@ -137,7 +137,7 @@ pub fn crd_yaml() -> String {
     let body = yaml_serde::to_string(&crd()).expect("a CRD serializes to YAML");
     format!(
         "# Generated from api/src/resource.rs: \
-         cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml\n\
+         cargo run -p mapguard-api --bin mapguard-crd > manifests/crd/mapviolations.yaml\n\
          {body}"
     )
 }
@@ -163,7 +163,7 @@ mod tests {
         assert!(
             committed == crd_yaml(),
             "manifests/crd/mapviolations.yaml differs from the CRD of api/src/resource.rs; \
-             regenerate it: cargo run -p mapguard-enforcer --bin mapguard-crd > manifests/crd/mapviolations.yaml"
+             regenerate it: cargo run -p mapguard-api --bin mapguard-crd > manifests/crd/mapviolations.yaml"
         );
     }
 }

@@ -3,7 +3,6 @@
 pub mod cgroup;
 pub mod config;
 pub mod coverage;
-pub mod daemon;
 pub mod events;
 pub mod exec;
 pub mod goelf;
@@ -12,8 +11,6 @@ pub mod monitor;
 pub mod output;
 pub mod procfs;
 pub mod procscan;
-pub mod records;
-pub mod responder;
 pub mod sampler;
 pub mod scan;
 pub mod session;

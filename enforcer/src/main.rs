@@ -9,14 +9,12 @@
 //! mapguard-enforcer watch --mode audit --pid 1234,5678
 //! mapguard-enforcer watch --mode kill --exe /usr/local/bin/server
 //! mapguard-enforcer scan ./server
-//! mapguard-enforcer daemon --node "$NODE_NAME" --ops-listen 0.0.0.0:9091
-//! mapguard-enforcer respond --action evict --dry-run
 //! ```
 
 use clap::Parser as _;
 use mapguard_enforcer::{
     config::{Command, Config},
-    daemon, exec, responder, target, watch,
+    exec, target, watch,
 };
 
 fn main() {
@@ -30,8 +28,6 @@ fn main() {
         Command::Scan(args) => {
             target::scan(&args.binary, args.json, args.read.limits()).map_err(Into::into)
         }
-        Command::Daemon(args) => daemon::run(args).map_err(Into::into),
-        Command::Respond(args) => responder::run(args).map_err(Into::into),
     };
     match result {
         Ok(status) => std::process::exit(status),

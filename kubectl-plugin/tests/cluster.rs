@@ -18,9 +18,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
+use mapguard_agent::records::{PodRef, RecordWriter, RecordsConfig};
 use mapguard_api::resource::{MapViolation, crd};
 use mapguard_api::vocab::{Action, Kind, Op};
-use mapguard_enforcer::records::{PodRef, RecordWriter, RecordsConfig};
 use mapguard_testenv::TestEnv;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};

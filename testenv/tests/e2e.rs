@@ -45,7 +45,7 @@ const RACE_START_DELAY: Duration = Duration::ZERO;
 const SYSTEM: &str = "mapguard-system";
 const RACY_IMAGE: &str = "localhost/mapguard/racy:test";
 /// The three images the manifests name, as `make images` writes them.
-const IMAGES: [&str; 3] = ["webhook", "enforcer", "certs-gen"];
+const IMAGES: [&str; 3] = ["webhook", "agent", "certs-gen"];
 /// How long a rollout, a Job or a container restart may take here.
 const ROLLOUT: Duration = Duration::from_secs(180);
 
@@ -94,7 +94,7 @@ async fn mapguard_installs_and_kills_a_racing_pod_on_a_real_node() {
     drop(cluster);
 }
 
-/// `target/images/mapguard-{webhook,enforcer,certs-gen}.tar`
+/// `target/images/mapguard-{webhook,agent,certs-gen}.tar`
 /// (`MAPGUARD_IMAGES_DIR` names another folder), or `None` after a loud skip
 /// line (a panic under `CI=true`) when one is missing.
 fn image_archives(test: &str) -> Option<Vec<PathBuf>> {
@@ -288,7 +288,7 @@ impl E2e {
             .then_some(())
         });
         say("daemonset/mapguard-enforcer: 1 of 1 agents ready");
-        for name in ["webhook", "enforcer", "certs-gen"] {
+        for name in IMAGES {
             let image = format!("ghcr.io/mapguard/mapguard-{name}:0.1.0");
             let pods = self.ok(&[
                 "get",

@@ -6,8 +6,10 @@
 //! real process a real pod UID and container id.
 //!
 //! Include it with `#[path = "support/kube_cgroup.rs"] mod kube_cgroup;`
-//! (from `enforcer/tests/*.rs`) or `#[path = "../tests/support/kube_cgroup.rs"]`
-//! (from `enforcer/examples/`). It uses only `std` and `libc`.
+//! (from `enforcer/tests/*.rs`), `#[path = "../tests/support/kube_cgroup.rs"]`
+//! (from `enforcer/examples/`) or
+//! `#[path = "../../enforcer/tests/support/kube_cgroup.rs"]` (from
+//! `agent/tests/*.rs`). It uses only `std` and `libc`.
 //!
 //! Names are written here, independently of the enforcer's parser, as the
 //! kubelet and the runtimes write them, so tests check one against the

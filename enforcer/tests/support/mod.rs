@@ -1,4 +1,5 @@
-//! Shared helpers of the enforcer's integration tests: the Go test programs,
+//! Shared helpers of the engine's integration tests and the node agent's
+//! (`agent/tests` include this file by path): the Go test programs,
 //! running `mapguard-enforcer`, reading its JSON events, and the root/BPF
 //! capability check (tests that need BPF are skipped loudly, never passed
 //! silently, where it is unavailable).
@@ -100,12 +101,17 @@ pub const CLEAN: [&str; 7] = [
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("enforcer/ has a parent")
+        .expect("a crate folder of the workspace")
         .to_path_buf()
 }
 
+/// The `mapguard-enforcer` binary (`exec`, `watch`, `scan`): Cargo builds
+/// it for the engine's own tests and benchmarks only; the agent's tests,
+/// which include this file too, never run it.
+#[allow(clippy::option_env_unwrap)]
 pub fn enforcer() -> &'static str {
-    env!("CARGO_BIN_EXE_mapguard-enforcer")
+    option_env!("CARGO_BIN_EXE_mapguard-enforcer")
+        .expect("mapguard-enforcer is built for the tests of mapguard-enforcer")
 }
 
 /// Why BPF tests cannot run here, if they cannot.
