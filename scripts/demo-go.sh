@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the path of a Go toolchain the demo can build its racy program with:
 # `go` on PATH when it is a release the enforcer supports (go1.23 to go1.27,
-# enforcer/src/goelf/release.rs), else Debian's Go 1.23 (what
+# enforcer/src/binary/goelf/release.rs), else Debian's Go 1.23 (what
 # .ci/install-build.sh installs when PATH has none). Fails when neither is.
 set -euo pipefail
 supported() {

@@ -28,11 +28,11 @@ use std::{
 };
 
 use mapguard_enforcer::{
-    events::ViolationRecord,
-    output,
-    procscan::ProcScanner,
-    session::{Session, SessionError},
-    signals,
+    bpf::session::{Session, SessionError},
+    host::procscan::ProcScanner,
+    host::signals,
+    report::events::ViolationRecord,
+    report::output,
 };
 
 use crate::{
@@ -69,7 +69,7 @@ pub enum DaemonError {
     #[error("the enforcement thread failed: {0}")]
     Thread(String),
     #[error("cannot read the node's processes: {0}")]
-    Scan(#[source] mapguard_enforcer::procscan::ScanError),
+    Scan(#[source] mapguard_enforcer::host::procscan::ScanError),
 }
 
 /// Runs until SIGTERM or SIGINT; returns the exit status (128+N).
@@ -168,7 +168,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     // processes are still stopped.
     let pin = args.bpf_pin_dir.join("held");
     let adopted = if args.exec_hold {
-        mapguard_enforcer::loader::take_pinned_holds(&pin).unwrap_or_default()
+        mapguard_enforcer::bpf::loader::take_pinned_holds(&pin).unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -191,7 +191,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
     };
     if hook.is_none() {
         for (pid, hold) in &adopted {
-            if mapguard_enforcer::procfs::started_by(*pid, hold.boot_ns) {
+            if mapguard_enforcer::host::procfs::started_by(*pid, hold.boot_ns) {
                 tracing::warn!(
                     pid,
                     "releasing a process an agent that stopped held at exec"
@@ -288,7 +288,7 @@ fn stop_state(
     metrics: &Metrics,
 ) -> Option<reconcile::StopState> {
     let pin = args.bpf_pin_dir.join("stopped");
-    let adopted = mapguard_enforcer::loader::take_pinned_stops(&pin).unwrap_or_default();
+    let adopted = mapguard_enforcer::bpf::loader::take_pinned_stops(&pin).unwrap_or_default();
     let _ = std::fs::create_dir_all(&args.bpf_pin_dir);
     let table = match session.stop_table() {
         Ok(table) => table,

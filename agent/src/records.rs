@@ -18,7 +18,7 @@
 //! the CRD: `manifests/crd/mapviolations.yaml`.
 //!
 //! ```no_run
-//! # async fn wire(client: kube::Client, report: mapguard_enforcer::events::ViolationRecord) {
+//! # async fn wire(client: kube::Client, report: mapguard_enforcer::report::events::ViolationRecord) {
 //! use mapguard_agent::records::{Origin, PodRef, RecordWriter, RecordsConfig};
 //!
 //! // On the agent's tokio runtime, once; the registry is the one /metrics serves.

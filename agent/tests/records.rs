@@ -18,7 +18,7 @@ use mapguard_agent::records::{
 };
 use mapguard_api::resource::MapViolation;
 use mapguard_api::vocab::{Kind, Op};
-use mapguard_enforcer::events::ViolationRecord;
+use mapguard_enforcer::report::events::ViolationRecord;
 use mapguard_testenv::TestEnv;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -40,7 +40,7 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use mapguard_enforcer::{goelf::ReadLimits, target::BinaryTarget};
+use mapguard_enforcer::{binary::goelf::ReadLimits, binary::target::BinaryTarget};
 use mapguard_testenv::TestEnv;
 use pod_process::{container_of, create_pod, start_in, wait};
 use serde_json::json;

@@ -436,7 +436,7 @@ fn cpu_per_request(
     instance: &Instance,
     pacing: Pacing,
 ) -> Result<Cpu> {
-    use mapguard_enforcer::procfs::cpu_time;
+    use mapguard_enforcer::host::procfs::cpu_time;
     let pid = instance.service_pid()?;
     let agent = instance.enforcer_pid();
     let cpu = |pid: u32| cpu_time(pid).with_context(|| format!("CPU time of pid {pid}"));

@@ -21,7 +21,9 @@ use std::{
 };
 
 use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
-use mapguard_enforcer::procscan::{DEFAULT_PROC_ROOT, DEFAULT_REREAD_EVERY, ExeFor, ProcScanner};
+use mapguard_enforcer::host::procscan::{
+    DEFAULT_PROC_ROOT, DEFAULT_REREAD_EVERY, ExeFor, ProcScanner,
+};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)

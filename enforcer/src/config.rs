@@ -7,9 +7,9 @@ use mapguard_api::mode::{Coverage, Mode};
 use mapguard_duration as duration;
 
 use crate::{
-    coverage::{SampleSettings, parse_budget},
-    goelf::ReadLimits,
-    loader::{AttachKind, ProbeAt, ProbeProgram},
+    binary::goelf::ReadLimits,
+    bpf::coverage::{SampleSettings, parse_budget},
+    bpf::loader::{AttachKind, ProbeAt, ProbeProgram},
 };
 
 /// mapguard-enforcer: halts Go processes at the moment they race on a map.

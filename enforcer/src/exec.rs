@@ -31,9 +31,9 @@ use nix::{
 use mapguard_api::{mode::Mode, vocab::Action};
 
 use crate::{
+    bpf::session::{Session, SessionError},
     config::ExecArgs,
-    session::{Session, SessionError},
-    signals,
+    host::signals,
 };
 
 /// Exit status of `exec` when the program was stopped by mapguard.

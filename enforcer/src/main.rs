@@ -13,8 +13,9 @@
 
 use clap::Parser as _;
 use mapguard_enforcer::{
+    binary::target,
     config::{Command, Config},
-    exec, target, watch,
+    exec, watch,
 };
 
 fn main() {

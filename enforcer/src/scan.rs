@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::goelf::{
+use crate::binary::goelf::{
     GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, PlannedWrapper,
     ReadLimits, RuntimeLayout, StepHandling,
 };

@@ -10,10 +10,10 @@ use std::{
 use mapguard_api::mode::{Coverage, Mode};
 
 use crate::{
+    bpf::session::{Session, SessionError},
     config::WatchArgs,
-    procfs::alive,
-    session::{Session, SessionError},
-    signals,
+    host::procfs::alive,
+    host::signals,
 };
 
 /// Why `watch` could not start.
@@ -113,8 +113,8 @@ fn watch_pid(
     };
     // Keyed by the file the kernel probes: processes of one image in
     // several containers share one analysis.
-    let opened =
-        crate::procfs::open_exe(Path::new("/proc"), pid).ok_or(WatchError::NoProcess { pid })?;
+    let opened = crate::host::procfs::open_exe(Path::new("/proc"), pid)
+        .ok_or(WatchError::NoProcess { pid })?;
     let target = session
         .binary_opened(&exe, opened.file, opened.id, None)
         .map_err(|e| match e {

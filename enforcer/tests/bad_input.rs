@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use mapguard_enforcer::goelf::pclntab::HEADER_MAGIC;
+use mapguard_enforcer::binary::goelf::pclntab::HEADER_MAGIC;
 
 use support::{enforcer, program, require_bpf, wait_no_mapguard_programs};
 

@@ -19,9 +19,9 @@ use std::{
 
 use kube_cgroup::{Driver, Hierarchy, KubeCgroup, Name, Qos, Spec};
 use mapguard_enforcer::{
-    cgroup::{self, Container, Placement, QosClass, Reason, Runtime},
-    procfs,
-    procscan::{DEFAULT_PROC_ROOT, ExeFor, FileId, ProcScanner, Scan},
+    host::cgroup::{self, Container, Placement, QosClass, Reason, Runtime},
+    host::procfs,
+    host::procscan::{DEFAULT_PROC_ROOT, ExeFor, FileId, ProcScanner, Scan},
 };
 
 /// A child process killed and reaped on drop (declare it after the cgroup

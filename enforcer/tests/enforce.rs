@@ -344,7 +344,7 @@ fn pie_programs_killed_are_reported_with_symbolized_stacks() {
 /// Every classic-map build of `corrupt/bad_map_state`: the releases whose
 /// default maps are classic, and the `GOEXPERIMENT=noswissmap` builds.
 fn classic_corruption_builds() -> Vec<(String, std::path::PathBuf)> {
-    use mapguard_enforcer::goelf::{MapImpl, release::RELEASES};
+    use mapguard_enforcer::binary::goelf::{MapImpl, release::RELEASES};
     let mut builds: Vec<_> = RELEASES
         .iter()
         .filter(|r| r.maps.imp == MapImpl::Classic)
@@ -462,7 +462,9 @@ fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
     if !require_bpf("probes_are_attached_as_one_uprobe_multi_link_by_default") {
         return;
     }
-    use mapguard_enforcer::loader::{AttachKind, Enforcer, ProbeAt, ProbeProgram, Probes, Scope};
+    use mapguard_enforcer::bpf::loader::{
+        AttachKind, Enforcer, ProbeAt, ProbeProgram, Probes, Scope,
+    };
     let auto = Enforcer::load(ProbeProgram::Enforce, ProbeAt::Planned, AttachKind::Auto)
         .expect("load the enforcer");
     assert!(auto.uses_multi_links(), "uprobe_multi links on Linux 6.18");
@@ -470,7 +472,7 @@ fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
     let mut perf = Enforcer::load(ProbeProgram::Enforce, ProbeAt::Planned, AttachKind::Perf)
         .expect("load for perf events");
     assert!(!perf.uses_multi_links());
-    let target = mapguard_enforcer::target::BinaryTarget::analyse(
+    let target = mapguard_enforcer::binary::target::BinaryTarget::analyse(
         &program(versions()[0], "clean", "mutex"),
         0,
         Default::default(),

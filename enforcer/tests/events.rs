@@ -11,9 +11,9 @@ use std::{
 
 use mapguard_common::{MAX_FRAMES, Violation, action, detector, kind, op};
 use mapguard_enforcer::{
-    events::{Reporter, decode, summary},
-    goelf::GoBinary,
-    target::BinaryTarget,
+    binary::goelf::GoBinary,
+    binary::target::BinaryTarget,
+    report::events::{Reporter, decode, summary},
 };
 use support::program;
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use mapguard_enforcer::goelf::{
+use mapguard_enforcer::binary::goelf::{
     ArgLoc, BackstopVia, GoBinary, GoReg, LayoutSource, MapImpl, MapOp, MessageClass, StepHandling,
     release,
 };
@@ -73,7 +73,7 @@ fn the_toolchains_are_the_release_table() {
     assert_eq!(
         tested,
         versions(),
-        "tests/go/toolchains must name one toolchain per release of enforcer/src/goelf/release.rs"
+        "tests/go/toolchains must name one toolchain per release of enforcer/src/binary/goelf/release.rs"
     );
     // Every release whose maps can be switched has that build tested.
     for r in release::RELEASES {

@@ -26,7 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use mapguard_enforcer::events::{ViolationRecord, short_frame};
+use mapguard_enforcer::report::events::{ViolationRecord, short_frame};
 
 use crate::records::CallSitePair;
 

@@ -29,8 +29,8 @@ use mapguard_api::{
 };
 
 use mapguard_enforcer::{
-    cgroup::PodInfo, events::ViolationRecord, procfs, procscan::ProcScanner, session::Session,
-    target::BinaryTarget,
+    binary::target::BinaryTarget, bpf::session::Session, host::cgroup::PodInfo, host::procfs,
+    host::procscan::ProcScanner, report::events::ViolationRecord,
 };
 
 use super::{
@@ -157,7 +157,7 @@ impl Enforcement {
             idle: HashMap::new(),
             limits: PodLimits::default(),
             drops: fairness::Drops::default(),
-            unified: mapguard_enforcer::cgroup::unified::mount_point(),
+            unified: mapguard_enforcer::host::cgroup::unified::mount_point(),
         }
     }
 

@@ -9,7 +9,7 @@
 use mapguard_api::resource::MapViolationSpec;
 use mapguard_api::vocab::{Kind, Op};
 
-use mapguard_enforcer::events::{ViolationRecord, short_frame, user_frame};
+use mapguard_enforcer::report::events::{ViolationRecord, short_frame, user_frame};
 
 /// Kind, operations and user call sites of a violation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -18,7 +18,7 @@ use super::pair::CallSitePair;
 use super::pod_events::PodEvents;
 use super::queue::{Admission, Observation, Pending, PodRef, Queue, RecordKey};
 use super::store::{Store, Written};
-use mapguard_enforcer::events::ViolationRecord;
+use mapguard_enforcer::report::events::ViolationRecord;
 
 /// Settings of the writer (the daemon's configuration owns their flags).
 #[derive(Debug, Clone)]

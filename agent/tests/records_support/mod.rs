@@ -15,7 +15,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use mapguard_agent::records::{Origin, PodRef, RecordWriter, RecordsConfig};
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
-use mapguard_enforcer::events::ViolationRecord;
+use mapguard_enforcer::report::events::ViolationRecord;
 use mapguard_testenv::{BoundPod, TestEnv};
 use prometheus_client::registry::Registry;
 use serde::Deserialize as _;

@@ -66,7 +66,7 @@ pub struct Installed {
 
 /// The Go toolchain recorded in a binary's build info (`go1.26.8`).
 pub fn go_version(binary: &Path) -> Result<String> {
-    use mapguard_enforcer::goelf::version::{find_buildinfo, read_version};
+    use mapguard_enforcer::binary::goelf::version::{find_buildinfo, read_version};
     let data = std::fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
     let blob = find_buildinfo(None, &data)
         .with_context(|| format!("{}: no Go build info", binary.display()))?;

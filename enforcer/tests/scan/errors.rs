@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mapguard_enforcer::goelf::{GoBinary, GoElfError, MapImpl};
+use mapguard_enforcer::binary::goelf::{GoBinary, GoElfError, MapImpl};
 
 use super::{noswiss_versions, prog, repo_root, support, toolchain_version, versions};
 
@@ -59,7 +59,7 @@ fn with_version(mut data: Vec<u8>, real: &str, fake: &str) -> Vec<u8> {
 }
 
 fn assert_unsupported(err: &GoElfError, found: &str) {
-    let supported = mapguard_enforcer::goelf::release::supported_list();
+    let supported = mapguard_enforcer::binary::goelf::release::supported_list();
     match err {
         GoElfError::UnsupportedGoVersion {
             found: f,

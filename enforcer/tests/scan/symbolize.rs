@@ -5,7 +5,7 @@ use std::fs::File;
 use std::process::Command;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
-use mapguard_enforcer::goelf::{GoBinary, ProbePlan, StepHandling};
+use mapguard_enforcer::binary::goelf::{GoBinary, ProbePlan, StepHandling};
 
 use super::{open, prog, source_line, versions};
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 pub fn versions() -> &'static [&'static str] {
     static TAGS: OnceLock<Vec<&'static str>> = OnceLock::new();
     TAGS.get_or_init(|| {
-        mapguard_enforcer::goelf::release::RELEASES
+        mapguard_enforcer::binary::goelf::release::RELEASES
             .iter()
             .map(|r| &*format!("go{}", r.name()).leak())
             .collect()

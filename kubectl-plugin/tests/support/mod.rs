@@ -14,7 +14,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use mapguard_agent::records::{CallSitePair, Origin, PodRef, RecordWriter};
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
-use mapguard_enforcer::events::ViolationRecord;
+use mapguard_enforcer::report::events::ViolationRecord;
 use mapguard_testenv::{BoundPod, TestEnv, ensure_namespace};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};

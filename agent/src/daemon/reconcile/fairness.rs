@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use mapguard_enforcer::cgroup::unified;
+use mapguard_enforcer::host::cgroup::unified;
 
 use super::{Enforcement, Placed, workload_labels};
 use crate::daemon::{metrics::WorkloadLabels, pods::PodMap};
@@ -138,7 +138,7 @@ impl Enforcement {
             .retain(|pid, _| enforced.contains_key(pid));
         self.drops
             .refused
-            .retain(|(pid, _)| mapguard_enforcer::procfs::alive(*pid));
+            .retain(|(pid, _)| mapguard_enforcer::host::procfs::alive(*pid));
         let mut owners: HashMap<u64, (WorkloadLabels, String)> = HashMap::new();
         if let Some(exec) = &self.exec {
             for (uid, id) in exec.pod_cgroups() {

@@ -21,9 +21,9 @@ use std::{
 };
 
 use mapguard_enforcer::{
-    goelf::ReadLimits,
-    procfs::{self, OpenedExe},
-    target::{BinaryTarget, TargetError},
+    binary::goelf::ReadLimits,
+    binary::target::{BinaryTarget, TargetError},
+    host::procfs::{self, OpenedExe},
 };
 
 /// Operations running at once (not counting those given up).
@@ -367,7 +367,7 @@ mod tests {
                 exe: None,
             })
             .collect();
-        let sleep = mapguard_enforcer::procfs::real_file_id(Path::new("/proc"), keys[0].pid)
+        let sleep = mapguard_enforcer::host::procfs::real_file_id(Path::new("/proc"), keys[0].pid)
             .expect("sleep's file");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

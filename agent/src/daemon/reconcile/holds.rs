@@ -32,9 +32,9 @@ use mapguard_common::{
 
 use super::{Enforcement, Placed, files::ProcessKey, wanted, workload_labels};
 use mapguard_enforcer::{
-    cgroup::{self, unified},
-    loader::ExecHook,
-    procfs,
+    bpf::loader::ExecHook,
+    host::cgroup::{self, unified},
+    host::procfs,
 };
 
 use crate::daemon::pods::{PodMap, PodPolicy};

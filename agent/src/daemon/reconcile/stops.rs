@@ -21,7 +21,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use mapguard_enforcer::{loader::StopTable, procfs};
+use mapguard_enforcer::{bpf::loader::StopTable, host::procfs};
 
 use crate::config::AfterStop;
 

@@ -6,7 +6,7 @@ use mapguard_api::mode::Mode;
 use mapguard_common::{CgroupPolicy, cgroup_kind};
 
 use super::KindLabels;
-use mapguard_enforcer::cgroup::{self, unified};
+use mapguard_enforcer::host::cgroup::{self, unified};
 
 use crate::daemon::{
     pods::{PodMap, PodPolicy},

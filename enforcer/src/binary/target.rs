@@ -11,7 +11,7 @@ use std::{
 
 use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
-use crate::goelf::{
+use crate::binary::goelf::{
     ArgLoc, BackstopVia, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe, ReadLimits,
 };
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::coverage::SampleSettings;
+use crate::bpf::coverage::SampleSettings;
 
 /// Off time is never longer than this, whatever the estimate (a sampled
 /// process is looked at at least every ten minutes).

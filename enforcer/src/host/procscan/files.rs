@@ -130,7 +130,7 @@ impl ProcDir {
         let Ok(name) = std::ffi::CString::new(self.name.as_str()) else {
             return Err(Gone);
         };
-        match crate::procfs::cached_file_id(self.dir.as_fd(), &name) {
+        match crate::host::procfs::cached_file_id(self.dir.as_fd(), &name) {
             Ok((dev, ino)) => Ok(Exe::File(FileId { dev, ino })),
             Err(Errno::ESRCH) => Err(Gone),
             Err(Errno::ENOENT) => Ok(Exe::Missing),

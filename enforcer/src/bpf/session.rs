@@ -18,15 +18,16 @@ use mapguard_api::{
 };
 
 use crate::{
+    binary::goelf::ReadLimits,
+    binary::target::{BinaryTarget, TargetError},
+    bpf::coverage::SampleSettings,
+    bpf::loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
+    bpf::monitor::Monitor,
+    bpf::sampler::{Estimate, Sampled, Sampler},
     config::{EnforceArgs, LatencyWindows},
-    coverage::SampleSettings,
-    events::{Reporter, ViolationRecord},
-    goelf::ReadLimits,
-    loader::{Enforcer, LoaderError, ProbeSetId, Probes, Scope},
-    monitor::Monitor,
-    output, procfs,
-    sampler::{Estimate, Sampled, Sampler},
-    target::{BinaryTarget, TargetError},
+    host::procfs,
+    report::events::{Reporter, ViolationRecord},
+    report::output,
 };
 
 /// Why a session could not start or take on a target.
@@ -190,7 +191,7 @@ impl Session {
     ) -> Result<Arc<BinaryTarget>, SessionError> {
         let file = procfs::file_id(path).ok_or_else(|| SessionError::Target {
             path: path.to_path_buf(),
-            error: TargetError::GoElf(crate::goelf::GoElfError::Io {
+            error: TargetError::GoElf(crate::binary::goelf::GoElfError::Io {
                 path: path.to_path_buf(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             }),
@@ -213,7 +214,7 @@ impl Session {
         }
         let opened = std::fs::File::open(path).map_err(|source| SessionError::Target {
             path: path.to_path_buf(),
-            error: TargetError::GoElf(crate::goelf::GoElfError::Io {
+            error: TargetError::GoElf(crate::binary::goelf::GoElfError::Io {
                 path: path.to_path_buf(),
                 source,
             }),
@@ -345,7 +346,7 @@ impl Session {
                 Cpu::Binary(procfs::file_id(&binary.path).unwrap_or_default()),
             ),
         };
-        let map_ops = match crate::coverage::map_probes(coverage) {
+        let map_ops = match crate::bpf::coverage::map_probes(coverage) {
             Some(which) => Some(self.enforcer.add_probes(binary, which, scope)?),
             None => None,
         };
@@ -413,7 +414,7 @@ impl Session {
     }
 
     /// The kernel's table of processes the probes stopped (node agent).
-    pub fn stop_table(&mut self) -> Result<crate::loader::StopTable, SessionError> {
+    pub fn stop_table(&mut self) -> Result<crate::bpf::loader::StopTable, SessionError> {
         Ok(self.enforcer.stop_table()?)
     }
 
@@ -421,13 +422,13 @@ impl Session {
     pub fn exec_hook(
         &mut self,
         pin: Option<&Path>,
-    ) -> Result<crate::loader::ExecHook, SessionError> {
+    ) -> Result<crate::bpf::loader::ExecHook, SessionError> {
         Ok(self.enforcer.exec_hook(pin)?)
     }
 
     /// Names the Pod of process `pid` in its reports (the node agent knows
     /// more than the process's cgroup says).
-    pub fn set_pod(&mut self, pid: u32, pod: crate::cgroup::PodInfo) {
+    pub fn set_pod(&mut self, pid: u32, pod: crate::host::cgroup::PodInfo) {
         self.monitor.reporter.set_pod(pid, pod);
     }
 

@@ -35,7 +35,7 @@ use std::{
 use files::{Exe, ProcDir};
 use nix::errno::Errno;
 
-use crate::cgroup::{self, Placement};
+use crate::host::cgroup::{self, Placement};
 
 /// The root every node agent reads unless told otherwise.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
@@ -399,7 +399,7 @@ mod tests {
             .expect("this process is listed");
         let text = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
         assert_eq!(own.placement, cgroup::placement(&text));
-        let exe = crate::procfs::file_id(Path::new("/proc/self/exe")).expect("own exe");
+        let exe = crate::host::procfs::file_id(Path::new("/proc/self/exe")).expect("own exe");
         assert_eq!(own.exe.map(<(u64, u64)>::from), Some(exe));
         assert!(
             scan.processes.windows(2).all(|w| w[0].pid < w[1].pid),

@@ -8,7 +8,7 @@
 //!   most real services read maps far more often than they write them.
 //! - `sampled`: every map operation during on-windows, nothing in between;
 //!   the off time is chosen per process so that the probes' estimated cost
-//!   stays within a budget ([`crate::sampler`]).
+//!   stays within a budget ([`crate::bpf::sampler`]).
 //! - `light`: only the runtime's crash paths, which a healthy process never
 //!   reaches: zero cost, and a race the runtime itself notices is still
 //!   reported, with the goroutine and call site that saw it, and stopped or
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use mapguard_api::mode::Coverage;
 
-use crate::loader::Probes;
+use crate::bpf::loader::Probes;
 
 /// Which map functions `coverage` probes (all or part of the time), if any.
 pub fn map_probes(coverage: Coverage) -> Option<Probes> {

@@ -42,7 +42,7 @@ use mapguard_common::{
     ProcConfig, TaskConfig, op, stat,
 };
 
-use crate::target::BinaryTarget;
+use crate::binary::target::BinaryTarget;
 
 /// The BPF object built by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mapguard-ebpf"));
@@ -262,7 +262,7 @@ impl Enforcer {
         scope: Scope,
         attach: bool,
     ) -> Result<ProbeSetId, LoaderError> {
-        let points: Vec<(u32, &crate::target::AttachPoint)> = target
+        let points: Vec<(u32, &crate::binary::target::AttachPoint)> = target
             .points
             .iter()
             .enumerate()
@@ -740,10 +740,10 @@ impl Drop for Enforcer {
 /// (`ProcConfig::start`): 0 (not checked) where `/proc` counts in other
 /// ticks than the probes; gone already, an entry no process matches.
 fn start_ticks(pid: u32) -> u64 {
-    if crate::procfs::ticks_per_second() != Some(1_000_000_000 / NS_PER_CLOCK_TICK) {
+    if crate::host::procfs::ticks_per_second() != Some(1_000_000_000 / NS_PER_CLOCK_TICK) {
         return 0;
     }
-    crate::procfs::start_time(pid).unwrap_or(u64::MAX)
+    crate::host::procfs::start_time(pid).unwrap_or(u64::MAX)
 }
 
 /// Hands the probes the `task_struct` offsets of a process's start time

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
-use crate::{cgroup::PodInfo, sampler::Estimate, target::BinaryTarget};
+use crate::{binary::target::BinaryTarget, bpf::sampler::Estimate, host::cgroup::PodInfo};
 
 mod time;
 

@@ -195,8 +195,8 @@ pub const DWARF_STRUCTS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::goelf::release;
-    use crate::goelf::version::GoVersion;
+    use crate::binary::goelf::release;
+    use crate::binary::goelf::version::GoVersion;
 
     fn table(raw: &str) -> RuntimeLayout {
         let (r, m) = release::lookup(&GoVersion::parse(raw).expect("v")).expect("supported");

@@ -6,7 +6,7 @@ use std::{ops::Range, path::PathBuf};
 use mapguard_common::op;
 
 use super::Link;
-use crate::target::AttachPoint;
+use crate::binary::target::AttachPoint;
 
 /// Handle of a probe set in its [`super::Enforcer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +69,7 @@ impl Scope {
 pub(super) struct ProbeSet {
     /// The file analysed, attached through its descriptor (kept open
     /// while the set lives: sampled sets attach again and again).
-    pub file: crate::target::AnalysedFile,
+    pub file: crate::binary::target::AnalysedFile,
     /// Its name, for messages.
     pub name: PathBuf,
     pub symbols: Vec<String>,

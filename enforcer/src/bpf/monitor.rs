@@ -5,7 +5,7 @@ use std::{os::fd::AsRawFd as _, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 
-use crate::events::{Reporter, ViolationRecord};
+use crate::report::events::{Reporter, ViolationRecord};
 
 /// Records handled per [`Monitor::drain`] (a full ring buffer holds about
 /// 800).
