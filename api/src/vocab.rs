@@ -18,7 +18,7 @@ macro_rules! vocabulary {
         $( $(#[$vmeta:meta])* $variant:ident = $number:path => $word:literal ),+ $(,)?
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name {
             $( $(#[$vmeta])* $variant, )+
             /// A number the kernel side does not define (never sent by it).

@@ -9,10 +9,29 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use mapguard_api::vocab::Op;
+
 use crate::binary::goelf::{
-    GoBinary, GoElfError, MapImpl, MapOp, PlannedBackstop, PlannedProbe, PlannedWrapper,
+    GoBinary, GoElfError, MapImpl, PlannedBackstop, PlannedProbe, PlannedWrapper, ProbePlan,
     ReadLimits, RuntimeLayout, StepHandling,
 };
+
+/// The operations no probe covers, each word once (`iterate` is both the
+/// start and the steps of an iteration: missing when neither is probed).
+fn ops_without_probe(plan: &ProbePlan) -> Vec<Op> {
+    let probed = |word: &str| {
+        Op::KNOWN
+            .iter()
+            .any(|&op| op.as_str() == word && plan.probes_for(op).next().is_some())
+    };
+    let mut missing: Vec<Op> = Vec::new();
+    for &op in Op::KNOWN {
+        if !probed(op.as_str()) && !missing.iter().any(|m| m.as_str() == op.as_str()) {
+            missing.push(op);
+        }
+    }
+    missing
+}
 
 fn handling(h: StepHandling) -> &'static str {
     match h {
@@ -52,7 +71,7 @@ pub struct Summary {
     pub single_stepped: usize,
     pub rejected: usize,
     /// Operation classes with no probe (their functions are not linked in).
-    pub ops_without_probe: Vec<MapOp>,
+    pub ops_without_probe: Vec<Op>,
 }
 
 impl ScanReport {
@@ -69,10 +88,7 @@ impl ScanReport {
             emulated: count(StepHandling::Emulated),
             single_stepped: count(StepHandling::SingleStep),
             rejected: count(StepHandling::Rejected),
-            ops_without_probe: MapOp::ALL
-                .into_iter()
-                .filter(|op| plan.probes_for(*op).next().is_none())
-                .collect(),
+            ops_without_probe: ops_without_probe(&plan),
         };
         Ok(ScanReport {
             path: bin.path().display().to_string(),
@@ -194,7 +210,7 @@ impl fmt::Display for ScanReport {
             s.emulated, s.single_stepped, s.rejected
         )?;
         if !s.ops_without_probe.is_empty() {
-            let ops: Vec<&str> = s.ops_without_probe.iter().map(MapOp::as_str).collect();
+            let ops: Vec<&str> = s.ops_without_probe.iter().map(|op| op.as_str()).collect();
             write!(
                 f,
                 "; not linked in (program never does them): {}",

@@ -479,7 +479,7 @@ fn probes_are_attached_as_one_uprobe_multi_link_by_default() {
     )
     .expect("analyse");
     let set = perf
-        .add_probes(&target, Probes::MapOps, Scope::AllProcesses { mode: 0 })
+        .add_probes(&target, Probes::MapOps, Scope::AllProcesses { mode: None })
         .expect("attach perf events");
     assert!(perf.is_enabled(set));
     perf.set_enabled(set, false).expect("switch off");

@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use mapguard_api::vocab::{CrashMessage, Detector, Op};
 use mapguard_enforcer::binary::goelf::{
-    ArgLoc, BackstopVia, GoBinary, GoReg, LayoutSource, MapImpl, MapOp, MessageClass, StepHandling,
-    release,
+    ArgLoc, GoBinary, GoReg, LayoutSource, MapImpl, StepHandling, release,
 };
 use mapguard_enforcer::scan::ScanReport;
 
@@ -125,7 +125,7 @@ fn every_op_class_is_planned_on_an_emulated_push_rbp() {
         let bin = open(v, "clean/mutex");
         let plan = bin.probe_plan().expect("probe plan");
         let data = std::fs::read(bin.path()).expect("read binary");
-        for op in MapOp::ALL {
+        for op in Op::KNOWN.iter().copied() {
             assert!(
                 plan.probes_for(op).next().is_some(),
                 "{v}: no probe for {op}"
@@ -179,7 +179,7 @@ fn every_op_class_is_planned_on_an_emulated_push_rbp() {
             ArgLoc::Reg { reg: GoReg::Rbx },
             "{v}: map in RBX"
         );
-        let next = plan.probes_for(MapOp::IterNext).next().expect("iter next");
+        let next = plan.probes_for(Op::IterNext).next().expect("iter next");
         assert_eq!(
             next.map_arg,
             ArgLoc::ViaIterator {
@@ -335,7 +335,9 @@ fn noswissmap_builds_are_classic() {
             "{v}"
         );
         assert!(
-            plan.backstops.iter().any(|b| b.via == BackstopVia::Throw),
+            plan.backstops
+                .iter()
+                .any(|b| b.via == Detector::RuntimeThrow),
             "{v}: classic maps' throw path probed"
         );
     }
@@ -460,15 +462,15 @@ fn runtime_map_race_messages_are_located() {
         let fatal = plan
             .backstops
             .iter()
-            .find(|b| b.via == BackstopVia::Fatal)
+            .find(|b| b.via == Detector::RuntimeFatal)
             .expect("runtime.fatal probed");
         assert_eq!(fatal.symbol, "runtime.fatal");
-        let mut classes: Vec<MessageClass> = fatal.messages.iter().map(|m| m.class).collect();
+        let mut classes: Vec<CrashMessage> = fatal.messages.iter().map(|m| m.class).collect();
         classes.dedup();
         for want in [
-            MessageClass::Writes,
-            MessageClass::Read,
-            MessageClass::Iteration,
+            CrashMessage::Writes,
+            CrashMessage::Read,
+            CrashMessage::Iteration,
         ] {
             assert!(
                 classes.contains(&want),
@@ -492,13 +494,13 @@ fn runtime_map_race_messages_are_located() {
             let throw = plan
                 .backstops
                 .iter()
-                .find(|b| b.via == BackstopVia::Throw)
+                .find(|b| b.via == Detector::RuntimeThrow)
                 .unwrap_or_else(|| panic!("{version}/{rel}: runtime.throw probed"));
             assert!(
                 throw
                     .messages
                     .iter()
-                    .any(|m| m.class == MessageClass::ReleasedBucket),
+                    .any(|m| m.class == CrashMessage::BadMapState),
                 "{version}/{rel}: bad map state located: {:?}",
                 throw.messages
             );
@@ -540,7 +542,7 @@ fn read_wrappers_are_not_probed_beside_their_worker() {
         let mut found: Vec<(&str, &str)> = plan
             .wrappers
             .iter()
-            .filter(|w| w.op == MapOp::Read)
+            .filter(|w| w.op == Op::Read)
             .map(|w| (w.symbol.as_str(), w.worker.as_str()))
             .collect();
         found.sort();

@@ -38,9 +38,9 @@ pub use disasm::StepHandling;
 pub use layout::{LayoutSource, MapLayout, RuntimeLayout};
 pub use pclntab::{Frame, FuncInfo, PclntabError, Symbolizer};
 pub use plan::{
-    ArgLoc, GoReg, LocatedMessage, MapOp, PlannedBackstop, PlannedProbe, PlannedWrapper, ProbePlan,
+    ArgLoc, GoReg, LocatedMessage, PlannedBackstop, PlannedProbe, PlannedWrapper, ProbePlan,
 };
-pub use release::{BackstopVia, MapRuntime, MessageClass, Release};
+pub use release::{MapRuntime, Release};
 pub use source::{DEFAULT_MAX_BINARY_SIZE, MAX_PIECE, ReadLimits, Size};
 pub use version::GoVersion;
 

@@ -9,10 +9,11 @@ use std::{
     sync::Arc,
 };
 
+use mapguard_api::vocab::{Detector, Op};
 use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
 use crate::binary::goelf::{
-    ArgLoc, BackstopVia, GoBinary, GoElfError, GoReg, MapImpl, MapOp, PlannedProbe, ReadLimits,
+    ArgLoc, GoBinary, GoElfError, GoReg, MapImpl, PlannedProbe, ReadLimits,
 };
 
 /// Why a binary cannot be enforced on.
@@ -148,7 +149,7 @@ impl BinaryTarget {
         let returns: Vec<AttachPoint> = plan
             .probes
             .iter()
-            .filter(|p| p.op == MapOp::Delete)
+            .filter(|p| p.op == Op::Delete)
             .flat_map(|p| {
                 let entry = p.file_offset - p.insn_offset;
                 p.ret_offsets.iter().map(move |ret| AttachPoint {
@@ -171,8 +172,11 @@ impl BinaryTarget {
                 entry_file_offset: backstop.file_offset,
                 cfg: ProbeConfig {
                     op: match backstop.via {
-                        BackstopVia::Fatal => op::FATAL,
-                        BackstopVia::Throw => op::THROW,
+                        Detector::RuntimeFatal => op::FATAL,
+                        Detector::RuntimeThrow => op::THROW,
+                        other => unreachable!(
+                            "the release table's backstops are crash paths, not {other}"
+                        ),
                     },
                     arg_kind: arg::NONE,
                     ..base
@@ -185,7 +189,7 @@ impl BinaryTarget {
                     len: m.text.len() as u32,
                     delta: m.vaddr.wrapping_sub(backstop.func_vaddr) as i64,
                 };
-                (key, m.class.code())
+                (key, kernel_number(m.class.kernel()))
             }));
         }
         points.extend(returns);
@@ -261,7 +265,7 @@ fn compile(p: &PlannedProbe, base: ProbeConfig) -> AttachPoint {
         file_offset: p.file_offset,
         entry_file_offset: p.file_offset - p.insn_offset,
         cfg: ProbeConfig {
-            op: op_number(p.op),
+            op: kernel_number(p.op.kernel()),
             arg_kind,
             arg_reg,
             arg_offset,
@@ -270,16 +274,10 @@ fn compile(p: &PlannedProbe, base: ProbeConfig) -> AttachPoint {
     }
 }
 
-fn op_number(o: MapOp) -> u8 {
-    match o {
-        MapOp::Delete => op::DELETE,
-        MapOp::Assign => op::ASSIGN,
-        MapOp::Clear => op::CLEAR,
-        MapOp::Read => op::READ,
-        MapOp::IterStart => op::ITER_START,
-        MapOp::IterNext => op::ITER_NEXT,
-        MapOp::Grow => op::GROW,
-    }
+/// The kernel's number of a vocabulary value the release table names (the
+/// table names no unknown value: `vocab`'s tests and the release tests).
+fn kernel_number(n: Option<u8>) -> u8 {
+    n.expect("the release table names only values the kernel numbers")
 }
 
 fn reg_number(r: GoReg) -> u8 {

@@ -35,6 +35,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
+use mapguard_api::mode::Mode;
 use mapguard_common::{
     CgroupDrops, EventLimit, FatalMessage, LatencyKey, MAP_CGROUP_DROPS, MAP_DELETE_LATENCY,
     MAP_EVENT_LIMIT, MAP_EVENTS, MAP_FATAL_MESSAGES, MAP_HITS, MAP_PROBES, MAP_PROCS, MAP_STATS,
@@ -291,7 +292,7 @@ impl Enforcer {
                 let mut cfg = point.cfg;
                 cfg.binary_id = target.id;
                 cfg.point = *index;
-                cfg.mode = scope.mode();
+                cfg.mode = scope.kernel_mode();
                 offsets.push(match self.probe_at {
                     ProbeAt::Planned => point.file_offset,
                     ProbeAt::Entry => point.entry_file_offset,
@@ -590,11 +591,11 @@ impl Enforcer {
         &mut self,
         pid: u32,
         binary_id: u32,
-        mode: u8,
+        mode: Mode,
         shared_ops: u8,
     ) -> Result<(), LoaderError> {
         let cfg = ProcConfig {
-            mode,
+            mode: mode.kernel(),
             shared_ops,
             _pad: [0; 2],
             binary_id,

@@ -278,8 +278,7 @@ impl Session {
             return Ok(known);
         }
         let target = Arc::new(target);
-        // 0: no action of the probes' own (the process table's).
-        let mode = mode.map_or(0, Mode::kernel);
+        // None: no action of the probes' own (the process table's).
         let backstops =
             self.enforcer
                 .add_probes(&target, Probes::Backstops, Scope::AllProcesses { mode })?;
@@ -301,7 +300,6 @@ impl Session {
         coverage: Coverage,
     ) -> Result<(), SessionError> {
         use mapguard_common::shared_ops;
-        let mode = mode.kernel();
         self.monitor.reporter.remember_pod(pid);
         // A process the exec hook registered is checked by its binary's
         // shared probes until its own are attached: only then are they
@@ -328,8 +326,7 @@ impl Session {
         mode: Mode,
         coverage: Coverage,
     ) -> Result<(), SessionError> {
-        let mode = mode.kernel();
-        self.guard(binary, Scope::AllProcesses { mode }, coverage)
+        self.guard(binary, Scope::AllProcesses { mode: Some(mode) }, coverage)
     }
 
     fn guard(
@@ -402,7 +399,7 @@ impl Session {
         }
         let id =
             self.enforcer
-                .add_probes(binary, Probes::MapOps, Scope::AllProcesses { mode: 0 })?;
+                .add_probes(binary, Probes::MapOps, Scope::AllProcesses { mode: None })?;
         tracing::info!(binary = %binary.name.display(), "map functions probed for every process of the binary");
         self.shared_map_ops.insert(binary.id, id);
         Ok(())

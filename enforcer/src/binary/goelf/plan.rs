@@ -9,51 +9,10 @@ use std::fmt;
 use serde::Serialize;
 
 use super::disasm::{self, StepHandling};
-use super::release::{self, Backstop, BackstopVia, Candidate, MessageClass};
+use mapguard_api::vocab::{CrashMessage, Detector, Op};
+
+use super::release::{self, Backstop, Candidate};
 use super::{GoBinary, GoElfError};
-
-/// What a probed function does to the map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MapOp {
-    Delete,
-    Assign,
-    Clear,
-    Read,
-    IterStart,
-    IterNext,
-    Grow,
-}
-
-impl MapOp {
-    pub const ALL: [MapOp; 7] = [
-        MapOp::Delete,
-        MapOp::Assign,
-        MapOp::Clear,
-        MapOp::Read,
-        MapOp::IterStart,
-        MapOp::IterNext,
-        MapOp::Grow,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            MapOp::Delete => "delete",
-            MapOp::Assign => "assign",
-            MapOp::Clear => "clear",
-            MapOp::Read => "read",
-            MapOp::IterStart => "iter_start",
-            MapOp::IterNext => "iter_next",
-            MapOp::Grow => "grow",
-        }
-    }
-}
-
-impl fmt::Display for MapOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// An amd64 integer argument register of Go's ABIInternal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -147,7 +106,7 @@ impl fmt::Display for ArgLoc {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedProbe {
     pub symbol: String,
-    pub op: MapOp,
+    pub op: Op,
     /// ELF virtual address of the function's first instruction.
     pub func_vaddr: u64,
     /// Offset of the probed instruction from the function start.
@@ -168,7 +127,7 @@ pub struct PlannedProbe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedBackstop {
     pub symbol: &'static str,
-    pub via: BackstopVia,
+    pub via: Detector,
     /// ELF virtual address of the function's first instruction (the probe).
     pub func_vaddr: u64,
     pub file_offset: u64,
@@ -182,7 +141,7 @@ pub struct PlannedBackstop {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LocatedMessage {
     pub text: &'static str,
-    pub class: MessageClass,
+    pub class: CrashMessage,
     pub vaddr: u64,
 }
 
@@ -196,7 +155,7 @@ pub struct LocatedMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedWrapper {
     pub symbol: String,
-    pub op: MapOp,
+    pub op: Op,
     /// ELF virtual address of the wrapper's first instruction.
     pub func_vaddr: u64,
     /// The probed function that does the work.
@@ -213,7 +172,7 @@ pub struct ProbePlan {
 }
 
 impl ProbePlan {
-    pub fn probes_for(&self, op: MapOp) -> impl Iterator<Item = &PlannedProbe> {
+    pub fn probes_for(&self, op: Op) -> impl Iterator<Item = &PlannedProbe> {
         self.probes.iter().filter(move |p| p.op == op)
     }
 

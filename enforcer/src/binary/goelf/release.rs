@@ -15,7 +15,9 @@ use std::fmt::Write as _;
 
 use super::MapImpl;
 use super::layout::{ClassicMapLayout, MapLayout, SwissMapLayout};
-use super::plan::{MapArg, MapOp};
+use mapguard_api::vocab::{CrashMessage, Detector, Op};
+
+use super::plan::MapArg;
 use super::version::GoVersion;
 
 /// One supported Go release (every patch release and release candidate of
@@ -83,7 +85,7 @@ pub struct MapRuntime {
 #[derive(Debug)]
 pub struct Candidate {
     pub symbol: &'static str,
-    pub op: MapOp,
+    pub op: Op,
     pub arg: MapArg,
 }
 
@@ -93,70 +95,31 @@ pub struct Candidate {
 #[derive(Debug)]
 pub struct Backstop {
     pub symbol: &'static str,
-    pub via: BackstopVia,
+    /// Which crash path: [`Detector::RuntimeFatal`] (the runtime's own race
+    /// checks) or [`Detector::RuntimeThrow`] (an internal invariant broken,
+    /// here by a race); the detector its reports name.
+    pub via: Detector,
     pub messages: &'static [RaceMessage],
-}
-
-/// Which crash path a backstop is: `fatal` (the runtime's own race checks)
-/// or `throw` (an internal invariant broken, here by a race).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackstopVia {
-    Fatal,
-    Throw,
 }
 
 /// A message the runtime prints when it finds a map race, and what it means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaceMessage {
     pub text: &'static str,
-    pub class: MessageClass,
+    pub class: CrashMessage,
 }
 
-/// What a runtime message says happened (the kernel's class byte:
-/// `mapguard_common::message`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageClass {
-    /// Two writers at once.
-    Writes,
-    /// A read during a write.
-    Read,
-    /// An iteration step during a write.
-    Iteration,
-    /// `maps.Clone` during a write.
-    Clone,
-    /// The structure was corrupted by concurrent writers.
-    Corrupted,
-    /// An evacuation found a bucket written after it was released.
-    ReleasedBucket,
-}
-
-impl MessageClass {
-    pub fn code(self) -> u8 {
-        use mapguard_common::message as m;
-        match self {
-            MessageClass::Writes => m::WRITES,
-            MessageClass::Read => m::READ,
-            MessageClass::Iteration => m::ITERATION,
-            MessageClass::Clone => m::CLONE,
-            MessageClass::Corrupted => m::CORRUPTED,
-            MessageClass::ReleasedBucket => m::RELEASED_BUCKET,
-        }
-    }
-}
-
-const fn c(symbol: &'static str, op: MapOp, arg: MapArg) -> Candidate {
+const fn c(symbol: &'static str, op: Op, arg: MapArg) -> Candidate {
     Candidate { symbol, op, arg }
 }
 
-const fn msg(text: &'static str, class: MessageClass) -> RaceMessage {
+const fn msg(text: &'static str, class: CrashMessage) -> RaceMessage {
     RaceMessage { text, class }
 }
 
 use super::plan::GoReg::{Rax, Rbx, Rcx};
 use MapArg::{Reg, ViaIter};
-use MapOp::*;
+use Op::{Assign, Clear, Delete, Grow, IterNext, IterStart, Read};
 
 /// Every release in the table, oldest first.
 pub const RELEASES: &[Release] = &[
@@ -274,13 +237,13 @@ const COMMON: &[Candidate] = &[
 /// calls it too). A message a binary lacks (the `clone` one before
 /// `maps.Clone` was used) is simply not found in it.
 const RACE_MESSAGES: [RaceMessage; 4] = [
-    msg("concurrent map writes", MessageClass::Writes),
-    msg("concurrent map read and map write", MessageClass::Read),
+    msg("concurrent map writes", CrashMessage::Writes),
+    msg("concurrent map read and map write", CrashMessage::Read),
     msg(
         "concurrent map iteration and map write",
-        MessageClass::Iteration,
+        CrashMessage::Iteration,
     ),
-    msg("concurrent map clone and map write", MessageClass::Clone),
+    msg("concurrent map clone and map write", CrashMessage::Clone),
 ];
 
 /// Swiss maps add a corruption check of their own, also a `fatal`.
@@ -291,7 +254,7 @@ const SWISS_FATAL_MESSAGES: [RaceMessage; 5] = [
     RACE_MESSAGES[3],
     msg(
         "small map with no empty slot (concurrent map writes?)",
-        MessageClass::Corrupted,
+        CrashMessage::Corrupted,
     ),
 ];
 
@@ -331,14 +294,14 @@ pub const CLASSIC: MapRuntime = MapRuntime {
     backstops: &[
         Backstop {
             symbol: "runtime.fatal",
-            via: BackstopVia::Fatal,
+            via: Detector::RuntimeFatal,
             messages: &RACE_MESSAGES,
         },
         // evacuate*: a bucket entry written after the grow evacuated it.
         Backstop {
             symbol: "runtime.throw",
-            via: BackstopVia::Throw,
-            messages: &[msg("bad map state", MessageClass::ReleasedBucket)],
+            via: Detector::RuntimeThrow,
+            messages: &[msg("bad map state", CrashMessage::BadMapState)],
         },
     ],
 };
@@ -382,7 +345,7 @@ pub const SWISS: MapRuntime = MapRuntime {
     ],
     backstops: &[Backstop {
         symbol: "runtime.fatal",
-        via: BackstopVia::Fatal,
+        via: Detector::RuntimeFatal,
         messages: &SWISS_FATAL_MESSAGES,
     }],
 };
@@ -560,6 +523,25 @@ mod tests {
         }
     }
 
+    /// What `target` turns into kernel numbers: every operation, crash
+    /// message and crash path the table names has one (so the user side
+    /// never sends the kernel an unknown value).
+    #[test]
+    fn every_table_value_has_a_kernel_number() {
+        for release in RELEASES {
+            let maps = release.maps;
+            for c in candidates(maps).chain(maps.reflect) {
+                assert!(c.op.kernel().is_some(), "{}: {:?}", c.symbol, c.op);
+            }
+            for b in maps.backstops {
+                assert!(b.via.is_crash_path(), "{}: {:?}", b.symbol, b.via);
+                for m in b.messages {
+                    assert!(m.class.kernel().is_some(), "{}: {:?}", m.text, m.class);
+                }
+            }
+        }
+    }
+
     #[test]
     fn releases_are_unique_and_in_order() {
         for pair in RELEASES.windows(2) {
@@ -582,7 +564,7 @@ mod tests {
                 let fatal = m
                     .backstops
                     .iter()
-                    .find(|b| b.via == BackstopVia::Fatal)
+                    .find(|b| b.via == Detector::RuntimeFatal)
                     .unwrap_or_else(|| panic!("{}: no fatal backstop", r.name()));
                 assert!(
                     fatal

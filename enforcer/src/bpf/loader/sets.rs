@@ -3,6 +3,7 @@
 
 use std::{ops::Range, path::PathBuf};
 
+use mapguard_api::mode::Mode;
 use mapguard_common::op;
 
 use super::Link;
@@ -42,18 +43,21 @@ impl Probes {
 /// Whom a set's probes act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// One process (tgid), with this action (`mapguard_common::action`):
-    /// the kernel places the breakpoints in that process only.
-    Process { pid: u32, mode: u8 },
-    /// Every process running the binary, now or later, each with its mode
-    /// from the process table (`mode` 0) or all with `mode`.
-    AllProcesses { mode: u8 },
+    /// One process (tgid), with this action: the kernel places the
+    /// breakpoints in that process only.
+    Process { pid: u32, mode: Mode },
+    /// Every process running the binary, now or later, all with `mode`, or
+    /// (`None`) each with its mode from the process table.
+    AllProcesses { mode: Option<Mode> },
 }
 
 impl Scope {
-    pub(super) fn mode(self) -> u8 {
+    /// The probes' action number (`mapguard_common::action`; 0: the
+    /// process table's).
+    pub(super) fn kernel_mode(self) -> u8 {
         match self {
-            Scope::Process { mode, .. } | Scope::AllProcesses { mode } => mode,
+            Scope::Process { mode, .. } => mode.kernel(),
+            Scope::AllProcesses { mode } => mode.map_or(0, Mode::kernel),
         }
     }
 
