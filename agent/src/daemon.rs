@@ -19,12 +19,9 @@ pub mod pods;
 pub mod reconcile;
 pub mod workload;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use mapguard_enforcer::{
@@ -52,12 +49,8 @@ pub enum DaemonError {
     Kubeconfig(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error("cannot listen on {addr} for the ops port: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] mapguard_kube::ops::ListenError),
     #[error(transparent)]
     EventsSocket(#[from] events_socket::EventsSocketError),
     #[error(transparent)]
@@ -115,12 +108,7 @@ pub fn run(args: &DaemonArgs) -> Result<i32, DaemonError> {
         metrics.register(|r| writer = Some(RecordWriter::spawn(client.clone(), config, r)));
         Arc::new(writer.expect("registered"))
     };
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(args.ops_listen))
-        .map_err(|source| DaemonError::Listen {
-            addr: args.ops_listen,
-            source,
-        })?;
+    let listener = runtime.block_on(mapguard_kube::ops::bind(args.ops_listen))?;
     let events_listener = {
         let _runtime = runtime.enter();
         tokio::net::UnixListener::from_std(events_listener).map_err(|source| {

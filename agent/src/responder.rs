@@ -18,17 +18,9 @@ pub mod budget;
 pub mod decide;
 pub mod input;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use prometheus_client::registry::Registry;
 
 use crate::config::RespondArgs;
@@ -44,12 +36,8 @@ pub enum RespondError {
     Kubeconfig(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    #[error("cannot listen on {addr} for the ops port: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] mapguard_kube::ops::ListenError),
 }
 
 /// What the ops port reads.
@@ -91,15 +79,10 @@ async fn serve(args: &RespondArgs) -> Result<i32, RespondError> {
         registry: Mutex::new(registry),
         synced: Arc::clone(&synced),
     });
-    let listener = tokio::net::TcpListener::bind(args.ops_listen)
-        .await
-        .map_err(|source| RespondError::Listen {
-            addr: args.ops_listen,
-            source,
-        })?;
+    let listener = mapguard_kube::ops::bind(args.ops_listen).await?;
     tracing::info!(?config, namespace = %args.namespace, ops = %args.ops_listen, "responder starting");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app(ops)).await {
+        if let Err(e) = axum::serve(listener, mapguard_kube::ops::router(ops)).await {
             tracing::error!(error = %e, "ops server failed");
         }
     });
@@ -115,39 +98,21 @@ async fn serve(args: &RespondArgs) -> Result<i32, RespondError> {
     Ok(0)
 }
 
-fn app(ops: Arc<Ops>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(ops)
-}
-
-async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
-    let mut out = String::new();
-    {
-        let registry = ops.registry.lock().unwrap_or_else(|e| e.into_inner());
+impl mapguard_kube::ops::Ops for Ops {
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
-}
 
-async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
-    if ops.synced.load(Ordering::SeqCst) {
-        "ok\n".into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "MapViolation records not listed yet\n",
-        )
-            .into_response()
+    /// Ready once the records are listed.
+    fn not_ready(&self) -> Vec<String> {
+        if self.synced.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            vec!["MapViolation records not listed yet".to_string()]
+        }
     }
 }

@@ -8,7 +8,9 @@
 //! - [`errors`]: a failed request sorted into what the caller does next
 //!   (handle it, retry it, or report a refusal such as RBAC's);
 //! - [`backoff`]: the exponential back-off with jitter of every retry loop;
-//! - [`telemetry`]: the `tracing` subscriber of every binary.
+//! - [`telemetry`]: the `tracing` subscriber of every binary;
+//! - [`ops`] (feature `ops`): the ops port's `/metrics`, `/healthz` and
+//!   `/readyz`, answered alike by the webhook, the agent and the responder.
 //!
 //! Without the default `kube` feature only [`backoff`] and [`telemetry`]
 //! are built (the offline `mapguard` CLI takes that).
@@ -20,6 +22,8 @@ pub mod cache;
 pub mod client;
 #[cfg(feature = "kube")]
 pub mod errors;
+#[cfg(feature = "ops")]
+pub mod ops;
 pub mod telemetry;
 
 pub use backoff::Backoff;

@@ -17,10 +17,11 @@ use axum::{
     Router,
     body::{Body, Bytes},
     extract::State,
-    http::{StatusCode, header},
+    http::header,
     response::{IntoResponse, Response},
     routing::get,
 };
+use mapguard_kube::ops::Ops;
 use tokio::sync::broadcast;
 
 use super::{metrics::Metrics, pods::PodTable};
@@ -80,11 +81,7 @@ impl Heartbeat {
 /// The ops port's router: what Prometheus and the kubelet read. No
 /// `/events`: any Pod that reaches the agent reaches this port.
 pub fn app(state: Arc<OpsState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+    mapguard_kube::ops::router(state)
 }
 
 /// The events socket's router: `/events` only.
@@ -94,63 +91,46 @@ pub fn events_app(state: Arc<OpsState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(s): State<Arc<OpsState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
-}
+impl Ops for OpsState {
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
 
-/// Healthy while the enforcement loop goes round (or has not started).
-async fn healthz(State(s): State<Arc<OpsState>>) -> Response {
-    match s.heartbeat.since_last() {
-        Some(since) if since > s.stall_after => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "enforcement loop stalled: no progress for {:.1}s (--healthz-stall-after {:?})\n",
+    /// Healthy while the enforcement loop goes round (or has not started).
+    fn health(&self) -> Result<(), String> {
+        match self.heartbeat.since_last() {
+            Some(since) if since > self.stall_after => Err(format!(
+                "enforcement loop stalled: no progress for {:.1}s (--healthz-stall-after {:?})",
                 since.as_secs_f64(),
-                s.stall_after
-            ),
-        )
-            .into_response(),
-        _ => (StatusCode::OK, "ok\n").into_response(),
+                self.stall_after
+            )),
+            _ => Ok(()),
+        }
     }
-}
 
-/// Ready once the BPF program is loaded and the node's Pods and the
-/// Namespaces are listed; unready (with the reason) while the API server
-/// is unreachable or the Namespaces cannot be read — the agent still
-/// enforces the Pods it knows then.
-async fn readyz(State(s): State<Arc<OpsState>>) -> Response {
-    let mut problems = Vec::new();
-    if !s.bpf_ready.load(Ordering::SeqCst) {
-        problems.push("BPF program not loaded".to_string());
-    }
-    if !s.pods.is_synced() {
-        problems.push("pods of this node not listed yet".to_string());
-    }
-    if let Err(e) = s.pods.connection() {
-        problems.push(format!(
-            "API server unreachable ({e}); enforcing the pods last known"
-        ));
-    }
-    if let Err(e) = s.pods.namespaces() {
-        problems.push(format!(
-            "{e}; the namespaces' minimum modes and coverages are not applied (the Pods' annotations decide)"
-        ));
-    }
-    if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
-        )
-            .into_response()
+    /// Ready once the BPF program is loaded and the node's Pods and the
+    /// Namespaces are listed; unready (with the reason) while the API
+    /// server is unreachable or the Namespaces cannot be read — the agent
+    /// still enforces the Pods it knows then.
+    fn not_ready(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.bpf_ready.load(Ordering::SeqCst) {
+            problems.push("BPF program not loaded".to_string());
+        }
+        if !self.pods.is_synced() {
+            problems.push("pods of this node not listed yet".to_string());
+        }
+        if let Err(e) = self.pods.connection() {
+            problems.push(format!(
+                "API server unreachable ({e}); enforcing the pods last known"
+            ));
+        }
+        if let Err(e) = self.pods.namespaces() {
+            problems.push(format!(
+                "{e}; the namespaces' minimum modes and coverages are not applied (the Pods' annotations decide)"
+            ));
+        }
+        problems
     }
 }
 
@@ -226,7 +206,7 @@ impl<A: std::io::Write, B: std::io::Write> std::io::Write for Tee<A, B> {
 mod tests {
     use std::io::Write as _;
 
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use tower::ServiceExt as _;
 
     use super::*;
