@@ -30,9 +30,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{Agent, wait_violation};
+use agent::{Agent, NodeTest, wait_violation};
 use kube_cgroup::{Driver, KubeCgroup, Name, Qos, Spec};
-use mapguard_testenv::TestEnv;
 use pod_process::{container_of, create_pod, start_in, wait};
 use serde_json::Value;
 
@@ -42,15 +41,9 @@ const PATIENCE: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() {
     let test = "processes_of_enforced_pods_are_enforced_from_their_first_instruction";
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     let racy = support::program(go, "racy", "delete_assign");
     let clean = support::program(go, "clean", "mutex");
 
@@ -91,21 +84,12 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
     let holds_before = holds(&agent, "attached");
     let started = Instant::now();
     let mut racer = start_in(&cg, &racy, &["-duration", "20s"]);
-    let pid = racer.id();
-    let (status, stderr) = wait(&mut racer, PATIENCE);
+    let report = agent
+        .expect_killed(&mut racer, "the program that races at once")
+        .await;
     println!(
-        "\n==> racing at start (held, then probed): ended after {:?}, status {status:?}",
+        "\n==> racing at start (held, then probed): killed after {:?}",
         started.elapsed()
-    );
-    assert_eq!(
-        status,
-        None,
-        "the program that races at once was not killed by mapguard: {stderr}\n{}",
-        agent.log()
-    );
-    assert!(
-        !stderr.contains("fatal error: concurrent map"),
-        "the Go runtime reported before mapguard acted: {stderr}"
     );
     agent
         .wait_metric(
@@ -113,9 +97,7 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
             holds_before + 1.0,
         )
         .await;
-    let report = wait_violation(&events, pid).await;
     assert_both_call_sites(&report);
-    assert_eq!(report["action"], "killed", "{report}");
     let cold = hold_seconds(&agent);
     println!(
         "\n==> held {:.1} ms (a Go binary never seen: analysed, probed, registered)",
@@ -177,21 +159,10 @@ async fn processes_of_enforced_pods_are_enforced_from_their_first_instruction() 
             "20s",
         ],
     );
-    let pid = racer.id();
-    let (status, stderr) = wait(&mut racer, PATIENCE);
-    assert_eq!(
-        status,
-        None,
-        "the Go program a shell exec'd was not killed by mapguard: {stderr}\n{}",
-        agent.log()
-    );
-    assert!(
-        !stderr.contains("fatal error: concurrent map"),
-        "the Go runtime reported before mapguard acted: {stderr}"
-    );
-    let report = wait_violation(&events, pid).await;
+    let report = agent
+        .expect_killed(&mut racer, "the Go program a shell exec'd")
+        .await;
     assert_both_call_sites(&report);
-    assert_eq!(report["action"], "killed", "{report}");
     assert_eq!(holds(&agent, "not_go"), not_go + 1.0, "the shell's hold");
     assert_eq!(
         holds(&agent, "attached"),

@@ -26,8 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{Agent, wait_violation};
-use mapguard_testenv::TestEnv;
+use agent::{Agent, NodeTest, wait_violation};
 use pod_process::{container_of, create_pod, start_in, wait};
 
 const NODE: &str = "mapguard-fair-node";
@@ -48,15 +47,9 @@ impl Drop for Kid {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot() {
     let test = "a_flooding_pod_cannot_hide_another_pods_race_or_take_every_slot";
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     let flood = support::program(go, "corrupt", "writing_flag_flood");
     let racy = support::program(go, "racy", "delete_assign");
 

@@ -24,9 +24,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use agent::{Agent, http_get, wait_violation};
+use agent::{Agent, NodeTest, http_get};
 use mapguard_testenv::TestEnv;
-use pod_process::{container_of, create_pod, start_in, wait};
+use pod_process::{container_of, create_pod, start_in};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -37,16 +37,10 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn a_file_that_never_answers_does_not_stop_enforcement() {
     let test = "a_file_that_never_answers";
     let _serial = SERIAL.lock().await;
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    const NODE: &str = "mapguard-dead-fs-node";
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    const NODE: &str = "mapguard-dead-fs-node";
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     let racy = support::program(go, "racy", "delete_assign");
 
     let dir = support::test_dir("dead-fs");
@@ -104,19 +98,12 @@ async fn a_file_that_never_answers_does_not_stop_enforcement() {
     // race by mapguard, not by the Go runtime's fatal error.
     let mut racer = start_in(&cg, &racy, &["-duration", "20s"]);
     let racer_pid = racer.id();
-    let (status, stderr) = wait(&mut racer, PATIENCE);
-    assert_eq!(
-        status,
-        None,
-        "the racer was not killed by mapguard while another executable's file did not answer: {stderr}\n{}",
-        agent.log()
-    );
-    assert!(
-        !stderr.contains("fatal error: concurrent map"),
-        "the Go runtime reported before mapguard acted: {stderr}"
-    );
-    let report = wait_violation(&events, racer_pid).await;
-    assert_eq!(report["action"], "killed", "{report}");
+    agent
+        .expect_killed(
+            &mut racer,
+            "the racer, while another executable's file did not answer,",
+        )
+        .await;
 
     // The blocked operation is given up, counted; the loop goes round.
     agent

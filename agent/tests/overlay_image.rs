@@ -29,9 +29,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{Agent, wait_violation};
-use mapguard_testenv::TestEnv;
-use pod_process::{container_of, create_pod, start_in, wait};
+use agent::{Agent, NodeTest};
+use pod_process::{container_of, create_pod, start_in};
 
 const NODE: &str = "mapguard-overlay-node";
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -44,15 +43,9 @@ const EVICT_AFTER: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_of_one_image_share_one_analysis() {
     let test = "containers_of_one_image_share_one_analysis";
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     let racy = support::program(go, "racy", "delete_assign");
 
     let dir = support::test_dir("overlay");
@@ -102,19 +95,9 @@ async fn containers_of_one_image_share_one_analysis() {
         let attached = agent.metric("mapguard_exec_holds_total{outcome=\"attached\"}");
         let mut racer = start_in(&cg, program, &["-duration", "20s"]);
         let pid = racer.id();
-        let (status, stderr) = wait(&mut racer, PATIENCE);
-        assert_eq!(
-            status,
-            None,
-            "the racer of mount {n} was not killed by mapguard: {stderr}\n{}",
-            agent.log()
-        );
-        assert!(
-            !stderr.contains("fatal error: concurrent map"),
-            "the Go runtime reported before mapguard acted (mount {n}): {stderr}"
-        );
-        let report = wait_violation(&events, pid).await;
-        assert_eq!(report["action"], "killed", "{report}");
+        agent
+            .expect_killed(&mut racer, &format!("the racer of mount {n}"))
+            .await;
         // Held at exec (a new overlay inode to the hook), then settled.
         agent
             .wait_metric(
@@ -161,12 +144,9 @@ async fn containers_of_one_image_share_one_analysis() {
     // hook forgot the dropped binary), analysed again, killed.
     let attached = agent.metric("mapguard_exec_holds_total{outcome=\"attached\"}");
     let mut racer = start_in(&cg, &image.programs[0], &["-duration", "20s"]);
-    let pid = racer.id();
-    let (status, stderr) = wait(&mut racer, PATIENCE);
-    assert_eq!(status, None, "not killed after the eviction: {stderr}");
-    assert!(!stderr.contains("fatal error: concurrent map"), "{stderr}");
-    let report = wait_violation(&events, pid).await;
-    assert_eq!(report["action"], "killed", "{report}");
+    agent
+        .expect_killed(&mut racer, "the racer after the eviction")
+        .await;
     assert_eq!(
         agent.metric("mapguard_exec_holds_total{outcome=\"attached\"}"),
         attached + 1.0,

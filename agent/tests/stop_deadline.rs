@@ -30,8 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{Agent, wait_violation};
-use mapguard_testenv::TestEnv;
+use agent::{Agent, NodeTest, wait_violation};
 use pod_process::{container_of, create_pod, start_in, wait};
 use serde_json::Value;
 
@@ -41,15 +40,9 @@ const PATIENCE: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stops_end_at_their_deadline_and_reused_pids_are_not_their_predecessors() {
     let test = "stops_end_at_their_deadline_and_reused_pids_are_not_their_predecessors";
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     let racy = support::program(go, "racy", "delete_assign");
     let clean = support::program(go, "clean", "mutex");
     let pod = create_pod(

@@ -34,14 +34,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::{Agent, wait_violation};
+use agent::{Agent, NodeTest};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
 use mapguard_enforcer::{binary::goelf::ReadLimits, binary::target::BinaryTarget};
-use mapguard_testenv::TestEnv;
 use pod_process::{container_of, create_pod, start_in, wait};
 use serde_json::json;
 
@@ -75,16 +74,10 @@ async fn wait_attach_outcome(agent: &Agent) {
 async fn probes_go_to_the_file_analysed_not_to_one_execd_since() {
     let test = "probes_go_to_the_file_analysed";
     let _serial = SERIAL.lock().await;
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    const NODE: &str = "mapguard-exec-between-node";
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    const NODE: &str = "mapguard-exec-between-node";
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     // A: analysed; B: what the process runs once its probes attach.
     let a = support::program(go, "clean", "exec_on_signal");
     let b = std::fs::canonicalize(support::program(go, "clean", "private_maps")).expect("B");
@@ -202,16 +195,10 @@ async fn probes_go_to_the_file_analysed_not_to_one_execd_since() {
 async fn a_symlink_in_an_upper_folder_does_not_name_another_tenants_file() {
     let test = "a_symlink_in_an_upper_folder";
     let _serial = SERIAL.lock().await;
-    if !support::require_bpf(test) || !kube_cgroup::require(test) {
-        return;
-    }
-    let Some(env) = TestEnv::start_or_skip(test).await else {
+    const NODE: &str = "mapguard-symlink-node";
+    let Some(NodeTest { env, client, go }) = NodeTest::start(test, NODE).await else {
         return;
     };
-    const NODE: &str = "mapguard-symlink-node";
-    let client = env.client();
-    env.create_node(NODE).await.expect("create the Node");
-    let go = support::versions().last().copied().expect("a Go release");
     let dir = support::test_dir("upper-symlink");
 
     // The attacker's program in its image's layer, and the victim's, a
@@ -280,22 +267,12 @@ async fn a_symlink_in_an_upper_folder_does_not_name_another_tenants_file() {
     // the Go runtime's fatal error).
     let mut victim_process = start_in(&victim_cg, &victim_dir.join("app"), &["-duration", "20s"]);
     let victim_pid = victim_process.id();
-    let (status, stderr) = wait(&mut victim_process, PATIENCE);
+    let report = agent
+        .expect_killed(&mut victim_process, "the victim, at its race,")
+        .await;
     println!(
-        "\n==> the victim's program (pid {victim_pid}) after the attacker's symlink: exit {status:?}"
+        "\n==> the victim's program (pid {victim_pid}) after the attacker's symlink: killed by mapguard"
     );
-    assert_eq!(
-        status,
-        None,
-        "the victim was not killed by mapguard at its race: {stderr}\n{}",
-        agent.log()
-    );
-    assert!(
-        !stderr.contains("fatal error: concurrent map"),
-        "the Go runtime reported the victim's race, unenforced: {stderr}"
-    );
-    let report = wait_violation(&events, victim_pid).await;
-    assert_eq!(report["action"], "killed", "{report}");
     assert_eq!(report["pod"], "victim", "{report}");
 
     let _ = attacker_process.kill();

@@ -4,7 +4,7 @@
 //! leaves it running (its probes would stay), also when a test panics.
 //!
 //! Include it with `#[path = "support/agent.rs"] mod agent;` next to
-//! `mod support;`.
+//! `mod support;`, `mod kube_cgroup;` and `mod pod_process;`.
 
 #![allow(dead_code)]
 
@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mapguard_testenv::TestEnv;
 use serde_json::Value;
 
 /// The `mapguard-agent` binary (`daemon`, `respond`).
@@ -45,12 +46,45 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// What each agent test on a node starts from: BPF and the kubepods
+/// cgroups available, a real API server with the test's Node, and the
+/// newest Go release the test programs are built with.
+pub struct NodeTest {
+    pub env: TestEnv,
+    pub client: kube::Client,
+    /// `go1.27`: a folder of the Go test programs.
+    pub go: &'static str,
+}
+
+impl NodeTest {
+    /// `None` after a loud skip where BPF, the kubepods cgroups or the
+    /// API server's binaries are missing (each check says what it does
+    /// under `CI=true`).
+    pub async fn start(test: &str, node: &str) -> Option<NodeTest> {
+        if !crate::support::require_bpf(test) || !crate::kube_cgroup::require(test) {
+            return None;
+        }
+        let env = TestEnv::start_or_skip(test).await?;
+        env.create_node(node).await.expect("create the Node");
+        Some(NodeTest {
+            client: env.client(),
+            env,
+            go: crate::support::versions()
+                .last()
+                .copied()
+                .expect("a Go release"),
+        })
+    }
+}
+
 /// A running node agent.
 pub struct Agent {
     child: Child,
     pub ops: SocketAddr,
     /// `--events-socket`: next to the events file.
     pub events_socket: PathBuf,
+    /// `--events`: its JSON lines.
+    events_file: PathBuf,
     log: PathBuf,
 }
 
@@ -114,6 +148,7 @@ impl Agent {
             child,
             ops,
             events_socket,
+            events_file: events.to_path_buf(),
             log,
         }
     }
@@ -147,6 +182,28 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for `racer` to end and checks that this agent killed it at
+    /// its race: ended by a signal before the Go runtime printed its fatal
+    /// error, and reported as `killed`. `what` names the racer in
+    /// failures. Returns the report.
+    pub async fn expect_killed(&self, racer: &mut Child, what: &str) -> Value {
+        let pid = racer.id();
+        let (status, stderr) = crate::pod_process::wait(racer, PATIENCE);
+        assert_eq!(
+            status,
+            None,
+            "{what} was not killed by mapguard: {stderr}\n{}",
+            self.log()
+        );
+        assert!(
+            !stderr.contains("fatal error: concurrent map"),
+            "the Go runtime reported before mapguard acted ({what}): {stderr}"
+        );
+        let report = wait_violation(&self.events_file, pid).await;
+        assert_eq!(report["action"], "killed", "{report}");
+        report
     }
 
     pub fn log(&self) -> String {
