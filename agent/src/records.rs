@@ -41,15 +41,14 @@
 
 mod error;
 mod metrics;
-mod pair;
 mod pod_events;
 mod queue;
 mod store;
 mod writer;
 
 pub use error::RecordError;
+pub use mapguard_api::pair::CallSitePair;
 pub use metrics::{DropReason, FailureReason, RecordMetrics, Target, WriteOperation};
-pub use pair::CallSitePair;
 pub use pod_events::{REASON as EVENT_REASON, REPORTING_CONTROLLER, message as event_message};
 pub use queue::{Admission, PodRef};
 pub use store::MANAGED_BY;

@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use mapguard_agent::records::{
-    Admission, CallSitePair, EVENT_REASON, Origin, PodRef, RecordWriter, RecordsConfig,
+    Admission, EVENT_REASON, Origin, PodRef, RecordWriter, RecordsConfig,
 };
 use mapguard_api::resource::MapViolation;
 use mapguard_api::vocab::{Kind, Op};
@@ -130,7 +130,7 @@ async fn a_violation_creates_a_record_with_both_call_sites(client: &Client, writ
     assert_eq!(writer.submit(&v, origin), Admission::Queued);
     flush(writer).await;
 
-    let name = CallSitePair::of(&v).object_name();
+    let name = v.pair.object_name();
     let record = Api::<MapViolation>::namespaced(client.clone(), "shop")
         .get(&name)
         .await
@@ -292,7 +292,7 @@ async fn two_agents_count_one_record_without_losing_updates(client: &Client) {
     // Each agent writes each repeat as it comes, at the same time as the other.
     tokio::join!(agent(&a, &pod_a, &v), agent(&b, &pod_b, &v));
     let record = Api::<MapViolation>::namespaced(client.clone(), "shared")
-        .get(&CallSitePair::of(&v).object_name())
+        .get(&v.pair.object_name())
         .await
         .expect("the shared record");
     assert_eq!(record.status.expect("status").count, 10, "no update lost");
@@ -431,7 +431,7 @@ async fn the_namespace_bound_drops_and_counts(
     writer.submit(&v(&sites[BOUND + 1]), origin(&pod));
     flush(writer).await;
     let first = mvs
-        .get(&CallSitePair::of(&v(&sites[0])).object_name())
+        .get(&v(&sites[0]).pair.object_name())
         .await
         .expect("the first pair was recorded");
     assert_eq!(first.status.expect("status").count, 2);
@@ -488,7 +488,7 @@ async fn a_record_edited_into_another_pair_is_repaired(
     );
     writer.submit(&v, origin(&pod));
     flush(writer).await;
-    let name = CallSitePair::of(&v).object_name();
+    let name = v.pair.object_name();
     let mvs: Api<MapViolation> = Api::namespaced(client.clone(), "edits");
     mvs.patch(
         &name,
@@ -537,7 +537,7 @@ async fn a_record_of_an_invalid_shape_is_replaced(
     );
     writer.submit(&v, origin(&pod));
     flush(writer).await;
-    let name = CallSitePair::of(&v).object_name();
+    let name = v.pair.object_name();
 
     // As if another release's CRD (or a hand-edited one) had been in place:
     // lift the schema, store a record no mapguard type reads, put ours back.
@@ -641,7 +641,7 @@ async fn a_deleted_record_is_recreated(client: &Client, writer: &RecordWriter) {
         "2026-11-24T23:20:00Z",
     );
     let mvs: Api<MapViolation> = Api::namespaced(client.clone(), "edits");
-    let name = CallSitePair::of(&v).object_name();
+    let name = v.pair.object_name();
     writer.submit(&v, origin(&pod));
     flush(writer).await;
     mvs.delete(&name, &DeleteParams::default())
@@ -689,7 +689,7 @@ async fn rbac_forbidding_create_is_a_clear_counted_failure(
     );
     writer.submit(&v, origin(&pod));
     flush(&writer).await;
-    let name = CallSitePair::of(&v).object_name();
+    let name = v.pair.object_name();
     assert!(
         Api::<MapViolation>::namespaced(client.clone(), "rbac")
             .get(&name)
@@ -741,7 +741,7 @@ async fn the_agents_rbac_manifest_is_enough(env: &TestEnv, client: &Client) {
         Some("main.d /src/r/ok.go:4"),
         "2026-11-25T00:10:00Z",
     );
-    let name = CallSitePair::of(&v).object_name();
+    let name = v.pair.object_name();
     let mvs: Api<MapViolation> = Api::namespaced(client.clone(), "rbac");
     // create, update, repair after an edit (update), repair after a delete.
     writer.submit(&v, origin(&pod));
@@ -809,7 +809,7 @@ async fn a_hung_api_server_costs_a_timeout_and_a_retry(env: &TestEnv, client: &C
     );
     flush(&writer).await;
     let record = Api::<MapViolation>::namespaced(client.clone(), "hang")
-        .get(&CallSitePair::of(&v).object_name())
+        .get(&v.pair.object_name())
         .await
         .expect("the record is written once the API server answers");
     assert_eq!(record.status.expect("status").count, 1);
@@ -875,7 +875,7 @@ async fn an_outage_is_ridden_out_by_the_queue(env: &mut TestEnv, client: &Client
     logs.expect("API server reachable again");
     let mvs: Api<MapViolation> = Api::namespaced(client.clone(), "outage");
     for (i, count) in [(0, 3), (1, 1), (2, 1), (3, 1)] {
-        let name = CallSitePair::of(&v(i)).object_name();
+        let name = v(i).pair.object_name();
         let record = mvs
             .get(&name)
             .await

@@ -10,6 +10,8 @@
 //! * [`mode`] — what is done to a process (`audit`, `stop`, `kill`, or
 //!   `off` for a Pod) and what is probed in it (`full`, `writes`,
 //!   `sampled`, `light`).
+//! * [`pair`] — a violation's call-site pair, computed once per violation,
+//!   and the record name it gives.
 //! * [`keys`] — the annotation and label keys.
 //!
 //! The feature `clap` derives `clap::ValueEnum` for the words command
@@ -42,6 +44,7 @@ macro_rules! words {
 
 pub mod keys;
 pub mod mode;
+pub mod pair;
 pub mod resource;
 pub mod vocab;
 

@@ -26,9 +26,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use mapguard_enforcer::report::events::{ViolationRecord, short_frame};
-
-use crate::records::CallSitePair;
+use mapguard_api::pair::short_frame;
+use mapguard_enforcer::report::events::ViolationRecord;
 
 /// The `record` label of the call-site pairs over a namespace's bound.
 pub const OTHER_PAIRS: &str = "_other";
@@ -357,7 +356,7 @@ impl Metrics {
     }
 
     fn count_pair(&self, v: &ViolationRecord, w: &WorkloadLabels) {
-        let pair = CallSitePair::of(v);
+        let pair = &v.pair;
         let record = pair.object_name();
         let own_series = {
             let mut seen = self.pairs_seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -515,10 +514,20 @@ fn delete_duration_histogram() -> Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mapguard_api::pair::CallSitePair;
     use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
     fn report(site: &str, crash: Option<CrashMessage>) -> ViolationRecord {
+        let stack = vec![format!("main.deleter /src/{site}")];
+        let conflicting_stack = vec!["main.assigner /src/main.go:40".into()];
         ViolationRecord {
+            pair: CallSitePair::new(
+                Kind::ConcurrentWrite,
+                Op::Delete,
+                Op::Assign,
+                &stack,
+                &conflicting_stack,
+            ),
             event: "violation",
             kind: Kind::ConcurrentWrite,
             timestamp: "2026-11-25T12:00:00Z".into(),
@@ -530,8 +539,8 @@ mod tests {
             conflicting_op: Op::Assign,
             goroutine: 7,
             conflicting_goroutine: 6,
-            stack: vec![format!("main.deleter /src/{site}")],
-            conflicting_stack: vec!["main.assigner /src/main.go:40".into()],
+            stack,
+            conflicting_stack,
             action: Action::Audit,
             detected_by: if crash.is_some() {
                 Detector::RuntimeFatal

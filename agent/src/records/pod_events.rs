@@ -17,8 +17,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::debug;
 
 use super::error::{ApiOutcome, RecordError, classify};
-use super::pair::CallSitePair;
 use super::queue::{PendingEvent, RecordKey};
+use mapguard_api::pair::CallSitePair;
 use mapguard_api::resource::MapViolation;
 use mapguard_api::vocab::Action;
 

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::pair::CallSitePair;
+use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector};
 
 /// Pods with a pending Event per entry; more distinct Pods between two

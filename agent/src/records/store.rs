@@ -361,8 +361,8 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::records::pair::CallSitePair;
     use crate::records::queue::{Observation, PodRef};
+    use mapguard_api::pair::CallSitePair;
     use mapguard_api::vocab::{Action, Detector, Kind, Op};
 
     fn pending(pod: &str, at: i64, first: i64, unrecorded: u64) -> Pending {

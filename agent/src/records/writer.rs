@@ -14,7 +14,6 @@ use tracing::{debug, error, info, warn};
 
 use super::error::RecordError;
 use super::metrics::{DropReason, RecordMetrics, Target, WriteOperation};
-use super::pair::CallSitePair;
 use super::pod_events::PodEvents;
 use super::queue::{Admission, Observation, Pending, PodRef, Queue, RecordKey};
 use super::store::{Store, Written};
@@ -145,7 +144,7 @@ impl RecordWriter {
     /// Event. Never waits: takes a short lock and returns what became of it.
     /// Callable from any thread.
     pub fn submit(&self, violation: &ViolationRecord, origin: Origin<'_>) -> Admission {
-        let pair = CallSitePair::of(violation);
+        let pair = violation.pair.clone();
         let key = RecordKey {
             namespace: origin.pod.namespace.clone(),
             name: pair.object_name(),

@@ -14,6 +14,7 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use mapguard_agent::records::{Origin, PodRef, RecordWriter, RecordsConfig};
+use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::report::events::ViolationRecord;
 use mapguard_testenv::{BoundPod, TestEnv};
@@ -64,7 +65,16 @@ pub fn violation(
 ) -> ViolationRecord {
     let runtime =
         |op: Op| format!("runtime.map{op}_fast64 /usr/lib/go/src/runtime/map_fast64.go:93");
+    let stack = vec![
+        runtime(op),
+        site.to_owned(),
+        "main.main /src/main.go:50".to_owned(),
+    ];
+    let conflicting_stack = conflicting_site
+        .map(|s| vec![runtime(conflicting_op), s.to_owned()])
+        .unwrap_or_default();
     ViolationRecord {
+        pair: CallSitePair::new(kind, op, conflicting_op, &stack, &conflicting_stack),
         event: "violation",
         kind,
         timestamp: timestamp.to_owned(),
@@ -76,14 +86,8 @@ pub fn violation(
         conflicting_op,
         goroutine: 7,
         conflicting_goroutine: 6,
-        stack: vec![
-            runtime(op),
-            site.to_owned(),
-            "main.main /src/main.go:50".to_owned(),
-        ],
-        conflicting_stack: conflicting_site
-            .map(|s| vec![runtime(conflicting_op), s.to_owned()])
-            .unwrap_or_default(),
+        stack,
+        conflicting_stack,
         action: Action::Killed,
         detected_by: Detector::WritingFlag,
         crash_message: None,
@@ -250,7 +254,7 @@ pub fn capture_logs() -> &'static Logs {
         let sink = logs.clone();
         tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_env_filter("mapguard_enforcer=debug")
+            .with_env_filter("mapguard_agent=debug")
             .with_writer(move || LogWriter(sink.clone()))
             .init();
         logs

@@ -6,6 +6,7 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
 use mapguard_common::{MAX_FRAMES, Violation, action};
 use serde::Serialize;
 
+use mapguard_api::pair::{CallSitePair, short_frame};
 use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
 use crate::{binary::target::BinaryTarget, bpf::sampler::Estimate, host::cgroup::PodInfo};
@@ -69,6 +70,10 @@ pub struct ViolationRecord {
     /// written again.
     #[serde(skip)]
     pub repeat: bool,
+    /// Kind, operations and user call sites, computed once from the
+    /// stacks: what deduplication, records, Events and metrics key on.
+    #[serde(skip)]
+    pub pair: CallSitePair,
 }
 
 /// Turns kernel records into JSON lines and stderr summaries.
@@ -81,15 +86,11 @@ pub struct Reporter {
     total: u64,
 }
 
-/// Identical violations: same process, kind, ops and user call sites.
+/// Identical violations: same process and call-site pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DedupKey {
     pid: u32,
-    kind: Kind,
-    op: Op,
-    conflicting_op: Op,
-    site: String,
-    conflicting_site: String,
+    pair: CallSitePair,
 }
 
 impl Reporter {
@@ -167,13 +168,7 @@ impl Reporter {
         let mut record = self.record(&v);
         let key = DedupKey {
             pid: record.pid,
-            kind: record.kind,
-            op: record.op,
-            conflicting_op: record.conflicting_op,
-            site: user_frame(&record.stack).unwrap_or("?").to_string(),
-            conflicting_site: user_frame(&record.conflicting_stack)
-                .unwrap_or("?")
-                .to_string(),
+            pair: record.pair.clone(),
         };
         let count = self.seen.entry(key).or_insert(0);
         *count += 1;
@@ -196,10 +191,12 @@ impl Reporter {
             .iter()
             .filter(|(_, n)| **n > 1)
             .map(|(k, n)| {
+                let p = &k.pair;
                 serde_json::json!({
-                    "pid": k.pid, "kind": k.kind, "op": k.op,
-                    "conflicting_op": k.conflicting_op, "site": k.site,
-                    "conflicting_site": k.conflicting_site, "count": n,
+                    "pid": k.pid, "kind": p.kind, "op": p.op,
+                    "conflicting_op": p.conflicting_op, "site": p.frame,
+                    "conflicting_site": p.conflicting_frame.as_deref().unwrap_or("?"),
+                    "count": n,
                 })
             })
             .collect();
@@ -244,9 +241,18 @@ impl Reporter {
         };
         let pod = self.pods.get(&v.pid).cloned().unwrap_or_default();
         let stack = symbolize(&v.stack, v.depth);
+        let conflicting_stack = symbolize(&v.conflicting_stack, v.conflicting_depth);
+        let kind = Kind::from_kernel(v.kind);
+        let op = match Op::from_kernel(v.op) {
+            // No map operation on record (light coverage): the one the
+            // reporting goroutine's stack is in.
+            Op::Unknown => binary.map_or(Op::Unknown, |b| op_in_stack(b, &stack)),
+            op => op,
+        };
+        let conflicting_op = Op::from_kernel(v.conflicting_op);
         ViolationRecord {
             event: "violation",
-            kind: Kind::from_kernel(v.kind),
+            kind,
             timestamp: time::rfc3339(time::from_ktime(v.ts)),
             pid: v.pid,
             tid: v.tid,
@@ -254,17 +260,13 @@ impl Reporter {
                 .map(|b| b.name.display().to_string())
                 .unwrap_or_default(),
             map: (v.map != 0).then(|| format!("{:#x}", v.map)),
-            op: match Op::from_kernel(v.op) {
-                // No map operation on record (light coverage): the one the
-                // reporting goroutine's stack is in.
-                Op::Unknown => binary.map_or(Op::Unknown, |b| op_in_stack(b, &stack)),
-                op => op,
-            },
-            conflicting_op: Op::from_kernel(v.conflicting_op),
+            op,
+            conflicting_op,
             goroutine: v.goid,
             conflicting_goroutine: v.conflicting_goid,
+            pair: CallSitePair::new(kind, op, conflicting_op, &stack, &conflicting_stack),
             stack,
-            conflicting_stack: symbolize(&v.conflicting_stack, v.conflicting_depth),
+            conflicting_stack,
             action: Action::from_kernel(v.action),
             detected_by: Detector::from_kernel(v.detected_by),
             crash_message: Detector::from_kernel(v.detected_by)
@@ -295,33 +297,10 @@ fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> Op {
         .map_or(Op::Unknown, |p| Op::from_kernel(p.cfg.op))
 }
 
-/// First frame of a symbolized stack outside the Go runtime (the user's
-/// call site), or the innermost one; `None` for an empty stack. Reports'
-/// deduplication and violation records agree on it.
-pub fn user_frame(stack: &[String]) -> Option<&str> {
-    stack
-        .iter()
-        .find(|f| !f.starts_with("runtime.") && !f.starts_with("internal/"))
-        .or(stack.first())
-        .map(String::as_str)
-}
-
-/// `function /abs/path/file.go:12` → `function file.go:12`.
-pub fn short_frame(frame: &str) -> String {
-    match frame.rsplit_once(' ') {
-        Some((function, location)) => {
-            let file = location.rsplit('/').next().unwrap_or(location);
-            format!("{function} {file}")
-        }
-        None => frame.to_owned(),
-    }
-}
-
 /// `mapguard: concurrent_write on map 0xc000.. in pid 123: goroutine 7
 /// delete at main.worker main.go:31 while goroutine 6 assign at main.main.func1
 /// main.go:22 — killed`
 pub fn summary(r: &ViolationRecord) -> String {
-    let short = |stack: &[String]| short_frame(user_frame(stack).unwrap_or("?"));
     // A crash-path report where no other writer of the map is on record
     // (the runtime noticed the damage after the fact) has one side only.
     let other = if r.conflicting_stack.is_empty() {
@@ -331,7 +310,9 @@ pub fn summary(r: &ViolationRecord) -> String {
             "while goroutine {} {} at {}",
             r.conflicting_goroutine,
             r.conflicting_op,
-            short(&r.conflicting_stack)
+            r.pair
+                .conflicting_site()
+                .unwrap_or_else(|| short_frame("?"))
         )
     };
     let map = match &r.map {
@@ -344,7 +325,7 @@ pub fn summary(r: &ViolationRecord) -> String {
         r.pid,
         r.goroutine,
         r.op,
-        short(&r.stack),
+        r.pair.site(),
         r.action
     )
 }

@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use mapguard_agent::records::{CallSitePair, Origin, PodRef, RecordWriter};
+use mapguard_agent::records::{Origin, PodRef, RecordWriter};
+use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::report::events::ViolationRecord;
 use mapguard_testenv::{BoundPod, TestEnv, ensure_namespace};
@@ -42,7 +43,23 @@ impl Race {
             .expect("a time after the epoch");
         let runtime =
             |op: Op| format!("runtime.map{op}_fast64 /usr/lib/go/src/runtime/map_fast64.go:93");
+        let stack = vec![
+            runtime(self.op),
+            self.site.to_owned(),
+            "main.main /src/main.go:50".to_owned(),
+        ];
+        let conflicting_stack = self
+            .conflicting_site
+            .map(|s| vec![runtime(self.conflicting_op), s.to_owned()])
+            .unwrap_or_default();
         ViolationRecord {
+            pair: CallSitePair::new(
+                self.kind,
+                self.op,
+                self.conflicting_op,
+                &stack,
+                &conflicting_stack,
+            ),
             event: "violation",
             kind: self.kind,
             timestamp: at.to_string(),
@@ -54,15 +71,8 @@ impl Race {
             conflicting_op: self.conflicting_op,
             goroutine: 7,
             conflicting_goroutine: 6,
-            stack: vec![
-                runtime(self.op),
-                self.site.to_owned(),
-                "main.main /src/main.go:50".to_owned(),
-            ],
-            conflicting_stack: self
-                .conflicting_site
-                .map(|s| vec![runtime(self.conflicting_op), s.to_owned()])
-                .unwrap_or_default(),
+            stack,
+            conflicting_stack,
             action: self.action,
             detected_by: Detector::WritingFlag,
             crash_message: None,
@@ -77,7 +87,7 @@ impl Race {
 
     /// The name of its record.
     pub fn record(&self) -> String {
-        CallSitePair::of(&self.report(Duration::ZERO)).object_name()
+        self.report(Duration::ZERO).pair.object_name()
     }
 }
 

@@ -1,15 +1,15 @@
-//! The identity of a record: the call-site pair of a violation (its kind,
-//! both operations and the first user frame of each stack), and the object
-//! name derived from it.
+//! The identity of a violation: its call-site pair (its kind, both
+//! operations and the first user frame of each stack), and the name of the
+//! `MapViolation` record derived from it.
 //!
 //! Two violations are the same record when they have the same pair in the
 //! same namespace, whichever Pod, process or goroutines they came from: a
 //! crash-looping Pod or a Deployment's replicas add to one record's count.
+//! The reporter's audit-mode deduplication, the records, the Pod Events and
+//! the metrics all read the one pair each violation carries.
 
-use mapguard_api::resource::MapViolationSpec;
-use mapguard_api::vocab::{Kind, Op};
-
-use mapguard_enforcer::report::events::{ViolationRecord, short_frame, user_frame};
+use crate::resource::MapViolationSpec;
+use crate::vocab::{Kind, Op};
 
 /// Kind, operations and user call sites of a violation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,14 +26,22 @@ pub struct CallSitePair {
 }
 
 impl CallSitePair {
-    /// The pair of a violation report.
-    pub fn of(violation: &ViolationRecord) -> CallSitePair {
+    /// The pair of a violation: its kind, both operations and both
+    /// symbolized stacks (`function /path/file.go:line` frames, innermost
+    /// first). The reporter computes it once per violation.
+    pub fn new(
+        kind: Kind,
+        op: Op,
+        conflicting_op: Op,
+        stack: &[String],
+        conflicting_stack: &[String],
+    ) -> CallSitePair {
         CallSitePair {
-            kind: violation.kind,
-            op: violation.op,
-            conflicting_op: violation.conflicting_op,
-            frame: user_frame(&violation.stack).unwrap_or("?").to_owned(),
-            conflicting_frame: user_frame(&violation.conflicting_stack).map(str::to_owned),
+            kind,
+            op,
+            conflicting_op,
+            frame: user_frame(stack).unwrap_or("?").to_owned(),
+            conflicting_frame: user_frame(conflicting_stack).map(str::to_owned),
         }
     }
 
@@ -99,7 +107,25 @@ impl CallSitePair {
 
 /// First frame of a symbolized stack outside the Go runtime (the user's
 /// call site), or the innermost one; `None` for an empty stack.
-///
+pub fn user_frame(stack: &[String]) -> Option<&str> {
+    stack
+        .iter()
+        .find(|f| !f.starts_with("runtime.") && !f.starts_with("internal/"))
+        .or(stack.first())
+        .map(String::as_str)
+}
+
+/// `function /abs/path/file.go:12` → `function file.go:12`.
+pub fn short_frame(frame: &str) -> String {
+    match frame.rsplit_once(' ') {
+        Some((function, location)) => {
+            let file = location.rsplit('/').next().unwrap_or(location);
+            format!("{function} {file}")
+        }
+        None => frame.to_owned(),
+    }
+}
+
 /// FNV-1a, 64 bits: stable across Rust releases and platforms (std's
 /// hashers promise neither), which object names must be.
 struct Fnv1a(u64);
