@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mapguard_policy::{
-    Decision, EngineConfig, Finding, Inventory, NamespaceData, PolicySet, Subject,
+    Decision, EngineConfig, Finding, Inventory, NamespaceData, PolicySet, Review, Subject,
 };
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -109,17 +109,22 @@ pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
         "checking"
     );
 
-    let reviews: Vec<Json> = manifests
+    let reviews: Vec<Review> = manifests
         .iter()
         .enumerate()
         .map(|(index, manifest)| {
-            create_review(
+            let json = create_review(
                 &manifest.object,
                 &args.namespace,
                 &format!("mapguard-ci-{index}"),
-            )
+            );
+            Review::new(json).map_err(|e| CliError::Eval {
+                file: manifest.file.clone(),
+                document: manifest.document,
+                source: e.into(),
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     // Referential Gatekeeper templates see the manifests being checked (and
     // the namespaces of --namespaces) as the cluster's objects
     // (`data.inventory`), namespaces filled in.
@@ -127,7 +132,7 @@ pub fn check(args: &CheckArgs) -> Result<CheckReport, CliError> {
     let inventory = Inventory::from_objects(
         namespace_objects
             .iter()
-            .chain(reviews.iter().map(|r| &r["request"]["object"])),
+            .chain(reviews.iter().filter_map(Review::object)),
     );
 
     let mut results = Vec::with_capacity(manifests.len());

@@ -13,11 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mapguard_policy::{EngineConfig, NamespaceData, PolicySet};
+use mapguard_policy::{EngineConfig, NamespaceData, PolicySet, Review};
 use serde_json::{Value, json};
 
-fn review(kind: &str, object: Value) -> Value {
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+fn review(kind: &str, object: Value) -> Review {
+    let json = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
         "kind": {"group": if kind == "Pod" { "" } else { "apps" }, "version": "v1", "kind": kind},
         "resource": {"group": "", "version": "v1", "resource": "pods"},
@@ -25,7 +25,8 @@ fn review(kind: &str, object: Value) -> Value {
         "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
                      "groups": ["system:serviceaccounts", "system:authenticated"]},
         "object": object, "dryRun": false,
-    }})
+    }});
+    Review::new(json).expect("a review")
 }
 
 fn pod_spec() -> Value {
@@ -46,7 +47,7 @@ fn pod_spec() -> Value {
 
 fn measure(
     set: &PolicySet,
-    review: &Value,
+    review: &Review,
     ns: &NamespaceData,
     iters: usize,
 ) -> (Duration, Duration) {

@@ -12,7 +12,9 @@ use serde_json::Value as Json;
 
 use crate::diagnostic::one_line;
 use crate::subject::{self, ReviewError, Subject};
-use crate::{Action, Inventory, NamespaceData, PolicyInfo, PolicySet, gatekeeper, patch};
+use crate::{
+    Action, Inventory, NamespaceData, PolicyInfo, PolicySet, Review, gatekeeper, input, patch,
+};
 
 /// One message of one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,10 +97,9 @@ thread_local! {
 }
 
 impl PolicySet {
-    /// Judges a whole AdmissionReview (`{"apiVersion": "admission.k8s.io/v1",
-    /// "kind": "AdmissionReview", "request": {...}}`) with the configured
-    /// `eval_timeout`.
-    pub fn evaluate(&self, review: &Json, ns: &NamespaceData) -> Result<Decision, EvalError> {
+    /// Judges a whole AdmissionReview, read once into a [`Review`], with
+    /// the configured `eval_timeout`.
+    pub fn evaluate(&self, review: &Review, ns: &NamespaceData) -> Result<Decision, EvalError> {
         self.evaluate_with_timeout(review, ns, self.inner.config.eval_timeout)
     }
 
@@ -107,7 +108,7 @@ impl PolicySet {
     /// by its execution timer, across all rules evaluated.
     pub fn evaluate_with_timeout(
         &self,
-        review: &Json,
+        review: &Review,
         ns: &NamespaceData,
         timeout: Option<Duration>,
     ) -> Result<Decision, EvalError> {
@@ -118,7 +119,7 @@ impl PolicySet {
     /// `data.inventory` for the Gatekeeper templates.
     pub fn evaluate_with(
         &self,
-        review: &Json,
+        review: &Review,
         ns: &NamespaceData,
         inventory: &Inventory,
         timeout: Option<Duration>,
@@ -130,7 +131,7 @@ impl PolicySet {
             warnings: Vec::new(),
             dry_run: Vec::new(),
             patch: Vec::new(),
-            subject: unpacked.subject,
+            subject: review.subject().clone(),
             exempt: false,
         };
         if self.inner.config.is_exempt(&decision.subject.namespace) {
@@ -138,22 +139,19 @@ impl PolicySet {
             return Ok(decision);
         }
         let deadline = timeout.map(|t| (Instant::now() + t, t));
-        let input = <regorus::Value as serde::Deserialize>::deserialize(&*unpacked.input)
-            .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e.to_string())))?;
         // Gatekeeper constraints judge the request as sent (not the Pod of
         // a controller's template).
-        let gatekeeper_review = match review.get("request") {
-            Some(request) if !self.inner.gatekeeper.constraints.is_empty() => {
-                gatekeeper::Review::new(request)
-                    .map_err(|e| EvalError::InvalidReview(ReviewError::NotJson(e)))?
-            }
-            _ => None,
-        };
+        let constraints = !self.inner.gatekeeper.constraints.is_empty()
+            && review.object().or_else(|| review.old_object()).is_some();
+        let inputs = input::inputs(review, &unpacked, constraints)?;
+        let input = inputs.policies;
+        let gatekeeper_review = inputs
+            .gatekeeper
+            .and_then(|request| gatekeeper::Review::new(review, request));
+        let template_pointer = unpacked.controller.map(|c| c.pointer);
         let mut collector = Collector {
-            label: unpacked
-                .template_pointer
-                .map(|_| decision.subject.display()),
-            root: unpacked.template_pointer.unwrap_or(""),
+            label: template_pointer.map(|_| decision.subject.display()),
+            root: template_pointer.unwrap_or(""),
             patch_target: unpacked.patch_target,
             patch_doc: None,
             decision: &mut decision,

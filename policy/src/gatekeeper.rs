@@ -461,48 +461,23 @@ pub(crate) struct Review<'a> {
     kind: &'a str,
     object: &'a Json,
     namespace: &'a str,
-    /// `request` for the engines, converted once.
+    /// `request` for the engines ([`crate::input`]).
     input: regorus::Value,
 }
 
 impl<'a> Review<'a> {
-    /// `None` when the request carries no object to match (nothing to judge).
-    pub(crate) fn new(request: &'a Json) -> Result<Option<Review<'a>>, String> {
-        let object = match request
-            .get("object")
-            .filter(|o| o.is_object())
-            .or_else(|| request.get("oldObject").filter(|o| o.is_object()))
-        {
-            Some(o) => o,
-            None => return Ok(None),
-        };
-        let str_at = |p: &str| request.pointer(p).and_then(Json::as_str).unwrap_or("");
-        let namespace = match str_at("/namespace") {
-            "" => object
-                .pointer("/metadata/namespace")
-                .and_then(Json::as_str)
-                .unwrap_or(""),
-            ns => ns,
-        };
-        // As Gatekeeper does: a DELETE's policies see the deleted object
-        // (the API server sends it as `oldObject`) as `object` too.
-        let deleted = request.get("operation").and_then(Json::as_str) == Some("DELETE")
-            && !request.get("object").is_some_and(Json::is_object);
-        let input = if deleted {
-            let mut request = request.clone();
-            request["object"] = object.clone();
-            <regorus::Value as serde::Deserialize>::deserialize(&request)
-        } else {
-            <regorus::Value as serde::Deserialize>::deserialize(request)
-        }
-        .map_err(|e| e.to_string())?;
-        Ok(Some(Review {
-            group: str_at("/kind/group"),
-            kind: str_at("/kind/kind"),
-            object,
-            namespace,
+    /// The constraints' view of `review` with its `request` converted for
+    /// the engines; `None` when the request carries no object to match
+    /// (nothing to judge).
+    pub(crate) fn new(review: &'a crate::Review, input: regorus::Value) -> Option<Review<'a>> {
+        Some(Review {
+            group: &review.kind().group,
+            kind: &review.kind().kind,
+            object: review.object().or_else(|| review.old_object())?,
+            // The request's, else the object's.
+            namespace: &review.subject().namespace,
             input,
-        }))
+        })
     }
 }
 

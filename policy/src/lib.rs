@@ -1,7 +1,8 @@
 //! Rego policy engine shared by the admission webhook and the CI command.
 //!
 //! A [`PolicySet`] compiles `*.rego` files with [regorus] and judges whole
-//! AdmissionReviews:
+//! AdmissionReviews, each read once into a [`Review`] where it enters (the
+//! webhook's request body, the CI command's manifest):
 //!
 //! * Policies are written against a **Pod** (`input.request.object`). Pods
 //!   are judged directly; Deployments, StatefulSets, DaemonSets, ReplicaSets,
@@ -18,13 +19,14 @@
 //! * [`PolicySet::run_tests`] runs each `test_` rule on its own.
 //!
 //! ```
-//! use mapguard_policy::{EngineConfig, NamespaceData, PolicySet};
+//! use mapguard_policy::{EngineConfig, NamespaceData, PolicySet, Review};
 //! let set = PolicySet::embedded(&EngineConfig::default());
-//! let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+//! let review = Review::new(serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
 //!     "request": {"uid": "1", "operation": "CREATE", "namespace": "default",
 //!         "kind": {"group": "", "version": "v1", "kind": "Pod"},
 //!         "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-//!             "spec": {"hostPID": true, "containers": [{"name": "c", "image": "busybox"}]}}}});
+//!             "spec": {"hostPID": true, "containers": [{"name": "c", "image": "busybox"}]}}}}))
+//!     .expect("a request with a kind");
 //! let decision = set.evaluate(&review, &NamespaceData::new()).expect("evaluates");
 //! assert!(!decision.allowed);
 //! ```
@@ -34,6 +36,7 @@ mod config;
 mod diagnostic;
 mod evaluate;
 pub mod gatekeeper;
+mod input;
 mod namespaces;
 pub mod patch;
 pub mod review;
@@ -50,6 +53,7 @@ pub use gatekeeper::{
     Admitted, Candidate, ConstraintInfo, GatekeeperError, Inventory, Syntax, Unsupported,
 };
 pub use namespaces::{NamespaceData, NamespaceError, NamespaceMeta, unpack_lists};
+pub use review::Review;
 pub use set::{LoadError, PolicyInfo, PolicySet};
 pub use subject::{ReviewError, Subject};
 pub use testing::{TestReport, TestResult};

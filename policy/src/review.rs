@@ -1,7 +1,160 @@
-//! Wrapping a manifest object in the CREATE AdmissionReview the API server
-//! would send the webhook for it.
+//! The AdmissionReview the engine judges ([`Review`]), read once where it
+//! enters: from the bytes the API server sent (the webhook), or from a tree
+//! built here for a manifest object ([`create_review`], the CI command).
 
+use kube_core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use kube_core::{DynamicObject, GroupVersionKind};
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
+
+use crate::subject::{ReviewError, Subject};
+
+/// An AdmissionReview read once: its tree as sent (what the policies see)
+/// and the fields of its request that the engine and its callers use,
+/// typed. Built by [`Review::parse`] from a body, or [`Review::new`] from a
+/// tree; nothing reads them from the tree again.
+#[derive(Debug, Clone)]
+pub struct Review {
+    json: Json,
+    uid: String,
+    kind: GroupVersionKind,
+    name: String,
+    operation: Option<Operation>,
+    subject: Subject,
+}
+
+impl Review {
+    /// Parses `body`, an AdmissionReview as the API server sends it: one
+    /// tree, and the request checked and read with kube's types with its
+    /// objects set aside (so nothing large is copied).
+    pub fn parse(body: &[u8]) -> Result<Review, ReviewError> {
+        let mut json: Json =
+            serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+        let request = json
+            .get_mut("request")
+            .and_then(Json::as_object_mut)
+            .ok_or(ReviewError::NoRequest)?;
+        let objects: Vec<(String, Json)> = ["object", "oldObject"]
+            .into_iter()
+            .filter_map(|key| Some((key.to_owned(), request.remove(key)?)))
+            .collect();
+        let typed = AdmissionReview::<DynamicObject>::deserialize(&json);
+        if let Some(request) = json.get_mut("request").and_then(Json::as_object_mut) {
+            request.extend(objects);
+        }
+        let request: AdmissionRequest<DynamicObject> = typed
+            .map_err(|e| ReviewError::Request(e.to_string()))?
+            .try_into()
+            .map_err(|_| ReviewError::NoRequest)?;
+        let members = json
+            .get("request")
+            .and_then(Json::as_object)
+            .ok_or(ReviewError::NoRequest)?;
+        let subject = Subject::of(
+            members,
+            request.kind.kind.clone(),
+            request.namespace.as_deref(),
+            &request.name,
+            request.sub_resource.as_deref(),
+        );
+        Ok(Review {
+            json,
+            uid: request.uid,
+            kind: request.kind,
+            name: request.name,
+            operation: Some(request.operation),
+            subject,
+        })
+    }
+
+    /// Reads a review built elsewhere (a manifest's, a test's): it needs a
+    /// request object with a `kind.kind`; other fields are read when they
+    /// have the expected type and left empty otherwise.
+    pub fn new(json: Json) -> Result<Review, ReviewError> {
+        let request = json
+            .get("request")
+            .and_then(Json::as_object)
+            .ok_or(ReviewError::NoRequest)?;
+        fn text(value: Option<&Json>) -> &str {
+            value.and_then(Json::as_str).unwrap_or_default()
+        }
+        let field = |name: &str| text(request.get(name));
+        let kind_of = request.get("kind");
+        let kind = GroupVersionKind {
+            group: text(kind_of.and_then(|k| k.get("group"))).to_owned(),
+            version: text(kind_of.and_then(|k| k.get("version"))).to_owned(),
+            kind: kind_of
+                .and_then(|k| k.get("kind"))
+                .and_then(Json::as_str)
+                .ok_or(ReviewError::NoKind)?
+                .to_owned(),
+        };
+        let subject = Subject::of(
+            request,
+            kind.kind.clone(),
+            Some(field("namespace")),
+            field("name"),
+            Some(field("subResource")),
+        );
+        let operation = request
+            .get("operation")
+            .and_then(|o| Operation::deserialize(o).ok());
+        Ok(Review {
+            uid: field("uid").to_owned(),
+            name: field("name").to_owned(),
+            operation,
+            kind,
+            subject,
+            json,
+        })
+    }
+
+    /// The whole review as sent.
+    pub fn json(&self) -> &Json {
+        &self.json
+    }
+
+    /// `request` (an object: both constructors check it).
+    pub(crate) fn request(&self) -> Option<&serde_json::Map<String, Json>> {
+        self.json.get("request").and_then(Json::as_object)
+    }
+
+    /// `request.object` when it is an object.
+    pub fn object(&self) -> Option<&Json> {
+        self.request()?.get("object").filter(|o| o.is_object())
+    }
+
+    /// `request.oldObject` when it is an object.
+    pub fn old_object(&self) -> Option<&Json> {
+        self.request()?.get("oldObject").filter(|o| o.is_object())
+    }
+
+    /// `request.uid`.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// `request.kind`.
+    pub fn kind(&self) -> &GroupVersionKind {
+        &self.kind
+    }
+
+    /// `request.name` as sent (empty when absent; see [`Review::subject`]
+    /// for the name findings use).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `request.operation`, when it is one of kube's.
+    pub fn operation(&self) -> Option<&Operation> {
+        self.operation.as_ref()
+    }
+
+    /// What findings name.
+    pub fn subject(&self) -> &Subject {
+        &self.subject
+    }
+}
 
 /// Kinds that live outside namespaces (no `request.namespace`).
 const CLUSTER_SCOPED: [&str; 16] = [

@@ -5,10 +5,10 @@
 //! engine synthesizes the Pod their template would create and evaluates that;
 //! patches are re-rooted onto the template ([`template_pointer`]).
 
-use std::borrow::Cow;
-
 use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
+
+use crate::Review;
 
 /// The object named in findings: kind, namespace and name, and the
 /// subresource written when the request is not for the object itself.
@@ -62,17 +62,59 @@ pub fn template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// A review made ready for the policies.
+impl Subject {
+    /// The subject of a request for `kind` whose `request` holds its
+    /// objects: the request's namespace and name, else the object's (the
+    /// old object's for a DELETE; `generateName` when it has no name yet).
+    pub(crate) fn of(
+        request: &Map<String, Json>,
+        kind: String,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+    ) -> Subject {
+        let object = request.get("object").filter(|o| o.is_object());
+        let old_object = request.get("oldObject").filter(|o| o.is_object());
+        let meta_of = |o: Option<&Json>, field: &str| {
+            o.and_then(|o| o.get("metadata"))
+                .and_then(|m| m.get(field))
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let given = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+        Subject {
+            namespace: given(namespace)
+                .or_else(|| meta_of(object.or(old_object), "namespace"))
+                .unwrap_or_default(),
+            name: given(Some(name))
+                .or_else(|| meta_of(object.or(old_object), "name"))
+                .or_else(|| meta_of(object, "generateName"))
+                .unwrap_or_default(),
+            kind,
+            subresource: given(subresource).unwrap_or_default(),
+        }
+    }
+}
+
+/// A controller whose template the policies judge as a Pod.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Controller<'a> {
+    /// Where its template is, and where policy patches land.
+    pub pointer: &'static str,
+    /// The controller (`request.object`).
+    pub owner: &'a Json,
+    /// Its template; `None` when it has none (an empty Pod is judged).
+    pub template: Option<&'a Json>,
+}
+
+/// Where the policies look in a review: at its object as sent, or at the
+/// Pod a controller's template would create.
 #[derive(Debug)]
 pub(crate) struct Unpacked<'a> {
-    pub subject: Subject,
-    /// The AdmissionReview the policies see (`input`): the original one, or
-    /// one whose object is the Pod synthesized from a controller's template.
-    pub input: Cow<'a, Json>,
-    /// Where policy patches land in the reviewed object: `None` for a Pod or
-    /// any other kind (patches apply as written), the template pointer for a
-    /// controller.
-    pub template_pointer: Option<&'static str>,
+    /// The controller; `None` for a Pod, any other kind, or a request
+    /// without an object (policies see the review as sent).
+    pub controller: Option<Controller<'a>>,
     /// The object patches are checked against (the Pod, or the template).
     pub patch_target: Option<&'a Json>,
 }
@@ -80,8 +122,12 @@ pub(crate) struct Unpacked<'a> {
 /// Why a review cannot be judged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReviewError {
+    #[error("request body is not valid JSON: {0}")]
+    Malformed(String),
     #[error("AdmissionReview has no request object")]
     NoRequest,
+    #[error("invalid AdmissionReview request: {0}")]
+    Request(String),
     #[error("AdmissionReview request has no kind.kind")]
     NoKind,
     #[error("AdmissionReview cannot be handed to the policies: {0}")]
@@ -94,101 +140,29 @@ pub enum ReviewError {
     },
 }
 
-/// Extracts the subject and builds the policy input from a whole review.
-pub(crate) fn unpack(review: &Json) -> Result<Unpacked<'_>, ReviewError> {
-    let request = review
-        .get("request")
-        .and_then(Json::as_object)
-        .ok_or(ReviewError::NoRequest)?;
-    let kind = request
-        .get("kind")
-        .and_then(|k| k.get("kind"))
-        .and_then(Json::as_str)
-        .ok_or(ReviewError::NoKind)?
-        .to_string();
-    let object = request.get("object").filter(|o| o.is_object());
-    let old_object = request.get("oldObject").filter(|o| o.is_object());
-    let meta_of = |o: Option<&Json>, field: &str| {
-        o.and_then(|o| o.get("metadata"))
-            .and_then(|m| m.get(field))
-            .and_then(Json::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let str_field = |field: &str| {
-        request
-            .get(field)
-            .and_then(Json::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let subject = Subject {
-        namespace: str_field("namespace")
-            .or_else(|| meta_of(object.or(old_object), "namespace"))
-            .unwrap_or_default(),
-        name: str_field("name")
-            .or_else(|| meta_of(object.or(old_object), "name"))
-            .or_else(|| meta_of(object, "generateName"))
-            .unwrap_or_default(),
-        kind,
-        subresource: str_field("subResource").unwrap_or_default(),
-    };
-
-    let pointer = template_pointer(&subject.kind);
-    let (Some(pointer), Some(object)) = (pointer, object) else {
-        // A Pod, another kind, or a DELETE (no object): policies see the review as sent.
+/// Finds what the policies judge in `review`.
+pub(crate) fn unpack(review: &Review) -> Result<Unpacked<'_>, ReviewError> {
+    let object = review.object();
+    let subject = review.subject();
+    let (Some(pointer), Some(owner)) = (template_pointer(&subject.kind), object) else {
         return Ok(Unpacked {
+            controller: None,
             patch_target: object,
-            input: Cow::Borrowed(review),
-            template_pointer: None,
-            subject,
         });
     };
-
-    let template = template_of(object, pointer, &subject)?;
-    let pod = synthesize_pod(object, template, &subject);
-    let old_pod = match old_object {
-        Some(old) => template_of(old, pointer, &subject)
-            .map(|t| synthesize_pod(old, t, &subject))
-            .unwrap_or(Json::Null),
-        None => Json::Null,
-    };
-    // Everything of the request but its objects: the controller is not
-    // copied only to be replaced by its Pod.
-    let mut request: Map<String, Json> = request
-        .iter()
-        .filter(|(key, value)| {
-            !(matches!(key.as_str(), "object" | "oldObject") && value.is_object())
-        })
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
-    let pod_resource = json!({"group": "", "version": "v1", "resource": "pods"});
-    request.insert("kind".into(), pod_kind.clone());
-    request.insert("resource".into(), pod_resource.clone());
-    request.insert("requestKind".into(), pod_kind);
-    request.insert("requestResource".into(), pod_resource);
-    request.insert("object".into(), pod);
-    if old_object.is_some() {
-        request.insert("oldObject".into(), old_pod);
-    }
-    let mut input = Map::new();
-    for key in ["apiVersion", "kind"] {
-        if let Some(v) = review.get(key) {
-            input.insert(key.into(), v.clone());
-        }
-    }
-    input.insert("request".into(), Json::Object(request));
+    let template = template_of(owner, pointer, subject)?;
     Ok(Unpacked {
-        subject,
-        input: Cow::Owned(Json::Object(input)),
-        template_pointer: Some(pointer),
+        controller: Some(Controller {
+            pointer,
+            owner,
+            template,
+        }),
         patch_target: template,
     })
 }
 
 /// The template of a controller; `None` when it has none (an empty pod is judged).
-fn template_of<'a>(
+pub(crate) fn template_of<'a>(
     object: &'a Json,
     pointer: &str,
     subject: &Subject,
@@ -204,9 +178,14 @@ fn template_of<'a>(
     }
 }
 
-/// The Pod a controller's template would create: template metadata (labels,
-/// annotations) and spec, the owner's name and namespace, an owner reference.
-fn synthesize_pod(owner: &Json, template: Option<&Json>, subject: &Subject) -> Json {
+/// The metadata of the Pod a controller's template would create: the
+/// template's (labels, annotations), the owner's name and namespace, an
+/// owner reference. Its spec is the template's.
+pub(crate) fn pod_metadata(
+    owner: &Json,
+    template: Option<&Json>,
+    subject: &Subject,
+) -> Map<String, Json> {
     let mut metadata = template
         .and_then(|t| t.get("metadata"))
         .and_then(Json::as_object)
@@ -227,15 +206,7 @@ fn synthesize_pod(owner: &Json, template: Option<&Json>, subject: &Subject) -> J
             "controller": true,
         }]),
     );
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": template
-            .and_then(|t| t.get("spec"))
-            .cloned()
-            .unwrap_or_else(|| json!({})),
-    })
+    metadata
 }
 
 #[cfg(test)]
@@ -251,41 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn cronjob_template_becomes_a_pod_named_after_the_owner() {
-        let object = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
-            "spec": {"jobTemplate": {"spec": {"template": {
-                "metadata": {"labels": {"app": "n"}},
-                "spec": {"containers": [{"name": "c", "image": "i"}]}}}}}});
-        let review = review("CronJob", object);
-        let unpacked = unpack(&review).expect("valid review");
-        assert_eq!(
-            unpacked.template_pointer,
-            Some("/spec/jobTemplate/spec/template")
-        );
-        let pod = &unpacked.input["request"]["object"];
-        assert_eq!(pod["kind"], "Pod");
-        assert_eq!(pod["metadata"]["name"], "nightly");
-        assert_eq!(pod["metadata"]["namespace"], "shop");
-        assert_eq!(pod["metadata"]["labels"]["app"], "n");
-        assert_eq!(pod["spec"]["containers"][0]["name"], "c");
-        assert_eq!(unpacked.input["request"]["kind"]["kind"], "Pod");
-        assert_eq!(unpacked.subject.display(), "CronJob shop/nightly");
-    }
-
-    #[test]
-    fn pods_and_other_kinds_pass_through() {
-        let r = review("ConfigMap", json!({"metadata": {"name": "cm"}}));
-        let unpacked = unpack(&r).expect("valid review");
-        assert_eq!(*unpacked.input, r);
-        assert_eq!(unpacked.template_pointer, None);
-        assert_eq!(
-            unpack(&json!({"kind": "AdmissionReview"})).unwrap_err(),
-            ReviewError::NoRequest
-        );
-    }
-
-    #[test]
-    fn an_ephemeral_container_update_is_judged_as_its_pod_and_named_so() {
+    fn an_ephemeral_container_update_is_named_so() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
             "spec": {"containers": [{"name": "app", "image": "i"}],
                 "ephemeralContainers": [{"name": "debugger-x", "image": "d"}]}});
@@ -293,12 +230,13 @@ mod tests {
         r["request"]["operation"] = json!("UPDATE");
         r["request"]["name"] = json!("web");
         r["request"]["subResource"] = json!("ephemeralcontainers");
-        let unpacked = unpack(&r).expect("valid review");
-        assert_eq!(*unpacked.input, r, "policies see the Pod as sent");
+        let review = Review::new(r).expect("valid review");
         assert_eq!(
-            unpacked.subject.display(),
+            review.subject().display(),
             "Pod shop/web (ephemeral containers)"
         );
+        let unpacked = unpack(&review).expect("unpacks");
+        assert!(unpacked.controller.is_none(), "judged as the Pod sent");
     }
 
     #[test]
@@ -307,6 +245,10 @@ mod tests {
             "Deployment",
             json!({"metadata": {"name": "d"}, "spec": {"template": 3}}),
         );
-        assert!(matches!(unpack(&r), Err(ReviewError::BadTemplate { .. })));
+        let review = Review::new(r).expect("valid review");
+        assert!(matches!(
+            unpack(&review),
+            Err(ReviewError::BadTemplate { .. })
+        ));
     }
 }

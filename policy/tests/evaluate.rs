@@ -4,10 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mapguard_policy::{Action, EngineConfig, EvalError, LoadError, NamespaceData, PolicySet};
+use mapguard_policy::{
+    Action, EngineConfig, EvalError, LoadError, NamespaceData, PolicySet, Review, ReviewError,
+};
 use serde_json::{Value, json};
 
-fn review(kind: &str, namespace: &str, object: Value) -> Value {
+fn review(kind: &str, namespace: &str, object: Value) -> Review {
+    Review::new(review_json(kind, namespace, object)).expect("a review")
+}
+
+fn review_json(kind: &str, namespace: &str, object: Value) -> Value {
     let group = match kind {
         "Pod" => "",
         "Job" | "CronJob" => "batch",
@@ -375,11 +381,8 @@ fn evaluation_errors_are_typed_not_allows() {
         matches!(result, Err(EvalError::BadDecision { .. })),
         "{result:?}"
     );
-    let result = set.evaluate(&json!({"kind": "AdmissionReview"}), &NamespaceData::new());
-    assert!(
-        matches!(result, Err(EvalError::InvalidReview(_))),
-        "{result:?}"
-    );
+    let result = Review::new(json!({"kind": "AdmissionReview"}));
+    assert!(matches!(result, Err(ReviewError::NoRequest)), "{result:?}");
 }
 
 #[test]
@@ -425,10 +428,11 @@ fn namespace_data_changes_are_seen_by_cached_engines() {
 #[test]
 fn delete_and_other_kinds_are_allowed_without_findings() {
     let set = PolicySet::embedded(&EngineConfig::default());
-    let mut r = review("Pod", "shop", Value::Null);
+    let mut r = review_json("Pod", "shop", Value::Null);
     r["request"]["operation"] = json!("DELETE");
     r["request"]["oldObject"] = pod("p", pod_spec(true));
     r["request"]["name"] = json!("p");
+    let r = Review::new(r).expect("a review");
     let decision = set.evaluate(&r, &enforced("kill")).expect("evaluates");
     assert!(decision.allowed && decision.denials.is_empty() && decision.patch.is_empty());
     assert_eq!(decision.subject.name, "p");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use mapguard_policy::{
-    Action, Admitted, Candidate, EngineConfig, LoadError, NamespaceData, PolicySet,
+    Action, Admitted, Candidate, EngineConfig, LoadError, NamespaceData, PolicySet, Review,
 };
 use serde_json::{Value, json};
 
@@ -14,7 +14,11 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gatekeeper")
 }
 
-fn review(group: &str, kind: &str, namespace: &str, object: Value) -> Value {
+fn review(group: &str, kind: &str, namespace: &str, object: Value) -> Review {
+    Review::new(review_json(group, kind, namespace, object)).expect("a review")
+}
+
+fn review_json(group: &str, kind: &str, namespace: &str, object: Value) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "1",
         "kind": {"group": group, "version": "v1", "kind": kind},
@@ -46,7 +50,7 @@ fn set() -> PolicySet {
 }
 
 /// `(policy, action, message)` of every finding.
-fn findings(set: &PolicySet, review: &Value) -> Vec<(String, Action, String)> {
+fn findings(set: &PolicySet, review: &Review) -> Vec<(String, Action, String)> {
     let d = set.evaluate(review, &namespaces()).expect("evaluates");
     assert_eq!(d.allowed, d.denials.is_empty());
     d.denials
@@ -189,9 +193,10 @@ fn a_v1_template_warns_on_selected_deployments_in_selected_namespaces() {
 #[test]
 fn a_deleted_object_is_matched_and_judged_as_its_old_object() {
     let set = set();
-    let mut r = review("", "Pod", "shop", Value::Null);
+    let mut r = review_json("", "Pod", "shop", Value::Null);
     r["request"]["operation"] = json!("DELETE");
     r["request"]["oldObject"] = pod("web", "docker.io/nginx:1");
+    let r = Review::new(r).expect("a review");
     assert_eq!(findings(&set, &r).len(), 1);
 }
 

@@ -32,7 +32,7 @@ use axum::http::{Request, header};
 use clap::Parser;
 use hyper::client::conn::http1::SendRequest;
 use mapguard_certs_gen::{CertRequest, generate, write_dir};
-use mapguard_policy::{EngineConfig, NamespaceData, PolicySet};
+use mapguard_policy::{EngineConfig, NamespaceData, PolicySet, Review};
 use mapguard_webhook::config::Config;
 use mapguard_webhook::startup::{Running, Webhook};
 use serde_json::Value;
@@ -225,7 +225,7 @@ async fn closed_loop(
     (rps, Stats::new(all))
 }
 
-fn eval_stats(set: &PolicySet, review: &Value, namespaces: &NamespaceData) -> Stats {
+fn eval_stats(set: &PolicySet, review: &Review, namespaces: &NamespaceData) -> Stats {
     for _ in 0..200 {
         set.evaluate(review, namespaces).expect("evaluates");
     }
@@ -376,7 +376,7 @@ fn main() {
     let body = bytes::Bytes::from(
         std::fs::read(data_dir().join("pod-plain-create.json")).expect("fixture"),
     );
-    let review: Value = serde_json::from_slice(&body).expect("fixture JSON");
+    let review = Review::parse(&body).expect("fixture review");
     let namespaces =
         NamespaceData::from_file(&data_dir().join("namespaces.yaml")).expect("namespaces");
 

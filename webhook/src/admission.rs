@@ -15,8 +15,9 @@
 //! * A body is received and looked at within bounds before anything is built
 //!   from it ([`intake`]); its tree is built only once the request holds the
 //!   memory that judging it may take and an evaluation slot
-//!   ([`crate::evaluator::Evaluator::admit`]), and exists once: the typed
-//!   request is read from it with the objects set aside.
+//!   ([`crate::evaluator::Evaluator::admit`]), and exists once: it is
+//!   parsed into the policy engine's [`mapguard_policy::Review`], which the
+//!   evaluation takes and drops.
 //! * `dryRun: true` requests are judged the same way but only the labelled
 //!   request counter records them (no findings counters, no info logs).
 //! * Findings are counted once per request: by `/validate`, or by `/mutate`
@@ -26,7 +27,6 @@ pub mod intake;
 pub mod review;
 pub mod scan;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -34,8 +34,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+use kube::core::admission::AdmissionResponse;
 use kube::core::response::StatusSummary;
 use mapguard_policy::{Decision, Finding};
 use serde_json::Value;
@@ -46,7 +45,7 @@ use crate::evaluator::EvalFailure;
 use crate::metrics::{DecisionLabel, Endpoint};
 use crate::state::AppState;
 use intake::{Received, receive};
-use review::{Incoming, invalid_answer, invalid_response, parse, response_for, to_json};
+use review::{invalid_answer, invalid_response, parse, response_for, to_json};
 
 /// `POST /validate`.
 pub async fn validate(State(state): State<AppState>, request: Request<Body>) -> Response {
@@ -104,7 +103,6 @@ async fn judge(
     endpoint: Endpoint,
     received: Received,
 ) -> (StatusCode, AdmissionResponse, DecisionLabel) {
-    let arrived_uid = received.uid.clone();
     if !received.namespace.is_empty() && state.is_exempt(&received.namespace) {
         tracing::debug!("namespace exempt; allowed without evaluation");
         return (
@@ -124,20 +122,27 @@ async fn judge(
     {
         Ok(admission) => admission,
         Err(failure) => {
-            let (response, label) = failed(state, response_for(&arrived_uid), &failure);
+            let (response, label) = failed(state, response_for(&received.uid), &failure);
             return (StatusCode::OK, response, label);
         }
     };
     let Received {
-        bytes, reservation, ..
+        bytes,
+        reservation,
+        uid,
+        dry_run,
+        ..
     } = received;
-    let parsed = parse(&bytes, &arrived_uid);
+    let parsed = parse(&bytes, &uid);
     // The tree now holds what the body held; the admission's reservation
     // covers it.
     drop(bytes);
     drop(reservation);
-    let Incoming { json, request } = match parsed {
-        Ok(incoming) => incoming,
+    // What the answer needs, read at the border (the review itself goes to
+    // the evaluation and is dropped there, before its memory is released).
+    let answering = Answering { uid, dry_run };
+    let review = match parsed {
+        Ok(review) => review,
         Err(invalid) => {
             tracing::warn!(?endpoint, uid = %invalid.uid, status = %invalid.code, error = %invalid.message, "invalid admission request");
             return (
@@ -148,36 +153,46 @@ async fn judge(
         }
     };
     let span = tracing::Span::current();
-    span.record("kind", request.kind.kind.as_str());
-    span.record("name", request.name.as_str());
-    span.record("operation", tracing::field::debug(&request.operation));
+    span.record("kind", review.kind().kind.as_str());
+    span.record("name", review.name());
+    if let Some(operation) = review.operation() {
+        span.record("operation", tracing::field::debug(operation));
+    }
     let outcome = evaluator
         .evaluate(
             admission,
             state.policies().current(),
-            Arc::new(json),
+            review,
             state.namespaces().snapshot(),
             state.inventory(),
             state.metrics().clone(),
         )
         .await;
     let (response, label) = match outcome {
-        Ok(decision) => match respond(state, endpoint, &request, &decision) {
+        Ok(decision) => match respond(state, endpoint, &answering, &decision) {
             Ok(answer) => answer,
-            Err(failure) => failed(state, AdmissionResponse::from(&request), &failure),
+            Err(failure) => failed(state, response_for(&answering.uid), &failure),
         },
-        Err(failure) => failed(state, AdmissionResponse::from(&request), &failure),
+        Err(failure) => failed(state, response_for(&answering.uid), &failure),
     };
     (StatusCode::OK, response, label)
+}
+
+/// What answering a judged request needs from it.
+struct Answering {
+    /// `request.uid`.
+    uid: String,
+    /// `request.dryRun`.
+    dry_run: bool,
 }
 
 fn respond(
     state: &AppState,
     endpoint: Endpoint,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &Answering,
     decision: &Decision,
 ) -> Result<(AdmissionResponse, DecisionLabel), EvalFailure> {
-    let mut response = AdmissionResponse::from(request);
+    let mut response = response_for(&request.uid);
     if decision.exempt {
         return Ok((response, DecisionLabel::exempt));
     }

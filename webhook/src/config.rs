@@ -9,6 +9,8 @@ use clap::{Parser, ValueEnum};
 use mapguard_duration as duration;
 use mapguard_policy::Action;
 
+use crate::server::ConnectionLimits;
+
 /// What the webhook answers when it cannot judge a request (evaluation
 /// overloaded, timed out or failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -169,13 +171,9 @@ pub struct Config {
     /// memory limit.
     #[arg(long, env = "MAPGUARD_MAX_REQUEST_MEMORY", default_value_t = crate::evaluator::DEFAULT_MEMORY_BUDGET)]
     pub max_request_memory: usize,
-    /// Connections open at once on the HTTPS port; further ones wait in
-    /// the listen backlog until one closes.
-    #[arg(long, env = "MAPGUARD_MAX_CONNECTIONS", default_value_t = 64)]
-    pub max_connections: usize,
-    /// Requests in flight at once on one HTTP/2 connection.
-    #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
-    pub max_concurrent_streams: u32,
+    /// `--client-timeout`, `--max-connections`, `--max-concurrent-streams`.
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
     /// PEM bundle of the CAs whose client certificates may connect to the
     /// HTTPS port (the API server's, see docs/webhook.md); re-read when it changes
     /// (every --reload-interval). Without it any TLS client may connect.
@@ -191,10 +189,6 @@ pub struct Config {
         requires = "client_ca"
     )]
     pub client_names: Vec<String>,
-    /// Time allowed for a TLS handshake, for reading request headers and for
-    /// reading a request body (slow clients are cut off after it).
-    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = duration::parse, default_value = "5s")]
-    pub client_timeout: Duration,
     /// Interval of the change checks on the policy directory, the TLS files,
     /// the --client-ca bundle and the namespaces file.
     #[arg(long, env = "MAPGUARD_RELOAD_INTERVAL", value_parser = duration::parse_positive, default_value = "2s")]
@@ -268,7 +262,7 @@ mod tests {
         assert_eq!(config.max_json_values, 200_000);
         assert_eq!(config.max_json_depth, 64);
         assert_eq!(config.max_request_memory, 128 << 20);
-        assert_eq!(config.max_connections, 64);
+        assert_eq!(config.connections.max_connections, 64);
         assert!(config.client_ca.is_none() && config.client_names.is_empty());
         assert_eq!(config.exempt_namespaces, ["mapguard-system", "kube-system"]);
         assert!(config.policies.is_none());

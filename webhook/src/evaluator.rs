@@ -15,9 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mapguard_policy::{Decision, EvalError, Inventory, NamespaceData, PolicySet};
+use mapguard_policy::{Decision, EvalError, Inventory, NamespaceData, PolicySet, Review};
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::budget::{MemoryBudget, Reservation};
@@ -178,7 +177,7 @@ impl Evaluator {
         &self,
         admission: Admission,
         set: PolicySet,
-        review: Arc<Value>,
+        review: Review,
         namespaces: Arc<NamespaceData>,
         inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,

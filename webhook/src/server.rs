@@ -46,14 +46,20 @@ pub const H1_MAX_BUF: usize = 64 * 1024;
 /// body bytes a connection buffers before the handlers read them.
 pub const H2_WINDOW: u32 = 256 * 1024;
 
-/// Bounds on the connections of the admission port.
-#[derive(Debug, Clone, Copy)]
+/// Bounds on the connections of the admission port: flags of
+/// [`crate::config::Config`], read here and by the router (the body timeout).
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ConnectionLimits {
-    /// Time allowed for the TLS handshake and for reading request headers.
+    /// Time allowed for a TLS handshake, for reading request headers and for
+    /// reading a request body (slow clients are cut off after it).
+    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = mapguard_duration::parse, default_value = "5s")]
     pub client_timeout: Duration,
-    /// Connections open at once.
+    /// Connections open at once on the HTTPS port; further ones wait in
+    /// the listen backlog until one closes.
+    #[arg(long, env = "MAPGUARD_MAX_CONNECTIONS", default_value_t = 64)]
     pub max_connections: usize,
     /// Requests in flight at once on one HTTP/2 connection.
+    #[arg(long, env = "MAPGUARD_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
     pub max_concurrent_streams: u32,
 }
 

@@ -18,7 +18,7 @@ use crate::evaluator::Evaluator;
 use crate::metrics::Metrics;
 use crate::namespaces::{self, FileNamespaces, NamespaceCache, NamespaceSource};
 use crate::policies::{PolicySource, PolicyStore};
-use crate::server::{ConnectionLimits, serve_plain, serve_tls};
+use crate::server::{serve_plain, serve_tls};
 use crate::state::{AppState, Settings};
 use crate::tls::{self, ReloadableCert, ReloadableClientCa, TlsError};
 use crate::watch::{Watched, fingerprint_dir, fingerprint_files, poll_changes, reloaded};
@@ -188,7 +188,7 @@ impl Webhook {
             max_body_bytes: config.max_body_bytes,
             max_json_values: config.max_json_values,
             max_json_depth: config.max_json_depth,
-            body_timeout: config.client_timeout,
+            body_timeout: config.connections.client_timeout,
         };
         let evaluator = Evaluator::new(config.max_concurrent_evaluations, config.queue_timeout)
             .with_memory_budget(config.max_request_memory);
@@ -240,11 +240,7 @@ impl Webhook {
             app(state.clone()),
             tls_config,
             metrics.clone(),
-            ConnectionLimits {
-                client_timeout: config.client_timeout,
-                max_connections: config.max_connections,
-                max_concurrent_streams: config.max_concurrent_streams,
-            },
+            config.connections,
             config.shutdown_grace,
             rx.clone(),
         )));

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use mapguard_policy::{EngineConfig, PolicySet};
+use mapguard_policy::{EngineConfig, PolicySet, Review};
 use serde::Deserialize;
 use serde_json::Value;
 use support::*;
@@ -39,7 +39,7 @@ fn policies_configmap_compiles_and_matches_embedded_decisions() {
         "deployment-kill-namespace-create",
         "daemonset-tamper-update",
     ] {
-        let review = fixture_json(name);
+        let review = Review::new(fixture_json(name)).expect("a review");
         let a = from_cm.evaluate(&review, &ns).expect("evaluates");
         let b = embedded.evaluate(&review, &ns).expect("evaluates");
         assert_eq!(

@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use mapguard_policy::{EngineConfig, Inventory, PolicySet};
+use mapguard_policy::{EngineConfig, Inventory, PolicySet, Review};
 use mapguard_webhook::admission::review::parse;
 use mapguard_webhook::admission::scan::{ShapeLimits, scan};
 use serde_json::Value;
@@ -140,7 +140,7 @@ fn the_estimate_bounds_what_parsing_and_judging_allocate() {
     ];
     // Warm the engine of this thread, so that its one-time set-up is not
     // counted against the first shape.
-    let warm = fixture_json("pod-plain-create");
+    let warm = Review::new(fixture_json("pod-plain-create")).expect("a review");
     set.evaluate_with(&warm, &namespaces, &inventory, config.eval_timeout)
         .expect("warm-up evaluates");
 
@@ -151,10 +151,9 @@ fn the_estimate_bounds_what_parsing_and_judging_allocate() {
             let estimate = scan(&body, limits).expect("scans").memory_estimate();
             let before = LIVE.load(Relaxed);
             PEAK.store(before, Relaxed);
-            let incoming = parse(&body, "uid").expect("parses");
-            let decision =
-                set.evaluate_with(&incoming.json, &namespaces, &inventory, config.eval_timeout);
-            drop(incoming);
+            let review = parse(&body, "uid").expect("parses");
+            let decision = set.evaluate_with(&review, &namespaces, &inventory, config.eval_timeout);
+            drop(review);
             let peak = PEAK.load(Relaxed) - before;
             if let Err(e) = decision {
                 panic!("{subject} with {name}: evaluation failed: {e}");

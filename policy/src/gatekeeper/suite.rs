@@ -276,6 +276,7 @@ fn run_case(base: &Path, set: &PolicySet, case: &Case) -> Result<(), String> {
     } else {
         create_review(&object, "", "gator-case")
     };
+    let review = crate::Review::new(review).map_err(|e| crate::EvalError::from(e).to_string())?;
     let decision = set
         .evaluate_with(&review, &namespaces, &inventory, set.config().eval_timeout)
         .map_err(|e| e.to_string())?;

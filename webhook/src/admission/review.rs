@@ -3,9 +3,8 @@
 
 use axum::http::StatusCode;
 use base64::Engine as _;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use serde::Deserialize;
+use kube::core::admission::AdmissionResponse;
+use mapguard_policy::{Review, ReviewError};
 use serde_json::Value;
 
 use super::scan::Head;
@@ -50,17 +49,6 @@ impl InvalidReview {
     }
 }
 
-/// A well-formed review: the raw JSON (what policies see) and kube's typed
-/// view of its request.
-#[derive(Debug)]
-pub struct Incoming {
-    /// The whole AdmissionReview as sent.
-    pub json: Value,
-    /// The typed request, without `object` and `oldObject`: policies read
-    /// them from `json`, so they exist once.
-    pub request: AdmissionRequest<DynamicObject>,
-}
-
 /// Checks the fields that name a review: the version and kind, and a
 /// request with a uid.
 pub fn check_head(head: &Head<'_>) -> Result<(), InvalidReview> {
@@ -91,35 +79,19 @@ pub fn check_head(head: &Head<'_>) -> Result<(), InvalidReview> {
 }
 
 /// Parses `body`, a review whose head passed [`check_head`] with `uid`,
-/// into its tree and kube's typed view of its request. The typed view is
-/// read from the tree with the objects set aside, so nothing large is
-/// copied.
-pub fn parse(body: &[u8], uid: &str) -> Result<Incoming, InvalidReview> {
-    let mut json: Value = serde_json::from_slice(body)
-        .map_err(|e| InvalidReview::new(uid, format!("request body is not valid JSON: {e}")))?;
-    let request = json
-        .get_mut("request")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| InvalidReview::new("", "AdmissionReview has no request".to_owned()))?;
-    let objects: Vec<(String, Value)> = ["object", "oldObject"]
-        .into_iter()
-        .filter_map(|key| Some((key.to_owned(), request.remove(key)?)))
-        .collect();
-    let typed = AdmissionReview::<DynamicObject>::deserialize(&json);
-    if let Some(request) = json.get_mut("request").and_then(Value::as_object_mut) {
-        request.extend(objects);
-    }
-    let review = typed
-        .map_err(|e| InvalidReview::new(uid, format!("invalid AdmissionReview request: {e}")))?;
-    let request: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|_| InvalidReview::new("", "AdmissionReview has no request".to_owned()))?;
-    Ok(Incoming { json, request })
+/// into the value the policy engine judges ([`Review::parse`]).
+pub fn parse(body: &[u8], uid: &str) -> Result<Review, InvalidReview> {
+    Review::parse(body).map_err(|e| match e {
+        ReviewError::NoRequest => {
+            InvalidReview::new("", "AdmissionReview has no request".to_owned())
+        }
+        other => InvalidReview::new(uid, other.to_string()),
+    })
 }
 
 /// The answer to request `uid` before any decision: allowed, nothing else
-/// (what `AdmissionResponse::from(&request)` gives, for a request whose
-/// typed view was not built).
+/// (what `AdmissionResponse::from(&request)` gives for kube's typed
+/// request).
 pub fn response_for(uid: &str) -> AdmissionResponse {
     let mut response = AdmissionResponse::invalid("");
     response.uid = uid.to_owned();
@@ -186,19 +158,18 @@ mod tests {
     }
 
     #[test]
-    fn parse_keeps_the_objects_in_the_tree_only() {
+    fn parse_keeps_the_objects_in_the_tree() {
         let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
             "uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},
             "resource":{"group":"","version":"v1","resource":"pods"},
             "operation":"UPDATE","userInfo":{},"namespace":"shop",
             "object":{"metadata":{"name":"a"}},"oldObject":{"metadata":{"name":"b"}}}}"#;
-        let incoming = parse(body, "u-1").expect("parses");
-        assert_eq!(incoming.request.uid, "u-1");
-        assert_eq!(incoming.request.namespace.as_deref(), Some("shop"));
-        assert!(incoming.request.object.is_none());
-        assert_eq!(incoming.json["request"]["object"]["metadata"]["name"], "a");
+        let review = parse(body, "u-1").expect("parses");
+        assert_eq!(review.uid(), "u-1");
+        assert_eq!(review.subject().namespace, "shop");
+        assert_eq!(review.json()["request"]["object"]["metadata"]["name"], "a");
         assert_eq!(
-            incoming.json["request"]["oldObject"]["metadata"]["name"],
+            review.json()["request"]["oldObject"]["metadata"]["name"],
             "b"
         );
         let err = parse(&body[..40], "u-1").expect_err("cut short");
@@ -208,17 +179,19 @@ mod tests {
 
     #[test]
     fn a_response_for_a_uid_is_what_kube_builds_from_a_request() {
-        let incoming = parse(
-            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+        use kube::core::DynamicObject;
+        use kube::core::admission::{AdmissionRequest, AdmissionReview};
+        let review: AdmissionReview<DynamicObject> = serde_json::from_str(
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
             "uid":"u-2","kind":{"group":"","version":"v1","kind":"Pod"},
             "resource":{"group":"","version":"v1","resource":"pods"},
             "operation":"CREATE","userInfo":{}}}"#,
-            "u-2",
         )
         .expect("parses");
+        let request: AdmissionRequest<DynamicObject> = review.try_into().expect("a request");
         assert_eq!(
             to_json(response_for("u-2")),
-            to_json(AdmissionResponse::from(&incoming.request))
+            to_json(AdmissionResponse::from(&request))
         );
     }
 
