@@ -218,7 +218,7 @@ pub struct RespondArgs {
     /// What to do when a workload passes the threshold: evict the Pod
     /// (Eviction API; PodDisruptionBudgets honoured) or cordon its node.
     #[arg(long, env = "MAPGUARD_RESPOND", value_enum, default_value = "evict")]
-    pub action: crate::responder::ResponseAction,
+    pub action: ResponseAction,
     /// Violations and crashes of one workload that trigger the responder.
     #[arg(long, env = "MAPGUARD_RESPOND_THRESHOLD", default_value_t = 3)]
     pub threshold: u32,
@@ -235,4 +235,14 @@ pub struct RespondArgs {
     /// Decide and record (Events, metric) but change nothing.
     #[arg(long, env = "MAPGUARD_RESPOND_DRY_RUN")]
     pub dry_run: bool,
+}
+
+/// What the responder does when a workload passes the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResponseAction {
+    Off,
+    /// Evict the Pod (Eviction API: PodDisruptionBudgets are honoured).
+    Evict,
+    /// Cordon the node (no new Pods are scheduled on it).
+    Cordon,
 }

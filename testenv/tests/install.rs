@@ -261,12 +261,7 @@ fn every_image_is_built_by_a_containerfile_here(documents: &[Value]) {
     assert_eq!(
         images,
         BTreeSet::from(
-            [
-                "mapguard-webhook",
-                "mapguard-enforcer",
-                "mapguard-certs-gen"
-            ]
-            .map(str::to_owned)
+            ["mapguard-webhook", "mapguard-agent", "mapguard-certs-gen"].map(str::to_owned)
         )
     );
 }

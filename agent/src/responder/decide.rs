@@ -34,15 +34,7 @@ pub const REASON_EVICTION_BLOCKED: &str = "MapguardEvictionBlocked";
 pub const REASON_CORDONED: &str = "MapguardCordoned";
 pub const REASON_DRY_RUN: &str = "MapguardResponseDryRun";
 
-/// What the responder does when a workload passes the threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ResponseAction {
-    Off,
-    /// Evict the Pod (Eviction API: PodDisruptionBudgets are honoured).
-    Evict,
-    /// Cordon the node (no new Pods are scheduled on it).
-    Cordon,
-}
+pub use crate::config::ResponseAction;
 
 impl ResponseAction {
     fn as_str(self) -> &'static str {
