@@ -100,11 +100,7 @@ async fn serve(args: &RespondArgs) -> Result<i32, RespondError> {
 
 impl mapguard_kube::ops::Ops for Ops {
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        mapguard_kube::ops::encode(&self.registry)
     }
 
     /// Ready once the records are listed.

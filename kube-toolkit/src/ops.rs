@@ -10,7 +10,10 @@
 //! | `/healthz` | `ok` | the reason to restart the process |
 //! | `/readyz` | `ready` | `not ready: ` and every reason, `; `-separated |
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use axum::{
     Router,
@@ -19,6 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 /// The content type of `/metrics` (prometheus-client writes OpenMetrics).
@@ -88,6 +92,15 @@ async fn readyz<O: Ops>(State(ops): State<O>) -> Response {
     }
 }
 
+/// The OpenMetrics text of `registry` (the body of `/metrics`).
+pub fn encode(registry: &Mutex<Registry>) -> String {
+    let mut out = String::new();
+    let registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
 /// The ops port could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} for the ops port: {source}")]
@@ -106,8 +119,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
 
     /// An ops state the test changes between requests.

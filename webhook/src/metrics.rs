@@ -536,11 +536,7 @@ impl Metrics {
 
     /// Renders every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        mapguard_kube::ops::encode(&self.registry)
     }
 }
 
