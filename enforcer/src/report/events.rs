@@ -6,7 +6,7 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
 use mapguard_common::{MAX_FRAMES, Violation, action};
 use serde::Serialize;
 
-use mapguard_api::pair::{CallSitePair, short_frame};
+use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
 use crate::{binary::target::BinaryTarget, bpf::sampler::Estimate, host::cgroup::PodInfo};
@@ -310,9 +310,7 @@ pub fn summary(r: &ViolationRecord) -> String {
             "while goroutine {} {} at {}",
             r.conflicting_goroutine,
             r.conflicting_op,
-            r.pair
-                .conflicting_site()
-                .unwrap_or_else(|| short_frame("?"))
+            r.pair.conflicting_site().unwrap_or_else(|| "?".to_owned())
         )
     };
     let map = match &r.map {
