@@ -277,7 +277,10 @@ pub const CLASSIC: MapRuntime = MapRuntime {
         "runtime.evacuate",
     ],
     candidates: &[
-        c("runtime.mapaccessK", Read, Reg(Rbx)),
+        // Called by mapiternext alone (for a key in a bucket not yet
+        // evacuated): a step of the iteration, so a race seen there is one
+        // with the iteration, not with a read.
+        c("runtime.mapaccessK", IterNext, Reg(Rbx)),
         c("runtime.mapiterinit", IterStart, Reg(Rbx)),
         c("runtime.mapiternext", IterNext, ViaIter(Rax)),
         c("runtime.hashGrow", Grow, Reg(Rbx)),
