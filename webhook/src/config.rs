@@ -263,6 +263,12 @@ mod tests {
         assert_eq!(config.max_json_depth, 64);
         assert_eq!(config.max_request_memory, 128 << 20);
         assert_eq!(config.connections.max_connections, 64);
+        assert_eq!(config.connections.client_timeout, Duration::from_secs(5));
+        assert_eq!(
+            crate::Settings::default().body_timeout,
+            config.connections.client_timeout,
+            "a router built without flags reads bodies as long as the flag's default"
+        );
         assert!(config.client_ca.is_none() && config.client_names.is_empty());
         assert_eq!(config.exempt_namespaces, ["mapguard-system", "kube-system"]);
         assert!(config.policies.is_none());

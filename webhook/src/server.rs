@@ -46,13 +46,17 @@ pub const H1_MAX_BUF: usize = 64 * 1024;
 /// body bytes a connection buffers before the handlers read them.
 pub const H2_WINDOW: u32 = 256 * 1024;
 
+/// `--client-timeout`'s default, also the body timeout of a router built
+/// without flags ([`crate::Settings::default`]).
+pub const DEFAULT_CLIENT_TIMEOUT: &str = "5s";
+
 /// Bounds on the connections of the admission port: flags of
 /// [`crate::config::Config`], read here and by the router (the body timeout).
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct ConnectionLimits {
     /// Time allowed for a TLS handshake, for reading request headers and for
     /// reading a request body (slow clients are cut off after it).
-    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = mapguard_duration::parse, default_value = "5s")]
+    #[arg(long, env = "MAPGUARD_CLIENT_TIMEOUT", value_parser = mapguard_duration::parse, default_value = DEFAULT_CLIENT_TIMEOUT)]
     pub client_timeout: Duration,
     /// Connections open at once on the HTTPS port; further ones wait in
     /// the listen backlog until one closes.

@@ -47,7 +47,8 @@ impl Default for Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_json_values: DEFAULT_MAX_JSON_VALUES,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
-            body_timeout: Duration::from_secs(5),
+            body_timeout: mapguard_duration::parse(crate::server::DEFAULT_CLIENT_TIMEOUT)
+                .expect("the default parses"),
         }
     }
 }
