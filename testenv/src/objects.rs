@@ -119,7 +119,8 @@ impl TestEnv {
     /// A kubeconfig file (in the environment's folder) that authenticates
     /// as ServiceAccount `namespace/name` with a token of the TokenRequest
     /// API, valid for an hour: kubectl or a binary given it acts with that
-    /// account's RBAC, as its Pod would. The account must exist.
+    /// account's RBAC and in its namespace by default, as its Pod would.
+    /// Its context is `as-NAME`. The account must exist.
     pub async fn service_account_kubeconfig(
         &self,
         namespace: &str,
@@ -152,8 +153,10 @@ impl TestEnv {
                 "certificate-authority-data": crate::files::base64(self.ca_cert_pem()),
             }}],
             "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": user}}],
-            "current-context": "testenv",
+            "contexts": [{"name": format!("as-{name}"), "context": {
+                "cluster": "testenv", "user": user, "namespace": namespace,
+            }}],
+            "current-context": format!("as-{name}"),
         });
         let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
         let text = yaml_serde::to_string(&doc).expect("a JSON value serializes to YAML");

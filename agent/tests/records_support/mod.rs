@@ -5,9 +5,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{ListParams, PostParams};
@@ -17,7 +15,7 @@ use mapguard_agent::records::{Origin, PodRef, RecordWriter, RecordsConfig};
 use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::report::events::ViolationRecord;
-use mapguard_testenv::{BoundPod, TestEnv};
+use mapguard_testenv::{BoundPod, TestEnv, ensure_namespace};
 use prometheus_client::registry::Registry;
 use serde::Deserialize as _;
 use serde_json::json;
@@ -146,25 +144,12 @@ pub async fn service_account_client(
     name: &str,
     role: &str,
 ) -> Client {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces
-        .get_opt("mapguard-system")
+    ensure_namespace(client, "mapguard-system")
         .await
-        .expect("GET namespace")
-        .is_none()
-    {
-        let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": "mapguard-system"}}))
-                .expect("a Namespace literal");
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-    }
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "mapguard-system");
+        .unwrap_or_else(|e| panic!("{e}"));
     let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))
         .expect("a ServiceAccount literal");
-    accounts
+    Api::<ServiceAccount>::namespaced(client.clone(), "mapguard-system")
         .create(&PostParams::default(), &account)
         .await
         .expect("create the ServiceAccount");
@@ -178,24 +163,11 @@ pub async fn service_account_client(
         .create(&PostParams::default(), &binding)
         .await
         .expect("bind the ClusterRole");
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .expect("a TokenRequest literal");
-    let answer: TokenRequest = accounts
-        .create_subresource("token", name, &PostParams::default(), &request)
+    let path = env
+        .service_account_kubeconfig("mapguard-system", name)
         .await
-        .expect("request a token");
-    let token = answer.status.expect("a token").token;
-    let ca = base64::engine::general_purpose::STANDARD.encode(env.ca_cert_pem());
-    let kubeconfig = Kubeconfig::from_yaml(&format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{name: t, cluster: {{server: '{}', certificate-authority-data: '{ca}'}}}}]\n\
-         users: [{{name: {name}, user: {{token: '{token}'}}}}]\n\
-         contexts: [{{name: t, context: {{cluster: t, user: {name}}}}}]\n\
-         current-context: t\n",
-        env.url()
-    ))
-    .expect("a token kubeconfig");
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = Kubeconfig::read_from(&path).expect("a token kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("load the token kubeconfig");

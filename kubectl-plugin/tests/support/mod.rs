@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
@@ -152,32 +150,15 @@ pub async fn service_account_kubeconfig(
     name: &str,
 ) -> PathBuf {
     create_namespace(client, namespace).await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let account: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": name}})).expect("a ServiceAccount");
-    accounts
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &account)
         .await
         .expect("create the ServiceAccount");
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .expect("a TokenRequest");
-    let answer: TokenRequest = accounts
-        .create_subresource("token", name, &PostParams::default(), &request)
+    env.service_account_kubeconfig(namespace, name)
         .await
-        .expect("request a token");
-    let token = answer.status.expect("a token").token;
-    let ca = base64::engine::general_purpose::STANDARD.encode(env.ca_cert_pem());
-    let doc = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {"server": env.url(), "certificate-authority-data": ca}}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": format!("as-{name}"), "context": {"cluster": "testenv", "user": name, "namespace": namespace}}],
-        "current-context": format!("as-{name}"),
-    });
-    let path = env.dir().join(format!("kubeconfig-{name}"));
-    std::fs::write(&path, yaml_serde::to_string(&doc).expect("YAML")).expect("write kubeconfig");
-    path
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn plugin_command(kubeconfig: &Path, args: &[&str]) -> tokio::process::Command {
