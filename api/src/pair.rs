@@ -151,6 +151,10 @@ impl Fnv1a {
 mod tests {
     use super::*;
 
+    fn frame(text: &str) -> String {
+        text.to_owned()
+    }
+
     fn pair(frame: &str, other: Option<&str>) -> CallSitePair {
         CallSitePair {
             kind: Kind::ConcurrentWrite,
@@ -199,6 +203,67 @@ mod tests {
         assert_ne!(
             pair("ab", Some("c")).object_name(),
             pair("a", Some("bc")).object_name()
+        );
+    }
+
+    #[test]
+    fn names_of_reported_stacks_are_pinned() {
+        // Computed from the string frames before frames were typed: the
+        // names of existing records must not change.
+        let stack = [
+            "runtime.mapdelete_fast64 /usr/lib/go/src/runtime/map_fast64.go:301",
+            "main.deleter /src/app/main.go:26",
+            "main.main /src/app/main.go:50",
+        ];
+        let conflicting_stack = [
+            "internal/runtime/maps.fatal /usr/lib/go/src/internal/runtime/maps/x.go:1",
+            "main.assigner /src/app/main.go:38",
+        ];
+        let named = |stack: &[&str], conflicting_stack: &[&str]| {
+            let stack: Vec<_> = stack.iter().map(|f| frame(f)).collect();
+            let conflicting_stack: Vec<_> = conflicting_stack.iter().map(|f| frame(f)).collect();
+            let pair = CallSitePair::new(
+                Kind::ConcurrentWrite,
+                Op::Delete,
+                Op::Assign,
+                &stack,
+                &conflicting_stack,
+            );
+            (pair.object_name(), pair.site(), pair.conflicting_site())
+        };
+        assert_eq!(
+            named(&stack, &conflicting_stack),
+            (
+                "concurrent-write-cd9d35eac08d7b70".to_owned(),
+                "main.deleter main.go:26".to_owned(),
+                Some("main.assigner main.go:38".to_owned())
+            )
+        );
+        // One side only (a crash-path report).
+        assert_eq!(
+            named(&stack, &[]),
+            (
+                "concurrent-write-ab392a39a1bda025".to_owned(),
+                "main.deleter main.go:26".to_owned(),
+                None
+            )
+        );
+        // Nothing symbolized, and no stack at all.
+        assert_eq!(
+            named(&["0x4a1b2c", "0x4a0000"], &[]),
+            (
+                "concurrent-write-1a6f1a2b79dbe29f".to_owned(),
+                "0x4a1b2c".to_owned(),
+                None
+            )
+        );
+        assert_eq!(
+            named(&[], &["0x4a1b2c"]),
+            (
+                "concurrent-write-c90c760483b6e558".to_owned(),
+                "?".to_owned(),
+                Some("0x4a1b2c".to_owned())
+            )
         );
     }
 

@@ -327,3 +327,77 @@ pub fn summary(r: &ViolationRecord) -> String {
         r.action
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(text: &[&str]) -> Vec<String> {
+        text.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    fn record() -> ViolationRecord {
+        let stack = frames(&[
+            "runtime.mapdelete_fast64 /usr/lib/go/src/runtime/map_fast64.go:301",
+            "main.deleter /src/app/main.go:26",
+        ]);
+        let conflicting_stack = frames(&["0x4a1b2c", "main.assigner /src/app/main.go:38"]);
+        ViolationRecord {
+            pair: CallSitePair::new(
+                Kind::ConcurrentWrite,
+                Op::Delete,
+                Op::Assign,
+                &stack,
+                &conflicting_stack,
+            ),
+            event: "violation",
+            kind: Kind::ConcurrentWrite,
+            timestamp: "2024-02-29T12:34:56.000007Z".to_owned(),
+            pid: 42,
+            tid: 43,
+            binary: "/app/cart".to_owned(),
+            map: Some("0xc000012000".to_owned()),
+            op: Op::Delete,
+            conflicting_op: Op::Assign,
+            goroutine: 7,
+            conflicting_goroutine: 6,
+            stack,
+            conflicting_stack,
+            action: Action::Killed,
+            detected_by: Detector::WritingFlag,
+            crash_message: None,
+            namespace: Some("shop".to_owned()),
+            pod: Some("cart-0".to_owned()),
+            pod_uid: None,
+            container: Some("app".to_owned()),
+            go_version: Some("go1.26.11".to_owned()),
+            repeat: false,
+        }
+    }
+
+    #[test]
+    fn the_line_and_the_summary_are_pinned() {
+        // The JSON line contract, byte for byte (written before the
+        // record's frames and time were typed).
+        let line = serde_json::to_string(&record()).expect("serializable");
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"event":"violation","kind":"concurrent_write","#,
+                r#""timestamp":"2024-02-29T12:34:56.000007Z","pid":42,"tid":43,"#,
+                r#""binary":"/app/cart","map":"0xc000012000","op":"delete","#,
+                r#""conflicting_op":"assign","goroutine":7,"conflicting_goroutine":6,"#,
+                r#""stack":["runtime.mapdelete_fast64 /usr/lib/go/src/runtime/map_fast64.go:301","#,
+                r#""main.deleter /src/app/main.go:26"],"#,
+                r#""conflicting_stack":["0x4a1b2c","main.assigner /src/app/main.go:38"],"#,
+                r#""action":"killed","detected_by":"writing_flag","namespace":"shop","#,
+                r#""pod":"cart-0","pod_uid":null,"container":"app","go_version":"go1.26.11"}"#,
+            )
+        );
+        assert_eq!(
+            summary(&record()),
+            "mapguard: concurrent_write on map 0xc000012000 in pid 42: goroutine 7 delete \
+             at main.deleter main.go:26 while goroutine 6 assign at 0x4a1b2c — killed"
+        );
+    }
+}
