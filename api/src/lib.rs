@@ -10,6 +10,8 @@
 //! * [`mode`] — what is done to a process (`audit`, `stop`, `kill`, or
 //!   `off` for a Pod) and what is probed in it (`full`, `writes`,
 //!   `sampled`, `light`).
+//! * [`frame`] — one frame of a symbolized stack (function, file, line, or
+//!   a bare program counter), written as today's `function file:line` text.
 //! * [`pair`] — a violation's call-site pair, computed once per violation,
 //!   and the record name it gives.
 //! * [`keys`] — the annotation and label keys.
@@ -42,6 +44,7 @@ macro_rules! words {
     };
 }
 
+pub mod frame;
 pub mod keys;
 pub mod mode;
 pub mod pair;

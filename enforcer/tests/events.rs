@@ -109,13 +109,16 @@ fn records_are_symbolized_deduplicated_and_summarized() {
     );
     assert_eq!((first.goroutine, first.conflicting_goroutine), (7, 6));
     assert_eq!(first.map.as_deref(), Some("0xc000012000"));
+    let text = |stack: &[mapguard_api::frame::Frame]| -> Vec<String> {
+        stack.iter().map(ToString::to_string).collect()
+    };
+    let (stack, conflicting_stack) = (text(&first.stack), text(&first.conflicting_stack));
     assert!(
-        first.stack[0].starts_with("runtime.mapdelete_fast64 "),
-        "{:?}",
-        first.stack
+        stack[0].starts_with("runtime.mapdelete_fast64 "),
+        "{stack:?}"
     );
-    assert!(first.stack[1].starts_with("main.deleter ") && first.stack[1].contains("main.go:"));
-    assert!(first.conflicting_stack[1].starts_with("main.assigner "));
+    assert!(stack[1].starts_with("main.deleter ") && stack[1].contains("main.go:"));
+    assert!(conflicting_stack[1].starts_with("main.assigner "));
     let line = summary(&first);
     assert!(
         line.starts_with("mapguard: concurrent_write on map 0xc000012000 in pid ")

@@ -26,7 +26,6 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use mapguard_api::pair::short_frame;
 use mapguard_enforcer::report::events::ViolationRecord;
 
 /// The `record` label of the call-site pairs over a namespace's bound.
@@ -369,12 +368,8 @@ impl Metrics {
                 namespace: w.namespace.clone(),
                 workload: w.workload.clone(),
                 record,
-                site: short_frame(&pair.frame),
-                conflicting_site: pair
-                    .conflicting_frame
-                    .as_deref()
-                    .map(short_frame)
-                    .unwrap_or_default(),
+                site: pair.site(),
+                conflicting_site: pair.conflicting_site().unwrap_or_default(),
             }
         } else {
             PairLabels {
@@ -514,8 +509,9 @@ mod tests {
     use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
     fn report(site: &str, crash: Option<CrashMessage>) -> ViolationRecord {
-        let stack = vec![format!("main.deleter /src/{site}")];
-        let conflicting_stack = vec!["main.assigner /src/main.go:40".into()];
+        let frame = |text: String| text.parse().unwrap_or_else(|e| panic!("{e}"));
+        let stack = vec![frame(format!("main.deleter /src/{site}"))];
+        let conflicting_stack = vec![frame("main.assigner /src/main.go:40".to_owned())];
         ViolationRecord {
             pair: CallSitePair::new(
                 Kind::ConcurrentWrite,
@@ -526,7 +522,8 @@ mod tests {
             ),
             event: "violation",
             kind: Kind::ConcurrentWrite,
-            timestamp: "2026-11-25T12:00:00Z".into(),
+            // 2026-11-25T12:00:00Z
+            timestamp: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_608_000),
             pid: 42,
             tid: 43,
             binary: "/app/cart".into(),

@@ -172,6 +172,7 @@ pub fn message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mapguard_api::frame::Frame;
     use mapguard_api::vocab::{Kind, Op};
 
     #[test]
@@ -180,8 +181,8 @@ mod tests {
             kind: Kind::ConcurrentWrite,
             op: Op::Assign,
             conflicting_op: Op::Delete,
-            frame: "main.assigner /src/main.go:38".to_owned(),
-            conflicting_frame: Some("main.deleter /src/main.go:26".to_owned()),
+            frame: Some(Frame::source("main.assigner", "/src/main.go", 38)),
+            conflicting_frame: Some(Frame::source("main.deleter", "/src/main.go", 26)),
         };
         assert_eq!(
             message(
@@ -196,7 +197,7 @@ mod tests {
         );
         let one_sided = CallSitePair {
             conflicting_frame: None,
-            frame: "x".repeat(2000),
+            frame: Some(Frame::source("x".repeat(2000), "a.go", 1)),
             ..pair
         };
         let text = message(&one_sided, Action::Audit, None, Some("r"));
@@ -207,7 +208,7 @@ mod tests {
         );
         let unrecorded = message(
             &CallSitePair {
-                frame: "f a.go:1".to_owned(),
+                frame: Some(Frame::source("f", "a.go", 1)),
                 ..one_sided
             },
             Action::Audit,

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::jiff::Timestamp;
 
+use mapguard_api::frame::Frame;
 use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector};
 
@@ -49,8 +50,8 @@ pub(crate) struct Observation {
     pub container: Option<String>,
     pub binary: String,
     pub go_version: Option<String>,
-    pub stack: Vec<String>,
-    pub conflicting_stack: Vec<String>,
+    pub stack: Vec<Frame>,
+    pub conflicting_stack: Vec<Frame>,
 }
 
 /// An Event to publish on a Pod.
@@ -338,7 +339,7 @@ mod tests {
             kind: Kind::ConcurrentWrite,
             op: Op::Assign,
             conflicting_op: Op::Delete,
-            frame: "main.a /a.go:1".to_owned(),
+            frame: Some(Frame::source("main.a", "/a.go", 1)),
             conflicting_frame: None,
         };
         Pending::new(

@@ -295,10 +295,9 @@ impl Store {
 fn fresh(key: &RecordKey, pending: &Pending) -> MapViolation {
     let mut record = MapViolation::new(
         &key.name,
-        pending.pair.spec(
-            pending.latest.stack.clone(),
-            pending.latest.conflicting_stack.clone(),
-        ),
+        pending
+            .pair
+            .spec(&pending.latest.stack, &pending.latest.conflicting_stack),
     );
     record.metadata.namespace = Some(key.namespace.clone());
     record.metadata.labels = Some(
@@ -362,6 +361,7 @@ mod tests {
 
     use super::*;
     use crate::records::queue::{Observation, PodRef};
+    use mapguard_api::frame::Frame;
     use mapguard_api::pair::CallSitePair;
     use mapguard_api::vocab::{Action, Detector, Kind, Op};
 
@@ -371,8 +371,8 @@ mod tests {
                 kind: Kind::DeleteDuringIteration,
                 op: Op::Delete,
                 conflicting_op: Op::IterNext,
-                frame: "main.d /a.go:1".to_owned(),
-                conflicting_frame: Some("main.r /a.go:9".to_owned()),
+                frame: Some(Frame::source("main.d", "/a.go", 1)),
+                conflicting_frame: Some(Frame::source("main.r", "/a.go", 9)),
             },
             Observation {
                 at: Timestamp::from_second(at).expect("time"),
@@ -386,8 +386,8 @@ mod tests {
                 container: Some("app".to_owned()),
                 binary: "/app".to_owned(),
                 go_version: Some("go1.24.4".to_owned()),
-                stack: vec!["main.d /a.go:1".to_owned()],
-                conflicting_stack: vec!["main.r /a.go:9".to_owned()],
+                stack: vec![Frame::source("main.d", "/a.go", 1)],
+                conflicting_stack: vec![Frame::source("main.r", "/a.go", 9)],
             },
         );
         p.first = Timestamp::from_second(first).expect("time");

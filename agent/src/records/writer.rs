@@ -152,10 +152,7 @@ impl RecordWriter {
         let observation = Observation {
             // The report's own time (when the kernel saw it), not when it
             // reaches the API server.
-            at: violation
-                .timestamp
-                .parse::<Timestamp>()
-                .unwrap_or_else(|_| Timestamp::now()),
+            at: Timestamp::try_from(violation.timestamp).unwrap_or_else(|_| Timestamp::now()),
             action: violation.action,
             detected_by: violation.detected_by,
             pod: origin.pod.clone(),

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use mapguard_agent::records::{Origin, PodRef, RecordWriter, RecordsConfig};
+use mapguard_api::frame::Frame;
 use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::report::events::ViolationRecord;
@@ -61,21 +63,29 @@ pub fn violation(
     conflicting_site: Option<&str>,
     timestamp: &str,
 ) -> ViolationRecord {
-    let runtime =
-        |op: Op| format!("runtime.map{op}_fast64 /usr/lib/go/src/runtime/map_fast64.go:93");
+    let runtime = |op: Op| {
+        Frame::source(
+            format!("runtime.map{op}_fast64"),
+            "/usr/lib/go/src/runtime/map_fast64.go",
+            93,
+        )
+    };
     let stack = vec![
         runtime(op),
-        site.to_owned(),
-        "main.main /src/main.go:50".to_owned(),
+        frame(site),
+        Frame::source("main.main", "/src/main.go", 50),
     ];
     let conflicting_stack = conflicting_site
-        .map(|s| vec![runtime(conflicting_op), s.to_owned()])
+        .map(|s| vec![runtime(conflicting_op), frame(s)])
         .unwrap_or_default();
     ViolationRecord {
         pair: CallSitePair::new(kind, op, conflicting_op, &stack, &conflicting_stack),
         event: "violation",
         kind,
-        timestamp: timestamp.to_owned(),
+        timestamp: timestamp
+            .parse::<Timestamp>()
+            .unwrap_or_else(|e| panic!("{timestamp}: {e}"))
+            .into(),
         pid: 4242,
         tid: 4243,
         binary: "/app/cart".to_owned(),
@@ -96,6 +106,16 @@ pub fn violation(
         go_version: Some("go1.26.11".to_owned()),
         repeat: false,
     }
+}
+
+/// A frame from its text (`function /path/file.go:line`).
+pub fn frame(text: &str) -> Frame {
+    text.parse().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A stack as a record's spec writes it.
+pub fn text(stack: &[Frame]) -> Vec<String> {
+    stack.iter().map(Frame::to_string).collect()
 }
 
 /// Creates `namespace` if needed and a Pod `name` bound to the test Node.

@@ -9,6 +9,7 @@ use std::{
     sync::Arc,
 };
 
+use mapguard_api::frame::Frame;
 use mapguard_api::vocab::{Detector, Op};
 use mapguard_common::{FatalMessage, ProbeConfig, arg, op, reg};
 
@@ -244,13 +245,14 @@ impl BinaryTarget {
             .unwrap_or(0)
     }
 
-    /// `function file:line` of the instruction at `pc` (already adjusted
-    /// for return addresses) in a process loaded with `bias`, or the hex PC.
-    pub fn describe_pc(&self, bias: u64, pc: u64) -> String {
+    /// The function, file and line of the instruction at `pc` (already
+    /// adjusted for return addresses) in a process loaded with `bias`, or
+    /// `pc` itself when the binary does not describe it.
+    pub fn describe_pc(&self, bias: u64, pc: u64) -> Frame {
         let vaddr = pc.wrapping_sub(bias);
         match self.binary.symbolizer().frame(vaddr) {
-            Some(f) => format!("{} {}:{}", f.function, f.file, f.line),
-            None => format!("{pc:#x}"),
+            Some(f) => Frame::source(f.function, f.file, f.line),
+            None => Frame::Address(pc),
         }
     }
 }

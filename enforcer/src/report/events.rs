@@ -6,6 +6,7 @@ use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
 use mapguard_common::{MAX_FRAMES, Violation, action};
 use serde::Serialize;
 
+use mapguard_api::frame::Frame;
 use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, CrashMessage, Detector, Kind, Op};
 
@@ -41,7 +42,9 @@ pub fn decode(bytes: &[u8]) -> Result<Violation, EventError> {
 pub struct ViolationRecord {
     pub event: &'static str,
     pub kind: Kind,
-    pub timestamp: String,
+    /// When the kernel saw it, to the microsecond (RFC 3339 text in the line).
+    #[serde(serialize_with = "time::serialize")]
+    pub timestamp: SystemTime,
     pub pid: u32,
     pub tid: u32,
     pub binary: String,
@@ -52,8 +55,8 @@ pub struct ViolationRecord {
     pub conflicting_op: Op,
     pub goroutine: u64,
     pub conflicting_goroutine: u64,
-    pub stack: Vec<String>,
-    pub conflicting_stack: Vec<String>,
+    pub stack: Vec<Frame>,
+    pub conflicting_stack: Vec<Frame>,
     pub action: Action,
     pub detected_by: Detector,
     /// For a report from the runtime's crash path: the message the runtime
@@ -192,10 +195,12 @@ impl Reporter {
             .filter(|(_, n)| **n > 1)
             .map(|(k, n)| {
                 let p = &k.pair;
+                let text =
+                    |f: &Option<Frame>| f.as_ref().map_or_else(|| "?".to_owned(), Frame::to_string);
                 serde_json::json!({
                     "pid": k.pid, "kind": p.kind, "op": p.op,
-                    "conflicting_op": p.conflicting_op, "site": p.frame,
-                    "conflicting_site": p.conflicting_frame.as_deref().unwrap_or("?"),
+                    "conflicting_op": p.conflicting_op, "site": text(&p.frame),
+                    "conflicting_site": text(&p.conflicting_frame),
                     "count": n,
                 })
             })
@@ -227,7 +232,7 @@ impl Reporter {
     fn record(&self, v: &Violation) -> ViolationRecord {
         let binary = self.binaries.get(&v.binary_id);
         let bias = binary.map_or(0, |b| b.load_bias(v.pid, v.point, v.stack[0]));
-        let symbolize = |stack: &[u64; MAX_FRAMES], depth: u8| -> Vec<String> {
+        let symbolize = |stack: &[u64; MAX_FRAMES], depth: u8| -> Vec<Frame> {
             let depth = usize::from(depth).min(MAX_FRAMES);
             stack[..depth]
                 .iter()
@@ -235,7 +240,7 @@ impl Reporter {
                 .map(|(i, pc)| match binary {
                     // Return addresses point after the call: look up pc-1.
                     Some(b) => b.describe_pc(bias, if i == 0 { *pc } else { pc - 1 }),
-                    None => format!("{pc:#x}"),
+                    None => Frame::Address(*pc),
                 })
                 .collect()
         };
@@ -253,7 +258,7 @@ impl Reporter {
         ViolationRecord {
             event: "violation",
             kind,
-            timestamp: time::rfc3339(time::from_ktime(v.ts)),
+            timestamp: time::from_ktime(v.ts),
             pid: v.pid,
             tid: v.tid,
             binary: binary
@@ -283,11 +288,11 @@ impl Reporter {
 }
 
 /// The operation of the innermost probed map function in a symbolized
-/// stack (`function file:line` frames), or `Unknown`.
-fn op_in_stack(binary: &BinaryTarget, stack: &[String]) -> Op {
+/// stack, or `Unknown`.
+fn op_in_stack(binary: &BinaryTarget, stack: &[Frame]) -> Op {
     stack
         .iter()
-        .filter_map(|frame| frame.split(' ').next())
+        .filter_map(Frame::function)
         .find_map(|function| {
             binary
                 .points
@@ -326,4 +331,71 @@ pub fn summary(r: &ViolationRecord) -> String {
         r.pair.site(),
         r.action
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mapguard_common::{detector, kind, op};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn frames(text: &[&str]) -> Vec<Frame> {
+        text.iter()
+            .map(|f| f.parse().unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    /// A kernel record made into a report (the other side's binary not
+    /// known: its frames stay addresses), the reporting side then as a
+    /// binary describes it, at a known time.
+    fn record() -> ViolationRecord {
+        let mut v = decode(&[0; size_of::<Violation>()]).expect("a whole record");
+        (v.kind, v.action, v.detected_by) =
+            (kind::CONCURRENT_WRITE, action::KILL, detector::WRITING_FLAG);
+        (v.op, v.conflicting_op) = (op::DELETE, op::ASSIGN);
+        (v.pid, v.tid, v.map) = (42, 43, 0x00c0_0001_2000);
+        (v.goid, v.conflicting_goid) = (7, 6);
+        v.conflicting_stack[..2].copy_from_slice(&[0x4a_1b2c, 0x4a_0000]);
+        v.conflicting_depth = 2;
+        let mut r = Reporter::new(Box::new(std::io::sink())).record(&v);
+        r.stack = frames(&[
+            "runtime.mapdelete_fast64 /usr/lib/go/src/runtime/map_fast64.go:301",
+            "main.deleter /src/app/main.go:26",
+        ]);
+        r.pair = CallSitePair::new(
+            r.kind,
+            r.op,
+            r.conflicting_op,
+            &r.stack,
+            &r.conflicting_stack,
+        );
+        r.timestamp = UNIX_EPOCH + Duration::from_micros(1_709_210_096_000_007);
+        r
+    }
+
+    #[test]
+    fn the_line_and_the_summary_are_pinned() {
+        // The JSON line contract, byte for byte (pinned from the string
+        // frames and time before they were typed).
+        let line = serde_json::to_string(&record()).expect("serializable");
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"event":"violation","kind":"concurrent_write","#,
+                r#""timestamp":"2024-02-29T12:34:56.000007Z","pid":42,"tid":43,"#,
+                r#""binary":"","map":"0xc000012000","op":"delete","#,
+                r#""conflicting_op":"assign","goroutine":7,"conflicting_goroutine":6,"#,
+                r#""stack":["runtime.mapdelete_fast64 /usr/lib/go/src/runtime/map_fast64.go:301","#,
+                r#""main.deleter /src/app/main.go:26"],"#,
+                r#""conflicting_stack":["0x4a1b2c","0x4a0000"],"#,
+                r#""action":"killed","detected_by":"writing_flag","namespace":null,"#,
+                r#""pod":null,"pod_uid":null,"container":null,"go_version":null}"#,
+            )
+        );
+        assert_eq!(
+            summary(&record()),
+            "mapguard: concurrent_write on map 0xc000012000 in pid 42: goroutine 7 delete \
+             at main.deleter main.go:26 while goroutine 6 assign at 0x4a1b2c — killed"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use mapguard_agent::records::{Origin, PodRef, RecordWriter};
+use mapguard_api::frame::Frame;
 use mapguard_api::pair::CallSitePair;
 use mapguard_api::vocab::{Action, Detector, Kind, Op};
 use mapguard_enforcer::report::events::ViolationRecord;
@@ -39,16 +40,22 @@ impl Race {
         let at = Timestamp::now()
             .checked_sub(SignedDuration::try_from(ago).expect("a small duration"))
             .expect("a time after the epoch");
-        let runtime =
-            |op: Op| format!("runtime.map{op}_fast64 /usr/lib/go/src/runtime/map_fast64.go:93");
+        let runtime = |op: Op| {
+            Frame::source(
+                format!("runtime.map{op}_fast64"),
+                "/usr/lib/go/src/runtime/map_fast64.go",
+                93,
+            )
+        };
+        let frame = |text: &str| -> Frame { text.parse().unwrap_or_else(|e| panic!("{e}")) };
         let stack = vec![
             runtime(self.op),
-            self.site.to_owned(),
-            "main.main /src/main.go:50".to_owned(),
+            frame(self.site),
+            Frame::source("main.main", "/src/main.go", 50),
         ];
         let conflicting_stack = self
             .conflicting_site
-            .map(|s| vec![runtime(self.conflicting_op), s.to_owned()])
+            .map(|s| vec![runtime(self.conflicting_op), frame(s)])
             .unwrap_or_default();
         ViolationRecord {
             pair: CallSitePair::new(
@@ -60,7 +67,7 @@ impl Race {
             ),
             event: "violation",
             kind: self.kind,
-            timestamp: at.to_string(),
+            timestamp: at.into(),
             pid: 4242,
             tid: 4243,
             binary: "/app/server".to_owned(),

@@ -1,9 +1,15 @@
 //! Timestamps: kernel monotonic nanoseconds to wall clock, RFC 3339 text.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Converts a `bpf_ktime_get_ns` value (CLOCK_MONOTONIC) to wall-clock time.
+/// Converts a `bpf_ktime_get_ns` value (CLOCK_MONOTONIC) to wall-clock
+/// time, to the microsecond: what the JSON line says is what every other
+/// sink of the record reads.
 pub fn from_ktime(ktime_ns: u64) -> SystemTime {
+    to_micros(wall_of_ktime(ktime_ns))
+}
+
+fn wall_of_ktime(ktime_ns: u64) -> SystemTime {
     let now_wall = SystemTime::now();
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -16,6 +22,19 @@ pub fn from_ktime(ktime_ns: u64) -> SystemTime {
         ktime_ns
     };
     now_wall - Duration::from_nanos(now_mono.saturating_sub(ktime_ns))
+}
+
+/// `t` without its fraction of a microsecond.
+fn to_micros(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(since) => t - Duration::from_nanos(u64::from(since.subsec_nanos() % 1000)),
+        Err(_) => t,
+    }
+}
+
+/// Writes `t` as [`rfc3339`] text (the JSON lines' `timestamp`).
+pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
 }
 
 /// `2026-11-24T20:16:12.123456Z`: RFC 3339 in UTC with microseconds.
@@ -31,7 +50,6 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
 
     #[test]
     fn formats_known_instants() {
@@ -40,5 +58,19 @@ mod tests {
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.000007Z");
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn kernel_times_are_kept_to_the_microsecond() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_709_210_096_000_007_999);
+        assert_eq!(
+            to_micros(t),
+            UNIX_EPOCH + Duration::from_nanos(1_709_210_096_000_007_000)
+        );
+        assert_eq!(rfc3339(to_micros(t)), rfc3339(t));
+        let since_boot = from_ktime(1_500)
+            .duration_since(UNIX_EPOCH)
+            .expect("after the epoch");
+        assert_eq!(since_boot.subsec_nanos() % 1000, 0);
     }
 }
