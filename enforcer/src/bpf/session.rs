@@ -534,10 +534,12 @@ impl Session {
     }
 
     /// Stops enforcing on process `pid` (gone, or no longer enforced): it
-    /// leaves the process table and its map-function probes are freed.
+    /// leaves the process table, its map-function probes are freed, and
+    /// its Pod identity goes once its last reports are in.
     pub fn forget_process(&mut self, pid: u32) {
         self.enforcer.unregister(pid);
         self.drop_guards(pid);
+        self.monitor.reporter.forget_pod(pid);
     }
 
     /// The processes in the process table.

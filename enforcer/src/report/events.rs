@@ -1,7 +1,12 @@
 //! Violation events: decoding the kernel's records, symbolizing both stacks,
 //! the JSON line contract, the stderr summary and audit-mode deduplication.
 
-use std::{collections::HashMap, io::Write, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use mapguard_common::{MAX_FRAMES, Violation, action};
 use serde::Serialize;
@@ -84,10 +89,35 @@ pub struct Reporter {
     /// By id (`BinaryTarget::id`, the `binary_id` the probes carry).
     binaries: HashMap<u32, Arc<BinaryTarget>>,
     out: Box<dyn Write + Send>,
-    pods: HashMap<u32, PodInfo>,
+    pods: HashMap<u32, Known>,
+    /// How long a forgotten process's identity is kept: its last reports
+    /// (a kill's, say) can still be in the ring when it is forgotten.
+    keep_forgotten: Duration,
+    /// Processes forgotten since identities were last pruned.
+    forgotten: usize,
     seen: HashMap<DedupKey, u64>,
     total: u64,
 }
+
+/// A process's Kubernetes identity, and when the session forgot the
+/// process (`None` while it is enforced).
+#[derive(Debug, Clone)]
+struct Known {
+    pod: PodInfo,
+    forgotten_at: Option<Instant>,
+}
+
+impl Known {
+    fn new(pod: PodInfo) -> Known {
+        Known {
+            pod,
+            forgotten_at: None,
+        }
+    }
+}
+
+/// Forgotten processes between two prunings of their identities.
+const PRUNE_EVERY: usize = 64;
 
 /// Identical violations: same process and call-site pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,6 +132,8 @@ impl Reporter {
             binaries: HashMap::new(),
             out,
             pods: HashMap::new(),
+            keep_forgotten: Duration::from_secs(60),
+            forgotten: 0,
             seen: HashMap::new(),
             total: 0,
         }
@@ -143,17 +175,38 @@ impl Reporter {
         self.out.flush().map_err(EventError::Write)
     }
 
-    /// Remembers a process's Kubernetes identity while it still exists.
+    /// Remembers the Kubernetes identity of a process being guarded,
+    /// while it exists (read again for an id a forgotten process had).
     pub fn remember_pod(&mut self, pid: u32) {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.pods.entry(pid) {
-            e.insert(PodInfo::of_pid(pid));
+        let stale = self.pods.get(&pid).is_none_or(|k| k.forgotten_at.is_some());
+        if stale {
+            self.pods.insert(pid, Known::new(PodInfo::of_pid(pid)));
+        }
+    }
+
+    /// The session no longer enforces on process `pid`: its identity is
+    /// kept a while for the reports still in flight, then dropped (the
+    /// table would otherwise grow with every process the node ever ran).
+    pub fn forget_pod(&mut self, pid: u32) {
+        let now = Instant::now();
+        if let Some(known) = self.pods.get_mut(&pid) {
+            known.forgotten_at.get_or_insert(now);
+        }
+        self.forgotten += 1;
+        if self.forgotten >= PRUNE_EVERY {
+            self.forgotten = 0;
+            let keep = self.keep_forgotten;
+            self.pods.retain(|_, k| {
+                k.forgotten_at
+                    .is_none_or(|at| now.duration_since(at) < keep)
+            });
         }
     }
 
     /// Names a process's Kubernetes identity (what the caller knows beats
     /// what its cgroup says).
     pub fn set_pod(&mut self, pid: u32, pod: PodInfo) {
-        self.pods.insert(pid, pod);
+        self.pods.insert(pid, Known::new(pod));
     }
 
     /// Violations seen so far (including suppressed repeats).
@@ -167,7 +220,11 @@ impl Reporter {
     pub fn handle(&mut self, bytes: &[u8]) -> Result<ViolationRecord, EventError> {
         let v = decode(bytes)?;
         self.total += 1;
-        self.remember_pod(v.pid);
+        // A process never guarded (registered by the exec hook alone):
+        // named from its cgroup now; a forgotten one keeps its identity.
+        if let std::collections::hash_map::Entry::Vacant(e) = self.pods.entry(v.pid) {
+            e.insert(Known::new(PodInfo::of_pid(v.pid)));
+        }
         let mut record = self.record(&v);
         let key = DedupKey {
             pid: record.pid,
@@ -244,7 +301,11 @@ impl Reporter {
                 })
                 .collect()
         };
-        let pod = self.pods.get(&v.pid).cloned().unwrap_or_default();
+        let pod = self
+            .pods
+            .get(&v.pid)
+            .map(|k| k.pod.clone())
+            .unwrap_or_default();
         let stack = symbolize(&v.stack, v.depth);
         let conflicting_stack = symbolize(&v.conflicting_stack, v.conflicting_depth);
         let kind = Kind::from_kernel(v.kind);
@@ -337,7 +398,7 @@ pub fn summary(r: &ViolationRecord) -> String {
 mod tests {
     use super::*;
     use mapguard_common::{detector, kind, op};
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     fn frames(text: &[&str]) -> Vec<Frame> {
         text.iter()
@@ -397,5 +458,74 @@ mod tests {
             "mapguard: concurrent_write on map 0xc000012000 in pid 42: goroutine 7 delete \
              at main.deleter main.go:26 while goroutine 6 assign at 0x4a1b2c — killed"
         );
+    }
+
+    /// A kernel record of process `pid` with nothing else set.
+    fn of_pid(pid: u32) -> Violation {
+        let mut v = decode(&[0; size_of::<Violation>()]).expect("a whole record");
+        v.pid = pid;
+        v
+    }
+
+    fn named(namespace: &str) -> PodInfo {
+        PodInfo {
+            namespace: Some(namespace.to_owned()),
+            pod: Some("p".to_owned()),
+            ..PodInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_forgotten_process_keeps_its_pod_for_its_last_reports_then_loses_it() {
+        let mut r = Reporter::new(Box::new(std::io::sink()));
+        // Pids no process here has: a read of /proc finds no Pod.
+        let (gone, kept) = (u32::MAX - 1, u32::MAX - 2);
+        r.set_pod(gone, named("shop"));
+        r.set_pod(kept, named("pay"));
+        r.forget_pod(gone);
+        let namespace = |r: &Reporter, pid| r.record(&of_pid(pid)).namespace;
+        assert_eq!(namespace(&r, gone).as_deref(), Some("shop"), "kept a while");
+        // A report handled after the forget still names the Pod.
+        let mut out = Reporter::new(Box::new(std::io::sink()));
+        out.set_pod(gone, named("shop"));
+        out.forget_pod(gone);
+        let handled = out.handle(&bytes_of(&of_pid(gone))).expect("handled");
+        assert_eq!(handled.namespace.as_deref(), Some("shop"));
+
+        r.keep_forgotten = Duration::ZERO;
+        for _ in 0..PRUNE_EVERY {
+            r.forget_pod(gone);
+        }
+        assert_eq!(namespace(&r, gone), None, "pruned");
+        assert_eq!(
+            namespace(&r, kept).as_deref(),
+            Some("pay"),
+            "an enforced process is never pruned"
+        );
+    }
+
+    #[test]
+    fn a_reused_process_id_is_named_again() {
+        let mut r = Reporter::new(Box::new(std::io::sink()));
+        let pid = u32::MAX - 3;
+        r.set_pod(pid, named("old"));
+        r.remember_pod(pid);
+        assert_eq!(
+            r.record(&of_pid(pid)).namespace.as_deref(),
+            Some("old"),
+            "a process still enforced keeps what the agent named"
+        );
+        r.forget_pod(pid);
+        // A new process got the id and is guarded: read again (no Pod).
+        r.remember_pod(pid);
+        assert_eq!(r.record(&of_pid(pid)).namespace, None);
+    }
+
+    fn bytes_of(v: &Violation) -> Vec<u8> {
+        // SAFETY: `Violation` is plain `repr(C)` data.
+        unsafe {
+            std::slice::from_raw_parts((v as *const Violation).cast::<u8>(), size_of::<Violation>())
+        }
+        .to_vec()
     }
 }
