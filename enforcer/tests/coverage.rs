@@ -124,7 +124,12 @@ fn check_cell(run: &support::Run, version: &str, name: &str, cell: &str) {
         // Only the crash path saw it (under `light`, between `sampled`'s
         // windows, or a read under `writes`): the runtime found the race.
         LIGHT | SAMPLED if crash_path && one_sided => {
-            assert!(v["map"].is_null(), "the map is not known: {v}");
+            // Under `light` no probe saw the map; under `sampled` the
+            // reporting side's operation may have entered in a window
+            // (then its map is known) while the other side's fell between.
+            if cell == LIGHT {
+                assert!(v["map"].is_null(), "the map is not known: {v}");
+            }
             assert_ne!(
                 v["op"], "unknown",
                 "the operation is named from the stack: {v}"
